@@ -1,0 +1,114 @@
+//! Hook names and the record of a plugin failing in one.
+
+use std::fmt;
+
+/// Every hook a plugin can export, named as in the WIT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(missing_docs, reason = "each variant is the WIT hook of the same name")]
+pub enum Hook {
+    Configure,
+    Running,
+    Done,
+    ClientConnected,
+    ClientDisconnected,
+    ServerConnect,
+    ServerConnected,
+    ServerDisconnected,
+    TlsClienthello,
+    TlsEstablished,
+    TlsFailed,
+    RequestHeaders,
+    RequestBodyChunk,
+    Request,
+    ResponseHeaders,
+    ResponseBodyChunk,
+    Response,
+    Error,
+    HttpConnect,
+}
+
+impl Hook {
+    /// The hook's WIT name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Configure => "configure",
+            Hook::Running => "running",
+            Hook::Done => "done",
+            Hook::ClientConnected => "client-connected",
+            Hook::ClientDisconnected => "client-disconnected",
+            Hook::ServerConnect => "server-connect",
+            Hook::ServerConnected => "server-connected",
+            Hook::ServerDisconnected => "server-disconnected",
+            Hook::TlsClienthello => "tls-clienthello",
+            Hook::TlsEstablished => "tls-established",
+            Hook::TlsFailed => "tls-failed",
+            Hook::RequestHeaders => "request-headers",
+            Hook::RequestBodyChunk => "request-body-chunk",
+            Hook::Request => "request",
+            Hook::ResponseHeaders => "response-headers",
+            Hook::ResponseBodyChunk => "response-body-chunk",
+            Hook::Response => "response",
+            Hook::Error => "error",
+            Hook::HttpConnect => "http-connect",
+        }
+    }
+}
+
+impl fmt::Display for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How a plugin failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The guest trapped (a panic, `unreachable`, an out-of-bounds access).
+    Trap,
+    /// The hook ran past its deadline and was interrupted.
+    Deadline,
+    /// The guest tried to grow its memory past the cap.
+    Memory,
+    /// The guest ran out of fuel.
+    Fuel,
+    /// The guest returned something the host refused (an invalid header, status, ...).
+    InvalidOutput,
+    /// The plugin was not called because it trapped too often.
+    Quarantined,
+    /// The host could not instantiate the plugin.
+    Instantiate,
+}
+
+impl FailureKind {
+    /// A short lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureKind::Trap => "trap",
+            FailureKind::Deadline => "deadline exceeded",
+            FailureKind::Memory => "memory limit",
+            FailureKind::Fuel => "fuel exhausted",
+            FailureKind::InvalidOutput => "invalid output",
+            FailureKind::Quarantined => "quarantined",
+            FailureKind::Instantiate => "instantiation failed",
+        }
+    }
+}
+
+/// A plugin failing in one hook, recorded on the flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginFailure {
+    /// The plugin's name.
+    pub plugin: String,
+    /// The hook that failed.
+    pub hook: Hook,
+    /// What went wrong.
+    pub kind: FailureKind,
+    /// Details, for people.
+    pub message: String,
+}
+
+impl fmt::Display for PluginFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "plugin {} failed in {}: {}: {}", self.plugin, self.hook, self.kind.name(), self.message)
+    }
+}

@@ -1,0 +1,571 @@
+//! What a plugin instance's store holds, and the host side of every import.
+//!
+//! Nothing a plugin passes in is trusted: names, values, statuses, URLs and sizes are
+//! validated here and refused with an `error` value; a stale or foreign handle traps.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use flowgate_flow::{
+    BodyMode, ConnectionInfo, FieldError, FlowInfo, FlowKind, Headers, Hook, Request, Response, UrlError,
+    value_to_text,
+};
+use rand::RngCore;
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::{ResourceLimiter, format_err};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::imports::{clock, config, key_value, log, outbound_http, random, types};
+use crate::manifest::Manifest;
+
+type WitError = types::Error;
+
+/// A connection lent to a plugin for one hook call.
+pub struct ConnectionRes(pub ConnectionInfo);
+/// A flow lent to a plugin for one hook call.
+pub struct FlowRes(pub FlowInfo);
+/// A request lent to a plugin for one hook call.
+pub struct RequestRes(pub Request);
+/// A response lent to a plugin for one hook call.
+pub struct ResponseRes(pub Response);
+
+/// Log severity, as a plugin gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// Very detailed.
+    Trace,
+    /// For debugging.
+    Debug,
+    /// Normal.
+    Info,
+    /// Something looks wrong.
+    Warn,
+    /// Something failed.
+    Error,
+}
+
+/// One log line written by a plugin.
+#[derive(Debug, Clone)]
+pub struct LogRecord {
+    /// The plugin's name.
+    pub plugin: String,
+    /// Severity.
+    pub level: LogLevel,
+    /// The flow the hook was running for, if any.
+    pub flow_id: Option<u64>,
+    /// The hook that wrote it.
+    pub hook: Hook,
+    /// The text, cut to the plugin's `max_log_bytes`.
+    pub message: String,
+}
+
+/// Where plugin log lines go.
+pub type LogSink = Arc<dyn Fn(&LogRecord) + Send + Sync>;
+
+/// Per-plugin key-value state, shared by every instance of the plugin.
+#[derive(Default)]
+pub(crate) struct KvState {
+    map: BTreeMap<String, Vec<u8>>,
+    bytes: usize,
+}
+
+/// What every instance of one plugin shares.
+pub(crate) struct PluginShared {
+    pub manifest: Manifest,
+    pub kv: Mutex<KvState>,
+    pub log_sink: LogSink,
+    pub started: Instant,
+}
+
+/// Per-call bookkeeping, reset before each hook call.
+pub(crate) struct CallState {
+    pub hook: Hook,
+    pub deadline: Instant,
+    pub flow_id: Option<u64>,
+    pub log_bytes: usize,
+    pub log_dropped: u64,
+    /// The body mode this plugin asked for in this call, if it asked.
+    pub body_mode: Option<BodyMode>,
+}
+
+impl CallState {
+    pub fn new(hook: Hook, deadline: Instant, flow_id: Option<u64>) -> Self {
+        CallState { hook, deadline, flow_id, log_bytes: 0, log_dropped: 0, body_mode: None }
+    }
+}
+
+/// Denies memory growth past the plugin's cap, and remembers that it did.
+pub(crate) struct MemoryLimiter {
+    pub cap: usize,
+    pub denied: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.cap {
+            self.denied = true;
+            return Err(wasmtime::Error::new(MemoryCapExceeded { cap: self.cap, desired }));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// The trap raised when a plugin grows its memory past its cap.
+#[derive(Debug, thiserror::Error)]
+#[error("memory cap of {cap} bytes exceeded (wanted {desired})")]
+pub(crate) struct MemoryCapExceeded {
+    cap: usize,
+    desired: usize,
+}
+
+/// The trap raised when a hook runs past its deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("hook ran past its deadline")]
+pub(crate) struct DeadlineExceeded;
+
+/// The data of one plugin instance's store.
+pub(crate) struct StoreState {
+    pub wasi: WasiCtx,
+    pub table: ResourceTable,
+    pub limiter: MemoryLimiter,
+    pub plugin: Arc<PluginShared>,
+    pub call: CallState,
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+fn field_error(e: FieldError) -> WitError {
+    WitError::InvalidArgument(e.to_string())
+}
+
+fn url_error(e: UrlError) -> WitError {
+    WitError::InvalidArgument(e.to_string())
+}
+
+fn to_wit_headers(headers: &Headers) -> Vec<types::Header> {
+    headers.iter().map(|(n, v)| types::Header { name: n.to_owned(), value: value_to_text(v) }).collect()
+}
+
+/// Converts headers a plugin gave into validated [`Headers`].
+pub(crate) fn from_wit_headers(headers: &[types::Header]) -> Result<Headers, FieldError> {
+    Headers::from_pairs(headers.iter().map(|h| (h.name.as_str(), h.value.as_bytes())))
+}
+
+const REQUEST_HOOKS: &[Hook] = &[Hook::HttpConnect, Hook::RequestHeaders, Hook::RequestBodyChunk, Hook::Request];
+const RESPONSE_HOOKS: &[Hook] = &[Hook::ResponseHeaders, Hook::ResponseBodyChunk, Hook::Response];
+
+impl StoreState {
+    fn request(&self, r: &Resource<RequestRes>) -> wasmtime::Result<&Request> {
+        Ok(&self.table.get(r)?.0)
+    }
+
+    /// The request, if this hook may still change it.
+    fn request_mut(&mut self, r: &Resource<RequestRes>) -> wasmtime::Result<Result<&mut Request, WitError>> {
+        let hook = self.call.hook;
+        let request = &mut self.table.get_mut(r)?.0;
+        if REQUEST_HOOKS.contains(&hook) {
+            Ok(Ok(request))
+        } else {
+            Ok(Err(WitError::InvalidState(format!("the request was already sent; it cannot be changed in {hook}"))))
+        }
+    }
+
+    fn response(&self, r: &Resource<ResponseRes>) -> wasmtime::Result<&Response> {
+        Ok(&self.table.get(r)?.0)
+    }
+
+    fn response_mut(&mut self, r: &Resource<ResponseRes>) -> wasmtime::Result<Result<&mut Response, WitError>> {
+        let hook = self.call.hook;
+        let response = &mut self.table.get_mut(r)?.0;
+        if RESPONSE_HOOKS.contains(&hook) {
+            Ok(Ok(response))
+        } else {
+            Ok(Err(WitError::InvalidState(format!("the response cannot be changed in {hook}"))))
+        }
+    }
+
+    fn set_body_mode(&mut self, allowed_in: Hook, mode: types::BodyMode) -> Result<BodyMode, WitError> {
+        if self.call.hook != allowed_in {
+            return Err(WitError::InvalidState(format!("the body mode can only be chosen in {allowed_in}")));
+        }
+        let mode = match mode {
+            types::BodyMode::Pass => BodyMode::Pass,
+            types::BodyMode::Buffer => BodyMode::Buffer,
+            types::BodyMode::Stream => BodyMode::Stream,
+        };
+        self.call.body_mode = Some(mode);
+        Ok(mode)
+    }
+
+    fn check_body_size(&self, len: usize) -> Result<(), WitError> {
+        let max = self.plugin.manifest.limits.max_body_bytes;
+        if len > max {
+            Err(WitError::LimitExceeded(format!("body of {len} bytes is over max_body_bytes ({max})")))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn body_of(body: &Option<Vec<u8>>, hook: Hook, whole_in: Hook) -> Result<Vec<u8>, WitError> {
+    match body {
+        Some(b) => Ok(b.clone()),
+        None if hook == whole_in => Err(WitError::InvalidState(
+            "the body is not buffered: call set-body-mode(buffer) in the headers hook".to_owned(),
+        )),
+        None => Err(WitError::InvalidState(format!("the whole body is only available in {whole_in}"))),
+    }
+}
+
+fn header_values(headers: &Headers, name: &str) -> Vec<String> {
+    headers.get_all(name).map(value_to_text).collect()
+}
+
+impl types::Host for StoreState {}
+
+impl types::HostConnection for StoreState {
+    fn id(&mut self, c: Resource<ConnectionRes>) -> wasmtime::Result<u64> {
+        Ok(self.table.get(&c)?.0.id)
+    }
+    fn client_address(&mut self, c: Resource<ConnectionRes>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&c)?.0.client_address.clone())
+    }
+    fn server_address(&mut self, c: Resource<ConnectionRes>) -> wasmtime::Result<Option<String>> {
+        Ok(self.table.get(&c)?.0.server_address.clone())
+    }
+    fn sni(&mut self, c: Resource<ConnectionRes>) -> wasmtime::Result<Option<String>> {
+        Ok(self.table.get(&c)?.0.sni.clone())
+    }
+    fn alpn(&mut self, c: Resource<ConnectionRes>) -> wasmtime::Result<Option<String>> {
+        Ok(self.table.get(&c)?.0.alpn.clone())
+    }
+    fn tls(&mut self, c: Resource<ConnectionRes>) -> wasmtime::Result<bool> {
+        Ok(self.table.get(&c)?.0.tls)
+    }
+    fn drop(&mut self, c: Resource<ConnectionRes>) -> wasmtime::Result<()> {
+        self.table.delete(c)?;
+        Ok(())
+    }
+}
+
+impl types::HostFlow for StoreState {
+    fn id(&mut self, f: Resource<FlowRes>) -> wasmtime::Result<u64> {
+        Ok(self.table.get(&f)?.0.id)
+    }
+    fn kind(&mut self, f: Resource<FlowRes>) -> wasmtime::Result<types::FlowKind> {
+        Ok(match self.table.get(&f)?.0.kind {
+            FlowKind::Http => types::FlowKind::Http,
+            FlowKind::WebSocket => types::FlowKind::Websocket,
+            FlowKind::Tcp => types::FlowKind::Tcp,
+            FlowKind::Udp => types::FlowKind::Udp,
+            FlowKind::Dns => types::FlowKind::Dns,
+        })
+    }
+    fn connection_id(&mut self, f: Resource<FlowRes>) -> wasmtime::Result<u64> {
+        Ok(self.table.get(&f)?.0.connection_id)
+    }
+    fn client_address(&mut self, f: Resource<FlowRes>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&f)?.0.client_address.clone())
+    }
+    fn server_address(&mut self, f: Resource<FlowRes>) -> wasmtime::Result<Option<String>> {
+        Ok(self.table.get(&f)?.0.server_address.clone())
+    }
+    fn get_metadata(&mut self, f: Resource<FlowRes>, key: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.table.get(&f)?.0.metadata.get(&key).cloned())
+    }
+    fn set_metadata(&mut self, f: Resource<FlowRes>, key: String, value: String) -> wasmtime::Result<Result<(), WitError>> {
+        let max = self.plugin.manifest.limits.max_state_bytes;
+        let flow = &mut self.table.get_mut(&f)?.0;
+        let used: usize = flow.metadata.iter().filter(|(k, _)| **k != key).map(|(k, v)| k.len() + v.len()).sum();
+        if used + key.len() + value.len() > max {
+            return Ok(Err(WitError::LimitExceeded(format!("flow metadata would exceed max_state_bytes ({max})"))));
+        }
+        flow.metadata.insert(key, value);
+        Ok(Ok(()))
+    }
+    fn drop(&mut self, f: Resource<FlowRes>) -> wasmtime::Result<()> {
+        self.table.delete(f)?;
+        Ok(())
+    }
+}
+
+impl types::HostRequest for StoreState {
+    fn method(&mut self, r: Resource<RequestRes>) -> wasmtime::Result<String> {
+        Ok(self.request(&r)?.method.clone())
+    }
+    fn set_method(&mut self, r: Resource<RequestRes>, method: String) -> wasmtime::Result<Result<(), WitError>> {
+        Ok(self.request_mut(&r)?.and_then(|req| req.set_method(&method).map_err(url_error)))
+    }
+    fn scheme(&mut self, r: Resource<RequestRes>) -> wasmtime::Result<String> {
+        Ok(self.request(&r)?.scheme.as_str().to_owned())
+    }
+    fn host(&mut self, r: Resource<RequestRes>) -> wasmtime::Result<String> {
+        Ok(self.request(&r)?.host.clone())
+    }
+    fn port(&mut self, r: Resource<RequestRes>) -> wasmtime::Result<u16> {
+        Ok(self.request(&r)?.port)
+    }
+    fn path(&mut self, r: Resource<RequestRes>) -> wasmtime::Result<String> {
+        Ok(self.request(&r)?.path.clone())
+    }
+    fn set_path(&mut self, r: Resource<RequestRes>, path: String) -> wasmtime::Result<Result<(), WitError>> {
+        Ok(self.request_mut(&r)?.and_then(|req| req.set_path(&path).map_err(url_error)))
+    }
+    fn url(&mut self, r: Resource<RequestRes>) -> wasmtime::Result<String> {
+        Ok(self.request(&r)?.url())
+    }
+    fn set_url(&mut self, r: Resource<RequestRes>, url: String) -> wasmtime::Result<Result<(), WitError>> {
+        Ok(self.request_mut(&r)?.and_then(|req| req.set_url(&url).map_err(url_error)))
+    }
+    fn http_version(&mut self, r: Resource<RequestRes>) -> wasmtime::Result<String> {
+        Ok(self.request(&r)?.version.as_str().to_owned())
+    }
+    fn headers(&mut self, r: Resource<RequestRes>) -> wasmtime::Result<Vec<types::Header>> {
+        Ok(to_wit_headers(&self.request(&r)?.headers))
+    }
+    fn get_header(&mut self, r: Resource<RequestRes>, name: String) -> wasmtime::Result<Vec<String>> {
+        Ok(header_values(&self.request(&r)?.headers, &name))
+    }
+    fn has_header(&mut self, r: Resource<RequestRes>, name: String) -> wasmtime::Result<bool> {
+        Ok(self.request(&r)?.headers.contains(&name))
+    }
+    fn set_header(&mut self, r: Resource<RequestRes>, name: String, value: String) -> wasmtime::Result<Result<(), WitError>> {
+        Ok(self.request_mut(&r)?.and_then(|req| req.headers.set(&name, value.as_bytes()).map_err(field_error)))
+    }
+    fn append_header(&mut self, r: Resource<RequestRes>, name: String, value: String) -> wasmtime::Result<Result<(), WitError>> {
+        Ok(self.request_mut(&r)?.and_then(|req| req.headers.append(&name, value.as_bytes()).map_err(field_error)))
+    }
+    fn remove_header(&mut self, r: Resource<RequestRes>, name: String) -> wasmtime::Result<u32> {
+        Ok(match self.request_mut(&r)? {
+            Ok(req) => u32::try_from(req.headers.remove(&name)).unwrap_or(u32::MAX),
+            Err(_) => 0,
+        })
+    }
+    fn set_headers(&mut self, r: Resource<RequestRes>, headers: Vec<types::Header>) -> wasmtime::Result<Result<(), WitError>> {
+        let parsed = from_wit_headers(&headers).map_err(field_error);
+        Ok(self.request_mut(&r)?.and_then(|req| {
+            req.headers = parsed?;
+            Ok(())
+        }))
+    }
+    fn set_body_mode(&mut self, r: Resource<RequestRes>, mode: types::BodyMode) -> wasmtime::Result<Result<(), WitError>> {
+        self.request(&r)?;
+        Ok(self.set_body_mode(Hook::RequestHeaders, mode).map(drop))
+    }
+    fn body(&mut self, r: Resource<RequestRes>) -> wasmtime::Result<Result<Vec<u8>, WitError>> {
+        let hook = self.call.hook;
+        Ok(body_of(&self.request(&r)?.body, hook, Hook::Request))
+    }
+    fn set_body(&mut self, r: Resource<RequestRes>, body: Vec<u8>) -> wasmtime::Result<Result<(), WitError>> {
+        if let Err(e) = self.check_body_size(body.len()) {
+            return Ok(Err(e));
+        }
+        Ok(self.request_mut(&r)?.map(|req| req.body = Some(body)))
+    }
+    fn trailers(&mut self, r: Resource<RequestRes>) -> wasmtime::Result<Vec<types::Header>> {
+        Ok(to_wit_headers(&self.request(&r)?.trailers))
+    }
+    fn drop(&mut self, r: Resource<RequestRes>) -> wasmtime::Result<()> {
+        self.table.delete(r)?;
+        Ok(())
+    }
+}
+
+impl types::HostResponse for StoreState {
+    fn status(&mut self, r: Resource<ResponseRes>) -> wasmtime::Result<u16> {
+        Ok(self.response(&r)?.status)
+    }
+    fn set_status(&mut self, r: Resource<ResponseRes>, status: u16) -> wasmtime::Result<Result<(), WitError>> {
+        if !(100..=999).contains(&status) {
+            return Ok(Err(WitError::InvalidArgument(format!("status {status} is outside 100..=999"))));
+        }
+        Ok(self.response_mut(&r)?.map(|resp| resp.status = status))
+    }
+    fn reason(&mut self, r: Resource<ResponseRes>) -> wasmtime::Result<String> {
+        Ok(self.response(&r)?.reason.clone())
+    }
+    fn http_version(&mut self, r: Resource<ResponseRes>) -> wasmtime::Result<String> {
+        Ok(self.response(&r)?.version.as_str().to_owned())
+    }
+    fn headers(&mut self, r: Resource<ResponseRes>) -> wasmtime::Result<Vec<types::Header>> {
+        Ok(to_wit_headers(&self.response(&r)?.headers))
+    }
+    fn get_header(&mut self, r: Resource<ResponseRes>, name: String) -> wasmtime::Result<Vec<String>> {
+        Ok(header_values(&self.response(&r)?.headers, &name))
+    }
+    fn has_header(&mut self, r: Resource<ResponseRes>, name: String) -> wasmtime::Result<bool> {
+        Ok(self.response(&r)?.headers.contains(&name))
+    }
+    fn set_header(&mut self, r: Resource<ResponseRes>, name: String, value: String) -> wasmtime::Result<Result<(), WitError>> {
+        Ok(self.response_mut(&r)?.and_then(|resp| resp.headers.set(&name, value.as_bytes()).map_err(field_error)))
+    }
+    fn append_header(&mut self, r: Resource<ResponseRes>, name: String, value: String) -> wasmtime::Result<Result<(), WitError>> {
+        Ok(self.response_mut(&r)?.and_then(|resp| resp.headers.append(&name, value.as_bytes()).map_err(field_error)))
+    }
+    fn remove_header(&mut self, r: Resource<ResponseRes>, name: String) -> wasmtime::Result<u32> {
+        Ok(match self.response_mut(&r)? {
+            Ok(resp) => u32::try_from(resp.headers.remove(&name)).unwrap_or(u32::MAX),
+            Err(_) => 0,
+        })
+    }
+    fn set_headers(&mut self, r: Resource<ResponseRes>, headers: Vec<types::Header>) -> wasmtime::Result<Result<(), WitError>> {
+        let parsed = from_wit_headers(&headers).map_err(field_error);
+        Ok(self.response_mut(&r)?.and_then(|resp| {
+            resp.headers = parsed?;
+            Ok(())
+        }))
+    }
+    fn set_body_mode(&mut self, r: Resource<ResponseRes>, mode: types::BodyMode) -> wasmtime::Result<Result<(), WitError>> {
+        self.response(&r)?;
+        Ok(self.set_body_mode(Hook::ResponseHeaders, mode).map(drop))
+    }
+    fn body(&mut self, r: Resource<ResponseRes>) -> wasmtime::Result<Result<Vec<u8>, WitError>> {
+        let hook = self.call.hook;
+        Ok(body_of(&self.response(&r)?.body, hook, Hook::Response))
+    }
+    fn set_body(&mut self, r: Resource<ResponseRes>, body: Vec<u8>) -> wasmtime::Result<Result<(), WitError>> {
+        if let Err(e) = self.check_body_size(body.len()) {
+            return Ok(Err(e));
+        }
+        Ok(self.response_mut(&r)?.map(|resp| resp.body = Some(body)))
+    }
+    fn trailers(&mut self, r: Resource<ResponseRes>) -> wasmtime::Result<Vec<types::Header>> {
+        Ok(to_wit_headers(&self.response(&r)?.trailers))
+    }
+    fn drop(&mut self, r: Resource<ResponseRes>) -> wasmtime::Result<()> {
+        self.table.delete(r)?;
+        Ok(())
+    }
+}
+
+impl log::Host for StoreState {
+    fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        let max = self.plugin.manifest.limits.max_log_bytes;
+        let room = max.saturating_sub(self.call.log_bytes);
+        if room == 0 {
+            self.call.log_dropped += 1;
+            return Ok(());
+        }
+        let mut message = message;
+        if message.len() > room {
+            let mut cut = room;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            self.call.log_dropped += 1;
+        }
+        self.call.log_bytes += message.len().max(1);
+        let level = match level {
+            log::Level::Trace => LogLevel::Trace,
+            log::Level::Debug => LogLevel::Debug,
+            log::Level::Info => LogLevel::Info,
+            log::Level::Warn => LogLevel::Warn,
+            log::Level::Error => LogLevel::Error,
+        };
+        let record = LogRecord {
+            plugin: self.plugin.manifest.name.clone(),
+            level,
+            flow_id: self.call.flow_id,
+            hook: self.call.hook,
+            message,
+        };
+        (self.plugin.log_sink)(&record);
+        Ok(())
+    }
+}
+
+impl config::Host for StoreState {
+    fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.plugin.manifest.config.get(&key).cloned())
+    }
+    fn entries(&mut self) -> wasmtime::Result<Vec<(String, String)>> {
+        Ok(self.plugin.manifest.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+}
+
+impl key_value::Host for StoreState {
+    fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        let kv = self.plugin.kv.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(kv.map.get(&key).cloned())
+    }
+    fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), WitError>> {
+        let max = self.plugin.manifest.limits.max_state_bytes;
+        let mut kv = self.plugin.kv.lock().unwrap_or_else(PoisonError::into_inner);
+        let old = kv.map.get(&key).map_or(0, |v| key.len() + v.len());
+        let new_total = kv.bytes - old + key.len() + value.len();
+        if new_total > max {
+            return Ok(Err(WitError::LimitExceeded(format!(
+                "key-value state would be {new_total} bytes, over max_state_bytes ({max})"
+            ))));
+        }
+        kv.bytes = new_total;
+        kv.map.insert(key, value);
+        Ok(Ok(()))
+    }
+    fn delete(&mut self, key: String) -> wasmtime::Result<bool> {
+        let mut kv = self.plugin.kv.lock().unwrap_or_else(PoisonError::into_inner);
+        match kv.map.remove(&key) {
+            Some(v) => {
+                kv.bytes -= key.len() + v.len();
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+    fn get_keys(&mut self) -> wasmtime::Result<Vec<String>> {
+        let kv = self.plugin.kv.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(kv.map.keys().cloned().collect())
+    }
+}
+
+impl clock::Host for StoreState {
+    fn now(&mut self) -> wasmtime::Result<u64> {
+        let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        Ok(u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
+    }
+    fn monotonic_now(&mut self) -> wasmtime::Result<u64> {
+        Ok(u64::try_from(self.plugin.started.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+}
+
+/// The most random bytes one call may ask for.
+const MAX_RANDOM_BYTES: u32 = 65536;
+
+impl random::Host for StoreState {
+    fn get_random_bytes(&mut self, len: u32) -> wasmtime::Result<Vec<u8>> {
+        if len > MAX_RANDOM_BYTES {
+            return Err(format_err!("get-random-bytes: {len} bytes asked, at most {MAX_RANDOM_BYTES} allowed"));
+        }
+        let mut bytes = vec![0; len as usize];
+        rand::rng().fill_bytes(&mut bytes);
+        Ok(bytes)
+    }
+    fn get_random_u64(&mut self) -> wasmtime::Result<u64> {
+        Ok(rand::rng().next_u64())
+    }
+}
+
+impl outbound_http::Host for StoreState {
+    fn send(
+        &mut self,
+        request: outbound_http::OutgoingRequest,
+    ) -> wasmtime::Result<Result<outbound_http::IncomingResponse, WitError>> {
+        if self.plugin.manifest.capabilities.allowed_outbound_hosts.is_empty() {
+            return Ok(Err(WitError::Denied(format!(
+                "outbound HTTP to {} is not granted: add it to capabilities.allowed_outbound_hosts",
+                request.url
+            ))));
+        }
+        Ok(Err(WitError::Unsupported("outbound HTTP is not implemented by this host yet".to_owned())))
+    }
+}

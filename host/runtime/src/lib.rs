@@ -1,0 +1,20 @@
+//! flowgate's plugin runtime: the only crate that knows wasmtime.
+//!
+//! It loads plugins (WebAssembly components built against `flowgate:plugin@0.1.0`),
+//! checks them against their manifests, and runs their hooks in a sandbox: a memory cap,
+//! a wall-clock deadline per hook (epoch interruption), optional fuel, capped logs and
+//! state, a failure policy and a crash budget. It does no network IO; the network layer
+//! drives it through [`Chain`], [`ConnectionSession`] and [`HttpFlowSession`].
+
+mod bindings;
+mod host;
+pub mod manifest;
+mod plugin;
+mod runtime;
+mod session;
+
+pub use host::{LogLevel, LogRecord, LogSink};
+pub use manifest::{Capabilities, FailurePolicy, InstanceModel, Limits, Manifest, ManifestError};
+pub use plugin::{Plugin, PluginStats};
+pub use runtime::{LoadError, Runtime, RuntimeConfig};
+pub use session::{Chain, ConnectionSession, HttpAction, HttpFlowSession, TlsSide};

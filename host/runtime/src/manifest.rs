@@ -1,0 +1,352 @@
+//! The plugin manifest: `plugin.toml` beside the `.wasm`, with safe defaults for a bare `.wasm`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// How instances of a plugin are created and reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstanceModel {
+    /// A fresh instance for every flow, dropped when the flow ends: no state leaks
+    /// from one flow to the next (strongest isolation).
+    PerFlow,
+    /// One instance per client connection, shared by that connection's flows.
+    PerConnection,
+    /// A pool of instances reused across flows (needed by interpreted languages whose
+    /// runtimes are slow to start). An instance that trapped is never reused.
+    Pooled,
+}
+
+impl InstanceModel {
+    /// The default, chosen by measurement (see host/ARCHITECTURE.md).
+    pub const DEFAULT: InstanceModel = InstanceModel::PerFlow;
+
+    /// The name used in manifests.
+    pub fn name(self) -> &'static str {
+        match self {
+            InstanceModel::PerFlow => "per-flow",
+            InstanceModel::PerConnection => "per-connection",
+            InstanceModel::Pooled => "pooled",
+        }
+    }
+}
+
+/// What happens to a flow when a plugin fails in one of its hooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailurePolicy {
+    /// Skip the plugin for the rest of the flow; the flow goes on.
+    FailOpen,
+    /// The flow ends with an error (HTTP: 502 to the client).
+    FailClosed,
+}
+
+/// Limits applied to one plugin. Every field is a documented setting with a default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Linear memory one instance may use (`memory`, default 64 MiB).
+    pub memory_bytes: usize,
+    /// Wall-clock time one hook call may take (`hook_timeout_ms`, default 100 ms).
+    pub hook_timeout: Duration,
+    /// Fuel per hook call (`fuel`, default none); needs fuel enabled in the runtime.
+    pub fuel: Option<u64>,
+    /// Log bytes one hook call may write (`max_log_bytes`, default 64 KiB);
+    /// the rest is dropped and counted.
+    pub max_log_bytes: usize,
+    /// Bytes of key-value state and flow metadata (`max_state_bytes`, default 1 MiB).
+    pub max_state_bytes: usize,
+    /// Largest body buffered for this plugin (`max_body_bytes`, default 16 MiB).
+    pub max_body_bytes: usize,
+    /// Consecutive failures after which the plugin is quarantined (`crash_budget`, default 5).
+    pub crash_budget: u32,
+    /// Instances kept warm by the `pooled` model (`pool_size`, default 16).
+    pub pool_size: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: 64 << 20,
+            hook_timeout: Duration::from_millis(100),
+            fuel: None,
+            max_log_bytes: 64 << 10,
+            max_state_bytes: 1 << 20,
+            max_body_bytes: 16 << 20,
+            crash_budget: 5,
+            pool_size: 16,
+        }
+    }
+}
+
+/// What a plugin is granted beyond the always-available host imports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Hosts outbound HTTP may reach (`allowed_outbound_hosts`, Spin's name).
+    pub allowed_outbound_hosts: Vec<String>,
+    /// Environment variables passed through (names; values come from flowgate's environment).
+    pub env: Vec<String>,
+    /// Whether the plugin's stdout and stderr go to flowgate's log (otherwise discarded).
+    pub stdio: bool,
+}
+
+/// A parsed, validated manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// The plugin's name, used in logs and flow records.
+    pub name: String,
+    /// The plugin's version.
+    pub version: String,
+    /// Position in the chain: lower runs first; ties keep load order.
+    pub order: i32,
+    /// The component file.
+    pub wasm: PathBuf,
+    /// Instance model.
+    pub instance: InstanceModel,
+    /// Failure policy.
+    pub failure: FailurePolicy,
+    /// Limits.
+    pub limits: Limits,
+    /// Capabilities.
+    pub capabilities: Capabilities,
+    /// The `[config]` table, given to the plugin through the `config` import.
+    pub config: BTreeMap<String, String>,
+}
+
+/// Why a manifest was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ManifestError(String);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    name: Option<String>,
+    version: Option<String>,
+    order: Option<i32>,
+    wasm: Option<PathBuf>,
+    instance: Option<InstanceModel>,
+    failure: Option<FailurePolicy>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    capabilities: RawCapabilities,
+    #[serde(default)]
+    config: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    memory: Option<ByteSize>,
+    hook_timeout_ms: Option<u64>,
+    fuel: Option<u64>,
+    max_log_bytes: Option<ByteSize>,
+    max_state_bytes: Option<ByteSize>,
+    max_body_bytes: Option<ByteSize>,
+    crash_budget: Option<u32>,
+    pool_size: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCapabilities {
+    #[serde(default)]
+    allowed_outbound_hosts: Vec<String>,
+    #[serde(default)]
+    env: Vec<String>,
+    #[serde(default)]
+    stdio: bool,
+}
+
+/// A size: an integer number of bytes or a string like `"16MiB"`.
+#[derive(Debug, Clone, Copy)]
+struct ByteSize(usize);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => usize::try_from(n).map(ByteSize).map_err(serde::de::Error::custom),
+            Raw::Text(s) => parse_size(&s).map(ByteSize).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Parses `"512"`, `"64KiB"`, `"16MiB"`, `"1GiB"` (also `KB`, `MB`, `GB` as powers of 1024).
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: usize = digits.parse().map_err(|_| format!("invalid size {text:?}"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("invalid size unit in {text:?} (use B, KiB, MiB or GiB)")),
+    };
+    n.checked_mul(1 << shift).ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+/// The largest memory cap a manifest may ask for; the pooling allocator reserves this much.
+pub const MAX_MEMORY_BYTES: usize = 1 << 30;
+
+impl Manifest {
+    /// The manifest a bare `.wasm` gets: its file stem as name and safe defaults.
+    pub fn for_bare_wasm(wasm: &Path) -> Manifest {
+        let name = wasm
+            .file_stem()
+            .map(|s| s.to_string_lossy().replace('_', "-"))
+            .unwrap_or_else(|| "plugin".to_owned());
+        Manifest {
+            name,
+            version: "0.0.0".to_owned(),
+            order: 0,
+            wasm: wasm.to_owned(),
+            instance: InstanceModel::DEFAULT,
+            failure: FailurePolicy::FailOpen,
+            limits: Limits::default(),
+            capabilities: Capabilities::default(),
+            config: BTreeMap::new(),
+        }
+    }
+
+    /// Parses a manifest's text; `path` is the manifest file, used to find the `.wasm`.
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
+        let raw: RawManifest = toml::from_str(text).map_err(|e| ManifestError(e.to_string().trim_end().to_owned()))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let wasm = match raw.wasm {
+            Some(w) if w.is_absolute() => w,
+            Some(w) => dir.join(w),
+            None => {
+                let name = raw.name.as_deref().unwrap_or("plugin").replace('-', "_");
+                dir.join(format!("{name}.wasm"))
+            }
+        };
+        let mut manifest = Manifest::for_bare_wasm(&wasm);
+        if let Some(name) = raw.name {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                return Err(ManifestError(format!("invalid name {name:?}: use letters, digits, '-', '_' and '.'")));
+            }
+            manifest.name = name;
+        }
+        if let Some(version) = raw.version {
+            manifest.version = version;
+        }
+        manifest.order = raw.order.unwrap_or(0);
+        manifest.instance = raw.instance.unwrap_or(InstanceModel::DEFAULT);
+        manifest.failure = raw.failure.unwrap_or(FailurePolicy::FailOpen);
+        let l = &mut manifest.limits;
+        if let Some(ByteSize(m)) = raw.limits.memory {
+            if !(64 << 10..=MAX_MEMORY_BYTES).contains(&m) {
+                return Err(ManifestError(format!("limits.memory must be between 64KiB and 1GiB, got {m} bytes")));
+            }
+            l.memory_bytes = m;
+        }
+        if let Some(ms) = raw.limits.hook_timeout_ms {
+            if !(1..=60_000).contains(&ms) {
+                return Err(ManifestError(format!("limits.hook_timeout_ms must be between 1 and 60000, got {ms}")));
+            }
+            l.hook_timeout = Duration::from_millis(ms);
+        }
+        l.fuel = raw.limits.fuel;
+        if let Some(ByteSize(n)) = raw.limits.max_log_bytes {
+            l.max_log_bytes = n;
+        }
+        if let Some(ByteSize(n)) = raw.limits.max_state_bytes {
+            l.max_state_bytes = n;
+        }
+        if let Some(ByteSize(n)) = raw.limits.max_body_bytes {
+            l.max_body_bytes = n;
+        }
+        if let Some(n) = raw.limits.crash_budget {
+            if n == 0 {
+                return Err(ManifestError("limits.crash_budget must be at least 1".to_owned()));
+            }
+            l.crash_budget = n;
+        }
+        if let Some(n) = raw.limits.pool_size {
+            l.pool_size = n;
+        }
+        manifest.capabilities = Capabilities {
+            allowed_outbound_hosts: raw.capabilities.allowed_outbound_hosts,
+            env: raw.capabilities.env,
+            stdio: raw.capabilities.stdio,
+        };
+        for (key, value) in raw.config {
+            let text = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => value.to_string(),
+                other => {
+                    return Err(ManifestError(format!(
+                        "config.{key}: values must be strings, numbers or booleans, got {}",
+                        other.type_str()
+                    )));
+                }
+            };
+            manifest.config.insert(key, text);
+        }
+        Ok(manifest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        Manifest::parse(text, Path::new("/p/plugin.toml"))
+    }
+
+    #[test]
+    fn full_manifest() {
+        let m = parse(
+            r#"
+            name = "add-header"
+            version = "1.2.3"
+            order = -5
+            instance = "pooled"
+            failure = "fail-closed"
+            [limits]
+            memory = "8MiB"
+            hook_timeout_ms = 20
+            fuel = 1000000
+            crash_budget = 3
+            [capabilities]
+            env = ["HOME"]
+            [config]
+            header = "x-a: b"
+            count = 3
+            "#,
+        )
+        .expect("valid manifest");
+        assert_eq!(m.wasm, PathBuf::from("/p/add_header.wasm"));
+        assert_eq!((m.order, m.instance, m.failure), (-5, InstanceModel::Pooled, FailurePolicy::FailClosed));
+        assert_eq!(m.limits.memory_bytes, 8 << 20);
+        assert_eq!(m.limits.hook_timeout, Duration::from_millis(20));
+        assert_eq!(m.limits.fuel, Some(1_000_000));
+        assert_eq!(m.config.get("count").map(String::as_str), Some("3"));
+    }
+
+    #[test]
+    fn bad_manifests_say_what_is_wrong() {
+        let e = parse("nmae = \"x\"").expect_err("unknown key");
+        assert!(e.0.contains("unknown field `nmae`"), "{e}");
+        let e = parse("[limits]\nmemory = \"10XB\"").expect_err("bad unit");
+        assert!(e.0.contains("invalid size unit"), "{e}");
+        let e = parse("[limits]\nmemory = \"4GiB\"").expect_err("too big");
+        assert!(e.0.contains("limits.memory"), "{e}");
+        let e = parse("instance = \"sometimes\"").expect_err("bad model");
+        assert!(e.0.contains("unknown variant"), "{e}");
+        let e = parse("[config]\nx = [1]").expect_err("array config");
+        assert!(e.0.contains("config.x"), "{e}");
+    }
+}

@@ -1,0 +1,325 @@
+//! The engine every plugin runs on, and loading plugins into it.
+//!
+//! One [`Runtime`] owns one wasmtime `Engine` (pooling allocator, epoch interruption
+//! driven by one ticker thread, compiled components cached on disk) and one `Linker`
+//! with every host import. Loading a plugin compiles it (or reuses the cache), checks
+//! its imports against what its manifest grants, type-checks it against the WIT and
+//! finds which hook groups it exports.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::bindings::{self, hooks};
+use crate::host::{KvState, LogLevel, LogRecord, LogSink, PluginShared, StoreState};
+use crate::manifest::{MAX_MEMORY_BYTES, Manifest};
+use crate::plugin::{GroupIndices, Health, Plugin};
+
+/// Settings of the plugin runtime as a whole. Per-plugin limits live in the manifest.
+#[derive(Clone)]
+pub struct RuntimeConfig {
+    /// Where compiled components are cached (`None`: compile on every start).
+    pub cache_dir: Option<PathBuf>,
+    /// Most plugin instances alive at once across all plugins (`plugin_max_instances`,
+    /// default 1000); it sizes the pooling allocator.
+    pub max_instances: u32,
+    /// Enables fuel metering, which a manifest's `limits.fuel` needs (`plugin_fuel`, default
+    /// off: metering slows every plugin down).
+    pub fuel: bool,
+    /// How often the epoch ticks; deadlines are checked at this granularity (default 1 ms).
+    pub epoch_tick: Duration,
+    /// Where plugin log lines go.
+    pub log_sink: LogSink,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            cache_dir: None,
+            max_instances: 1000,
+            fuel: false,
+            epoch_tick: Duration::from_millis(1),
+            log_sink: Arc::new(tracing_sink),
+        }
+    }
+}
+
+fn tracing_sink(r: &LogRecord) {
+    let flow = r.flow_id.map(|id| format!(" flow={id}")).unwrap_or_default();
+    match r.level {
+        LogLevel::Trace => tracing::trace!("[{}{flow}] {}", r.plugin, r.message),
+        LogLevel::Debug => tracing::debug!("[{}{flow}] {}", r.plugin, r.message),
+        LogLevel::Info => tracing::info!("[{}{flow}] {}", r.plugin, r.message),
+        LogLevel::Warn => tracing::warn!("[{}{flow}] {}", r.plugin, r.message),
+        LogLevel::Error => tracing::error!("[{}{flow}] {}", r.plugin, r.message),
+    }
+}
+
+/// Why a plugin could not be loaded. The message names the file and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("{path}: {message}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// The manifest is malformed or asks for something impossible.
+    #[error("{path}: bad manifest: {message}")]
+    Manifest {
+        /// The manifest.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The component is invalid, does not match the WIT, or imports what it was not granted.
+    #[error("{path}: {message}")]
+    Component {
+        /// The component.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The plugin's `configure` hook refused its configuration.
+    #[error("{path}: configure failed: {message}")]
+    Configure {
+        /// The component.
+        path: PathBuf,
+        /// What the plugin said, or how it failed.
+        message: String,
+    },
+    /// The engine could not be set up.
+    #[error("plugin runtime: {0}")]
+    Engine(String),
+}
+
+pub(crate) struct RuntimeInner {
+    pub engine: Engine,
+    pub linker: Linker<StoreState>,
+    pub config: RuntimeConfig,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Drop for RuntimeInner {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The plugin runtime: one engine, one linker, one epoch ticker.
+#[derive(Clone)]
+pub struct Runtime {
+    pub(crate) inner: Arc<RuntimeInner>,
+}
+
+/// The import namespaces every plugin may use without a grant. WASI filesystem is
+/// linked with no preopened directories, environment and stdio are empty unless
+/// granted, so none of these reach anything outside the sandbox.
+const ALWAYS_ALLOWED: &[&str] = &[
+    "flowgate:plugin/types@0.1.",
+    "flowgate:plugin/log@0.1.",
+    "flowgate:plugin/config@0.1.",
+    "flowgate:plugin/key-value@0.1.",
+    "flowgate:plugin/clock@0.1.",
+    "flowgate:plugin/random@0.1.",
+    "wasi:cli/",
+    "wasi:io/",
+    "wasi:clocks/",
+    "wasi:random/",
+    "wasi:filesystem/",
+];
+
+impl Runtime {
+    /// Sets up the engine. Fails only if the platform refuses the memory reservations.
+    pub fn new(config: RuntimeConfig) -> Result<Runtime, LoadError> {
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true);
+        wasm.epoch_interruption(true);
+        wasm.consume_fuel(config.fuel);
+        let mut pool = PoolingAllocationConfig::default();
+        let n = config.max_instances.max(1);
+        pool.total_component_instances(n);
+        pool.total_core_instances(n.saturating_mul(8));
+        pool.total_memories(n.saturating_mul(2));
+        pool.total_tables(n.saturating_mul(4));
+        pool.total_stacks(n);
+        pool.max_core_instances_per_component(32);
+        pool.max_memories_per_component(4);
+        pool.max_tables_per_component(8);
+        pool.max_memory_size(MAX_MEMORY_BYTES);
+        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        if let Some(dir) = &config.cache_dir {
+            let mut cache = CacheConfig::new();
+            cache.with_directory(dir);
+            let cache = Cache::new(cache).map_err(|e| LoadError::Engine(format!("compile cache in {}: {e}", dir.display())))?;
+            wasm.cache(Some(cache));
+        }
+        let engine = Engine::new(&wasm).map_err(|e| LoadError::Engine(e.to_string()))?;
+        let mut linker: Linker<StoreState> = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| LoadError::Engine(e.to_string()))?;
+        bindings::Plugin::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)
+            .map_err(|e| LoadError::Engine(e.to_string()))?;
+
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        {
+            let engine = engine.clone();
+            let stop = stop_ticker.clone();
+            let tick = config.epoch_tick;
+            std::thread::Builder::new()
+                .name("flowgate-epoch".to_owned())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(tick);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| LoadError::Engine(format!("cannot start the epoch ticker: {e}")))?;
+        }
+        Ok(Runtime { inner: Arc::new(RuntimeInner { engine, linker, config, stop_ticker }) })
+    }
+
+    /// Loads a plugin from a `.wasm` (safe defaults) or a `plugin.toml` (its manifest),
+    /// and runs its `configure` hook if it exports the lifecycle group.
+    pub async fn load(&self, path: &Path) -> Result<Arc<Plugin>, LoadError> {
+        self.load_with(path, &[]).await
+    }
+
+    /// Like [`Runtime::load`], with `key=value` config overrides (`--set NAME.KEY=VALUE`).
+    pub async fn load_with(&self, path: &Path, overrides: &[(String, String)]) -> Result<Arc<Plugin>, LoadError> {
+        let mut manifest = if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| LoadError::Io { path: path.to_owned(), message: e.to_string() })?;
+            Manifest::parse(&text, path)
+                .map_err(|e| LoadError::Manifest { path: path.to_owned(), message: e.to_string() })?
+        } else {
+            Manifest::for_bare_wasm(path)
+        };
+        for (key, value) in overrides {
+            manifest.config.insert(key.clone(), value.clone());
+        }
+        self.load_manifest(manifest).await
+    }
+
+    /// Loads a plugin described by an already-parsed manifest.
+    pub async fn load_manifest(&self, manifest: Manifest) -> Result<Arc<Plugin>, LoadError> {
+        let path = manifest.wasm.clone();
+        let component_error = |message: String| LoadError::Component { path: path.clone(), message };
+        if manifest.limits.fuel.is_some() && !self.inner.config.fuel {
+            return Err(component_error(
+                "limits.fuel is set but fuel metering is off (start with --set plugin_fuel=true)".to_owned(),
+            ));
+        }
+        let bytes = std::fs::read(&path).map_err(|e| LoadError::Io { path: path.clone(), message: e.to_string() })?;
+        if !wasmparser_is_component(&bytes) {
+            return Err(component_error(
+                "not a WebAssembly component (a core module? build for wasm32-wasip2 or run `wasm-tools component new`)"
+                    .to_owned(),
+            ));
+        }
+        let engine = &self.inner.engine;
+        let component = Component::new(engine, &bytes).map_err(|e| component_error(format!("invalid component: {e:#}")))?;
+
+        let ty = component.component_type();
+        for (name, _) in ty.imports(engine) {
+            check_import(name, &manifest).map_err(component_error)?;
+        }
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| component_error(format!("does not match the flowgate:plugin@0.1.0 WIT: {e:#}")))?;
+
+        let exported: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_owned()).collect();
+        let exports = |group: &str| {
+            let prefix = format!("flowgate:plugin/{group}@0.1.");
+            exported.iter().any(|e| e.starts_with(&prefix))
+        };
+        let wrong = |group: &str, e: wasmtime::Error| {
+            component_error(format!("export of hook group `{group}` does not match the WIT: {e:#}"))
+        };
+        let mut groups = GroupIndices::default();
+        if exports("lifecycle") {
+            groups.lifecycle = Some(hooks::lifecycle::GuestIndices::new(&pre).map_err(|e| wrong("lifecycle", e))?);
+        }
+        if exports("connection") {
+            groups.connection = Some(hooks::connection::GuestIndices::new(&pre).map_err(|e| wrong("connection", e))?);
+        }
+        if exports("tls") {
+            groups.tls = Some(hooks::tls::GuestIndices::new(&pre).map_err(|e| wrong("tls", e))?);
+        }
+        if exports("http") {
+            groups.http = Some(hooks::http::GuestIndices::new(&pre).map_err(|e| wrong("http", e))?);
+        }
+        if exports("websocket") {
+            groups.websocket = Some(hooks::websocket::GuestIndices::new(&pre).map_err(|e| wrong("websocket", e))?);
+        }
+        if exports("tcp") {
+            groups.tcp = Some(hooks::tcp::GuestIndices::new(&pre).map_err(|e| wrong("tcp", e))?);
+        }
+        if exports("udp") {
+            groups.udp = Some(hooks::udp::GuestIndices::new(&pre).map_err(|e| wrong("udp", e))?);
+        }
+        if exports("dns") {
+            groups.dns = Some(hooks::dns::GuestIndices::new(&pre).map_err(|e| wrong("dns", e))?);
+        }
+        if groups.is_empty() {
+            return Err(component_error(format!(
+                "exports no flowgate:plugin@0.1.0 hook group (it exports: {})",
+                if exported.is_empty() { "nothing".to_owned() } else { exported.join(", ") }
+            )));
+        }
+
+        let shared = Arc::new(PluginShared {
+            manifest,
+            kv: Mutex::new(KvState::default()),
+            log_sink: self.inner.config.log_sink.clone(),
+            started: Instant::now(),
+        });
+        let plugin = Arc::new(Plugin {
+            shared,
+            pre,
+            groups,
+            health: Health::default(),
+            pool: Mutex::new(Vec::new()),
+            runtime: self.inner.clone(),
+        });
+        if plugin.groups.lifecycle.is_some() {
+            plugin.configure().await.map_err(|message| LoadError::Configure { path: path.clone(), message })?;
+        }
+        Ok(plugin)
+    }
+}
+
+/// Whether `bytes` is a component rather than a core module (the layer field of the header).
+fn wasmparser_is_component(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [1, 0]
+}
+
+/// Checks one import name against what the manifest grants.
+fn check_import(name: &str, manifest: &Manifest) -> Result<(), String> {
+    if ALWAYS_ALLOWED.iter().any(|p| name.starts_with(p)) {
+        return Ok(());
+    }
+    if name.starts_with("flowgate:plugin/outbound-http@0.1.") {
+        return if manifest.capabilities.allowed_outbound_hosts.is_empty() {
+            Err(format!(
+                "imports `{name}` but outbound HTTP is not granted (list hosts in capabilities.allowed_outbound_hosts)"
+            ))
+        } else {
+            Ok(())
+        };
+    }
+    if name.starts_with("wasi:sockets/") {
+        return Err(format!("imports `{name}`: raw sockets are never granted to plugins (use outbound-http)"));
+    }
+    if name.starts_with("wasi:http/") {
+        return Err(format!("imports `{name}`: wasi:http is not provided (use flowgate:plugin/outbound-http)"));
+    }
+    Err(format!("imports `{name}`, which flowgate does not provide"))
+}
