@@ -1,1 +1,101 @@
-//! x
+//! Helpers shared by flowgate's end-to-end tests and benchmarks: the paths of the
+//! example plugins (built by build.rs), a shared plugin runtime, manifests written to
+//! temporary directories, and captured plugin logs.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use flowgate_flow::{ConnectionInfo, FlowInfo, Request, Response};
+use flowgate_runtime::{LogRecord, Runtime, RuntimeConfig};
+
+/// Paths of the example plugins' components.
+pub mod plugins {
+    include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
+}
+
+/// Where compiled components are cached between test runs.
+pub fn cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins/wasmtime-cache")
+}
+
+/// Plugin log lines captured by a test.
+#[derive(Clone, Default)]
+pub struct Logs(Arc<Mutex<Vec<LogRecord>>>);
+
+impl Logs {
+    /// A runtime config whose log sink records here.
+    pub fn config(&self) -> RuntimeConfig {
+        let logs = self.0.clone();
+        RuntimeConfig {
+            cache_dir: Some(cache_dir()),
+            log_sink: Arc::new(move |r: &LogRecord| logs.lock().unwrap_or_else(PoisonError::into_inner).push(r.clone())),
+            ..RuntimeConfig::default()
+        }
+    }
+
+    /// Every line so far.
+    pub fn lines(&self) -> Vec<LogRecord> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Messages of the lines written by `plugin`.
+    pub fn messages(&self, plugin: &str) -> Vec<String> {
+        self.lines().into_iter().filter(|r| r.plugin == plugin).map(|r| r.message).collect()
+    }
+}
+
+/// A runtime shared by the tests of one binary (the engine and compile cache are shared;
+/// each test loads its own plugins, so their state and health are separate).
+pub fn runtime() -> Runtime {
+    static SHARED: OnceLock<Runtime> = OnceLock::new();
+    SHARED
+        .get_or_init(|| {
+            Runtime::new(RuntimeConfig { cache_dir: Some(cache_dir()), ..RuntimeConfig::default() })
+                .expect("the plugin runtime starts")
+        })
+        .clone()
+}
+
+/// Writes `manifest` (TOML, without `wasm`) to a fresh directory as `plugin.toml`, pointing
+/// at `wasm`, and returns the manifest's path.
+pub fn manifest(wasm: &str, manifest: &str) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!("flowgate-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    std::fs::create_dir_all(&dir).expect("temp dir is writable");
+    let path = dir.join("plugin.toml");
+    let text = format!("wasm = {wasm:?}\n{manifest}");
+    std::fs::write(&path, text).expect("temp dir is writable");
+    path
+}
+
+/// A GET request for `url` with `extra` filler headers after Host and User-Agent.
+pub fn request(url: &str, extra: usize) -> Request {
+    let mut r = Request::new("GET", url).expect("valid test URL");
+    let host = r.host.clone();
+    r.headers.append("Host", host.as_bytes()).expect("valid");
+    r.headers.append("User-Agent", b"curl/8.5.0").expect("valid");
+    for i in 0..extra {
+        r.headers.append(&format!("X-Filler-{i}"), b"some value of a typical length").expect("valid");
+    }
+    r
+}
+
+/// A 200 response with a body.
+pub fn response(body: &[u8]) -> Response {
+    let mut r = Response { status: 200, reason: "OK".to_owned(), ..Response::default() };
+    r.headers.append("Content-Type", b"text/html; charset=utf-8").expect("valid");
+    r.headers.append("Content-Length", body.len().to_string().as_bytes()).expect("valid");
+    r.body = Some(body.to_vec());
+    r
+}
+
+/// Connection facts for a client at `client`.
+pub fn connection(id: u64, client: &str) -> ConnectionInfo {
+    ConnectionInfo { id, client_address: client.to_owned(), ..ConnectionInfo::default() }
+}
+
+/// Facts for flow `id` on connection `conn`.
+pub fn flow(id: u64, conn: u64) -> FlowInfo {
+    FlowInfo { id, connection_id: conn, client_address: "127.0.0.1:40000".to_owned(), ..FlowInfo::default() }
+}

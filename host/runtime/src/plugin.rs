@@ -137,6 +137,11 @@ impl Plugin {
         }
     }
 
+    /// Warm instances waiting in the pool (`pooled` model only).
+    pub fn pooled_instances(&self) -> usize {
+        self.pool.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
     /// Whether it has been quarantined for failing too often.
     pub fn is_quarantined(&self) -> bool {
         self.health.quarantined.load(Ordering::Relaxed)

@@ -289,6 +289,14 @@ impl Runtime {
             pool: Mutex::new(Vec::new()),
             runtime: self.inner.clone(),
         });
+        // Exports are type-checked when an instance loads them: do it once now so a
+        // component that does not match the WIT is refused at load, not at its first flow.
+        let probe = plugin.instantiate().await.map_err(|f| {
+            component_error(format!("cannot be instantiated (does it match the flowgate:plugin@0.1.0 WIT?): {}", f.message))
+        })?;
+        if plugin.model() == crate::InstanceModel::Pooled {
+            plugin.release_pooled(probe);
+        }
         if plugin.groups.lifecycle.is_some() {
             plugin.configure().await.map_err(|message| LoadError::Configure { path: path.clone(), message })?;
         }

@@ -1,14 +1,72 @@
-use flowgate_sdk::groups::http::exports::flowgate::plugin::http::Guest;
-use flowgate_sdk::bindings::flowgate::plugin::types::*;
-struct P;
-impl Guest for P {
-    fn request_headers(flow: &Flow, request: &Request) -> Verdict { let _ = request.set_header("x-a", "b"); Verdict::Continue }
-    fn request_body_chunk(flow: &Flow, request: &Request, chunk: Vec<u8>, eos: bool) -> Vec<u8> { chunk }
-    fn request(flow: &Flow, request: &Request) -> Verdict { Verdict::Continue }
-    fn response_headers(flow: &Flow, request: &Request, response: &Response) -> Verdict { Verdict::Continue }
-    fn response_body_chunk(flow: &Flow, request: &Request, response: &Response, chunk: Vec<u8>, eos: bool) -> Vec<u8> { chunk }
-    fn response(flow: &Flow, request: &Request, response: &Response) -> Verdict { Verdict::Continue }
-    fn error(flow: &Flow, request: &Request, message: String) {}
-    fn http_connect(flow: &Flow, request: &Request) -> Verdict { Verdict::Continue }
+//! add-header: add, replace or remove headers on requests and responses, like
+//! mitmproxy's `modify_headers`.
+//!
+//! Configured by the manifest's `[config]` table:
+//! - `request` — lines of `Name: value` set on every request;
+//! - `response` — lines of `Name: value` set on every response.
+//!
+//! A line with an empty value (`Name:`) removes the header instead.
+
+use flowgate_sdk::{Flow, HttpHooks, LifecycleHooks, Request, Response, Verdict, config, export_plugin, log};
+
+struct AddHeader;
+
+/// Parses `Name: value` lines; `None` as value means remove.
+fn rules(key: &str) -> Result<Vec<(String, Option<String>)>, String> {
+    let Some(text) = config::get(key) else { return Ok(Vec::new()) };
+    let mut rules = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| format!("config.{key}: expected `Name: value`, got {line:?}"))?;
+        let value = value.trim();
+        rules.push((name.trim().to_owned(), (!value.is_empty()).then(|| value.to_owned())));
+    }
+    Ok(rules)
 }
-flowgate_sdk::groups::http::export_http!(P);
+
+impl LifecycleHooks for AddHeader {
+    fn configure() -> Result<(), String> {
+        let n = rules("request")?.len() + rules("response")?.len();
+        if n == 0 {
+            return Err("nothing to do: set config.request and/or config.response".to_owned());
+        }
+        Ok(())
+    }
+}
+
+impl HttpHooks for AddHeader {
+    fn request_headers(_flow: &Flow, request: &Request) -> Verdict {
+        for (name, value) in rules("request").unwrap_or_default() {
+            let result = match value {
+                Some(v) => request.set_header(&name, &v),
+                None => {
+                    request.remove_header(&name);
+                    Ok(())
+                }
+            };
+            if let Err(e) = result {
+                log::error(&format!("cannot set request header {name}: {}", e.describe()));
+            }
+        }
+        Verdict::Continue
+    }
+
+    fn response_headers(_flow: &Flow, _request: &Request, response: &Response) -> Verdict {
+        for (name, value) in rules("response").unwrap_or_default() {
+            match value {
+                Some(v) => {
+                    if let Err(e) = response.set_header(&name, &v) {
+                        log::error(&format!("cannot set response header {name}: {}", e.describe()));
+                    }
+                }
+                None => {
+                    response.remove_header(&name);
+                }
+            }
+        }
+        Verdict::Continue
+    }
+}
+
+export_plugin!(AddHeader: lifecycle, http);

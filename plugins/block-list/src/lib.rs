@@ -1,0 +1,50 @@
+//! block-list: answer requests to listed hosts or paths locally (403 by default); the
+//! upstream is never contacted.
+//!
+//! `[config]`:
+//! - `hosts` — comma-separated host patterns; `*.example.com` matches subdomains;
+//! - `paths` — comma-separated path prefixes;
+//! - `status` — the status to answer with (default 403);
+//! - `message` — the body (default "blocked by flowgate");
+//! - `action` — `respond` (default) or `kill` to close the connection without an answer.
+
+use flowgate_sdk::{Flow, HttpHooks, Request, Verdict, config, export_plugin, log};
+
+struct BlockList;
+
+fn list(key: &str) -> Vec<String> {
+    config::get(key)
+        .unwrap_or_default()
+        .split(',')
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn host_matches(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => host == suffix || host.ends_with(&format!(".{suffix}")),
+        None => host == pattern,
+    }
+}
+
+impl HttpHooks for BlockList {
+    fn request_headers(_flow: &Flow, request: &Request) -> Verdict {
+        let host = request.host().to_ascii_lowercase();
+        let path = request.path();
+        let blocked_host = list("hosts").iter().any(|p| host_matches(p, &host));
+        let blocked_path = list("paths").iter().any(|p| path.to_ascii_lowercase().starts_with(p.as_str()));
+        if !(blocked_host || blocked_path) {
+            return Verdict::Continue;
+        }
+        let status = config::get("status").and_then(|s| s.parse().ok()).unwrap_or(403);
+        let message = config::get("message").unwrap_or_else(|| "blocked by flowgate".to_owned());
+        log::info(&format!("blocked {} {}", request.method(), request.url()));
+        if config::get("action").as_deref() == Some("kill") {
+            return Verdict::Kill;
+        }
+        Verdict::text(status, &format!("{message}\n"))
+    }
+}
+
+export_plugin!(BlockList: http);

@@ -1,0 +1,508 @@
+//! The plugin runtime with real compiled components: hooks, verdicts, limits, failure
+//! policies, quarantine, instance models and load-time checks.
+
+use std::time::{Duration, Instant};
+
+use flowgate_flow::{BodyMode, FailureKind, Hook, TlsDecision};
+use flowgate_runtime::{Chain, HttpAction, InstanceModel, LoadError, Runtime, TlsSide};
+use flowgate_tests::plugins::*;
+use flowgate_tests::{Logs, connection, flow, manifest, request, response, runtime};
+
+async fn chain_of(runtime: &Runtime, paths: &[std::path::PathBuf]) -> Chain {
+    let mut plugins = Vec::new();
+    for path in paths {
+        plugins.push(runtime.load(path).await.unwrap_or_else(|e| panic!("{e}")));
+    }
+    Chain::new(plugins)
+}
+
+fn header(r: &flowgate_flow::Request, name: &str) -> Option<String> {
+    r.headers.get_str(name).map(str::to_owned)
+}
+
+// Every example plugin must have a test named after it (compile error otherwise).
+macro_rules! require_test {
+    ($name:ident) => {
+        #[allow(unused_imports, reason = "the import only proves the test exists")]
+        use super::$name as _;
+    };
+}
+mod every_plugin_has_a_test {
+    flowgate_tests::foreach_plugin!(require_test);
+}
+
+#[tokio::test]
+async fn add_header() {
+    let rt = runtime();
+    let m = manifest(ADD_HEADER, "name = \"add-header\"\n[config]\nrequest = \"X-Added: yes\\nUser-Agent:\"\nresponse = \"Server: flowgate\"\n");
+    let chain = chain_of(&rt, &[m]).await;
+    let conn = chain.connection(connection(1, "127.0.0.1:5000"));
+    let mut session = conn.http_flow(flow(1, 1));
+    let mut req = request("http://example.test/", 2);
+    assert_eq!(session.request_headers(&mut req).await, HttpAction::Continue);
+    assert_eq!(header(&req, "x-added").as_deref(), Some("yes"));
+    assert_eq!(header(&req, "user-agent"), None, "an empty value removes the header");
+    assert_eq!(req.headers.len(), 4, "Host, two fillers and X-Added");
+    let mut resp = response(b"hi");
+    assert_eq!(session.response_headers(&mut req, &mut resp).await, HttpAction::Continue);
+    assert_eq!(resp.headers.get_str("server"), Some("flowgate"));
+    assert!(session.failures().is_empty());
+    assert_eq!(chain.plugins()[0].exported_groups(), ["lifecycle", "http"]);
+
+    // configure refuses a manifest with nothing to do, naming the file.
+    let bad = manifest(ADD_HEADER, "name = \"add-header\"\n");
+    let err = rt.load(&bad).await.expect_err("configure must refuse an empty config");
+    assert!(matches!(err, LoadError::Configure { .. }), "{err}");
+    assert!(err.to_string().contains("nothing to do"), "{err}");
+    assert!(err.to_string().contains("add_header.wasm"), "{err}");
+}
+
+#[tokio::test]
+async fn block_list() {
+    let rt = runtime();
+    let m = manifest(BLOCK_LIST, "[config]\nhosts = \"*.ads.test\"\npaths = \"/admin\"\nmessage = \"nope\"\n");
+    let kill = manifest(BLOCK_LIST, "[config]\nhosts = \"evil.test\"\naction = \"kill\"\n");
+    let chain = chain_of(&rt, &[m, kill]).await;
+    let conn = chain.connection(connection(1, "127.0.0.1:5000"));
+
+    let mut req = request("http://cdn.ads.test/banner.js", 0);
+    match conn.http_flow(flow(1, 1)).request_headers(&mut req).await {
+        HttpAction::Respond(local) => {
+            assert_eq!(local.status, 403);
+            assert_eq!(local.body, b"nope\n");
+            assert_eq!(local.headers.get_str("content-type"), Some("text/plain; charset=utf-8"));
+        }
+        other => panic!("expected a local 403, got {other:?}"),
+    }
+    let mut req = request("http://shop.test/admin/users", 0);
+    assert!(matches!(conn.http_flow(flow(2, 1)).request_headers(&mut req).await, HttpAction::Respond(_)));
+    let mut req = request("http://evil.test/", 0);
+    assert_eq!(conn.http_flow(flow(3, 1)).request_headers(&mut req).await, HttpAction::Kill);
+    let mut req = request("http://shop.test/cart", 0);
+    assert_eq!(conn.http_flow(flow(4, 1)).request_headers(&mut req).await, HttpAction::Continue);
+}
+
+#[tokio::test]
+async fn rewrite_body() {
+    let rt = runtime();
+    let m = manifest(REWRITE_BODY, "[config]\npattern = \"Example (\\\\w+)\"\nreplacement = \"Flowgate $1\"\nside = \"both\"\n");
+    let chain = chain_of(&rt, &[m]).await;
+    let conn = chain.connection(connection(1, "127.0.0.1:5000"));
+    let mut session = conn.http_flow(flow(1, 1));
+    let mut req = request("http://example.test/", 0);
+    session.request_headers(&mut req).await;
+    assert_eq!(req.body_mode, BodyMode::Buffer, "the plugin asked for the body at headers time");
+    req.body = Some(b"q=Example Domain".to_vec());
+    session.request(&mut req).await;
+    assert_eq!(req.body.as_deref(), Some(&b"q=Flowgate Domain"[..]));
+    let mut resp = response(b"");
+    resp.body = None;
+    session.response_headers(&mut req, &mut resp).await;
+    assert_eq!(resp.body_mode, BodyMode::Buffer);
+    resp.body = Some(b"<h1>Example Domain</h1>".to_vec());
+    session.response(&mut req, &mut resp).await;
+    assert_eq!(resp.body.as_deref(), Some(&b"<h1>Flowgate Domain</h1>"[..]));
+    assert!(session.failures().is_empty(), "{:?}", session.failures());
+
+    // Streaming: each chunk goes through the plugin.
+    let m = manifest(REWRITE_BODY, "[config]\npattern = \"secret\"\nreplacement = \"******\"\nstream = true\n");
+    let chain = chain_of(&rt, &[m]).await;
+    let conn = chain.connection(connection(2, "127.0.0.1:5001"));
+    let mut session = conn.http_flow(flow(2, 2));
+    let mut req = request("http://example.test/", 0);
+    let mut resp = response(b"");
+    session.request_headers(&mut req).await;
+    session.response_headers(&mut req, &mut resp).await;
+    assert_eq!(resp.body_mode, BodyMode::Stream);
+    let a = session.response_body_chunk(&mut req, &mut resp, b"my secret is ".to_vec(), false).await;
+    let b = session.response_body_chunk(&mut req, &mut resp, b"another secret".to_vec(), true).await;
+    assert_eq!((a.as_deref(), b.as_deref()), (Ok(&b"my ****** is "[..]), Ok(&b"another ******"[..])));
+
+    // max_body_bytes: a replacement over the limit is refused and the body kept.
+    let logs = Logs::default();
+    let rt2 = Runtime::new(logs.config()).expect("runtime");
+    let m = manifest(REWRITE_BODY, "name = \"rb\"\n[limits]\nmax_body_bytes = 16\n[config]\npattern = \"a\"\nreplacement = \"aaaaaaaa\"\n");
+    let chain = chain_of(&rt2, &[m]).await;
+    let conn = chain.connection(connection(3, "127.0.0.1:5002"));
+    let mut session = conn.http_flow(flow(3, 3));
+    let mut req = request("http://example.test/", 0);
+    let mut resp = response(b"");
+    session.response_headers(&mut req, &mut resp).await;
+    resp.body = Some(b"banana".to_vec());
+    session.response(&mut req, &mut resp).await;
+    assert_eq!(resp.body.as_deref(), Some(&b"banana"[..]));
+    let messages = logs.messages("rb");
+    assert!(messages.iter().any(|m| m.contains("max_body_bytes")), "{messages:?}");
+}
+
+#[tokio::test]
+async fn request_id() {
+    let logs = Logs::default();
+    let rt = Runtime::new(logs.config()).expect("runtime");
+    let chain = chain_of(&rt, &[REQUEST_ID.into()]).await;
+    let conn = chain.connection(connection(1, "127.0.0.1:5000"));
+    let mut session = conn.http_flow(flow(7, 1));
+    let mut req = request("http://example.test/a", 18);
+    req.headers.set("User-Agent", b"Mozilla/5.0 (X11)").expect("valid");
+    assert_eq!(session.request_headers(&mut req).await, HttpAction::Continue);
+    let id = header(&req, "x-request-id").expect("an id was set");
+    assert_eq!(id.len(), 16);
+    assert_eq!(header(&req, "x-agent-class").as_deref(), Some("browser"));
+    assert_eq!(session.flow.metadata.get("request-id"), Some(&id), "metadata is kept on the flow");
+    let mut resp = response(b"ok");
+    session.response_headers(&mut req, &mut resp).await;
+    assert_eq!(resp.headers.get_str("x-request-id"), Some(id.as_str()));
+    session.error(&mut req, "upstream went away").await;
+    let messages = logs.messages("request-id");
+    assert_eq!(messages, [format!("flow 7 (http://example.test/a) failed: upstream went away")]);
+    assert_eq!(logs.lines()[0].flow_id, Some(7));
+    assert_eq!(logs.lines()[0].hook, Hook::Error);
+
+    // A client's id is kept.
+    let mut session = conn.http_flow(flow(8, 1));
+    let mut req = request("http://example.test/b", 0);
+    req.headers.set("X-Request-Id", b"abc").expect("valid");
+    session.request_headers(&mut req).await;
+    assert_eq!(header(&req, "x-request-id").as_deref(), Some("abc"));
+
+    // max_state_bytes also caps flow metadata.
+    let m = manifest(REQUEST_ID, "name = \"tiny\"\n[limits]\nmax_state_bytes = 8\n");
+    let chain = chain_of(&rt, &[m]).await;
+    let conn = chain.connection(connection(2, "127.0.0.1:5001"));
+    let mut session = conn.http_flow(flow(9, 2));
+    let mut req = request("http://example.test/", 0);
+    session.request_headers(&mut req).await;
+    assert!(session.flow.metadata.is_empty());
+    assert!(logs.messages("tiny").iter().any(|m| m.contains("max_state_bytes")));
+}
+
+#[tokio::test]
+async fn tls_passthrough() {
+    let logs = Logs::default();
+    let rt = Runtime::new(logs.config()).expect("runtime");
+    let m = manifest(TLS_PASSTHROUGH, "name = \"tp\"\n[config]\nhosts = \"*.bank.test\"\ndeny_clients = \"10.9.9.9\"\n");
+    let chain = chain_of(&rt, &[m, REQUEST_ID.into()]).await;
+    assert!(chain.running().await.is_empty());
+    assert!(logs.messages("tp").contains(&"tls-passthrough running".to_owned()));
+
+    let mut conn = chain.connection(connection(41, "127.0.0.1:5000"));
+    assert!(conn.client_connected().await);
+    let alpn = vec!["h2".to_owned(), "http/1.1".to_owned()];
+    assert_eq!(conn.tls_clienthello(Some("www.bank.test"), &alpn).await, Ok(TlsDecision::Passthrough));
+    assert_eq!(conn.tls_clienthello(Some("example.test"), &alpn).await, Ok(TlsDecision::Intercept));
+    assert_eq!(conn.tls_clienthello(None, &alpn).await, Ok(TlsDecision::Intercept));
+    conn.tls_result(TlsSide::Client, Some("unknown ca")).await;
+    conn.client_disconnected().await;
+    let messages = logs.messages("tp");
+    assert!(messages.contains(&"passthrough www.bank.test for connection 41 (alpn [\"h2\", \"http/1.1\"])".to_owned()), "{messages:?}");
+    assert!(messages.contains(&"tls failed on client side of connection 41: unknown ca".to_owned()), "{messages:?}");
+    assert!(messages.contains(&"client 127.0.0.1:5000 disconnected".to_owned()), "{messages:?}");
+
+    let mut denied = chain.connection(connection(42, "10.9.9.9:1234"));
+    assert!(!denied.client_connected().await, "a denied client is refused");
+    assert!(logs.messages("tp").iter().any(|m| m == "refused client 10.9.9.9:1234 (connection 2)"), "the count lives in key-value state");
+    assert!(conn.failures().is_empty() && denied.failures().is_empty());
+
+    // The http-only plugin in the same chain was never called (nor instantiated) for
+    // lifecycle, connection or TLS hooks.
+    let http_only = &chain.plugins()[1];
+    assert_eq!(http_only.exported_groups(), ["http"]);
+    assert_eq!(http_only.stats().calls, 0);
+    let mut req = request("http://example.test/", 0);
+    chain.connection(connection(43, "127.0.0.1:5001")).http_flow(flow(1, 43)).request_headers(&mut req).await;
+    assert_eq!(http_only.stats().calls, 1);
+    assert_eq!(chain.plugins()[0].stats().calls, 9, "tp: configure, running, six connection/TLS hooks on 41 and client-connected on 42");
+}
+
+/// Runs `n` ordinary flows through `chain` concurrently and returns the slowest one's time.
+async fn ordinary_flows(chain: &Chain, n: u64) -> Duration {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let chain = chain.clone();
+        tasks.push(tokio::spawn(async move {
+            let start = Instant::now();
+            let conn = chain.connection(connection(1000 + i, "127.0.0.1:6000"));
+            let mut session = conn.http_flow(flow(1000 + i, 1000 + i));
+            let mut req = request("http://example.test/ok", 4);
+            assert_eq!(session.request_headers(&mut req).await, HttpAction::Continue);
+            assert!(req.headers.contains("x-request-id"));
+            start.elapsed()
+        }));
+    }
+    let mut slowest = Duration::ZERO;
+    for t in tasks {
+        slowest = slowest.max(t.await.expect("ordinary flow task"));
+    }
+    slowest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spin_forever() {
+    let rt = runtime();
+    let m = manifest(SPIN_FOREVER, "[limits]\nhook_timeout_ms = 50\n");
+    let hostile = chain_of(&rt, &[m]).await;
+    let ordinary = chain_of(&rt, &[REQUEST_ID.into()]).await;
+    ordinary_flows(&ordinary, 1).await;
+
+    let spinning = tokio::spawn(async move {
+        let conn = hostile.connection(connection(1, "127.0.0.1:5000"));
+        let mut session = conn.http_flow(flow(1, 1));
+        let mut req = request("http://example.test/", 0);
+        let start = Instant::now();
+        let action = session.request_headers(&mut req).await;
+        (action, start.elapsed(), session.failures().to_vec(), req)
+    });
+    // While it spins, other flows go on (the spinning plugin yields to the executor).
+    let slowest = ordinary_flows(&ordinary, 20).await;
+    let (action, elapsed, failures, req) = spinning.await.expect("spinning task");
+    assert_eq!(action, HttpAction::Continue, "fail-open: the flow goes on without the plugin");
+    assert!(elapsed >= Duration::from_millis(50), "{elapsed:?}");
+    assert!(elapsed <= Duration::from_millis(60), "stopped within deadline + 10 ms, took {elapsed:?}");
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].kind, FailureKind::Deadline);
+    assert_eq!(failures[0].hook, Hook::RequestHeaders);
+    assert_eq!(req.url(), "http://example.test/", "the request survives the interrupted call");
+    assert!(slowest < Duration::from_millis(50), "ordinary flows waited {slowest:?}");
+}
+
+#[tokio::test]
+async fn spin_forever_fuel() {
+    let rt = Runtime::new(flowgate_runtime::RuntimeConfig { fuel: true, ..Logs::default().config() }).expect("runtime");
+    let m = manifest(SPIN_FOREVER, "[limits]\nfuel = 1000000\nhook_timeout_ms = 10000\n");
+    let chain = chain_of(&rt, &[m]).await;
+    let conn = chain.connection(connection(1, "127.0.0.1:5000"));
+    let mut session = conn.http_flow(flow(1, 1));
+    let start = Instant::now();
+    session.request_headers(&mut request("http://example.test/", 0)).await;
+    assert_eq!(session.failures()[0].kind, FailureKind::Fuel, "{:?}", session.failures());
+    assert!(start.elapsed() < Duration::from_secs(1));
+
+    // Without fuel metering in the runtime, a fuel limit is refused at load.
+    let err = runtime().load(&manifest(SPIN_FOREVER, "[limits]\nfuel = 10\n")).await.expect_err("fuel off");
+    assert!(err.to_string().contains("plugin_fuel"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balloon() {
+    let rt = runtime();
+    let m = manifest(BALLOON, "[limits]\nmemory = \"16MiB\"\nhook_timeout_ms = 5000\n");
+    let hostile = chain_of(&rt, &[m]).await;
+    let ordinary = chain_of(&rt, &[REQUEST_ID.into()]).await;
+    let ballooning = tokio::spawn(async move {
+        let conn = hostile.connection(connection(1, "127.0.0.1:5000"));
+        let mut session = conn.http_flow(flow(1, 1));
+        session.request_headers(&mut request("http://example.test/", 0)).await;
+        session.failures().to_vec()
+    });
+    ordinary_flows(&ordinary, 20).await;
+    let failures = ballooning.await.expect("balloon task");
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].kind, FailureKind::Memory, "{}", failures[0]);
+    assert!(failures[0].message.contains("16777216"), "{}", failures[0].message);
+}
+
+#[tokio::test]
+async fn trap() {
+    let rt = runtime();
+    let open = chain_of(&rt, &[manifest(TRAP, "name = \"trap-open\"\n")]).await;
+    let conn = open.connection(connection(1, "127.0.0.1:5000"));
+
+    let mut session = conn.http_flow(flow(1, 1));
+    let mut req = request("http://example.test/trap", 0);
+    assert_eq!(session.request_headers(&mut req).await, HttpAction::Continue, "fail-open");
+    assert_eq!(session.failures()[0].kind, FailureKind::Trap);
+    assert!(session.failures()[0].message.contains("wasm trap"), "{}", session.failures()[0].message);
+    assert_eq!(req.url(), "http://example.test/trap");
+    // Later hooks of the same flow skip the failed plugin.
+    session.request(&mut req).await;
+    assert_eq!(session.failures().len(), 1);
+
+    // The next flow through the same plugin works.
+    let mut session = conn.http_flow(flow(2, 1));
+    let mut req = request("http://example.test/ok", 0);
+    assert_eq!(session.request_headers(&mut req).await, HttpAction::Continue);
+    assert_eq!(header(&req, "x-trap-plugin").as_deref(), Some("survived"));
+    assert!(session.failures().is_empty());
+
+    // Fail-closed: the flow ends with an error.
+    let closed = chain_of(&rt, &[manifest(TRAP, "name = \"trap-closed\"\nfailure = \"fail-closed\"\n")]).await;
+    let conn = closed.connection(connection(2, "127.0.0.1:5001"));
+    let mut session = conn.http_flow(flow(3, 2));
+    match session.request_headers(&mut request("http://example.test/trap", 0)).await {
+        HttpAction::Fail(f) => assert_eq!((f.plugin.as_str(), f.kind), ("trap-closed", FailureKind::Trap)),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+
+    // Quarantine: a plugin that keeps trapping stops being called.
+    let q = chain_of(&rt, &[manifest(TRAP, "name = \"trap-q\"\n[limits]\ncrash_budget = 3\n")]).await;
+    let conn = q.connection(connection(3, "127.0.0.1:5002"));
+    for id in 0..3 {
+        conn.http_flow(flow(10 + id, 3)).request_headers(&mut request("http://example.test/trap", 0)).await;
+    }
+    let plugin = &q.plugins()[0];
+    assert!(plugin.is_quarantined());
+    let calls = plugin.stats().calls;
+    let mut session = conn.http_flow(flow(20, 3));
+    let mut req = request("http://example.test/ok", 0);
+    assert_eq!(session.request_headers(&mut req).await, HttpAction::Continue);
+    assert_eq!(header(&req, "x-trap-plugin"), None, "not called");
+    assert_eq!(plugin.stats().calls, calls);
+    assert_eq!(session.failures()[0].kind, FailureKind::Quarantined);
+    // Other plugins go on.
+    ordinary_flows(&chain_of(&rt, &[REQUEST_ID.into()]).await, 5).await;
+}
+
+#[tokio::test]
+async fn log_flood() {
+    let logs = Logs::default();
+    let rt = Runtime::new(logs.config()).expect("runtime");
+    let m = manifest(LOG_FLOOD, "name = \"flood\"\n[limits]\nmax_log_bytes = \"8KiB\"\nhook_timeout_ms = 10000\n");
+    let chain = chain_of(&rt, &[m]).await;
+    let conn = chain.connection(connection(1, "127.0.0.1:5000"));
+    let mut session = conn.http_flow(flow(1, 1));
+    let start = Instant::now();
+    assert_eq!(session.request_headers(&mut request("http://example.test/", 0)).await, HttpAction::Continue);
+    let lines = logs.messages("flood");
+    let bytes: usize = lines.iter().map(String::len).sum();
+    assert_eq!(bytes, 8192, "exactly the cap reaches the log");
+    assert_eq!(lines.len(), 8);
+    assert_eq!(session.log_dropped(), 1_000_000 - 8);
+    assert!(session.failures().is_empty());
+    eprintln!("log-flood hook took {:?}", start.elapsed());
+    // The cap is per call: the next flow logs again.
+    let mut session = conn.http_flow(flow(2, 1));
+    session.request_headers(&mut request("http://example.test/", 0)).await;
+    assert_eq!(logs.messages("flood").len(), 16);
+}
+
+#[tokio::test]
+async fn webhook_notify() {
+    let rt = runtime();
+    let denied = manifest(WEBHOOK_NOTIFY, "[config]\nurl = \"http://hooks.test/x\"\n");
+    let err = rt.load(&denied).await.expect_err("outbound-http is not granted");
+    let text = err.to_string();
+    assert!(text.contains("webhook_notify.wasm"), "{text}");
+    assert!(text.contains("flowgate:plugin/outbound-http@0.1.0"), "{text}");
+    assert!(text.contains("allowed_outbound_hosts"), "{text}");
+
+    let logs = Logs::default();
+    let rt = Runtime::new(logs.config()).expect("runtime");
+    let granted = manifest(
+        WEBHOOK_NOTIFY,
+        "name = \"hook\"\n[capabilities]\nallowed_outbound_hosts = [\"hooks.test\"]\n[config]\nurl = \"http://hooks.test/x\"\n",
+    );
+    let chain = chain_of(&rt, &[granted]).await;
+    let conn = chain.connection(connection(1, "127.0.0.1:5000"));
+    conn.http_flow(flow(1, 1)).error(&mut request("http://example.test/", 0), "dead upstream").await;
+    let messages = logs.messages("hook");
+    assert_eq!(messages.len(), 1);
+    assert!(messages[0].starts_with("webhook failed: unsupported: outbound HTTP is not implemented"), "{messages:?}");
+}
+
+#[tokio::test]
+async fn instance_models() {
+    let rt = runtime();
+    let seq = |r: &flowgate_flow::Request| header(r, "x-instance-seq").expect("seq header");
+    for (model, want) in [
+        (InstanceModel::PerFlow, ["1", "1", "1", "1"]),
+        (InstanceModel::PerConnection, ["1", "2", "1", "2"]),
+        (InstanceModel::Pooled, ["1", "2", "3", "4"]),
+    ] {
+        let m = manifest(
+            REQUEST_ID,
+            &format!("instance = \"{}\"\n[config]\ndebug_instance_seq = true\n", model.name()),
+        );
+        let chain = chain_of(&rt, &[m]).await;
+        let mut got = Vec::new();
+        for c in 0..2 {
+            let conn = chain.connection(connection(c, "127.0.0.1:5000"));
+            for f in 0..2 {
+                let mut req = request("http://example.test/", 0);
+                conn.http_flow(flow(c * 10 + f, c)).request_headers(&mut req).await;
+                got.push(seq(&req));
+            }
+        }
+        assert_eq!(got, want, "{model:?}");
+    }
+
+    // The pool keeps at most pool_size warm instances.
+    let m = manifest(REQUEST_ID, "instance = \"pooled\"\n[limits]\npool_size = 2\n");
+    let chain = chain_of(&rt, &[m]).await;
+    let conn = chain.connection(connection(9, "127.0.0.1:5000"));
+    let mut sessions = Vec::new();
+    for f in 0..5 {
+        let mut s = conn.http_flow(flow(f, 9));
+        s.request_headers(&mut request("http://example.test/", 0)).await;
+        sessions.push(s);
+    }
+    drop(sessions);
+    assert_eq!(chain.plugins()[0].pooled_instances(), 2);
+}
+
+#[tokio::test]
+async fn load_errors_name_the_file_and_problem() {
+    let rt = runtime();
+    let dir = std::env::temp_dir().join(format!("flowgate-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+
+    let err = rt.load(&manifest(REQUEST_ID, "nmae = \"typo\"\n")).await.expect_err("unknown key");
+    assert!(matches!(err, LoadError::Manifest { .. }), "{err}");
+    assert!(err.to_string().contains("plugin.toml") && err.to_string().contains("unknown field `nmae`"), "{err}");
+
+    let missing = dir.join("missing.wasm");
+    let err = rt.load(&missing).await.expect_err("missing file");
+    assert!(err.to_string().contains("missing.wasm"), "{err}");
+
+    let core = dir.join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").expect("write");
+    let err = rt.load(&core).await.expect_err("a core module");
+    assert!(err.to_string().contains("core.wasm: not a WebAssembly component"), "{err}");
+
+    let junk = dir.join("junk.wasm");
+    std::fs::write(&junk, b"\0asm\x0d\0\x01\0garbage").expect("write");
+    let err = rt.load(&junk).await.expect_err("junk");
+    assert!(err.to_string().contains("junk.wasm: invalid component"), "{err}");
+
+    // A component exporting an http group with the wrong shape is refused at load.
+    let wrong = dir.join("wrong.wasm");
+    std::fs::write(&wrong, wat::parse_str(WRONG_SHAPE).expect("valid WAT")).expect("write");
+    let err = rt.load(&wrong).await.expect_err("wrong shape");
+    assert!(err.to_string().contains("wrong.wasm: export of hook group `http` does not match the WIT"), "{err}");
+
+    // A component exporting no hook group is refused.
+    let none = dir.join("none.wasm");
+    std::fs::write(&none, wat::parse_str("(component)").expect("valid WAT")).expect("write");
+    let err = rt.load(&none).await.expect_err("no groups");
+    assert!(err.to_string().contains("exports no flowgate:plugin@0.1.0 hook group"), "{err}");
+
+    // A component importing something flowgate does not provide is refused.
+    let sockets = dir.join("sockets.wasm");
+    std::fs::write(&sockets, wat::parse_str(IMPORTS_SOCKETS).expect("valid WAT")).expect("write");
+    let err = rt.load(&sockets).await.expect_err("sockets");
+    assert!(err.to_string().contains("raw sockets are never granted"), "{err}");
+}
+
+const WRONG_SHAPE: &str = r#"
+(component
+  (core module $m (func (export "f")))
+  (core instance $i (instantiate $m))
+  (func $f (canon lift (core func $i "f")))
+  (instance $http (export "request-headers" (func $f)))
+  (export "flowgate:plugin/http@0.1.0" (instance $http))
+)
+"#;
+
+const IMPORTS_SOCKETS: &str = r#"
+(component
+  (import "wasi:sockets/tcp@0.2.0" (instance))
+)
+"#;
+
+#[tokio::test]
+async fn shared_plugin_across_tasks() {
+    // One loaded plugin serves many concurrent flows on different tasks.
+    let chain = chain_of(&runtime(), &[REQUEST_ID.into()]).await;
+    let slowest = ordinary_flows(&chain, 50).await;
+    assert!(slowest < Duration::from_secs(2), "{slowest:?}");
+    assert_eq!(chain.plugins()[0].stats(), flowgate_runtime::PluginStats { calls: 50, failures: 0, quarantined: false });
+}
