@@ -26,7 +26,10 @@ fn main() {
         build.env_remove(var);
     }
     let status = build.status().expect("cannot run cargo to build the plugins");
-    assert!(status.success(), "building the plugins for wasm32-wasip2 failed (is the target installed? `rustup target add wasm32-wasip2`)");
+    assert!(
+        status.success(),
+        "building the plugins for wasm32-wasip2 failed (is the target installed? `rustup target add wasm32-wasip2`)"
+    );
 
     let members = std::fs::read_to_string(plugins.join("Cargo.toml")).expect("plugins/Cargo.toml is readable");
     let mut names: Vec<String> = members

@@ -130,7 +130,6 @@ pub mod dns {
     pub use crate::__groups::dns::exports::flowgate::plugin::dns::{DnsVerdict, Message, Question, ResourceRecord};
 }
 
-
 impl Error {
     /// The kind of error, e.g. `invalid argument`.
     pub fn kind(&self) -> &'static str {

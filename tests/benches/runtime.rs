@@ -1,1 +1,91 @@
-fn main(){}
+//! Plugin runtime benchmarks with real compiled components: instantiation per flow, an
+//! empty hook call, and a request-headers hook that reads and sets two headers on a
+//! 20-header request, for each instance model. Run with `cargo bench -p flowgate-tests`.
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use flowgate_runtime::{Chain, HttpFlowSession, InstanceModel, Runtime, RuntimeConfig};
+use flowgate_tests::plugins::{ADD_HEADER, REQUEST_ID};
+use flowgate_tests::{cache_dir, connection, flow, manifest, request, response};
+
+fn tokio() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime")
+}
+
+fn load(rt: &tokio::runtime::Runtime, runtime: &Runtime, wasm: &str, toml: &str) -> Chain {
+    let path = manifest(wasm, toml);
+    let plugin = rt.block_on(runtime.load(&path)).expect("plugin loads");
+    Chain::new(vec![plugin])
+}
+
+fn warm_session(rt: &tokio::runtime::Runtime, chain: &Chain) -> HttpFlowSession {
+    let conn = chain.connection(connection(1, "127.0.0.1:5000"));
+    let mut session = conn.http_flow(flow(1, 1));
+    let mut req = request("http://example.test/", 18);
+    rt.block_on(session.request(&mut req));
+    session
+}
+
+fn benches(c: &mut Criterion) {
+    let rt = tokio();
+    let runtime =
+        Runtime::new(RuntimeConfig { cache_dir: Some(cache_dir()), ..RuntimeConfig::default() }).expect("runtime");
+
+    let per_flow = load(&rt, &runtime, REQUEST_ID, "");
+    let plugin = per_flow.plugins()[0].clone();
+    c.bench_function("instantiate (rust request-id)", |b| {
+        b.to_async(&rt).iter(|| async { plugin.probe_instance().await.expect("instantiates") })
+    });
+    let add_header = load(&rt, &runtime, ADD_HEADER, "[config]\nrequest = \"X-A: 1\"\n");
+    let plugin = add_header.plugins()[0].clone();
+    c.bench_function("instantiate (rust add-header)", |b| {
+        b.to_async(&rt).iter(|| async { plugin.probe_instance().await.expect("instantiates") })
+    });
+
+    // An empty hook: request-id's `request` hook returns Continue at once.
+    let mut session = warm_session(&rt, &per_flow);
+    let mut req = request("http://example.test/", 18);
+    c.bench_function("empty hook call (request)", |b| b.iter(|| rt.block_on(session.request(&mut req))));
+
+    // request-headers reads x-request-id and user-agent and sets x-request-id and
+    // x-agent-class (plus the flow's metadata) on a 20-header request.
+    let mut req = request("http://example.test/", 18);
+    req.headers.set("X-Request-Id", b"0123456789abcdef").expect("valid");
+    let template = req.clone();
+    c.bench_function("request-headers: read+set 2 headers, 20-header request", |b| {
+        b.iter_batched_ref(
+            || template.clone(),
+            |req| rt.block_on(session.request_headers(req)),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+
+    // A whole flow's four HTTP hooks, including getting an instance, per model.
+    for model in [InstanceModel::PerFlow, InstanceModel::Pooled] {
+        let chain = load(&rt, &runtime, REQUEST_ID, &format!("instance = \"{}\"\n", model.name()));
+        let conn = chain.connection(connection(2, "127.0.0.1:5001"));
+        let mut n = 0;
+        c.bench_function(&format!("flow with 4 hooks ({})", model.name()), |b| {
+            b.iter_batched_ref(
+                || (template.clone(), response(b"hello")),
+                |(req, resp)| {
+                    n += 1;
+                    rt.block_on(async {
+                        let mut s = conn.http_flow(flow(n, 2));
+                        s.request_headers(req).await;
+                        s.request(req).await;
+                        s.response_headers(req, resp).await;
+                        s.response(req, resp).await;
+                    })
+                },
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
+}
+
+criterion_group! {
+    name = runtime;
+    config = Criterion::default().sample_size(50).warm_up_time(std::time::Duration::from_secs(1)).measurement_time(std::time::Duration::from_secs(3));
+    targets = benches
+}
+criterion_main!(runtime);

@@ -29,7 +29,9 @@ impl Logs {
         let logs = self.0.clone();
         RuntimeConfig {
             cache_dir: Some(cache_dir()),
-            log_sink: Arc::new(move |r: &LogRecord| logs.lock().unwrap_or_else(PoisonError::into_inner).push(r.clone())),
+            log_sink: Arc::new(move |r: &LogRecord| {
+                logs.lock().unwrap_or_else(PoisonError::into_inner).push(r.clone())
+            }),
             ..RuntimeConfig::default()
         }
     }
@@ -61,7 +63,11 @@ pub fn runtime() -> Runtime {
 /// at `wasm`, and returns the manifest's path.
 pub fn manifest(wasm: &str, manifest: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!("flowgate-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let dir = std::env::temp_dir().join(format!(
+        "flowgate-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
     std::fs::create_dir_all(&dir).expect("temp dir is writable");
     let path = dir.join("plugin.toml");
     let text = format!("wasm = {wasm:?}\n{manifest}");

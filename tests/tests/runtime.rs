@@ -16,6 +16,12 @@ async fn chain_of(runtime: &Runtime, paths: &[std::path::PathBuf]) -> Chain {
     Chain::new(plugins)
 }
 
+fn walk(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().map(|e| if e.path().is_dir() { walk(&e.path()) } else { 1 }).sum())
+        .unwrap_or(0)
+}
+
 fn header(r: &flowgate_flow::Request, name: &str) -> Option<String> {
     r.headers.get_str(name).map(str::to_owned)
 }
@@ -34,7 +40,10 @@ mod every_plugin_has_a_test {
 #[tokio::test]
 async fn add_header() {
     let rt = runtime();
-    let m = manifest(ADD_HEADER, "name = \"add-header\"\n[config]\nrequest = \"X-Added: yes\\nUser-Agent:\"\nresponse = \"Server: flowgate\"\n");
+    let m = manifest(
+        ADD_HEADER,
+        "name = \"add-header\"\n[config]\nrequest = \"X-Added: yes\\nUser-Agent:\"\nresponse = \"Server: flowgate\"\n",
+    );
     let chain = chain_of(&rt, &[m]).await;
     let conn = chain.connection(connection(1, "127.0.0.1:5000"));
     let mut session = conn.http_flow(flow(1, 1));
@@ -48,6 +57,20 @@ async fn add_header() {
     assert_eq!(resp.headers.get_str("server"), Some("flowgate"));
     assert!(session.failures().is_empty());
     assert_eq!(chain.plugins()[0].exported_groups(), ["lifecycle", "http"]);
+
+    // Plugins run in manifest `order`: the later one's value wins.
+    let late = manifest(ADD_HEADER, "name = \"late\"\norder = 10\n[config]\nrequest = \"X-Order: late\"\n");
+    let early = manifest(ADD_HEADER, "name = \"early\"\norder = -10\n[config]\nrequest = \"X-Order: early\"\n");
+    let chain = chain_of(&rt, &[late, early]).await;
+    let names: Vec<&str> = chain.plugins().iter().map(|p| p.name()).collect();
+    assert_eq!(names, ["early", "late"]);
+    let mut req = request("http://example.test/", 0);
+    chain.connection(connection(2, "127.0.0.1:5001")).http_flow(flow(2, 2)).request_headers(&mut req).await;
+    assert_eq!(header(&req, "x-order").as_deref(), Some("late"));
+
+    // Compiled components are cached on disk.
+    let cached = walk(&flowgate_tests::cache_dir());
+    assert!(cached > 0, "the compile cache is empty");
 
     // configure refuses a manifest with nothing to do, naming the file.
     let bad = manifest(ADD_HEADER, "name = \"add-header\"\n");
@@ -85,7 +108,10 @@ async fn block_list() {
 #[tokio::test]
 async fn rewrite_body() {
     let rt = runtime();
-    let m = manifest(REWRITE_BODY, "[config]\npattern = \"Example (\\\\w+)\"\nreplacement = \"Flowgate $1\"\nside = \"both\"\n");
+    let m = manifest(
+        REWRITE_BODY,
+        "[config]\npattern = \"Example (\\\\w+)\"\nreplacement = \"Flowgate $1\"\nside = \"both\"\n",
+    );
     let chain = chain_of(&rt, &[m]).await;
     let conn = chain.connection(connection(1, "127.0.0.1:5000"));
     let mut session = conn.http_flow(flow(1, 1));
@@ -121,7 +147,10 @@ async fn rewrite_body() {
     // max_body_bytes: a replacement over the limit is refused and the body kept.
     let logs = Logs::default();
     let rt2 = Runtime::new(logs.config()).expect("runtime");
-    let m = manifest(REWRITE_BODY, "name = \"rb\"\n[limits]\nmax_body_bytes = 16\n[config]\npattern = \"a\"\nreplacement = \"aaaaaaaa\"\n");
+    let m = manifest(
+        REWRITE_BODY,
+        "name = \"rb\"\n[limits]\nmax_body_bytes = 16\n[config]\npattern = \"a\"\nreplacement = \"aaaaaaaa\"\n",
+    );
     let chain = chain_of(&rt2, &[m]).await;
     let conn = chain.connection(connection(3, "127.0.0.1:5002"));
     let mut session = conn.http_flow(flow(3, 3));
@@ -154,7 +183,7 @@ async fn request_id() {
     assert_eq!(resp.headers.get_str("x-request-id"), Some(id.as_str()));
     session.error(&mut req, "upstream went away").await;
     let messages = logs.messages("request-id");
-    assert_eq!(messages, [format!("flow 7 (http://example.test/a) failed: upstream went away")]);
+    assert_eq!(messages, ["flow 7 (http://example.test/a) failed: upstream went away"]);
     assert_eq!(logs.lines()[0].flow_id, Some(7));
     assert_eq!(logs.lines()[0].hook, Hook::Error);
 
@@ -180,7 +209,8 @@ async fn request_id() {
 async fn tls_passthrough() {
     let logs = Logs::default();
     let rt = Runtime::new(logs.config()).expect("runtime");
-    let m = manifest(TLS_PASSTHROUGH, "name = \"tp\"\n[config]\nhosts = \"*.bank.test\"\ndeny_clients = \"10.9.9.9\"\n");
+    let m =
+        manifest(TLS_PASSTHROUGH, "name = \"tp\"\n[config]\nhosts = \"*.bank.test\"\ndeny_clients = \"10.9.9.9\"\n");
     let chain = chain_of(&rt, &[m, REQUEST_ID.into()]).await;
     assert!(chain.running().await.is_empty());
     assert!(logs.messages("tp").contains(&"tls-passthrough running".to_owned()));
@@ -194,13 +224,19 @@ async fn tls_passthrough() {
     conn.tls_result(TlsSide::Client, Some("unknown ca")).await;
     conn.client_disconnected().await;
     let messages = logs.messages("tp");
-    assert!(messages.contains(&"passthrough www.bank.test for connection 41 (alpn [\"h2\", \"http/1.1\"])".to_owned()), "{messages:?}");
+    assert!(
+        messages.contains(&"passthrough www.bank.test for connection 41 (alpn [\"h2\", \"http/1.1\"])".to_owned()),
+        "{messages:?}"
+    );
     assert!(messages.contains(&"tls failed on client side of connection 41: unknown ca".to_owned()), "{messages:?}");
     assert!(messages.contains(&"client 127.0.0.1:5000 disconnected".to_owned()), "{messages:?}");
 
     let mut denied = chain.connection(connection(42, "10.9.9.9:1234"));
     assert!(!denied.client_connected().await, "a denied client is refused");
-    assert!(logs.messages("tp").iter().any(|m| m == "refused client 10.9.9.9:1234 (connection 2)"), "the count lives in key-value state");
+    assert!(
+        logs.messages("tp").iter().any(|m| m == "refused client 10.9.9.9:1234 (connection 2)"),
+        "the count lives in key-value state"
+    );
     assert!(conn.failures().is_empty() && denied.failures().is_empty());
 
     // The http-only plugin in the same chain was never called (nor instantiated) for
@@ -211,7 +247,11 @@ async fn tls_passthrough() {
     let mut req = request("http://example.test/", 0);
     chain.connection(connection(43, "127.0.0.1:5001")).http_flow(flow(1, 43)).request_headers(&mut req).await;
     assert_eq!(http_only.stats().calls, 1);
-    assert_eq!(chain.plugins()[0].stats().calls, 9, "tp: configure, running, six connection/TLS hooks on 41 and client-connected on 42");
+    assert_eq!(
+        chain.plugins()[0].stats().calls,
+        9,
+        "tp: configure, running, six connection/TLS hooks on 41 and client-connected on 42"
+    );
 }
 
 /// Runs `n` ordinary flows through `chain` concurrently and returns the slowest one's time.
@@ -408,10 +448,8 @@ async fn instance_models() {
         (InstanceModel::PerConnection, ["1", "2", "1", "2"]),
         (InstanceModel::Pooled, ["1", "2", "3", "4"]),
     ] {
-        let m = manifest(
-            REQUEST_ID,
-            &format!("instance = \"{}\"\n[config]\ndebug_instance_seq = true\n", model.name()),
-        );
+        let m =
+            manifest(REQUEST_ID, &format!("instance = \"{}\"\n[config]\ndebug_instance_seq = true\n", model.name()));
         let chain = chain_of(&rt, &[m]).await;
         let mut got = Vec::new();
         for c in 0..2 {
@@ -504,5 +542,8 @@ async fn shared_plugin_across_tasks() {
     let chain = chain_of(&runtime(), &[REQUEST_ID.into()]).await;
     let slowest = ordinary_flows(&chain, 50).await;
     assert!(slowest < Duration::from_secs(2), "{slowest:?}");
-    assert_eq!(chain.plugins()[0].stats(), flowgate_runtime::PluginStats { calls: 50, failures: 0, quarantined: false });
+    assert_eq!(
+        chain.plugins()[0].stats(),
+        flowgate_runtime::PluginStats { calls: 50, failures: 0, quarantined: false }
+    );
 }

@@ -84,10 +84,7 @@ impl Headers {
 
     /// Every value of the fields named `name` (case-insensitive), in order.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.fields
-            .iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+        self.fields.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
     }
 
     /// The first value of the fields named `name`.
@@ -150,18 +147,15 @@ mod tests {
     use super::*;
 
     fn check(headers: &Headers, expect: &[(&str, &str)]) {
-        let got: Vec<(String, String)> =
-            headers.iter().map(|(n, v)| (n.to_owned(), value_to_text(v))).collect();
-        let want: Vec<(String, String)> =
-            expect.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_owned())).collect();
+        let got: Vec<(String, String)> = headers.iter().map(|(n, v)| (n.to_owned(), value_to_text(v))).collect();
+        let want: Vec<(String, String)> = expect.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_owned())).collect();
         assert_eq!(got, want);
     }
 
     #[test]
     fn set_replaces_duplicates_in_place_and_keeps_others() {
-        let mut h =
-            Headers::from_pairs([("Host", "a"), ("X-Dup", "1"), ("Accept", "*/*"), ("x-dup", "2")])
-                .expect("valid fixture");
+        let mut h = Headers::from_pairs([("Host", "a"), ("X-Dup", "1"), ("Accept", "*/*"), ("x-dup", "2")])
+            .expect("valid fixture");
         h.set("X-DUP", b"3").expect("valid");
         check(&h, &[("Host", "a"), ("X-DUP", "3"), ("Accept", "*/*")]);
         assert_eq!(h.remove("accept"), 1);

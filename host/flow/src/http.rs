@@ -93,8 +93,7 @@ pub enum UrlError {
 }
 
 fn check_path(path: &str) -> Result<(), UrlError> {
-    let ok = (path.starts_with('/') || path == "*")
-        && path.bytes().all(|b| b > 0x20 && b != 0x7f);
+    let ok = (path.starts_with('/') || path == "*") && path.bytes().all(|b| b > 0x20 && b != 0x7f);
     if ok { Ok(()) } else { Err(UrlError::Path(path.to_owned())) }
 }
 
@@ -103,9 +102,7 @@ fn check_host(host: &str) -> bool {
     if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         return inner.parse::<std::net::Ipv6Addr>().is_ok();
     }
-    !host.is_empty()
-        && host.len() <= 253
-        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+    !host.is_empty() && host.len() <= 253 && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
 }
 
 /// A validated absolute `http(s)://` URL split into its parts.
@@ -183,10 +180,7 @@ pub struct Request {
 impl Request {
     /// A request for `url` with no headers and no body.
     pub fn new(method: &str, url: &str) -> Result<Request, UrlError> {
-        let mut request = Request {
-            version: HttpVersion::Http11,
-            ..Request::default()
-        };
+        let mut request = Request { version: HttpVersion::Http11, ..Request::default() };
         request.set_method(method)?;
         request.set_url(url)?;
         Ok(request)
@@ -305,7 +299,10 @@ mod tests {
     #[test]
     fn url_round_trip() {
         let r = Request::new("GET", "https://Example.com:8443/a?b=c").expect("valid");
-        assert_eq!((r.scheme, r.host.as_str(), r.port, r.path.as_str()), (Scheme::Https, "example.com", 8443, "/a?b=c"));
+        assert_eq!(
+            (r.scheme, r.host.as_str(), r.port, r.path.as_str()),
+            (Scheme::Https, "example.com", 8443, "/a?b=c")
+        );
         assert_eq!(r.url(), "https://example.com:8443/a?b=c");
         let r = Request::new("GET", "http://[::1]?q").expect("valid");
         assert_eq!((r.host.as_str(), r.port, r.path.as_str()), ("[::1]", 80, "/?q"));

@@ -8,8 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use flowgate_flow::{
-    BodyMode, ConnectionInfo, FieldError, FlowInfo, FlowKind, Headers, Hook, Request, Response, UrlError,
-    value_to_text,
+    BodyMode, ConnectionInfo, FieldError, FlowInfo, FlowKind, Headers, Hook, Request, Response, UrlError, value_to_text,
 };
 use rand::RngCore;
 use wasmtime::component::{Resource, ResourceTable};
@@ -282,7 +281,12 @@ impl types::HostFlow for StoreState {
     fn get_metadata(&mut self, f: Resource<FlowRes>, key: String) -> wasmtime::Result<Option<String>> {
         Ok(self.table.get(&f)?.0.metadata.get(&key).cloned())
     }
-    fn set_metadata(&mut self, f: Resource<FlowRes>, key: String, value: String) -> wasmtime::Result<Result<(), WitError>> {
+    fn set_metadata(
+        &mut self,
+        f: Resource<FlowRes>,
+        key: String,
+        value: String,
+    ) -> wasmtime::Result<Result<(), WitError>> {
         let max = self.plugin.manifest.limits.max_state_bytes;
         let flow = &mut self.table.get_mut(&f)?.0;
         let used: usize = flow.metadata.iter().filter(|(k, _)| **k != key).map(|(k, v)| k.len() + v.len()).sum();
@@ -338,10 +342,20 @@ impl types::HostRequest for StoreState {
     fn has_header(&mut self, r: Resource<RequestRes>, name: String) -> wasmtime::Result<bool> {
         Ok(self.request(&r)?.headers.contains(&name))
     }
-    fn set_header(&mut self, r: Resource<RequestRes>, name: String, value: String) -> wasmtime::Result<Result<(), WitError>> {
+    fn set_header(
+        &mut self,
+        r: Resource<RequestRes>,
+        name: String,
+        value: String,
+    ) -> wasmtime::Result<Result<(), WitError>> {
         Ok(self.request_mut(&r)?.and_then(|req| req.headers.set(&name, value.as_bytes()).map_err(field_error)))
     }
-    fn append_header(&mut self, r: Resource<RequestRes>, name: String, value: String) -> wasmtime::Result<Result<(), WitError>> {
+    fn append_header(
+        &mut self,
+        r: Resource<RequestRes>,
+        name: String,
+        value: String,
+    ) -> wasmtime::Result<Result<(), WitError>> {
         Ok(self.request_mut(&r)?.and_then(|req| req.headers.append(&name, value.as_bytes()).map_err(field_error)))
     }
     fn remove_header(&mut self, r: Resource<RequestRes>, name: String) -> wasmtime::Result<u32> {
@@ -350,14 +364,22 @@ impl types::HostRequest for StoreState {
             Err(_) => 0,
         })
     }
-    fn set_headers(&mut self, r: Resource<RequestRes>, headers: Vec<types::Header>) -> wasmtime::Result<Result<(), WitError>> {
+    fn set_headers(
+        &mut self,
+        r: Resource<RequestRes>,
+        headers: Vec<types::Header>,
+    ) -> wasmtime::Result<Result<(), WitError>> {
         let parsed = from_wit_headers(&headers).map_err(field_error);
         Ok(self.request_mut(&r)?.and_then(|req| {
             req.headers = parsed?;
             Ok(())
         }))
     }
-    fn set_body_mode(&mut self, r: Resource<RequestRes>, mode: types::BodyMode) -> wasmtime::Result<Result<(), WitError>> {
+    fn set_body_mode(
+        &mut self,
+        r: Resource<RequestRes>,
+        mode: types::BodyMode,
+    ) -> wasmtime::Result<Result<(), WitError>> {
         self.request(&r)?;
         Ok(self.set_body_mode(Hook::RequestHeaders, mode).map(drop))
     }
@@ -405,10 +427,20 @@ impl types::HostResponse for StoreState {
     fn has_header(&mut self, r: Resource<ResponseRes>, name: String) -> wasmtime::Result<bool> {
         Ok(self.response(&r)?.headers.contains(&name))
     }
-    fn set_header(&mut self, r: Resource<ResponseRes>, name: String, value: String) -> wasmtime::Result<Result<(), WitError>> {
+    fn set_header(
+        &mut self,
+        r: Resource<ResponseRes>,
+        name: String,
+        value: String,
+    ) -> wasmtime::Result<Result<(), WitError>> {
         Ok(self.response_mut(&r)?.and_then(|resp| resp.headers.set(&name, value.as_bytes()).map_err(field_error)))
     }
-    fn append_header(&mut self, r: Resource<ResponseRes>, name: String, value: String) -> wasmtime::Result<Result<(), WitError>> {
+    fn append_header(
+        &mut self,
+        r: Resource<ResponseRes>,
+        name: String,
+        value: String,
+    ) -> wasmtime::Result<Result<(), WitError>> {
         Ok(self.response_mut(&r)?.and_then(|resp| resp.headers.append(&name, value.as_bytes()).map_err(field_error)))
     }
     fn remove_header(&mut self, r: Resource<ResponseRes>, name: String) -> wasmtime::Result<u32> {
@@ -417,14 +449,22 @@ impl types::HostResponse for StoreState {
             Err(_) => 0,
         })
     }
-    fn set_headers(&mut self, r: Resource<ResponseRes>, headers: Vec<types::Header>) -> wasmtime::Result<Result<(), WitError>> {
+    fn set_headers(
+        &mut self,
+        r: Resource<ResponseRes>,
+        headers: Vec<types::Header>,
+    ) -> wasmtime::Result<Result<(), WitError>> {
         let parsed = from_wit_headers(&headers).map_err(field_error);
         Ok(self.response_mut(&r)?.and_then(|resp| {
             resp.headers = parsed?;
             Ok(())
         }))
     }
-    fn set_body_mode(&mut self, r: Resource<ResponseRes>, mode: types::BodyMode) -> wasmtime::Result<Result<(), WitError>> {
+    fn set_body_mode(
+        &mut self,
+        r: Resource<ResponseRes>,
+        mode: types::BodyMode,
+    ) -> wasmtime::Result<Result<(), WitError>> {
         self.response(&r)?;
         Ok(self.set_body_mode(Hook::ResponseHeaders, mode).map(drop))
     }

@@ -204,6 +204,12 @@ impl Plugin {
         Ok(LiveInstance { store, groups })
     }
 
+    /// Creates a fresh instance and drops it: what the `per-flow` model pays once per flow.
+    /// Used by the benchmark and to check a plugin still instantiates.
+    pub async fn probe_instance(&self) -> Result<(), PluginFailure> {
+        self.instantiate().await.map(drop)
+    }
+
     /// Takes a warm instance from the pool, or makes one.
     pub(crate) async fn acquire_pooled(&self) -> Result<LiveInstance, PluginFailure> {
         let warm = self.pool.lock().unwrap_or_else(PoisonError::into_inner).pop();
@@ -241,7 +247,10 @@ impl Plugin {
                 format!("interrupted after {:?} (limits.hook_timeout_ms)", self.shared.manifest.limits.hook_timeout)
             }
             FailureKind::Memory => {
-                format!("denied memory past {} bytes (limits.memory): {error:#}", self.shared.manifest.limits.memory_bytes)
+                format!(
+                    "denied memory past {} bytes (limits.memory): {error:#}",
+                    self.shared.manifest.limits.memory_bytes
+                )
             }
             _ => format!("{error:#}"),
         };
@@ -254,10 +263,7 @@ impl Plugin {
         let n = self.health.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::warn!("{failure}");
         if n >= self.shared.manifest.limits.crash_budget && !self.health.quarantined.swap(true, Ordering::Relaxed) {
-            tracing::error!(
-                "plugin {} quarantined after {n} consecutive failures (limits.crash_budget)",
-                self.name()
-            );
+            tracing::error!("plugin {} quarantined after {n} consecutive failures (limits.crash_budget)", self.name());
         }
     }
 
@@ -296,10 +302,8 @@ impl Plugin {
         }
         let LiveInstance { store, groups } = live;
         let result = call(store, groups).await;
-        let report = CallReport {
-            log_dropped: live.store.data().call.log_dropped,
-            body_mode: live.store.data().call.body_mode,
-        };
+        let report =
+            CallReport { log_dropped: live.store.data().call.log_dropped, body_mode: live.store.data().call.body_mode };
         match result {
             Ok(value) => {
                 self.note_success();
@@ -324,11 +328,9 @@ impl Plugin {
     pub(crate) async fn configure(&self) -> Result<(), String> {
         let mut live = self.instantiate().await.map_err(|f| f.to_string())?;
         let (result, _) = self
-            .invoke(&mut live, Hook::Configure, None, async |store, groups| {
-                match &groups.lifecycle {
-                    Some(g) => g.call_configure(store).await,
-                    None => Ok(Ok(())),
-                }
+            .invoke(&mut live, Hook::Configure, None, async |store, groups| match &groups.lifecycle {
+                Some(g) => g.call_configure(store).await,
+                None => Ok(Ok(())),
             })
             .await
             .map_err(|f| f.to_string())?;

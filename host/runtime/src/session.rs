@@ -243,25 +243,25 @@ impl Lent {
         response: Option<&mut Response>,
     ) {
         let table = &mut store.data_mut().table;
-        if let (Some(r), Some(out)) = (self.flow, flow) {
-            if let Ok(v) = table.delete(r) {
-                *out = v.0;
-            }
+        if let (Some(r), Some(out)) = (self.flow, flow)
+            && let Ok(v) = table.delete(r)
+        {
+            *out = v.0;
         }
-        if let (Some(r), Some(out)) = (self.conn, conn) {
-            if let Ok(v) = table.delete(r) {
-                *out = v.0;
-            }
+        if let (Some(r), Some(out)) = (self.conn, conn)
+            && let Ok(v) = table.delete(r)
+        {
+            *out = v.0;
         }
-        if let (Some(r), Some(out)) = (self.request, request) {
-            if let Ok(v) = table.delete(r) {
-                *out = v.0;
-            }
+        if let (Some(r), Some(out)) = (self.request, request)
+            && let Ok(v) = table.delete(r)
+        {
+            *out = v.0;
         }
-        if let (Some(r), Some(out)) = (self.response, response) {
-            if let Ok(v) = table.delete(r) {
-                *out = v.0;
-            }
+        if let (Some(r), Some(out)) = (self.response, response)
+            && let Ok(v) = table.delete(r)
+        {
+            *out = v.0;
         }
     }
 }
@@ -554,7 +554,12 @@ impl HttpFlowSession {
     }
 
     /// Passes a request body chunk through every plugin that chose `stream`.
-    pub async fn request_body_chunk(&mut self, request: &mut Request, chunk: Vec<u8>, end: bool) -> Result<Vec<u8>, HttpAction> {
+    pub async fn request_body_chunk(
+        &mut self,
+        request: &mut Request,
+        chunk: Vec<u8>,
+        end: bool,
+    ) -> Result<Vec<u8>, HttpAction> {
         self.body_chunk(Hook::RequestBodyChunk, request, None, chunk, end).await
     }
 
@@ -593,7 +598,9 @@ impl HttpFlowSession {
                     let lent = Lent::new(store, Some(&mut *flow), None, Some(&mut *req), resp.as_deref_mut())?;
                     let (f, r) = (borrow(&lent.flow)?, borrow(&lent.request)?);
                     let out = match &lent.response {
-                        Some(_) => g.call_response_body_chunk(&mut *store, f, r, borrow(&lent.response)?, data, end).await,
+                        Some(_) => {
+                            g.call_response_body_chunk(&mut *store, f, r, borrow(&lent.response)?, data, end).await
+                        }
                         None => g.call_request_body_chunk(&mut *store, f, r, data, end).await,
                     };
                     lent.restore(store, Some(flow), None, Some(req), resp);

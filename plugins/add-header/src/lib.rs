@@ -16,9 +16,8 @@ fn rules(key: &str) -> Result<Vec<(String, Option<String>)>, String> {
     let Some(text) = config::get(key) else { return Ok(Vec::new()) };
     let mut rules = Vec::new();
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        let (name, value) = line
-            .split_once(':')
-            .ok_or_else(|| format!("config.{key}: expected `Name: value`, got {line:?}"))?;
+        let (name, value) =
+            line.split_once(':').ok_or_else(|| format!("config.{key}: expected `Name: value`, got {line:?}"))?;
         let value = value.trim();
         rules.push((name.trim().to_owned(), (!value.is_empty()).then(|| value.to_owned())));
     }

@@ -62,17 +62,22 @@ impl HttpHooks for RewriteBody {
         rewrite(chunk.clone()).unwrap_or(chunk)
     }
 
-    fn response_body_chunk(_flow: &Flow, _request: &Request, _response: &Response, chunk: Vec<u8>, _end: bool) -> Vec<u8> {
+    fn response_body_chunk(
+        _flow: &Flow,
+        _request: &Request,
+        _response: &Response,
+        chunk: Vec<u8>,
+        _end: bool,
+    ) -> Vec<u8> {
         rewrite(chunk.clone()).unwrap_or(chunk)
     }
 
     fn request(_flow: &Flow, request: &Request) -> Verdict {
-        if let Ok(body) = request.body() {
-            if let Some(new) = rewrite(body) {
-                if let Err(e) = request.set_body(&new) {
-                    log::error(&format!("cannot rewrite request body: {}", e.describe()));
-                }
-            }
+        if let Ok(body) = request.body()
+            && let Some(new) = rewrite(body)
+            && let Err(e) = request.set_body(&new)
+        {
+            log::error(&format!("cannot rewrite request body: {}", e.describe()));
         }
         Verdict::Continue
     }
@@ -85,12 +90,11 @@ impl HttpHooks for RewriteBody {
     }
 
     fn response(_flow: &Flow, _request: &Request, response: &Response) -> Verdict {
-        if let Ok(body) = response.body() {
-            if let Some(new) = rewrite(body) {
-                if let Err(e) = response.set_body(&new) {
-                    log::error(&format!("cannot rewrite response body: {}", e.describe()));
-                }
-            }
+        if let Ok(body) = response.body()
+            && let Some(new) = rewrite(body)
+            && let Err(e) = response.set_body(&new)
+        {
+            log::error(&format!("cannot rewrite response body: {}", e.describe()));
         }
         Verdict::Continue
     }

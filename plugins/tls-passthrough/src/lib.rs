@@ -8,7 +8,9 @@
 //! Connection counts are kept in the plugin's key-value state under `connections`.
 
 use flowgate_sdk::tls::{ClientHello, Side};
-use flowgate_sdk::{Connection, ConnectionHooks, LifecycleHooks, TlsDecision, TlsHooks, config, export_plugin, kv, log};
+use flowgate_sdk::{
+    Connection, ConnectionHooks, LifecycleHooks, TlsDecision, TlsHooks, config, export_plugin, kv, log,
+};
 
 struct TlsPassthrough;
 
