@@ -14,6 +14,7 @@ fn main() {
         watch(&root.join(watched));
     }
 
+    ensure_wasm_target();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut build = Command::new(cargo);
     build
@@ -60,6 +61,22 @@ fn main() {
     out.push_str("    };\n}\n");
     let dest = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("plugins.rs");
     std::fs::write(dest, out).expect("OUT_DIR is writable");
+}
+
+/// Installs the wasm32-wasip2 standard library with rustup if the toolchain lacks it, so
+/// `cargo test` works on a fresh machine.
+fn ensure_wasm_target() {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let sysroot = Command::new(rustc).args(["--print", "sysroot"]).output().expect("cannot run rustc");
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+    if sysroot.join("lib/rustlib/wasm32-wasip2").exists() {
+        return;
+    }
+    let status = Command::new("rustup").args(["target", "add", "wasm32-wasip2"]).status();
+    assert!(
+        status.is_ok_and(|s| s.success()),
+        "the wasm32-wasip2 target is missing and `rustup target add wasm32-wasip2` failed"
+    );
 }
 
 fn watch(dir: &Path) {
