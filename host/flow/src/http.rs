@@ -7,7 +7,7 @@ use thiserror::Error;
 use crate::headers::{Headers, check_token};
 
 /// `http` or `https`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Scheme {
     /// Plain HTTP.
     #[default]

@@ -1,0 +1,237 @@
+//! The `flowgate` command: runs the proxy with mitmdump's flags, and `flowgate ca` for the
+//! certificate authority.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use flowgate_ca::CertificateAuthority;
+use flowgate_net::{FlowRecord, Mode, Proxy, ProxyOptions};
+use flowgate_runtime::{Chain, Runtime, RuntimeConfig};
+
+/// An intercepting proxy whose addons are sandboxed WebAssembly components.
+#[derive(Parser, Debug)]
+#[command(name = "flowgate", version, about)]
+struct Cli {
+    /// Proxy mode, repeatable: regular, reverse:URL, upstream:URL; add @PORT to give a
+    /// mode its own port.
+    #[arg(long = "mode", short = 'm', default_value = "regular")]
+    modes: Vec<String>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    listen_host: String,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, short = 'p', default_value_t = 8080)]
+    listen_port: u16,
+    /// A plugin: a .wasm component or its plugin.toml. Repeatable.
+    #[arg(long = "plugin", short = 's')]
+    plugins: Vec<PathBuf>,
+    /// Set an option (KEY=VALUE), or a plugin's config (PLUGIN.KEY=VALUE). Repeatable.
+    #[arg(long = "set")]
+    sets: Vec<String>,
+    /// Do not verify upstream server certificates.
+    #[arg(long = "ssl-insecure", short = 'k')]
+    ssl_insecure: bool,
+    /// Configuration directory (the CA lives here).
+    #[arg(long)]
+    confdir: Option<PathBuf>,
+    /// Quiet: do not print flows.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The certificate authority.
+    Ca {
+        #[command(subcommand)]
+        action: CaAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CaAction {
+    /// Print where the CA certificate is (created if missing).
+    Path,
+    /// Print the CA certificate (PEM, or DER with --der) to stdout or --out.
+    Export {
+        /// DER instead of PEM.
+        #[arg(long)]
+        der: bool,
+        /// Write to this file instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn confdir(cli: &Cli) -> anyhow::Result<PathBuf> {
+    match &cli.confdir {
+        Some(dir) => Ok(dir.clone()),
+        None => {
+            let home = std::env::var_os("HOME").context("HOME is not set: pass --confdir")?;
+            Ok(PathBuf::from(home).join(".flowgate"))
+        }
+    }
+}
+
+struct Settings {
+    proxy: ProxyOptions,
+    runtime: RuntimeConfig,
+    plugin_config: Vec<(String, String, String)>,
+}
+
+fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> {
+    let mut proxy = ProxyOptions { ssl_insecure: cli.ssl_insecure, ..ProxyOptions::default() };
+    let mut runtime = RuntimeConfig { cache_dir: Some(confdir.join("cache")), ..RuntimeConfig::default() };
+    let mut plugin_config = Vec::new();
+    for set in &cli.sets {
+        let (key, value) = set.split_once('=').with_context(|| format!("--set {set:?}: expected KEY=VALUE"))?;
+        let bad = |e: &dyn std::fmt::Display| anyhow::anyhow!("--set {key}: {e}");
+        match key {
+            "ignore_hosts" => proxy.ignore_hosts = Some(regex::Regex::new(value).map_err(|e| bad(&e))?),
+            "allow_hosts" => proxy.allow_hosts = Some(regex::Regex::new(value).map_err(|e| bad(&e))?),
+            "body_size_limit" => {
+                proxy.body_size_limit = flowgate_runtime::manifest::parse_size(value).map_err(|e| bad(&e))?
+            }
+            "max_headers" => proxy.max_headers = value.parse().map_err(|e| bad(&e))?,
+            "ssl_insecure" => proxy.ssl_insecure = value.parse().map_err(|e| bad(&e))?,
+            "plugin_fuel" => runtime.fuel = value.parse().map_err(|e| bad(&e))?,
+            "plugin_max_instances" => runtime.max_instances = value.parse().map_err(|e| bad(&e))?,
+            other => match other.split_once('.') {
+                Some((plugin, config_key)) => {
+                    plugin_config.push((plugin.to_owned(), config_key.to_owned(), value.to_owned()))
+                }
+                None => bail!(
+                    "--set {other}: unknown option (known: ignore_hosts, allow_hosts, body_size_limit, max_headers, \
+                     ssl_insecure, plugin_fuel, plugin_max_instances, PLUGIN.KEY)"
+                ),
+            },
+        }
+    }
+    Ok(Settings { proxy, runtime, plugin_config })
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLOWGATE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,flowgate_runtime=info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("flowgate: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flowgate: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let confdir = confdir(&cli)?;
+    let ca = CertificateAuthority::load_or_create(&confdir)?;
+    if let Some(Command::Ca { action }) = &cli.command {
+        return ca_command(&confdir, &ca, action);
+    }
+    let settings = parse_sets(&cli, &confdir)?;
+
+    let mut listeners = Vec::new();
+    let mut default_used = false;
+    for text in &cli.modes {
+        let (mode, port) = Mode::parse(text)?;
+        let port = match port {
+            Some(p) => p,
+            None if default_used => {
+                bail!("--mode {text}: several modes need their own ports; write it as {text}@PORT")
+            }
+            None => {
+                default_used = true;
+                cli.listen_port
+            }
+        };
+        let addr = format!("{}:{port}", cli.listen_host);
+        let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        listeners.push((mode, listener));
+    }
+
+    let plugin_runtime = Runtime::new(settings.runtime)?;
+    let mut plugins = Vec::new();
+    for path in &cli.plugins {
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().replace('_', "-"))
+            .unwrap_or_default();
+        let overrides: Vec<(String, String)> = settings
+            .plugin_config
+            .iter()
+            .filter(|(p, _, _)| *p == stem || path.parent().and_then(|d| d.file_name()).is_some_and(|d| d == p.as_str()))
+            .map(|(_, k, v)| (k.clone(), v.clone()))
+            .collect();
+        let plugin = plugin_runtime.load_with(path, &overrides).await.context("cannot load plugin")?;
+        eprintln!("flowgate: loaded plugin {} ({})", plugin.name(), plugin.exported_groups().join(", "));
+        plugins.push(plugin);
+    }
+    let chain = Chain::new(plugins);
+    for failure in chain.running().await {
+        eprintln!("flowgate: {failure}");
+    }
+
+    let quiet = cli.quiet;
+    let sink = Arc::new(move |record: &FlowRecord| {
+        if !quiet {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{record}");
+            let _ = out.flush();
+        }
+    });
+    let proxy = Proxy::new(chain.clone(), Arc::new(ca), settings.proxy, sink);
+    let mut tasks = Vec::new();
+    for (mode, listener) in listeners {
+        let addr = listener.local_addr()?;
+        println!("flowgate: {} listening at {addr}", mode.describe());
+        tasks.push(tokio::spawn(proxy.clone().serve(listener, mode)));
+    }
+    println!("flowgate: CA certificate at {}", confdir.join(flowgate_ca::CA_CERT_PEM).display());
+    let _ = std::io::stdout().flush();
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    for task in &tasks {
+        task.abort();
+    }
+    for failure in chain.done().await {
+        eprintln!("flowgate: {failure}");
+    }
+    Ok(())
+}
+
+fn ca_command(confdir: &std::path::Path, ca: &CertificateAuthority, action: &CaAction) -> anyhow::Result<()> {
+    match action {
+        CaAction::Path => {
+            println!("{}", confdir.join(flowgate_ca::CA_CERT_PEM).display());
+            println!(
+                "trust it with: curl --cacert {0}  |  sudo cp {0} /usr/local/share/ca-certificates/flowgate.crt && sudo update-ca-certificates",
+                confdir.join(flowgate_ca::CA_CERT_PEM).display()
+            );
+        }
+        CaAction::Export { der, out } => {
+            let bytes: Vec<u8> = if *der { ca.cert_der().to_vec() } else { ca.cert_pem().as_bytes().to_vec() };
+            match out {
+                Some(path) => std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?,
+                None => std::io::stdout().write_all(&bytes)?,
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,582 @@
+//! HTTP/1.1 on the client side (hyper's server), the flow of one exchange through the
+//! plugin hooks, CONNECT tunnels and TLS interception.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use flowgate_flow::{
+    ConnectionInfo, FlowInfo, FlowKind, Headers, HttpVersion, LocalResponse, Request, Response, Scheme, TlsDecision,
+};
+use flowgate_runtime::{ConnectionSession, HttpAction, HttpFlowSession, TlsSide};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+
+use crate::tls::{Prefixed, TLS_HANDSHAKE, peek_client_hello, server_config};
+use crate::upstream::{Body, BoxError, Target, Upstreams};
+use crate::{FlowRecord, Mode, Outcome, Proxy};
+
+/// Hosts that serve flowgate's CA certificate to clients going through the proxy.
+const CERT_HOSTS: &[&str] = &["flowgate.it", "mitm.it"];
+
+/// Header fields that describe one hop and are not forwarded.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// What a client connection shares between its flows.
+struct ConnCtx {
+    proxy: Arc<Proxy>,
+    mode: Arc<Mode>,
+    client: SocketAddr,
+    conn_id: u64,
+    session: Mutex<ConnectionSession>,
+    upstreams: Mutex<Upstreams>,
+}
+
+/// The service closes the client connection when a plugin kills the flow.
+#[derive(Debug)]
+struct Killed;
+
+impl std::fmt::Display for Killed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("killed by a plugin")
+    }
+}
+
+impl std::error::Error for Killed {}
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never: Infallible| match never {}).boxed()
+}
+
+pub(crate) async fn serve_connection(proxy: Arc<Proxy>, mode: Arc<Mode>, stream: TcpStream, client: SocketAddr) {
+    let conn_id = proxy.next_id();
+    let info = ConnectionInfo { id: conn_id, client_address: client.to_string(), ..ConnectionInfo::default() };
+    let mut session = proxy.chain.connection(info);
+    if !session.client_connected().await {
+        return;
+    }
+    let ctx = Arc::new(ConnCtx {
+        proxy,
+        mode: mode.clone(),
+        client,
+        conn_id,
+        session: Mutex::new(session),
+        upstreams: Mutex::new(Upstreams::default()),
+    });
+    match &*mode {
+        Mode::Reverse { scheme, host, port } => {
+            let target = Target { scheme: *scheme, host: host.clone(), port: *port };
+            let mut first = [0u8; 1];
+            match stream.peek(&mut first).await {
+                Ok(1) if first[0] == TLS_HANDSHAKE => intercept_tls(ctx.clone(), stream, Vec::new(), target).await,
+                Ok(_) => serve_http(ctx.clone(), stream, Some(target)).await,
+                Err(_) => {}
+            }
+        }
+        Mode::Regular | Mode::Upstream { .. } => serve_http(ctx.clone(), stream, None).await,
+    }
+    ctx.session.lock().await.client_disconnected().await;
+}
+
+async fn serve_http<IO>(ctx: Arc<ConnCtx>, io: IO, fixed: Option<Target>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let opts = &ctx.proxy.options;
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.header_read_timeout)
+        .max_headers(opts.max_headers)
+        .preserve_header_case(true);
+    let service_ctx = ctx.clone();
+    let service = service_fn(move |req| {
+        let ctx = service_ctx.clone();
+        let fixed = fixed.clone();
+        async move { handle(ctx, req, fixed).await }
+    });
+    if let Err(e) = builder.serve_connection(TokioIo::new(io), service).with_upgrades().await {
+        tracing::debug!("client {}: {e}", ctx.client);
+    }
+}
+
+fn status_response(status: u16, message: &str) -> hyper::Response<Body> {
+    let mut resp = hyper::Response::new(full(format!("{message}\n")));
+    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
+    resp.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+fn local_response(local: LocalResponse) -> hyper::Response<Body> {
+    let mut resp = hyper::Response::new(full(local.body));
+    *resp.status_mut() = hyper::StatusCode::from_u16(local.status).unwrap_or(hyper::StatusCode::OK);
+    for (name, value) in local.headers.iter() {
+        if let (Ok(n), Ok(v)) =
+            (hyper::header::HeaderName::from_bytes(name.as_bytes()), hyper::header::HeaderValue::from_bytes(value))
+        {
+            resp.headers_mut().append(n, v);
+        }
+    }
+    resp.headers_mut().remove("content-length");
+    resp
+}
+
+fn to_headers(map: &hyper::HeaderMap) -> Headers {
+    let mut headers = Headers::new();
+    for (name, value) in map {
+        // hyper has already validated names and values.
+        let _ = headers.append(name.as_str(), value.as_bytes());
+    }
+    headers
+}
+
+fn fill_headers(map: &mut hyper::HeaderMap, headers: &Headers) {
+    for (name, value) in headers.iter() {
+        if HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+            continue;
+        }
+        if let (Ok(n), Ok(v)) =
+            (hyper::header::HeaderName::from_bytes(name.as_bytes()), hyper::header::HeaderValue::from_bytes(value))
+        {
+            map.append(n, v);
+        }
+    }
+}
+
+fn version_of(v: hyper::Version) -> HttpVersion {
+    match v {
+        hyper::Version::HTTP_10 => HttpVersion::Http10,
+        hyper::Version::HTTP_2 => HttpVersion::Http2,
+        hyper::Version::HTTP_3 => HttpVersion::Http3,
+        _ => HttpVersion::Http11,
+    }
+}
+
+/// Reads a whole body, up to `limit` bytes.
+async fn collect<B>(body: B, limit: usize) -> Result<Bytes, String>
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: Into<BoxError>,
+{
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(format!("body exceeds body_size_limit ({limit} bytes)"))
+        }
+        Err(e) => Err(format!("reading the body failed: {e}")),
+    }
+}
+
+struct Exchange {
+    ctx: Arc<ConnCtx>,
+    session: HttpFlowSession,
+    request: Request,
+    start: Instant,
+}
+
+impl Exchange {
+    fn record(&self, outcome: Outcome) {
+        let record = FlowRecord {
+            id: self.session.flow.id,
+            client: self.ctx.client,
+            method: self.request.method.clone(),
+            url: self.request.url(),
+            version: self.request.version.as_str().to_owned(),
+            outcome,
+            duration: self.start.elapsed(),
+            failures: self.session.failures().to_vec(),
+        };
+        (self.ctx.proxy.sink)(&record);
+    }
+
+    async fn fail(&mut self, status: u16, message: String) -> hyper::Response<Body> {
+        self.session.error(&mut self.request, &message).await;
+        self.record(Outcome::Error(message.clone()));
+        status_response(status, &message)
+    }
+
+    fn local(&self, local: LocalResponse) -> hyper::Response<Body> {
+        self.record(Outcome::Response {
+            status: local.status,
+            reason: canonical_reason(local.status),
+            size: Some(local.body.len() as u64),
+            local: true,
+        });
+        local_response(local)
+    }
+
+    /// Applies an action from a hook; `Ok(None)` means go on.
+    async fn act(&mut self, action: HttpAction) -> Result<Option<hyper::Response<Body>>, Killed> {
+        match action {
+            HttpAction::Continue => Ok(None),
+            HttpAction::Respond(local) => Ok(Some(self.local(local))),
+            HttpAction::Kill => {
+                let message = "killed by a plugin".to_owned();
+                self.session.error(&mut self.request, &message).await;
+                self.record(Outcome::Error(message));
+                Err(Killed)
+            }
+            HttpAction::Fail(failure) => Ok(Some(self.fail(502, failure.to_string()).await)),
+        }
+    }
+}
+
+fn canonical_reason(status: u16) -> String {
+    hyper::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("").to_owned()
+}
+
+async fn handle(
+    ctx: Arc<ConnCtx>,
+    req: hyper::Request<Incoming>,
+    fixed: Option<Target>,
+) -> Result<hyper::Response<Body>, Killed> {
+    let start = Instant::now();
+    if req.method() == hyper::Method::CONNECT && fixed.is_none() {
+        return connect(ctx, req).await;
+    }
+    let target = match &fixed {
+        Some(t) => t.clone(),
+        None => {
+            let uri = req.uri();
+            let scheme = match uri.scheme_str() {
+                Some("http") => Scheme::Http,
+                Some("https") => Scheme::Https,
+                _ => return Ok(status_response(400, "flowgate is a proxy: send absolute-form requests (http://host/path)")),
+            };
+            let Some(host) = uri.host() else { return Ok(status_response(400, "request URL has no host")) };
+            Target { scheme, host: host.to_ascii_lowercase(), port: uri.port_u16().unwrap_or(scheme.default_port()) }
+        }
+    };
+    if fixed.is_none() && CERT_HOSTS.contains(&target.host.as_str()) {
+        return Ok(cert_page(&ctx, req.uri().path()));
+    }
+    let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".to_owned());
+    let mut request = Request {
+        method: req.method().as_str().to_owned(),
+        scheme: target.scheme,
+        host: target.host.clone(),
+        port: target.port,
+        path,
+        version: version_of(req.version()),
+        headers: to_headers(req.headers()),
+        ..Request::default()
+    };
+    if let Mode::Reverse { host, port, scheme } = &*ctx.mode {
+        let authority =
+            if *port == scheme.default_port() { host.clone() } else { format!("{host}:{port}") };
+        let _ = request.headers.set("host", authority.as_bytes());
+    }
+    let flow = FlowInfo {
+        id: ctx.proxy.next_id(),
+        kind: FlowKind::Http,
+        connection_id: ctx.conn_id,
+        client_address: ctx.client.to_string(),
+        ..FlowInfo::default()
+    };
+    let session = ctx.session.lock().await.http_flow(flow);
+    let mut ex = Exchange { ctx: ctx.clone(), session, request, start };
+
+    let action = ex.session.request_headers(&mut ex.request).await;
+    if let Some(resp) = ex.act(action).await? {
+        return Ok(resp);
+    }
+    let (_parts, incoming) = req.into_parts();
+    let mut body: Option<Body> = None;
+    if ex.request.body.is_none() && ex.request.body_mode != flowgate_flow::BodyMode::Pass {
+        match collect(incoming, ctx.proxy.options.body_size_limit).await {
+            Ok(bytes) => ex.request.body = Some(bytes.to_vec()),
+            Err(e) => return Ok(ex.fail(413, format!("request {e}")).await),
+        }
+    } else if ex.request.body.is_none() {
+        body = Some(incoming.map_err(Into::into).boxed());
+    }
+    let action = ex.session.request(&mut ex.request).await;
+    if let Some(resp) = ex.act(action).await? {
+        return Ok(resp);
+    }
+
+    // To the upstream.
+    let target = Target { scheme: ex.request.scheme, host: ex.request.host.clone(), port: ex.request.port };
+    let uri = if matches!(*ctx.mode, Mode::Upstream { .. }) && target.scheme == Scheme::Http {
+        ex.request.url()
+    } else {
+        ex.request.path.clone()
+    };
+    let mut upstream_req = hyper::Request::new(match (body, ex.request.body.clone()) {
+        (_, Some(bytes)) => full(bytes),
+        (Some(stream), None) => stream,
+        (None, None) => full(Bytes::new()),
+    });
+    *upstream_req.method_mut() = match hyper::Method::from_bytes(ex.request.method.as_bytes()) {
+        Ok(m) => m,
+        Err(_) => return Ok(ex.fail(400, format!("invalid method {:?}", ex.request.method)).await),
+    };
+    *upstream_req.uri_mut() = match uri.parse() {
+        Ok(u) => u,
+        Err(e) => return Ok(ex.fail(400, format!("invalid request target {uri:?}: {e}")).await),
+    };
+    fill_headers(upstream_req.headers_mut(), &ex.request.headers);
+    if let Some(bytes) = &ex.request.body {
+        upstream_req.headers_mut().insert("content-length", bytes.len().into());
+    }
+    if !upstream_req.headers().contains_key("host") {
+        let host = if target.port == target.scheme.default_port() {
+            target.host.clone()
+        } else {
+            format!("{}:{}", target.host, target.port)
+        };
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&host) {
+            upstream_req.headers_mut().insert("host", v);
+        }
+    }
+    let sender = ctx.upstreams.lock().await.take(&ctx.proxy, &ctx.mode, &target).await;
+    let mut sender = match sender {
+        Ok(s) => s,
+        Err(e) => return Ok(ex.fail(502, e).await),
+    };
+    ex.session.flow.server_address = Some(format!("{}:{}", target.host, target.port));
+    let upstream_resp = match sender.send_request(upstream_req).await {
+        Ok(r) => r,
+        Err(e) => return Ok(ex.fail(502, format!("upstream failed: {e}")).await),
+    };
+    ctx.upstreams.lock().await.put(target, sender);
+
+    // Back to the client.
+    let (parts, upstream_body) = upstream_resp.into_parts();
+    let reason = parts
+        .extensions
+        .get::<hyper::ext::ReasonPhrase>()
+        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
+        .unwrap_or_else(|| canonical_reason(parts.status.as_u16()));
+    let mut response = Response {
+        status: parts.status.as_u16(),
+        reason,
+        version: version_of(parts.version),
+        headers: to_headers(&parts.headers),
+        ..Response::default()
+    };
+    let action = ex.session.response_headers(&mut ex.request, &mut response).await;
+    if let Some(resp) = ex.act(action).await? {
+        return Ok(resp);
+    }
+    let mut stream_body = None;
+    if response.body.is_none() && response.body_mode != flowgate_flow::BodyMode::Pass {
+        match collect(upstream_body, ctx.proxy.options.body_size_limit).await {
+            Ok(bytes) => response.body = Some(bytes.to_vec()),
+            Err(e) => return Ok(ex.fail(502, format!("response {e}")).await),
+        }
+    } else if response.body.is_none() {
+        stream_body = Some(upstream_body.map_err(Into::into).boxed());
+    }
+    let action = ex.session.response(&mut ex.request, &mut response).await;
+    if let Some(resp) = ex.act(action).await? {
+        return Ok(resp);
+    }
+    let size = match (&response.body, parts.headers.get("content-length")) {
+        (Some(b), _) => Some(b.len() as u64),
+        (None, Some(cl)) => cl.to_str().ok().and_then(|s| s.parse().ok()),
+        (None, None) => None,
+    };
+    let mut client_resp = hyper::Response::new(match (stream_body, response.body.clone()) {
+        (_, Some(bytes)) => full(bytes),
+        (Some(stream), None) => stream,
+        (None, None) => full(Bytes::new()),
+    });
+    *client_resp.status_mut() = hyper::StatusCode::from_u16(response.status).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
+    fill_headers(client_resp.headers_mut(), &response.headers);
+    if let Some(bytes) = &response.body {
+        client_resp.headers_mut().insert("content-length", bytes.len().into());
+    }
+    ex.record(Outcome::Response { status: response.status, reason: response.reason.clone(), size, local: false });
+    Ok(client_resp)
+}
+
+/// CONNECT in regular and upstream mode: answer 200, then look at what the client sends.
+async fn connect(ctx: Arc<ConnCtx>, req: hyper::Request<Incoming>) -> Result<hyper::Response<Body>, Killed> {
+    let Some(authority) = req.uri().authority().cloned() else {
+        return Ok(status_response(400, "CONNECT needs host:port"));
+    };
+    let host = authority.host().to_ascii_lowercase();
+    let port = authority.port_u16().unwrap_or(443);
+    let flow = FlowInfo {
+        id: ctx.proxy.next_id(),
+        kind: FlowKind::Http,
+        connection_id: ctx.conn_id,
+        client_address: ctx.client.to_string(),
+        ..FlowInfo::default()
+    };
+    let session = ctx.session.lock().await.http_flow(flow);
+    let request = Request {
+        method: "CONNECT".to_owned(),
+        scheme: Scheme::Https,
+        host: host.clone(),
+        port,
+        path: "/".to_owned(),
+        version: version_of(req.version()),
+        headers: to_headers(req.headers()),
+        ..Request::default()
+    };
+    let mut ex = Exchange { ctx: ctx.clone(), session, request, start: Instant::now() };
+    let action = ex.session.http_connect(&mut ex.request).await;
+    if let Some(resp) = ex.act(action).await? {
+        return Ok(resp);
+    }
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => tunnel_boxed(ctx, TokioIo::new(upgraded), host, port).await,
+            Err(e) => tracing::debug!("CONNECT upgrade failed: {e}"),
+        }
+    });
+    Ok(hyper::Response::new(full(Bytes::new())))
+}
+
+/// Boxed to break the type cycle tunnel -> serve_http -> handle -> connect -> tunnel.
+fn tunnel_boxed(
+    ctx: Arc<ConnCtx>,
+    io: TokioIo<hyper::upgrade::Upgraded>,
+    host: String,
+    port: u16,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    Box::pin(tunnel(ctx, io, host, port))
+}
+
+async fn tunnel<IO>(ctx: Arc<ConnCtx>, mut io: IO, host: String, port: u16)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut first = vec![0u8; 4096];
+    let n = match io.read(&mut first).await {
+        Ok(0) | Err(_) => return,
+        Ok(n) => n,
+    };
+    first.truncate(n);
+    if first[0] == TLS_HANDSHAKE {
+        intercept_tls(ctx, io, first, Target { scheme: Scheme::Https, host, port }).await;
+    } else {
+        serve_http(ctx, Prefixed::new(first, io), Some(Target { scheme: Scheme::Http, host, port })).await;
+    }
+}
+
+async fn intercept_tls<IO>(ctx: Arc<ConnCtx>, mut io: IO, buf: Vec<u8>, target: Target)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (hello, buf) = match peek_client_hello(&mut io, buf).await {
+        Ok(peeked) => peeked,
+        Err(e) => {
+            ctx.session.lock().await.tls_result(TlsSide::Client, Some(&e.to_string())).await;
+            return;
+        }
+    };
+    let sni = hello.sni.clone();
+    let name = sni.clone().unwrap_or_else(|| target.host.clone());
+    let host_port = format!("{name}:{}", target.port);
+    let opts = &ctx.proxy.options;
+    let ignored = opts.ignore_hosts.as_ref().is_some_and(|r| r.is_match(&host_port))
+        || opts.allow_hosts.as_ref().is_some_and(|r| !r.is_match(&host_port));
+    let decision = if ignored {
+        TlsDecision::Passthrough
+    } else {
+        let mut session = ctx.session.lock().await;
+        session.info.sni = sni.clone();
+        session.info.tls = true;
+        match session.tls_clienthello(sni.as_deref(), &hello.alpn).await {
+            Ok(d) => d,
+            Err(_) => return,
+        }
+    };
+    if decision == TlsDecision::Passthrough {
+        passthrough(&ctx, io, buf, &target).await;
+        return;
+    }
+    let leaf = match ctx.proxy.ca.leaf(std::slice::from_ref(&name)) {
+        Ok(leaf) => leaf,
+        Err(e) => {
+            tracing::warn!("{e}");
+            return;
+        }
+    };
+    let config = server_config(leaf, &hello.alpn);
+    let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), Prefixed::new(buf, io));
+    let handshake = match acceptor.await {
+        Ok(start) => start.into_stream(config).await,
+        Err(e) => Err(e),
+    };
+    match handshake {
+        Ok(tls) => {
+            ctx.session.lock().await.tls_result(TlsSide::Client, None).await;
+            serve_http(ctx, tls, Some(target)).await;
+        }
+        Err(e) => {
+            let message = format!("client TLS handshake failed: {e}");
+            tracing::debug!("{}: {message}", ctx.client);
+            ctx.session.lock().await.tls_result(TlsSide::Client, Some(&message)).await;
+        }
+    }
+}
+
+/// Relays the encrypted bytes between client and upstream untouched.
+async fn passthrough<IO>(ctx: &ConnCtx, mut io: IO, hello: Vec<u8>, target: &Target)
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let (host, port) = (target.host.trim_start_matches('[').trim_end_matches(']').to_owned(), target.port);
+    let connected = tokio::time::timeout(ctx.proxy.options.connect_timeout, TcpStream::connect((host.as_str(), port))).await;
+    let Ok(Ok(mut upstream)) = connected else {
+        tracing::debug!("passthrough to {host}:{port} failed to connect");
+        return;
+    };
+    if upstream.write_all(&hello).await.is_err() {
+        return;
+    }
+    let _ = tokio::io::copy_bidirectional(&mut io, &mut upstream).await;
+}
+
+/// The page special hosts serve: the CA certificate with install hints.
+fn cert_page(ctx: &ConnCtx, path: &str) -> hyper::Response<Body> {
+    let ca = &ctx.proxy.ca;
+    let (content_type, body, disposition): (&str, Bytes, Option<&str>) = match path {
+        "/cert/pem" => ("application/x-x509-ca-cert", Bytes::from(ca.cert_pem().to_owned()), Some("flowgate-ca-cert.pem")),
+        "/cert/cer" | "/cert/der" => ("application/pkix-cert", Bytes::from(ca.cert_der().to_vec()), Some("flowgate-ca-cert.cer")),
+        "/" => ("text/html; charset=utf-8", Bytes::from_static(CERT_HTML.as_bytes()), None),
+        _ => return status_response(404, "not found: try /, /cert/pem or /cert/cer"),
+    };
+    let mut resp = hyper::Response::new(full(body));
+    resp.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static(content_type));
+    if let Some(name) = disposition
+        && let Ok(v) = hyper::header::HeaderValue::from_str(&format!("attachment; filename=\"{name}\""))
+    {
+        resp.headers_mut().insert("content-disposition", v);
+    }
+    resp
+}
+
+const CERT_HTML: &str = "<!doctype html>
+<html><head><title>flowgate CA</title></head><body>
+<h1>Install flowgate's CA certificate</h1>
+<p>Your traffic goes through flowgate. To let it inspect HTTPS, trust its certificate authority:</p>
+<ul>
+<li><a href=\"/cert/pem\">PEM</a> (Linux, macOS, Firefox, curl <code>--cacert</code>)</li>
+<li><a href=\"/cert/cer\">DER (.cer)</a> (Windows, Android)</li>
+</ul>
+<p>Linux: <code>sudo cp flowgate-ca-cert.pem /usr/local/share/ca-certificates/flowgate.crt &amp;&amp; sudo update-ca-certificates</code><br>
+macOS: <code>sudo security add-trusted-cert -d -p ssl -k /Library/Keychains/System.keychain flowgate-ca-cert.pem</code></p>
+</body></html>
+";

@@ -1,0 +1,173 @@
+//! flowgate's network layer: the only crate with sockets.
+//!
+//! It accepts client connections in each proxy mode, detects and intercepts TLS with
+//! certificates from the CA, speaks HTTP/1.1 on both sides (hyper), turns each exchange
+//! into a flow, runs the plugin hooks over it through the runtime's sessions, and
+//! reports every flow's one outcome (a response or an error) to a [`FlowSink`].
+
+mod http;
+mod mode;
+mod tls;
+mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use flowgate_ca::CertificateAuthority;
+use flowgate_flow::PluginFailure;
+use flowgate_runtime::Chain;
+use tokio::net::TcpListener;
+
+pub use mode::{Mode, ModeError};
+
+/// Settings of the proxy (mitmproxy's option names where they exist).
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    /// Skip verification of upstream certificates (`-k`, `ssl_insecure`).
+    pub ssl_insecure: bool,
+    /// Largest body buffered for plugins (`body_size_limit`, default 16 MiB).
+    pub body_size_limit: usize,
+    /// Hosts whose TLS is passed through without decrypting (`ignore_hosts`, a regex
+    /// matched against `host:port`).
+    pub ignore_hosts: Option<regex::Regex>,
+    /// If set, only these hosts are intercepted; all others pass through (`allow_hosts`).
+    pub allow_hosts: Option<regex::Regex>,
+    /// Most header fields in a request or response head (`max_headers`, default 100).
+    pub max_headers: usize,
+    /// Time a client may take to send a request head (`header_read_timeout`, default 30 s).
+    pub header_read_timeout: Duration,
+    /// Time to connect to an upstream (`connect_timeout`, default 10 s).
+    pub connect_timeout: Duration,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            ssl_insecure: false,
+            body_size_limit: 16 << 20,
+            ignore_hosts: None,
+            allow_hosts: None,
+            max_headers: 100,
+            header_read_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How a flow ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A response was sent to the client (from upstream or from a plugin).
+    Response {
+        /// Status code.
+        status: u16,
+        /// Reason phrase.
+        reason: String,
+        /// Body size in bytes, if known (streamed bodies are not counted).
+        size: Option<u64>,
+        /// True if a plugin answered locally.
+        local: bool,
+    },
+    /// The flow failed; the client got an error response or a closed connection.
+    Error(String),
+}
+
+/// One finished flow, as printed by mitmdump-style output.
+#[derive(Debug, Clone)]
+pub struct FlowRecord {
+    /// Flow id.
+    pub id: u64,
+    /// Client address.
+    pub client: SocketAddr,
+    /// Request method.
+    pub method: String,
+    /// Request URL.
+    pub url: String,
+    /// HTTP version of the request.
+    pub version: String,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Time from the request head to the response head.
+    pub duration: Duration,
+    /// Plugin failures recorded on the flow.
+    pub failures: Vec<PluginFailure>,
+}
+
+fn human_size(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n}b"),
+        1024..1_048_576 => format!("{:.1}k", n as f64 / 1024.0),
+        _ => format!("{:.1}m", n as f64 / 1_048_576.0),
+    }
+}
+
+impl std::fmt::Display for FlowRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} {}", self.client, self.method, self.url)?;
+        match &self.outcome {
+            Outcome::Response { status, reason, size, local } => {
+                write!(f, " << {status} {reason}")?;
+                if let Some(size) = size {
+                    write!(f, " {}", human_size(*size))?;
+                }
+                if *local {
+                    write!(f, " (local)")?;
+                }
+            }
+            Outcome::Error(e) => write!(f, " << error: {e}")?,
+        }
+        write!(f, " {}ms", self.duration.as_millis())?;
+        for failure in &self.failures {
+            write!(f, " [{failure}]")?;
+        }
+        Ok(())
+    }
+}
+
+/// Where finished flows go.
+pub type FlowSink = Arc<dyn Fn(&FlowRecord) + Send + Sync>;
+
+/// The proxy: plugins, CA, options and where flows are reported.
+pub struct Proxy {
+    pub(crate) chain: Chain,
+    pub(crate) ca: Arc<CertificateAuthority>,
+    pub(crate) options: ProxyOptions,
+    pub(crate) sink: FlowSink,
+    pub(crate) tls_client: Arc<rustls::ClientConfig>,
+    pub(crate) next_id: AtomicU64,
+}
+
+impl Proxy {
+    /// A proxy running `chain` with certificates from `ca`.
+    pub fn new(chain: Chain, ca: Arc<CertificateAuthority>, options: ProxyOptions, sink: FlowSink) -> Arc<Proxy> {
+        let tls_client = tls::client_config(options.ssl_insecure);
+        Arc::new(Proxy { chain, ca, options, sink, tls_client, next_id: AtomicU64::new(1) })
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Accepts connections on `listener` in `mode` until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, mode: Mode) {
+        let mode = Arc::new(mode);
+        loop {
+            let (stream, client) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let proxy = self.clone();
+            let mode = mode.clone();
+            tokio::spawn(async move {
+                http::serve_connection(proxy, mode, stream, client).await;
+            });
+        }
+    }
+}

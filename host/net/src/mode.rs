@@ -1,0 +1,96 @@
+//! Proxy modes as given to `--mode`: `regular`, `reverse:URL`, `upstream:URL`, each with
+//! an optional `@PORT` to listen on its own port.
+
+use flowgate_flow::{Scheme, Url};
+
+/// How clients reach flowgate and where their traffic goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// An explicit HTTP proxy: absolute-form requests and CONNECT.
+    Regular,
+    /// Everything goes to one upstream server; clients talk to flowgate as if it were it.
+    Reverse {
+        /// `http` or `https` to the upstream.
+        scheme: Scheme,
+        /// Upstream host.
+        host: String,
+        /// Upstream port.
+        port: u16,
+    },
+    /// Like regular, but every upstream connection goes through another HTTP proxy.
+    Upstream {
+        /// The upstream proxy's host.
+        host: String,
+        /// The upstream proxy's port.
+        port: u16,
+    },
+}
+
+/// Why a `--mode` value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid mode {given:?}: {reason}")]
+pub struct ModeError {
+    given: String,
+    reason: String,
+}
+
+impl Mode {
+    /// Parses `regular`, `reverse:http[s]://host[:port]` or `upstream:http://host:port`,
+    /// each optionally followed by `@PORT`; returns the mode and that port.
+    pub fn parse(text: &str) -> Result<(Mode, Option<u16>), ModeError> {
+        let err = |reason: &str| ModeError { given: text.to_owned(), reason: reason.to_owned() };
+        let (spec, port) = match text.rsplit_once('@') {
+            Some((spec, port)) => (spec, Some(port.parse::<u16>().map_err(|_| err("the port after @ is not a number"))?)),
+            None => (text, None),
+        };
+        let mode = if spec == "regular" {
+            Mode::Regular
+        } else if let Some(url) = spec.strip_prefix("reverse:") {
+            let url = Url::parse(url).map_err(|e| err(&e.to_string()))?;
+            if url.path != "/" {
+                return Err(err("reverse mode takes scheme://host[:port] without a path"));
+            }
+            Mode::Reverse { scheme: url.scheme, host: url.host, port: url.port }
+        } else if let Some(url) = spec.strip_prefix("upstream:") {
+            let url = Url::parse(url).map_err(|e| err(&e.to_string()))?;
+            if url.scheme != Scheme::Http {
+                return Err(err("the upstream proxy must be http://host:port"));
+            }
+            Mode::Upstream { host: url.host, port: url.port }
+        } else {
+            return Err(err("expected regular, reverse:URL or upstream:URL"));
+        };
+        Ok((mode, port))
+    }
+
+    /// The mode's name as mitmproxy prints it.
+    pub fn describe(&self) -> String {
+        match self {
+            Mode::Regular => "regular proxy".to_owned(),
+            Mode::Reverse { scheme, host, port } => format!("reverse proxy to {}://{host}:{port}", scheme.as_str()),
+            Mode::Upstream { host, port } => format!("upstream proxy via http://{host}:{port}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_modes() {
+        assert_eq!(Mode::parse("regular"), Ok((Mode::Regular, None)));
+        assert_eq!(
+            Mode::parse("reverse:https://example.com@8443"),
+            Ok((Mode::Reverse { scheme: Scheme::Https, host: "example.com".into(), port: 443 }, Some(8443)))
+        );
+        assert_eq!(
+            Mode::parse("upstream:http://127.0.0.1:3128"),
+            Ok((Mode::Upstream { host: "127.0.0.1".into(), port: 3128 }, None))
+        );
+        assert!(Mode::parse("transparent").is_err());
+        assert!(Mode::parse("reverse:ftp://x").is_err());
+        assert!(Mode::parse("reverse:http://x/path").is_err());
+        assert!(Mode::parse("regular@x").is_err());
+    }
+}

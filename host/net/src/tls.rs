@@ -1,0 +1,181 @@
+//! TLS on both sides: ClientHello peeking (sans-IO with rustls' `Acceptor`), the server
+//! config with a minted leaf certificate, and the upstream client config.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+/// The first TLS record byte: a handshake.
+pub(crate) const TLS_HANDSHAKE: u8 = 0x16;
+
+/// The most bytes read while looking for a complete ClientHello.
+const MAX_HELLO_BYTES: usize = 64 << 10;
+
+/// What a client offered in its ClientHello.
+pub(crate) struct Hello {
+    pub sni: Option<String>,
+    pub alpn: Vec<String>,
+}
+
+/// Reads a ClientHello from `io` without consuming it for good: the bytes read are
+/// returned so they can be replayed to the TLS acceptor or to the upstream.
+pub(crate) async fn peek_client_hello<IO: AsyncRead + Unpin>(io: &mut IO, mut buf: Vec<u8>) -> io::Result<(Hello, Vec<u8>)> {
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut fed = 0;
+    loop {
+        if fed < buf.len() {
+            let mut rest = &buf[fed..];
+            let n = acceptor.read_tls(&mut rest)?;
+            fed += n;
+        }
+        match acceptor.accept() {
+            Ok(Some(accepted)) => {
+                let hello = accepted.client_hello();
+                let sni = hello.server_name().map(str::to_owned);
+                let alpn = hello
+                    .alpn()
+                    .map(|protocols| protocols.map(|p| String::from_utf8_lossy(p).into_owned()).collect())
+                    .unwrap_or_default();
+                return Ok((Hello { sni, alpn }, buf));
+            }
+            Ok(None) => {}
+            Err((e, _alert)) => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("bad ClientHello: {e}"))),
+        }
+        if fed < buf.len() {
+            continue;
+        }
+        if buf.len() > MAX_HELLO_BYTES {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "ClientHello too large"));
+        }
+        let mut chunk = [0u8; 4096];
+        let n = io.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "client closed before its ClientHello"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// An IO that first yields `prefix`, then reads from `inner`.
+pub(crate) struct Prefixed<IO> {
+    prefix: Vec<u8>,
+    offset: usize,
+    inner: IO,
+}
+
+impl<IO> Prefixed<IO> {
+    pub fn new(prefix: Vec<u8>, inner: IO) -> Self {
+        Prefixed { prefix, offset: 0, inner }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.offset < self.prefix.len() {
+            let n = (self.prefix.len() - self.offset).min(out.remaining());
+            let start = self.offset;
+            out.put_slice(&self.prefix[start..start + n]);
+            self.offset += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, out)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[derive(Debug)]
+struct Fixed(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for Fixed {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// The config for the client side of an intercepted connection. Only HTTP/1.1 is
+/// offered by ALPN, as that is what flowgate speaks to the client today.
+pub(crate) fn server_config(leaf: Arc<CertifiedKey>, client_alpn: &[String]) -> Arc<rustls::ServerConfig> {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(Fixed(leaf)));
+    if client_alpn.iter().any(|p| p == "http/1.1") {
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    }
+    Arc::new(config)
+}
+
+/// Accepts any upstream certificate (`-k`/`ssl_insecure`).
+#[derive(Debug)]
+struct DangerAcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for DangerAcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The config for upstream TLS: webpki roots, or no verification with `ssl_insecure`.
+pub(crate) fn client_config(ssl_insecure: bool) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions");
+    let mut config = if ssl_insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(DangerAcceptAnyCertificate(provider)))
+            .with_no_client_auth()
+    } else {
+        let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
