@@ -1,0 +1,450 @@
+//! The real `flowgate` binary driven by curl: regular, reverse and upstream modes, HTTPS
+//! interception with the generated CA, plugins changing real traffic, hostile plugins,
+//! dead upstreams, malformed requests and CLI errors.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use flowgate_tests::plugins::*;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+
+// ---------------------------------------------------------------------------------------
+// An origin server that echoes what reached it.
+
+#[derive(Clone, Default)]
+struct Seen(Arc<Mutex<Vec<String>>>);
+
+impl Seen {
+    fn paths(&self) -> Vec<String> {
+        self.0.lock().expect("origin lock").clone()
+    }
+}
+
+struct Origin {
+    addr: SocketAddr,
+    seen: Seen,
+    _runtime: tokio::runtime::Runtime,
+}
+
+async fn echo(req: hyper::Request<hyper::body::Incoming>, seen: Seen) -> Result<hyper::Response<Full<Bytes>>, hyper::Error> {
+    use http_body_util::BodyExt;
+    let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    seen.0.lock().expect("origin lock").push(path.clone());
+    let mut text = format!("<h1>Example Domain</h1>\nmethod: {}\npath: {path}\n", req.method());
+    for (name, value) in req.headers() {
+        text.push_str(&format!("{}: {}\n", name, String::from_utf8_lossy(value.as_bytes())));
+    }
+    let body = req.into_body().collect().await?.to_bytes();
+    text.push_str(&format!("body: {}\n", String::from_utf8_lossy(&body)));
+    let mut resp = hyper::Response::new(Full::new(Bytes::from(text)));
+    resp.headers_mut().insert("content-type", "text/html; charset=utf-8".parse().expect("valid"));
+    resp.headers_mut().insert("x-origin", "1".parse().expect("valid"));
+    Ok(resp)
+}
+
+impl Origin {
+    fn start(tls: bool) -> Origin {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("tokio");
+        let seen = Seen::default();
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind origin");
+        let addr = listener.local_addr().expect("origin address");
+        let acceptor = tls.then(|| {
+            let key = rcgen::KeyPair::generate().expect("key");
+            let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .expect("params")
+                .self_signed(&key)
+                .expect("cert");
+            let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_no_client_auth()
+                .with_single_cert(
+                    vec![cert.der().clone()],
+                    rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+                )
+                .expect("server config");
+            tokio_rustls::TlsAcceptor::from(Arc::new(config))
+        });
+        let seen2 = seen.clone();
+        runtime.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let seen = seen2.clone();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| echo(req, seen.clone()));
+                    let builder = hyper::server::conn::http1::Builder::new();
+                    match acceptor {
+                        Some(acceptor) => {
+                            if let Ok(tls) = acceptor.accept(stream).await {
+                                let _ = builder.serve_connection(TokioIo::new(tls), service).await;
+                            }
+                        }
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                    }
+                });
+            }
+        });
+        Origin { addr, seen, _runtime: runtime }
+    }
+
+    fn url(&self, scheme: &str, path: &str) -> String {
+        let host = if scheme == "https" { "localhost" } else { "127.0.0.1" };
+        format!("{scheme}://{host}:{}{path}", self.addr.port())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The flowgate binary.
+
+fn confdir() -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!("flowgate-e2e-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+struct Flowgate {
+    child: Child,
+    port: u16,
+    confdir: PathBuf,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Flowgate {
+    fn start(args: &[&str]) -> Flowgate {
+        Flowgate::start_in(confdir(), args)
+    }
+
+    fn start_in(confdir: PathBuf, args: &[&str]) -> Flowgate {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_flowgate"))
+            .args(["--listen-host", "127.0.0.1", "-p", "0", "--confdir"])
+            .arg(&confdir)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("flowgate starts");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(port) = line.split("listening at 127.0.0.1:").nth(1) {
+                    let _ = tx.send(port.trim().parse::<u16>().unwrap_or(0));
+                }
+                sink.lock().expect("lines lock").push(line);
+            }
+        });
+        let port = rx.recv_timeout(Duration::from_secs(60)).expect("flowgate printed its listening address");
+        Flowgate { child, port, confdir, lines }
+    }
+
+    fn proxy(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.confdir.join("flowgate-ca-cert.pem")
+    }
+
+    /// Waits (bounded) until a flow line containing `needle` was printed.
+    fn flow_line(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(line) = self.lines.lock().expect("lines lock").iter().find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            assert!(Instant::now() < deadline, "no flow line with {needle:?} in {:?}", self.lines.lock().expect("lines"));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Flowgate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Reply {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+fn curl(args: &[&str]) -> Reply {
+    let out = Command::new("curl")
+        .args(["-s", "-S", "--max-time", "20", "-D", "-", "-o", "-"])
+        .args(args)
+        .output()
+        .expect("curl runs (is it installed?)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "curl {args:?} failed: {}\n{text}", String::from_utf8_lossy(&out.stderr));
+    // With a proxy tunnel curl prints the CONNECT response head first.
+    let mut rest = text.as_str();
+    loop {
+        let (head, body) = rest.split_once("\r\n\r\n").expect("a response head");
+        let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status");
+        if head.starts_with("HTTP/1.1 200 Connection established") || (status == 200 && body.starts_with("HTTP/")) {
+            rest = body;
+            continue;
+        }
+        return Reply { status, headers: head.to_ascii_lowercase(), body: body.to_owned() };
+    }
+}
+
+fn manifest(wasm: &str, text: &str) -> String {
+    flowgate_tests::manifest(wasm, text).display().to_string()
+}
+
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn regular_mode_http_and_https_with_plugins() {
+    let origin = Origin::start(false);
+    let tls_origin = Origin::start(true);
+    let add = manifest(ADD_HEADER, "[config]\nrequest = \"X-Via-Flowgate: yes\"\nresponse = \"X-Flowgate: 1\"\n");
+    let rewrite = manifest(REWRITE_BODY, "[config]\npattern = \"Example Domain\"\nreplacement = \"Flowgate Domain\"\n");
+    let fg = Flowgate::start(&["-k", "-s", &add, "-s", &rewrite, "-s", REQUEST_ID]);
+
+    let reply = curl(&["-x", &fg.proxy(), &origin.url("http", "/plain?q=1")]);
+    assert_eq!(reply.status, 200);
+    assert!(reply.body.contains("<h1>Flowgate Domain</h1>"), "{}", reply.body);
+    assert!(reply.body.contains("x-via-flowgate: yes"), "the origin saw the added header: {}", reply.body);
+    assert!(reply.body.contains("x-request-id: "), "{}", reply.body);
+    assert!(reply.headers.contains("x-flowgate: 1"), "{}", reply.headers);
+    assert!(reply.headers.contains("x-origin: 1"));
+    let line = fg.flow_line("/plain?q=1");
+    assert!(line.contains(&format!("GET {} << 200 OK", origin.url("http", "/plain?q=1"))), "{line}");
+
+    let ca = fg.ca();
+    let reply = curl(&["--cacert", ca.to_str().expect("utf-8 path"), "-x", &fg.proxy(), &tls_origin.url("https", "/secure")]);
+    assert_eq!(reply.status, 200);
+    assert!(reply.body.contains("<h1>Flowgate Domain</h1>"), "{}", reply.body);
+    assert!(reply.body.contains("x-via-flowgate: yes"), "{}", reply.body);
+    assert!(reply.headers.contains("x-flowgate: 1"));
+    fg.flow_line(&format!("GET {} << 200 OK", tls_origin.url("https", "/secure")));
+    assert_eq!(tls_origin.seen.paths(), ["/secure"]);
+
+    // Without trusting the CA, curl refuses the minted certificate.
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "-x", &fg.proxy(), &tls_origin.url("https", "/untrusted")])
+        .output()
+        .expect("curl runs");
+    assert!(!out.status.success(), "curl must not trust flowgate's CA by default");
+}
+
+#[test]
+fn upstream_certificates_are_verified_unless_k() {
+    let tls_origin = Origin::start(true);
+    let fg = Flowgate::start(&[]);
+    let ca = fg.ca();
+    let reply = curl(&["--cacert", ca.to_str().expect("utf-8"), "-x", &fg.proxy(), &tls_origin.url("https", "/")]);
+    assert_eq!(reply.status, 502);
+    assert!(reply.body.contains("TLS handshake with localhost"), "{}", reply.body);
+    assert!(tls_origin.seen.paths().is_empty());
+    fg.flow_line("<< error: TLS handshake with localhost");
+}
+
+#[test]
+fn block_list_answers_locally_and_never_contacts_the_upstream() {
+    let origin = Origin::start(false);
+    let block = manifest(BLOCK_LIST, "[config]\npaths = \"/ads\"\n");
+    let fg = Flowgate::start(&["-s", &block]);
+    let reply = curl(&["-x", &fg.proxy(), &origin.url("http", "/ads/banner.js")]);
+    assert_eq!(reply.status, 403);
+    assert_eq!(reply.body, "blocked by flowgate\n");
+    let reply = curl(&["-x", &fg.proxy(), &origin.url("http", "/news")]);
+    assert_eq!(reply.status, 200);
+    assert_eq!(origin.seen.paths(), ["/news"], "the blocked request never reached the origin");
+    assert!(fg.flow_line("/ads/banner.js").contains("<< 403 Forbidden 20b (local)"));
+}
+
+#[test]
+fn reverse_mode() {
+    let origin = Origin::start(false);
+    let fg = Flowgate::start(&["--mode", &format!("reverse:http://127.0.0.1:{}", origin.addr.port()), "-s", REQUEST_ID]);
+    let reply = curl(&[&format!("http://127.0.0.1:{}/through-reverse", fg.port)]);
+    assert_eq!(reply.status, 200);
+    assert!(reply.body.contains("path: /through-reverse"), "{}", reply.body);
+    assert!(reply.body.contains(&format!("host: 127.0.0.1:{}", origin.addr.port())), "Host is the upstream's: {}", reply.body);
+
+    // Reverse mode to an HTTPS upstream, with TLS from the client too.
+    let tls_origin = Origin::start(true);
+    let fg = Flowgate::start(&["-k", "--mode", &format!("reverse:https://localhost:{}", tls_origin.addr.port())]);
+    let ca = fg.ca();
+    let reply = curl(&["--cacert", ca.to_str().expect("utf-8"), &format!("https://localhost:{}/tls-reverse", fg.port)]);
+    assert_eq!(reply.status, 200);
+    assert_eq!(tls_origin.seen.paths(), ["/tls-reverse"]);
+}
+
+#[test]
+fn upstream_mode_chains_two_flowgates() {
+    let origin = Origin::start(false);
+    let tls_origin = Origin::start(true);
+    let inner = Flowgate::start(&["-k", "-s", REQUEST_ID]);
+    let outer = Flowgate::start(&["-k", "--mode", &format!("upstream:http://127.0.0.1:{}", inner.port)]);
+    let reply = curl(&["-x", &outer.proxy(), &origin.url("http", "/chained")]);
+    assert_eq!(reply.status, 200);
+    assert!(reply.body.contains("x-request-id"), "the inner flowgate's plugin ran: {}", reply.body);
+    inner.flow_line("/chained");
+    outer.flow_line("/chained");
+
+    let ca = outer.ca();
+    let reply = curl(&["--cacert", ca.to_str().expect("utf-8"), "-x", &outer.proxy(), &tls_origin.url("https", "/chained-tls")]);
+    assert_eq!(reply.status, 200);
+    assert!(reply.body.contains("x-request-id"), "{}", reply.body);
+    inner.flow_line("/chained-tls");
+}
+
+#[test]
+fn dead_upstream_gives_502_and_an_error_record() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = dead.local_addr().expect("addr").port();
+    drop(dead);
+    let fg = Flowgate::start(&["-s", REQUEST_ID]);
+    let reply = curl(&["-x", &fg.proxy(), &format!("http://127.0.0.1:{port}/gone")]);
+    assert_eq!(reply.status, 502);
+    assert!(reply.body.contains("cannot connect to 127.0.0.1"), "{}", reply.body);
+    let line = fg.flow_line("/gone");
+    assert!(line.contains("<< error: cannot connect"), "{line}");
+    // Other flows go on.
+    let origin = Origin::start(false);
+    assert_eq!(curl(&["-x", &fg.proxy(), &origin.url("http", "/alive")]).status, 200);
+}
+
+fn raw(port: u16, bytes: &[u8]) -> String {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    stream.write_all(bytes).expect("write");
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn malformed_and_smuggling_requests_never_reach_the_upstream() {
+    let origin = Origin::start(false);
+    let fg = Flowgate::start(&[]);
+    let url = origin.url("http", "");
+    let cases: Vec<(&str, String)> = vec![
+        ("obs-fold", format!("GET {url}/a HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n folded\r\n\r\n")),
+        ("two content-lengths", format!("POST {url}/b HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab")),
+        ("bad header name", format!("GET {url}/c HTTP/1.1\r\nHost: x\r\nBad Name: 1\r\n\r\n")),
+        ("not HTTP", "HELLO\r\n\r\n".to_owned()),
+        ("TE not chunked", format!("POST {url}/d HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n")),
+    ];
+    for (what, request) in &cases {
+        let reply = raw(fg.port, request.as_bytes());
+        assert!(reply.starts_with("HTTP/1.1 400"), "{what}: {reply:?}");
+    }
+    // CL + TE: the body is read as chunked (RFC 9112 §6.3), the connection is closed after
+    // it, and what follows is never parsed as a second request.
+    let smuggle = format!(
+        "POST {url}/e HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET {url}/smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+    );
+    let reply = raw(fg.port, smuggle.as_bytes());
+    assert_eq!(reply.matches("HTTP/1.1 ").count(), 1, "{reply}");
+    assert_eq!(origin.seen.paths(), ["/e"], "nothing else reached the origin");
+    assert!(!reply.contains("content-length: 4"), "{reply}");
+}
+
+#[test]
+fn hostile_plugins_do_not_stall_traffic() {
+    let origin = Origin::start(false);
+    let spin = manifest(SPIN_FOREVER, "name = \"spin\"\n[limits]\nhook_timeout_ms = 100\n");
+    let trap = manifest(TRAP, "name = \"trap\"\n");
+    let fg = Flowgate::start(&["-s", &spin, "-s", &trap]);
+    let start = Instant::now();
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let proxy = fg.proxy();
+            let url = origin.url("http", &format!("/{}/{i}", if i % 2 == 0 { "trap" } else { "ok" }));
+            std::thread::spawn(move || curl(&["-x", &proxy, &url]))
+        })
+        .collect();
+    for h in handles {
+        let reply = h.join().expect("curl thread");
+        assert_eq!(reply.status, 200, "fail-open: traffic goes on");
+    }
+    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+    let line = fg.flow_line("/trap/0");
+    assert!(line.contains("plugin spin failed in request-headers: deadline exceeded"), "{line}");
+    assert!(line.contains("plugin trap failed in request-headers: trap"), "{line}");
+    assert!(!fg.flow_line("/ok/1").contains("plugin trap failed"));
+}
+
+#[test]
+fn ca_files_commands_and_cert_host() {
+    let dir = confdir();
+    let fg = Flowgate::start_in(dir.clone(), &[]);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("flowgate-ca.pem")).expect("key file").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let pem = std::fs::read_to_string(fg.ca()).expect("CA cert");
+    let reply = curl(&["-x", &fg.proxy(), "http://flowgate.it/cert/pem"]);
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, pem);
+    let page = curl(&["-x", &fg.proxy(), "http://mitm.it/"]);
+    assert!(page.body.contains("Install flowgate's CA certificate"));
+    drop(fg);
+
+    let bin = env!("CARGO_BIN_EXE_flowgate");
+    let out = Command::new(bin).args(["--confdir"]).arg(&dir).args(["ca", "export"]).output().expect("runs");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), pem);
+    let out = Command::new(bin).args(["--confdir"]).arg(&dir).args(["ca", "export", "--der"]).output().expect("runs");
+    assert_eq!(out.stdout, std::fs::read(dir.join("flowgate-ca-cert.cer")).expect("der"));
+    let out = Command::new(bin).args(["--confdir"]).arg(&dir).args(["ca", "path"]).output().expect("runs");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("flowgate-ca-cert.pem"));
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join("flowgate-ca.pem"), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let out = Command::new(bin).args(["--confdir"]).arg(&dir).args(["ca", "path"]).output().expect("runs");
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("readable by group or others"));
+    }
+}
+
+fn fails_with(args: &[&str], confdir: &Path, needle: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_flowgate"))
+        .arg("--confdir")
+        .arg(confdir)
+        .args(args)
+        .stdout(Stdio::null())
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} should fail");
+    assert!(stderr.contains(needle), "{args:?}: {stderr}");
+}
+
+#[test]
+fn cli_errors_are_clear() {
+    let dir = confdir();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = busy.local_addr().expect("addr").port().to_string();
+    fails_with(&["--listen-host", "127.0.0.1", "-p", &port], &dir, &format!("cannot listen on 127.0.0.1:{port}"));
+    fails_with(&["-p", "0", "--mode", "sideways"], &dir, "invalid mode \"sideways\"");
+    fails_with(&["-p", "0", "-s", "/nonexistent/plugin.wasm"], &dir, "/nonexistent/plugin.wasm");
+    let bad = manifest(REQUEST_ID, "instance = \"sometimes\"\n");
+    fails_with(&["-p", "0", "-s", &bad], &dir, "bad manifest");
+    fails_with(&["-p", "0", "--set", "no_such_option=1"], &dir, "unknown option");
+}
