@@ -34,17 +34,58 @@ struct Origin {
     _runtime: tokio::runtime::Runtime,
 }
 
-async fn echo(req: hyper::Request<hyper::body::Incoming>, seen: Seen) -> Result<hyper::Response<Full<Bytes>>, hyper::Error> {
+type OriginBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+/// `n` bytes in 256 KiB chunks, produced as the client reads them.
+fn big_body(n: u64) -> OriginBody {
+    use http_body_util::BodyExt;
+    let chunk = Bytes::from(vec![b'a'; 256 << 10]);
+    let stream = futures_lite_stream(n, chunk);
+    http_body_util::StreamBody::new(stream).boxed()
+}
+
+fn futures_lite_stream(
+    n: u64,
+    chunk: Bytes,
+) -> impl futures_core::Stream<Item = Result<hyper::body::Frame<Bytes>, std::convert::Infallible>> + Send + Sync {
+    struct Chunks {
+        left: u64,
+        chunk: Bytes,
+    }
+    impl futures_core::Stream for Chunks {
+        type Item = Result<hyper::body::Frame<Bytes>, std::convert::Infallible>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            if self.left == 0 {
+                return std::task::Poll::Ready(None);
+            }
+            let take = self.left.min(self.chunk.len() as u64);
+            self.left -= take;
+            let data = self.chunk.slice(..take as usize);
+            std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(data))))
+        }
+    }
+    Chunks { left: n, chunk }
+}
+
+async fn echo(req: hyper::Request<hyper::body::Incoming>, seen: Seen) -> Result<hyper::Response<OriginBody>, hyper::Error> {
     use http_body_util::BodyExt;
     let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
     seen.0.lock().expect("origin lock").push(path.clone());
+    if let Some(n) = path.strip_prefix("/big/").and_then(|n| n.parse::<u64>().ok()) {
+        let mut resp = hyper::Response::new(big_body(n));
+        resp.headers_mut().insert("content-length", n.into());
+        return Ok(resp);
+    }
     let mut text = format!("<h1>Example Domain</h1>\nmethod: {}\npath: {path}\n", req.method());
     for (name, value) in req.headers() {
         text.push_str(&format!("{}: {}\n", name, String::from_utf8_lossy(value.as_bytes())));
     }
     let body = req.into_body().collect().await?.to_bytes();
     text.push_str(&format!("body: {}\n", String::from_utf8_lossy(&body)));
-    let mut resp = hyper::Response::new(Full::new(Bytes::from(text)));
+    let mut resp = hyper::Response::new(Full::new(Bytes::from(text)).boxed());
     resp.headers_mut().insert("content-type", "text/html; charset=utf-8".parse().expect("valid"));
     resp.headers_mut().insert("x-origin", "1".parse().expect("valid"));
     Ok(resp)
@@ -447,4 +488,77 @@ fn cli_errors_are_clear() {
     let bad = manifest(REQUEST_ID, "instance = \"sometimes\"\n");
     fails_with(&["-p", "0", "-s", &bad], &dir, "bad manifest");
     fails_with(&["-p", "0", "--set", "no_such_option=1"], &dir, "unknown option");
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+#[test]
+fn a_1gib_response_streams_with_flat_memory() {
+    let origin = Origin::start(false);
+    let fg = Flowgate::start(&["-s", REQUEST_ID]);
+    let before = peak_rss_kib(fg.child.id());
+    let size: u64 = 1 << 30;
+    let start = Instant::now();
+    let out = Command::new("curl")
+        .args(["-s", "-S", "--max-time", "120", "-o", "/dev/null", "-w", "%{http_code} %{size_download}", "-x"])
+        .arg(fg.proxy())
+        .arg(origin.url("http", &format!("/big/{size}")))
+        .output()
+        .expect("curl runs");
+    let elapsed = start.elapsed();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("200 {size}"));
+    let peak = peak_rss_kib(fg.child.id());
+    eprintln!(
+        "1 GiB through flowgate in {elapsed:?} ({:.0} MB/s); proxy peak RSS {} KiB (before {} KiB)",
+        size as f64 / elapsed.as_secs_f64() / 1e6,
+        peak,
+        before
+    );
+    assert!(peak < 64 * 1024, "peak RSS {peak} KiB is over 64 MiB");
+}
+
+#[test]
+fn slow_clients_are_cut_off() {
+    let origin = Origin::start(false);
+    let fg = Flowgate::start(&["--set", "header_read_timeout=1"]);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", fg.port)).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let start = Instant::now();
+    stream.write_all(format!("GET {} HTTP/1.1\r\nHost: x\r\n", origin.url("http", "/slow")).as_bytes()).expect("write");
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(5), "cut off after {waited:?}");
+    assert!(origin.seen.paths().is_empty());
+}
+
+#[test]
+fn ignore_hosts_and_plugins_pass_tls_through() {
+    let tls_origin = Origin::start(true);
+    for args in [
+        vec!["--set".to_owned(), "ignore_hosts=^localhost:".to_owned()],
+        vec!["-s".to_owned(), manifest(TLS_PASSTHROUGH, "[config]\nhosts = \"localhost\"\n")],
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let fg = Flowgate::start(&args);
+        // The origin's own (self-signed) certificate reaches curl: -k accepts it...
+        let reply = curl(&["-k", "-x", &fg.proxy(), &tls_origin.url("https", "/passed")]);
+        assert_eq!(reply.status, 200);
+        // ...and flowgate's CA does not verify it, because flowgate did not terminate TLS.
+        let ca = fg.ca();
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "10", "--cacert", ca.to_str().expect("utf-8"), "-x", &fg.proxy()])
+            .arg(tls_origin.url("https", "/not-ours"))
+            .output()
+            .expect("curl runs");
+        assert!(!out.status.success(), "{args:?}: the certificate must be the origin's");
+        assert!(fg.lines.lock().expect("lines").iter().all(|l| !l.contains("/passed")), "no decrypted flow");
+    }
 }

@@ -98,6 +98,12 @@ fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> 
                 proxy.body_size_limit = flowgate_runtime::manifest::parse_size(value).map_err(|e| bad(&e))?
             }
             "max_headers" => proxy.max_headers = value.parse().map_err(|e| bad(&e))?,
+            "header_read_timeout" => {
+                proxy.header_read_timeout = std::time::Duration::from_secs(value.parse().map_err(|e| bad(&e))?)
+            }
+            "connect_timeout" => {
+                proxy.connect_timeout = std::time::Duration::from_secs(value.parse().map_err(|e| bad(&e))?)
+            }
             "ssl_insecure" => proxy.ssl_insecure = value.parse().map_err(|e| bad(&e))?,
             "plugin_fuel" => runtime.fuel = value.parse().map_err(|e| bad(&e))?,
             "plugin_max_instances" => runtime.max_instances = value.parse().map_err(|e| bad(&e))?,
@@ -106,7 +112,7 @@ fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> 
                     plugin_config.push((plugin.to_owned(), config_key.to_owned(), value.to_owned()))
                 }
                 None => bail!(
-                    "--set {other}: unknown option (known: ignore_hosts, allow_hosts, body_size_limit, max_headers, \
+                    "--set {other}: unknown option (known: ignore_hosts, allow_hosts, body_size_limit, max_headers, header_read_timeout, connect_timeout, \
                      ssl_insecure, plugin_fuel, plugin_max_instances, PLUGIN.KEY)"
                 ),
             },

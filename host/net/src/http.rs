@@ -149,7 +149,9 @@ fn to_headers(map: &hyper::HeaderMap) -> Headers {
 
 fn fill_headers(map: &mut hyper::HeaderMap, headers: &Headers) {
     for (name, value) in headers.iter() {
-        if HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+        // `TE: trailers` is hop-by-hop but must reach the upstream for it to send trailers.
+        let te_trailers = name.eq_ignore_ascii_case("te") && value.eq_ignore_ascii_case(b"trailers");
+        if !te_trailers && HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) {
             continue;
         }
         if let (Ok(n), Ok(v)) =
