@@ -9,7 +9,9 @@ fn main() {
     let here = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let root = here.parent().expect("tests/ is inside the workspace root").to_owned();
     let plugins = root.join("plugins");
-    let target_dir = root.join("target").join("plugins");
+    // The same directory a plugin author gets from `cargo build --manifest-path plugins/Cargo.toml`,
+    // so the example manifests in plugins/*/plugin.toml find their components.
+    let target_dir = plugins.join("target");
     for watched in ["plugins", "sdk", "wit"] {
         watch(&root.join(watched));
     }

@@ -34,6 +34,19 @@ struct Origin {
     _runtime: tokio::runtime::Runtime,
 }
 
+/// A body made of given frames.
+struct Frames(std::collections::VecDeque<hyper::body::Frame<Bytes>>);
+
+impl futures_core::Stream for Frames {
+    type Item = Result<hyper::body::Frame<Bytes>, std::convert::Infallible>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::task::Poll::Ready(self.0.pop_front().map(Ok))
+    }
+}
+
 type OriginBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
 
 /// `n` bytes in 256 KiB chunks, produced as the client reads them.
@@ -70,10 +83,24 @@ fn futures_lite_stream(
     Chunks { left: n, chunk }
 }
 
-async fn echo(req: hyper::Request<hyper::body::Incoming>, seen: Seen) -> Result<hyper::Response<OriginBody>, hyper::Error> {
+async fn echo(
+    req: hyper::Request<hyper::body::Incoming>,
+    seen: Seen,
+) -> Result<hyper::Response<OriginBody>, hyper::Error> {
     use http_body_util::BodyExt;
     let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
     seen.0.lock().expect("origin lock").push(path.clone());
+    if path == "/trailers" {
+        let mut trailers = hyper::HeaderMap::new();
+        trailers.insert("x-checksum", "abc".parse().expect("valid"));
+        let frames = vec![
+            hyper::body::Frame::data(Bytes::from_static(b"with trailers")),
+            hyper::body::Frame::trailers(trailers),
+        ];
+        let mut resp = hyper::Response::new(http_body_util::StreamBody::new(Frames(frames.into())).boxed());
+        resp.headers_mut().insert("trailer", "x-checksum".parse().expect("valid"));
+        return Ok(resp);
+    }
     if let Some(n) = path.strip_prefix("/big/").and_then(|n| n.parse::<u64>().ok()) {
         let mut resp = hyper::Response::new(big_body(n));
         resp.headers_mut().insert("content-length", n.into());
@@ -83,8 +110,12 @@ async fn echo(req: hyper::Request<hyper::body::Incoming>, seen: Seen) -> Result<
     for (name, value) in req.headers() {
         text.push_str(&format!("{}: {}\n", name, String::from_utf8_lossy(value.as_bytes())));
     }
-    let body = req.into_body().collect().await?.to_bytes();
-    text.push_str(&format!("body: {}\n", String::from_utf8_lossy(&body)));
+    let collected = req.into_body().collect().await?;
+    let trailers = collected.trailers().cloned();
+    text.push_str(&format!("body: {}\n", String::from_utf8_lossy(&collected.to_bytes())));
+    for (name, value) in trailers.iter().flatten() {
+        text.push_str(&format!("trailer {}: {}\n", name, String::from_utf8_lossy(value.as_bytes())));
+    }
     let mut resp = hyper::Response::new(Full::new(Bytes::from(text)).boxed());
     resp.headers_mut().insert("content-type", "text/html; charset=utf-8".parse().expect("valid"));
     resp.headers_mut().insert("x-origin", "1".parse().expect("valid"));
@@ -93,7 +124,8 @@ async fn echo(req: hyper::Request<hyper::body::Incoming>, seen: Seen) -> Result<
 
 impl Origin {
     fn start(tls: bool) -> Origin {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("tokio");
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("tokio");
         let seen = Seen::default();
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind origin");
         let addr = listener.local_addr().expect("origin address");
@@ -103,15 +135,16 @@ impl Origin {
                 .expect("params")
                 .self_signed(&key)
                 .expect("cert");
-            let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .expect("versions")
-                .with_no_client_auth()
-                .with_single_cert(
-                    vec![cert.der().clone()],
-                    rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-                )
-                .expect("server config");
+            let config =
+                rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                    .with_safe_default_protocol_versions()
+                    .expect("versions")
+                    .with_no_client_auth()
+                    .with_single_cert(
+                        vec![cert.der().clone()],
+                        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+                    )
+                    .expect("server config");
             tokio_rustls::TlsAcceptor::from(Arc::new(config))
         });
         let seen2 = seen.clone();
@@ -150,7 +183,8 @@ impl Origin {
 
 fn confdir() -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!("flowgate-e2e-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let dir =
+        std::env::temp_dir().join(format!("flowgate-e2e-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }
@@ -207,7 +241,11 @@ impl Flowgate {
             if let Some(line) = self.lines.lock().expect("lines lock").iter().find(|l| l.contains(needle)) {
                 return line.clone();
             }
-            assert!(Instant::now() < deadline, "no flow line with {needle:?} in {:?}", self.lines.lock().expect("lines"));
+            assert!(
+                Instant::now() < deadline,
+                "no flow line with {needle:?} in {:?}",
+                self.lines.lock().expect("lines")
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -239,7 +277,11 @@ fn curl(args: &[&str]) -> Reply {
     loop {
         let (head, body) = rest.split_once("\r\n\r\n").expect("a response head");
         let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status");
-        if head.starts_with("HTTP/1.1 200 Connection established") || (status == 200 && body.starts_with("HTTP/")) {
+        let informational = (100..200).contains(&status);
+        if informational
+            || head.starts_with("HTTP/1.1 200 Connection established")
+            || (status == 200 && body.starts_with("HTTP/"))
+        {
             rest = body;
             continue;
         }
@@ -272,7 +314,8 @@ fn regular_mode_http_and_https_with_plugins() {
     assert!(line.contains(&format!("GET {} << 200 OK", origin.url("http", "/plain?q=1"))), "{line}");
 
     let ca = fg.ca();
-    let reply = curl(&["--cacert", ca.to_str().expect("utf-8 path"), "-x", &fg.proxy(), &tls_origin.url("https", "/secure")]);
+    let reply =
+        curl(&["--cacert", ca.to_str().expect("utf-8 path"), "-x", &fg.proxy(), &tls_origin.url("https", "/secure")]);
     assert_eq!(reply.status, 200);
     assert!(reply.body.contains("<h1>Flowgate Domain</h1>"), "{}", reply.body);
     assert!(reply.body.contains("x-via-flowgate: yes"), "{}", reply.body);
@@ -317,11 +360,16 @@ fn block_list_answers_locally_and_never_contacts_the_upstream() {
 #[test]
 fn reverse_mode() {
     let origin = Origin::start(false);
-    let fg = Flowgate::start(&["--mode", &format!("reverse:http://127.0.0.1:{}", origin.addr.port()), "-s", REQUEST_ID]);
+    let fg =
+        Flowgate::start(&["--mode", &format!("reverse:http://127.0.0.1:{}", origin.addr.port()), "-s", REQUEST_ID]);
     let reply = curl(&[&format!("http://127.0.0.1:{}/through-reverse", fg.port)]);
     assert_eq!(reply.status, 200);
     assert!(reply.body.contains("path: /through-reverse"), "{}", reply.body);
-    assert!(reply.body.contains(&format!("host: 127.0.0.1:{}", origin.addr.port())), "Host is the upstream's: {}", reply.body);
+    assert!(
+        reply.body.contains(&format!("host: 127.0.0.1:{}", origin.addr.port())),
+        "Host is the upstream's: {}",
+        reply.body
+    );
 
     // Reverse mode to an HTTPS upstream, with TLS from the client too.
     let tls_origin = Origin::start(true);
@@ -345,7 +393,13 @@ fn upstream_mode_chains_two_flowgates() {
     outer.flow_line("/chained");
 
     let ca = outer.ca();
-    let reply = curl(&["--cacert", ca.to_str().expect("utf-8"), "-x", &outer.proxy(), &tls_origin.url("https", "/chained-tls")]);
+    let reply = curl(&[
+        "--cacert",
+        ca.to_str().expect("utf-8"),
+        "-x",
+        &outer.proxy(),
+        &tls_origin.url("https", "/chained-tls"),
+    ]);
     assert_eq!(reply.status, 200);
     assert!(reply.body.contains("x-request-id"), "{}", reply.body);
     inner.flow_line("/chained-tls");
@@ -383,7 +437,10 @@ fn malformed_and_smuggling_requests_never_reach_the_upstream() {
     let url = origin.url("http", "");
     let cases: Vec<(&str, String)> = vec![
         ("obs-fold", format!("GET {url}/a HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n folded\r\n\r\n")),
-        ("two content-lengths", format!("POST {url}/b HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab")),
+        (
+            "two content-lengths",
+            format!("POST {url}/b HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"),
+        ),
         ("bad header name", format!("GET {url}/c HTTP/1.1\r\nHost: x\r\nBad Name: 1\r\n\r\n")),
         ("not HTTP", "HELLO\r\n\r\n".to_owned()),
         ("TE not chunked", format!("POST {url}/d HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n")),
@@ -603,4 +660,106 @@ fn chromium_loads_an_https_page_through_flowgate() {
     assert!(dom.contains("<h1>Flowgate Domain</h1>"), "the plugin's change is in the page: {dom}");
     fg.flow_line(&format!("GET {} << 200 OK", tls_origin.url("https", "/page")));
     let _ = std::fs::remove_dir_all(profile);
+}
+
+#[test]
+fn trailers_in_both_directions() {
+    let origin = Origin::start(false);
+    let fg = Flowgate::start(&[]);
+    let url = origin.url("http", "/echo");
+    let request = format!(
+        "POST {url} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTE: trailers\r\nTrailer: x-req-trailer\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\nx-req-trailer: yes\r\n\r\n"
+    );
+    let reply = raw(fg.port, request.as_bytes());
+    assert!(reply.contains("body: hello"), "{reply}");
+    assert!(reply.contains("trailer x-req-trailer: yes"), "the request trailer reached the origin: {reply}");
+
+    let url = origin.url("http", "/trailers");
+    let request = format!("GET {url} HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nConnection: close\r\n\r\n");
+    let reply = raw(fg.port, request.as_bytes());
+    let tail = reply.split("\r\n0\r\n").nth(1).unwrap_or_default().to_ascii_lowercase();
+    assert!(tail.contains("x-checksum: abc"), "the response trailer reached the client: {reply:?}");
+}
+
+#[test]
+fn expect_continue_head_keep_alive_and_header_limits() {
+    let origin = Origin::start(false);
+    let fg = Flowgate::start(&["--set", "max_headers=30"]);
+    // Expect: 100-continue with a body curl holds back until it is told to go on.
+    let body = "x".repeat(2048);
+    let reply = curl(&[
+        "-x",
+        &fg.proxy(),
+        "-H",
+        "Expect: 100-continue",
+        "--data-binary",
+        &body,
+        &origin.url("http", "/upload"),
+    ]);
+    assert_eq!(reply.status, 200);
+    assert!(reply.body.contains(&format!("body: {body}")), "{}", &reply.body[..200.min(reply.body.len())]);
+    // HEAD: headers only.
+    let out = Command::new("curl")
+        .args(["-s", "-I", "--max-time", "10", "-x", &fg.proxy(), &origin.url("http", "/head")])
+        .output()
+        .expect("curl runs");
+    let head = String::from_utf8_lossy(&out.stdout);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // Keep-alive: the second request reuses the client connection.
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{num_connects} ",
+            "--max-time",
+            "10",
+            "-x",
+            &fg.proxy(),
+        ])
+        .arg(origin.url("http", "/ka1"))
+        .arg(origin.url("http", "/ka2"))
+        .output()
+        .expect("curl runs");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1 0 ");
+    // Too many header fields: 431, never forwarded.
+    let mut request = format!("GET {} HTTP/1.1\r\nHost: x\r\n", origin.url("http", "/too-many"));
+    for i in 0..40 {
+        request.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    request.push_str("\r\n");
+    let reply = raw(fg.port, request.as_bytes());
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
+    assert!(!origin.seen.paths().contains(&"/too-many".to_owned()));
+}
+
+#[test]
+fn a_streaming_plugin_rewrites_chunk_by_chunk() {
+    let origin = Origin::start(false);
+    let rewrite = manifest(
+        REWRITE_BODY,
+        "[limits]\nhook_timeout_ms = 5000\n[config]\npattern = \"aaaa\"\nreplacement = \"b\"\nstream = true\n",
+    );
+    let fg = Flowgate::start(&["-s", &rewrite]);
+    let size = 8 << 20;
+    let out = Command::new("curl")
+        .args(["-s", "-S", "--max-time", "60", "-w", "\n%{http_code}", "-x"])
+        .arg(fg.proxy())
+        .arg(origin.url("http", &format!("/big/{size}")))
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, status) = text.rsplit_once('\n').expect("status line");
+    assert_eq!(status, "200");
+    // Each chunk is rewritten on its own: a run of a's split by a chunk boundary keeps its
+    // remainder (documented in rewrite-body).
+    let b = body.bytes().filter(|&c| c == b'b').count();
+    let a = body.bytes().filter(|&c| c == b'a').count();
+    assert_eq!(a + b, body.len());
+    assert_eq!(4 * b + a, size, "every 4 a's in a chunk became one b");
+    assert!(a < 4 * 256, "only chunk remainders are left: {a}");
+    fg.flow_line("/big/8388608");
 }

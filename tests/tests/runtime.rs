@@ -547,3 +547,19 @@ async fn shared_plugin_across_tasks() {
         flowgate_runtime::PluginStats { calls: 50, failures: 0, quarantined: false }
     );
 }
+
+#[tokio::test]
+async fn shipped_manifests_load() {
+    let rt = runtime();
+    let plugins = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins");
+    let mut loaded = Vec::new();
+    for entry in std::fs::read_dir(&plugins).expect("plugins/") {
+        let manifest = entry.expect("entry").path().join("plugin.toml");
+        if manifest.exists() {
+            let plugin = rt.load(&manifest).await.unwrap_or_else(|e| panic!("{e}"));
+            loaded.push(plugin.name().to_owned());
+        }
+    }
+    loaded.sort();
+    assert_eq!(loaded, ["add-header", "block-list", "request-id", "rewrite-body"]);
+}

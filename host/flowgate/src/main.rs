@@ -169,21 +169,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         };
         let addr = format!("{}:{port}", cli.listen_host);
-        let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        let listener =
+            tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         listeners.push((mode, listener));
     }
 
     let plugin_runtime = Runtime::new(settings.runtime)?;
     let mut plugins = Vec::new();
     for path in &cli.plugins {
-        let stem = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().replace('_', "-"))
-            .unwrap_or_default();
+        let stem = path.file_stem().map(|s| s.to_string_lossy().replace('_', "-")).unwrap_or_default();
         let overrides: Vec<(String, String)> = settings
             .plugin_config
             .iter()
-            .filter(|(p, _, _)| *p == stem || path.parent().and_then(|d| d.file_name()).is_some_and(|d| d == p.as_str()))
+            .filter(|(p, _, _)| {
+                *p == stem || path.parent().and_then(|d| d.file_name()).is_some_and(|d| d == p.as_str())
+            })
             .map(|(_, k, v)| (k.clone(), v.clone()))
             .collect();
         let plugin = plugin_runtime.load_with(path, &overrides).await.context("cannot load plugin")?;
@@ -234,7 +234,9 @@ fn ca_command(confdir: &std::path::Path, ca: &CertificateAuthority, action: &CaA
         CaAction::Export { der, out } => {
             let bytes: Vec<u8> = if *der { ca.cert_der().to_vec() } else { ca.cert_pem().as_bytes().to_vec() };
             match out {
-                Some(path) => std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?,
+                Some(path) => {
+                    std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?
+                }
                 None => std::io::stdout().write_all(&bytes)?,
             }
         }

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
 use crate::tls::{Prefixed, TLS_HANDSHAKE, peek_client_hello, server_config};
-use crate::upstream::{Body, BoxError, Target, Upstreams};
+use crate::upstream::{self, Body, BoxError, Target, Upstreams};
 use crate::{FlowRecord, Mode, Outcome, Proxy};
 
 /// Hosts that serve flowgate's CA certificate to clients going through the proxy.
@@ -34,7 +34,6 @@ const HOP_BY_HOP: &[&str] = &[
     "proxy-authenticate",
     "proxy-authorization",
     "te",
-    "trailer",
     "transfer-encoding",
     "upgrade",
 ];
@@ -92,7 +91,12 @@ pub(crate) async fn serve_connection(proxy: Arc<Proxy>, mode: Arc<Mode>, stream:
         }
         Mode::Regular | Mode::Upstream { .. } => serve_http(ctx.clone(), stream, None).await,
     }
-    ctx.session.lock().await.client_disconnected().await;
+    let had_upstream = ctx.upstreams.lock().await.any_open();
+    let mut session = ctx.session.lock().await;
+    if had_upstream {
+        session.server_disconnected().await;
+    }
+    session.client_disconnected().await;
 }
 
 async fn serve_http<IO>(ctx: Arc<ConnCtx>, io: IO, fixed: Option<Target>)
@@ -260,7 +264,12 @@ async fn handle(
             let scheme = match uri.scheme_str() {
                 Some("http") => Scheme::Http,
                 Some("https") => Scheme::Https,
-                _ => return Ok(status_response(400, "flowgate is a proxy: send absolute-form requests (http://host/path)")),
+                _ => {
+                    return Ok(status_response(
+                        400,
+                        "flowgate is a proxy: send absolute-form requests (http://host/path)",
+                    ));
+                }
             };
             let Some(host) = uri.host() else { return Ok(status_response(400, "request URL has no host")) };
             Target { scheme, host: host.to_ascii_lowercase(), port: uri.port_u16().unwrap_or(scheme.default_port()) }
@@ -281,8 +290,7 @@ async fn handle(
         ..Request::default()
     };
     if let Mode::Reverse { host, port, scheme } = &*ctx.mode {
-        let authority =
-            if *port == scheme.default_port() { host.clone() } else { format!("{host}:{port}") };
+        let authority = if *port == scheme.default_port() { host.clone() } else { format!("{host}:{port}") };
         let _ = request.headers.set("host", authority.as_bytes());
     }
     let flow = FlowInfo {
@@ -348,10 +356,27 @@ async fn handle(
             upstream_req.headers_mut().insert("host", v);
         }
     }
-    let sender = ctx.upstreams.lock().await.take(&ctx.proxy, &ctx.mode, &target).await;
-    let mut sender = match sender {
-        Ok(s) => s,
-        Err(e) => return Ok(ex.fail(502, e).await),
+    let open = ctx.upstreams.lock().await.take(&target).await;
+    let mut sender = match open {
+        Some(sender) => sender,
+        None => {
+            let address = format!("{}:{}", target.host, target.port);
+            let allowed = {
+                let mut session = ctx.session.lock().await;
+                session.info.server_address = Some(address.clone());
+                session.server_connect().await
+            };
+            if !allowed {
+                return Ok(ex.fail(502, format!("a plugin refused the connection to {address}")).await);
+            }
+            match upstream::connect(&ctx.proxy, &ctx.mode, &target).await {
+                Ok(sender) => {
+                    ctx.session.lock().await.server_connected().await;
+                    sender
+                }
+                Err(e) => return Ok(ex.fail(502, e).await),
+            }
+        }
     };
     ex.session.flow.server_address = Some(format!("{}:{}", target.host, target.port));
     let upstream_resp = match sender.send_request(upstream_req).await {
@@ -377,6 +402,9 @@ async fn handle(
     let action = ex.session.response_headers(&mut ex.request, &mut response).await;
     if let Some(resp) = ex.act(action).await? {
         return Ok(resp);
+    }
+    if response.body.is_none() && response.body_mode == flowgate_flow::BodyMode::Stream {
+        return Ok(stream_through_plugins(ex, response, upstream_body));
     }
     let mut stream_body = None;
     if response.body.is_none() && response.body_mode != flowgate_flow::BodyMode::Pass {
@@ -408,6 +436,80 @@ async fn handle(
     }
     ex.record(Outcome::Response { status: response.status, reason: response.reason.clone(), size, local: false });
     Ok(client_resp)
+}
+
+/// Frames of a body produced by a task, with backpressure (a bounded channel).
+struct ChannelBody(tokio::sync::mpsc::Receiver<Result<hyper::body::Frame<Bytes>, BoxError>>);
+
+impl futures_core::Stream for ChannelBody {
+    type Item = Result<hyper::body::Frame<Bytes>, BoxError>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// Streams a response body chunk by chunk through the plugins that chose `stream`; the
+/// `response` hook runs and the flow is recorded when the body ends.
+fn stream_through_plugins(mut ex: Exchange, mut response: Response, mut upstream: Incoming) -> hyper::Response<Body> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut client_resp = hyper::Response::new(http_body_util::StreamBody::new(ChannelBody(rx)).boxed());
+    *client_resp.status_mut() = hyper::StatusCode::from_u16(response.status).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
+    fill_headers(client_resp.headers_mut(), &response.headers);
+    // Chunks may change size: the length is no longer known.
+    client_resp.headers_mut().remove("content-length");
+    tokio::spawn(async move {
+        let mut size = 0u64;
+        let mut trailers = None;
+        let failed = loop {
+            let (data, end) = match upstream.frame().await {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => (data.to_vec(), false),
+                    Err(frame) => {
+                        trailers = frame.into_trailers().ok();
+                        continue;
+                    }
+                },
+                Some(Err(e)) => break Some(format!("upstream body failed: {e}")),
+                None => (Vec::new(), true),
+            };
+            match ex.session.response_body_chunk(&mut ex.request, &mut response, data, end).await {
+                Ok(out) => {
+                    size += out.len() as u64;
+                    if !out.is_empty() && tx.send(Ok(hyper::body::Frame::data(Bytes::from(out)))).await.is_err() {
+                        break Some("the client went away".to_owned());
+                    }
+                }
+                Err(action) => break Some(format!("{action:?}")),
+            }
+            if end {
+                break None;
+            }
+        };
+        match failed {
+            Some(message) => {
+                let _ = tx.send(Err(message.clone().into())).await;
+                ex.session.error(&mut ex.request, &message).await;
+                ex.record(Outcome::Error(message));
+            }
+            None => {
+                if let Some(trailers) = trailers {
+                    let _ = tx.send(Ok(hyper::body::Frame::trailers(trailers))).await;
+                }
+                drop(tx);
+                let _ = ex.session.response(&mut ex.request, &mut response).await;
+                ex.record(Outcome::Response {
+                    status: response.status,
+                    reason: response.reason.clone(),
+                    size: Some(size),
+                    local: false,
+                });
+            }
+        }
+    });
+    client_resp
 }
 
 /// CONNECT in regular and upstream mode: answer 200, then look at what the client sends.
@@ -540,7 +642,8 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let (host, port) = (target.host.trim_start_matches('[').trim_end_matches(']').to_owned(), target.port);
-    let connected = tokio::time::timeout(ctx.proxy.options.connect_timeout, TcpStream::connect((host.as_str(), port))).await;
+    let connected =
+        tokio::time::timeout(ctx.proxy.options.connect_timeout, TcpStream::connect((host.as_str(), port))).await;
     let Ok(Ok(mut upstream)) = connected else {
         tracing::debug!("passthrough to {host}:{port} failed to connect");
         return;
@@ -555,8 +658,12 @@ where
 fn cert_page(ctx: &ConnCtx, path: &str) -> hyper::Response<Body> {
     let ca = &ctx.proxy.ca;
     let (content_type, body, disposition): (&str, Bytes, Option<&str>) = match path {
-        "/cert/pem" => ("application/x-x509-ca-cert", Bytes::from(ca.cert_pem().to_owned()), Some("flowgate-ca-cert.pem")),
-        "/cert/cer" | "/cert/der" => ("application/pkix-cert", Bytes::from(ca.cert_der().to_vec()), Some("flowgate-ca-cert.cer")),
+        "/cert/pem" => {
+            ("application/x-x509-ca-cert", Bytes::from(ca.cert_pem().to_owned()), Some("flowgate-ca-cert.pem"))
+        }
+        "/cert/cer" | "/cert/der" => {
+            ("application/pkix-cert", Bytes::from(ca.cert_der().to_vec()), Some("flowgate-ca-cert.cer"))
+        }
         "/" => ("text/html; charset=utf-8", Bytes::from_static(CERT_HTML.as_bytes()), None),
         _ => return status_response(404, "not found: try /, /cert/pem or /cert/cer"),
     };

@@ -40,7 +40,9 @@ impl Mode {
     pub fn parse(text: &str) -> Result<(Mode, Option<u16>), ModeError> {
         let err = |reason: &str| ModeError { given: text.to_owned(), reason: reason.to_owned() };
         let (spec, port) = match text.rsplit_once('@') {
-            Some((spec, port)) => (spec, Some(port.parse::<u16>().map_err(|_| err("the port after @ is not a number"))?)),
+            Some((spec, port)) => {
+                (spec, Some(port.parse::<u16>().map_err(|_| err("the port after @ is not a number"))?))
+            }
             None => (text, None),
         };
         let mode = if spec == "regular" {

@@ -27,7 +27,10 @@ pub(crate) struct Hello {
 
 /// Reads a ClientHello from `io` without consuming it for good: the bytes read are
 /// returned so they can be replayed to the TLS acceptor or to the upstream.
-pub(crate) async fn peek_client_hello<IO: AsyncRead + Unpin>(io: &mut IO, mut buf: Vec<u8>) -> io::Result<(Hello, Vec<u8>)> {
+pub(crate) async fn peek_client_hello<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    mut buf: Vec<u8>,
+) -> io::Result<(Hello, Vec<u8>)> {
     let mut acceptor = rustls::server::Acceptor::default();
     let mut fed = 0;
     loop {
@@ -47,7 +50,9 @@ pub(crate) async fn peek_client_hello<IO: AsyncRead + Unpin>(io: &mut IO, mut bu
                 return Ok((Hello { sni, alpn }, buf));
             }
             Ok(None) => {}
-            Err((e, _alert)) => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("bad ClientHello: {e}"))),
+            Err((e, _alert)) => {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("bad ClientHello: {e}")));
+            }
         }
         if fed < buf.len() {
             continue;

@@ -35,15 +35,17 @@ pub(crate) struct Upstreams {
 }
 
 impl Upstreams {
-    /// A ready connection to `target`, reusing an open one. Give it back with
+    /// An open, ready connection to `target`, if there is one. Give it back with
     /// [`Upstreams::put`] once the response head has arrived.
-    pub async fn take(&mut self, proxy: &Proxy, mode: &Mode, target: &Target) -> Result<SendRequest<Body>, String> {
-        if let Some(mut sender) = self.open.remove(target)
-            && sender.ready().await.is_ok()
-        {
-            return Ok(sender);
-        }
-        connect(proxy, mode, target).await
+    pub async fn take(&mut self, target: &Target) -> Option<SendRequest<Body>> {
+        let mut sender = self.open.remove(target)?;
+        sender.ready().await.ok()?;
+        Some(sender)
+    }
+
+    /// Whether any upstream connection was opened.
+    pub fn any_open(&self) -> bool {
+        !self.open.is_empty()
     }
 
     /// Keeps a connection for the next flow to the same target.
@@ -52,7 +54,8 @@ impl Upstreams {
     }
 }
 
-async fn connect(proxy: &Proxy, mode: &Mode, target: &Target) -> Result<SendRequest<Body>, String> {
+/// Opens a new connection to `target`.
+pub(crate) async fn connect(proxy: &Proxy, mode: &Mode, target: &Target) -> Result<SendRequest<Body>, String> {
     let timeout = proxy.options.connect_timeout;
     let (addr_host, addr_port) = match mode {
         Mode::Upstream { host, port } => (host.clone(), *port),
@@ -102,7 +105,10 @@ async fn tunnel(tcp: &mut TcpStream, host: &str, port: u16) -> Result<(), String
     let status_line = String::from_utf8_lossy(&head);
     let status = status_line.split_whitespace().nth(1).unwrap_or("");
     if !status.starts_with('2') {
-        return Err(format!("upstream proxy refused CONNECT {host}:{port}: {}", status_line.lines().next().unwrap_or("")));
+        return Err(format!(
+            "upstream proxy refused CONNECT {host}:{port}: {}",
+            status_line.lines().next().unwrap_or("")
+        ));
     }
     Ok(())
 }

@@ -30,9 +30,14 @@ fn mode() -> BodyMode {
     if config::get("stream").as_deref() == Some("true") { BodyMode::Stream } else { BodyMode::Buffer }
 }
 
+/// The configured pattern, compiled once per instance.
+fn regex() -> Option<&'static Regex> {
+    static REGEX: std::sync::OnceLock<Option<Regex>> = std::sync::OnceLock::new();
+    REGEX.get_or_init(|| config::get("pattern").and_then(|p| Regex::new(&p).ok())).as_ref()
+}
+
 fn rewrite(body: Vec<u8>) -> Option<Vec<u8>> {
-    let pattern = config::get("pattern")?;
-    let regex = Regex::new(&pattern).ok()?;
+    let regex = regex()?;
     let text = String::from_utf8(body).ok()?;
     let replacement = config::get("replacement").unwrap_or_default();
     let out = regex.replace_all(&text, replacement.as_str());
