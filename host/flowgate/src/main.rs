@@ -169,8 +169,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         };
         let addr = format!("{}:{port}", cli.listen_host);
-        let listener =
-            tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        let listener = flowgate_net::Listener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         listeners.push((mode, listener));
     }
 

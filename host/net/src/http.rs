@@ -116,6 +116,7 @@ where
         let fixed = fixed.clone();
         async move { handle(ctx, req, fixed).await }
     });
+    let io = crate::h1guard::Guarded::new(io);
     if let Err(e) = builder.serve_connection(TokioIo::new(io), service).with_upgrades().await {
         tracing::debug!("client {}: {e}", ctx.client);
     }

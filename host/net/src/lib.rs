@@ -5,6 +5,7 @@
 //! into a flow, runs the plugin hooks over it through the runtime's sessions, and
 //! reports every flow's one outcome (a response or an error) to a [`FlowSink`].
 
+mod h1guard;
 mod http;
 mod mode;
 mod tls;
@@ -129,6 +130,21 @@ impl std::fmt::Display for FlowRecord {
 /// Where finished flows go.
 pub type FlowSink = Arc<dyn Fn(&FlowRecord) + Send + Sync>;
 
+/// A bound listening socket.
+pub struct Listener(TcpListener);
+
+impl Listener {
+    /// Binds `addr` (`host:port`; port 0 picks a free one).
+    pub async fn bind(addr: &str) -> std::io::Result<Listener> {
+        TcpListener::bind(addr).await.map(Listener)
+    }
+
+    /// The address it is bound to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
 /// The proxy: plugins, CA, options and where flows are reported.
 pub struct Proxy {
     pub(crate) chain: Chain,
@@ -151,7 +167,8 @@ impl Proxy {
     }
 
     /// Accepts connections on `listener` in `mode` until the task is dropped.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, mode: Mode) {
+    pub async fn serve(self: Arc<Self>, listener: Listener, mode: Mode) {
+        let listener = listener.0;
         let mode = Arc::new(mode);
         loop {
             let (stream, client) = match listener.accept().await {
