@@ -592,7 +592,22 @@ fn a_1gib_response_streams_with_flat_memory() {
 #[test]
 fn slow_clients_are_cut_off() {
     let origin = Origin::start(false);
-    let fg = Flowgate::start(&["--set", "header_read_timeout=1"]);
+    let fg = Flowgate::start(&["--set", "header_read_timeout=1", "--set", "body_read_timeout=1"]);
+    // A body that stops coming.
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", fg.port)).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let start = Instant::now();
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789",
+        origin.url("http", "/slow-body")
+    );
+    stream.write_all(head.as_bytes()).expect("write");
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(5), "body cut off after {waited:?}");
+    fg.flow_line("/slow-body");
+    // A head that stops coming.
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", fg.port)).expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
     let start = Instant::now();
@@ -742,6 +757,15 @@ fn expect_continue_head_keep_alive_and_header_limits() {
     let reply = raw(fg.port, request.as_bytes());
     assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
     assert!(!origin.seen.paths().contains(&"/too-many".to_owned()));
+    // A head over 64 KiB: 400, never forwarded.
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        origin.url("http", "/too-big"),
+        "v".repeat(100 << 10)
+    );
+    let reply = raw(fg.port, request.as_bytes());
+    assert!(reply.starts_with("HTTP/1.1 400"), "{}", &reply[..reply.len().min(200)]);
+    assert!(!origin.seen.paths().contains(&"/too-big".to_owned()));
 }
 
 #[test]

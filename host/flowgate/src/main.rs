@@ -101,6 +101,9 @@ fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> 
             "header_read_timeout" => {
                 proxy.header_read_timeout = std::time::Duration::from_secs(value.parse().map_err(|e| bad(&e))?)
             }
+            "body_read_timeout" => {
+                proxy.body_read_timeout = std::time::Duration::from_secs(value.parse().map_err(|e| bad(&e))?)
+            }
             "connect_timeout" => {
                 proxy.connect_timeout = std::time::Duration::from_secs(value.parse().map_err(|e| bad(&e))?)
             }
@@ -112,7 +115,7 @@ fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> 
                     plugin_config.push((plugin.to_owned(), config_key.to_owned(), value.to_owned()))
                 }
                 None => bail!(
-                    "--set {other}: unknown option (known: ignore_hosts, allow_hosts, body_size_limit, max_headers, header_read_timeout, connect_timeout, \
+                    "--set {other}: unknown option (known: ignore_hosts, allow_hosts, body_size_limit, max_headers, header_read_timeout, body_read_timeout, connect_timeout, \
                      ssl_insecure, plugin_fuel, plugin_max_instances, PLUGIN.KEY)"
                 ),
             },

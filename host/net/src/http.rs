@@ -2,6 +2,7 @@
 //! plugin hooks, CONNECT tunnels and TLS interception.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -176,6 +177,58 @@ fn version_of(v: hyper::Version) -> HttpVersion {
     }
 }
 
+/// A body that fails if the next frame takes longer than `timeout` to arrive.
+struct ProgressTimeout<B> {
+    inner: B,
+    timeout: std::time::Duration,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<B> ProgressTimeout<B> {
+    fn new(inner: B, timeout: std::time::Duration) -> Self {
+        ProgressTimeout { inner, timeout, sleep: Box::pin(tokio::time::sleep(timeout)) }
+    }
+}
+
+impl<B> hyper::body::Body for ProgressTimeout<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        use std::task::Poll;
+        match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = tokio::time::Instant::now() + self.timeout;
+                self.sleep.as_mut().reset(deadline);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match self.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    Poll::Ready(Some(Err(
+                        format!("no request body data for {:?} (body_read_timeout)", self.timeout).into()
+                    )))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Reads a whole body, up to `limit` bytes.
 async fn collect<B>(body: B, limit: usize) -> Result<Bytes, String>
 where
@@ -309,6 +362,7 @@ async fn handle(
         return Ok(resp);
     }
     let (_parts, incoming) = req.into_parts();
+    let incoming = ProgressTimeout::new(incoming, ctx.proxy.options.body_read_timeout);
     let mut body: Option<Body> = None;
     if ex.request.body.is_none() && ex.request.body_mode != flowgate_flow::BodyMode::Pass {
         match collect(incoming, ctx.proxy.options.body_size_limit).await {
@@ -316,7 +370,7 @@ async fn handle(
             Err(e) => return Ok(ex.fail(413, format!("request {e}")).await),
         }
     } else if ex.request.body.is_none() {
-        body = Some(incoming.map_err(Into::into).boxed());
+        body = Some(incoming.boxed());
     }
     let action = ex.session.request(&mut ex.request).await;
     if let Some(resp) = ex.act(action).await? {

@@ -41,6 +41,8 @@ pub struct ProxyOptions {
     pub header_read_timeout: Duration,
     /// Time to connect to an upstream (`connect_timeout`, default 10 s).
     pub connect_timeout: Duration,
+    /// Longest wait for the next piece of a request body (`body_read_timeout`, default 60 s).
+    pub body_read_timeout: Duration,
 }
 
 impl Default for ProxyOptions {
@@ -53,6 +55,7 @@ impl Default for ProxyOptions {
             max_headers: 100,
             header_read_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(60),
         }
     }
 }
