@@ -795,3 +795,42 @@ fn a_streaming_plugin_rewrites_chunk_by_chunk() {
     assert!(a < 4 * 256, "only chunk remainders are left: {a}");
     fg.flow_line("/big/8388608");
 }
+
+#[test]
+fn a_streaming_plugin_rewrites_request_bodies_on_the_way_up() {
+    let origin = Origin::start(false);
+    let rewrite = manifest(
+        REWRITE_BODY,
+        "[limits]\nhook_timeout_ms = 5000\n[config]\npattern = \"aaaa\"\nreplacement = \"b\"\nside = \"request\"\nstream = true\n",
+    );
+    let fg = Flowgate::start(&["-s", &rewrite]);
+    let size = 1 << 20;
+    let upload = flowgate_tests::manifest(ADD_HEADER, "").with_file_name("upload.bin");
+    std::fs::write(&upload, vec![b'a'; size]).expect("write upload");
+    let reply =
+        curl(&["-x", &fg.proxy(), "--data-binary", &format!("@{}", upload.display()), &origin.url("http", "/up")]);
+    assert_eq!(reply.status, 200);
+    let body = reply.body.split("body: ").nth(1).and_then(|b| b.lines().next()).expect("echoed body");
+    let b = body.bytes().filter(|&c| c == b'b').count();
+    let a = body.bytes().filter(|&c| c == b'a').count();
+    assert_eq!(a + b, body.len());
+    assert_eq!(4 * b + a, size, "every 4 a's in a chunk became one b");
+    assert!(b > size / 8, "the body was rewritten: {b} b's");
+    fg.flow_line("/up");
+}
+
+#[test]
+fn minted_certificates_carry_the_upstreams_names() {
+    let tls_origin = Origin::start(true);
+    let fg = Flowgate::start(&["-k"]);
+    let script = format!(
+        "echo | openssl s_client -proxy 127.0.0.1:{} -connect localhost:{} -servername localhost 2>/dev/null | openssl x509 -noout -ext subjectAltName -issuer",
+        fg.port,
+        tls_origin.addr.port()
+    );
+    let out = Command::new("sh").arg("-c").arg(script).output().expect("openssl runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("DNS:localhost"), "{text}");
+    assert!(text.contains("IP Address:127.0.0.1"), "the upstream certificate's IP SAN was copied: {text}");
+    assert!(text.contains("CN=flowgate") || text.contains("CN = flowgate"), "issued by flowgate's CA: {text}");
+}

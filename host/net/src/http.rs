@@ -364,17 +364,30 @@ async fn handle(
     let (_parts, incoming) = req.into_parts();
     let incoming = ProgressTimeout::new(incoming, ctx.proxy.options.body_read_timeout);
     let mut body: Option<Body> = None;
-    if ex.request.body.is_none() && ex.request.body_mode != flowgate_flow::BodyMode::Pass {
-        match collect(incoming, ctx.proxy.options.body_size_limit).await {
+    let mut stream_source = None;
+    match (&ex.request.body, ex.request.body_mode) {
+        (Some(_), _) => {}
+        (None, flowgate_flow::BodyMode::Buffer) => match collect(incoming, ctx.proxy.options.body_size_limit).await {
             Ok(bytes) => ex.request.body = Some(bytes.to_vec()),
             Err(e) => return Ok(ex.fail(413, format!("request {e}")).await),
-        }
-    } else if ex.request.body.is_none() {
-        body = Some(incoming.boxed());
+        },
+        (None, flowgate_flow::BodyMode::Stream) => stream_source = Some(incoming),
+        (None, flowgate_flow::BodyMode::Pass) => body = Some(incoming.boxed()),
     }
     let action = ex.session.request(&mut ex.request).await;
     if let Some(resp) = ex.act(action).await? {
         return Ok(resp);
+    }
+    // A streamed request body goes through the chunk hooks while it is sent upstream. The
+    // pump task borrows the flow's session meanwhile (an empty stand-in takes its place)
+    // and gives it back when the body ends.
+    let mut pump = None;
+    if let Some(source) = stream_source {
+        let stand_in = ctx.session.lock().await.http_flow(FlowInfo::default());
+        let session = std::mem::replace(&mut ex.session, stand_in);
+        let (stream, returned) = stream_request_body(session, ex.request.clone(), source);
+        body = Some(stream);
+        pump = Some(returned);
     }
 
     // To the upstream.
@@ -398,6 +411,10 @@ async fn handle(
         Err(e) => return Ok(ex.fail(400, format!("invalid request target {uri:?}: {e}")).await),
     };
     fill_headers(upstream_req.headers_mut(), &ex.request.headers);
+    if pump.is_some() {
+        // Chunk hooks may change sizes: the body goes chunked.
+        upstream_req.headers_mut().remove("content-length");
+    }
     if let Some(bytes) = &ex.request.body {
         upstream_req.headers_mut().insert("content-length", bytes.len().into());
     }
@@ -425,16 +442,22 @@ async fn handle(
                 return Ok(ex.fail(502, format!("a plugin refused the connection to {address}")).await);
             }
             match upstream::connect(&ctx.proxy, &ctx.mode, &target).await {
-                Ok(sender) => {
+                Ok(connected) => {
                     ctx.session.lock().await.server_connected().await;
-                    sender
+                    connected.sender
                 }
                 Err(e) => return Ok(ex.fail(502, e).await),
             }
         }
     };
     ex.session.flow.server_address = Some(format!("{}:{}", target.host, target.port));
-    let upstream_resp = match sender.send_request(upstream_req).await {
+    let sent = sender.send_request(upstream_req).await;
+    if let Some(returned) = pump
+        && let Ok(session) = returned.await
+    {
+        ex.session = session;
+    }
+    let upstream_resp = match sent {
         Ok(r) => r,
         Err(e) => return Ok(ex.fail(502, format!("upstream failed: {e}")).await),
     };
@@ -504,6 +527,59 @@ impl futures_core::Stream for ChannelBody {
     ) -> std::task::Poll<Option<Self::Item>> {
         self.0.poll_recv(cx)
     }
+}
+
+/// Streams a request body through the chunk hooks of the plugins that chose `stream`; the
+/// session comes back through the returned channel when the body has ended.
+fn stream_request_body<B>(
+    mut session: HttpFlowSession,
+    mut request: Request,
+    mut source: B,
+) -> (Body, tokio::sync::oneshot::Receiver<HttpFlowSession>)
+where
+    B: hyper::body::Body<Data = Bytes, Error = BoxError> + Unpin + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut trailers = None;
+        loop {
+            let (data, end) = match source.frame().await {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => (data.to_vec(), false),
+                    Err(frame) => {
+                        trailers = frame.into_trailers().ok();
+                        continue;
+                    }
+                },
+                Some(Err(e)) => {
+                    let _ = tx.send(Err(e)).await;
+                    break;
+                }
+                None => (Vec::new(), true),
+            };
+            match session.request_body_chunk(&mut request, data, end).await {
+                Ok(out) => {
+                    if !out.is_empty() && tx.send(Ok(hyper::body::Frame::data(Bytes::from(out)))).await.is_err() {
+                        break;
+                    }
+                }
+                Err(action) => {
+                    let _ = tx.send(Err(format!("request body refused by a plugin: {action:?}").into())).await;
+                    break;
+                }
+            }
+            if end {
+                if let Some(trailers) = trailers.take() {
+                    let _ = tx.send(Ok(hyper::body::Frame::trailers(trailers))).await;
+                }
+                break;
+            }
+        }
+        drop(tx);
+        let _ = done_tx.send(session);
+    });
+    (http_body_util::StreamBody::new(ChannelBody(rx)).boxed(), done_rx)
 }
 
 /// Streams a response body chunk by chunk through the plugins that chose `stream`; the
@@ -665,7 +741,26 @@ where
         passthrough(&ctx, io, buf, &target).await;
         return;
     }
-    let leaf = match ctx.proxy.ca.leaf(std::slice::from_ref(&name)) {
+    // Connect upstream first (mitmproxy's eager strategy) so the minted certificate carries
+    // the upstream certificate's names too; if that fails, the flow reports it later.
+    let mut names = vec![name.clone()];
+    if target.scheme == Scheme::Https {
+        let allowed = {
+            let mut session = ctx.session.lock().await;
+            session.info.server_address = Some(format!("{}:{}", target.host, target.port));
+            session.server_connect().await
+        };
+        if allowed && let Ok(connected) = upstream::connect(&ctx.proxy, &ctx.mode, &target).await {
+            ctx.session.lock().await.server_connected().await;
+            for san in connected.sans {
+                if !names.iter().any(|n| n.eq_ignore_ascii_case(&san)) {
+                    names.push(san);
+                }
+            }
+            ctx.upstreams.lock().await.put(target.clone(), connected.sender);
+        }
+    }
+    let leaf = match ctx.proxy.ca.leaf(&names) {
         Ok(leaf) => leaf,
         Err(e) => {
             tracing::warn!("{e}");

@@ -54,8 +54,37 @@ impl Upstreams {
     }
 }
 
+/// A new upstream connection.
+pub(crate) struct Connected {
+    /// Where requests go.
+    pub sender: SendRequest<Body>,
+    /// The subject alternative names of the upstream's certificate (TLS only).
+    pub sans: Vec<String>,
+}
+
+/// The DNS names and IP addresses a certificate is valid for (at most 32).
+fn sans_of(der: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else { return Vec::new() };
+    let Ok(Some(ext)) = cert.subject_alternative_name() else { return Vec::new() };
+    ext.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DNSName(dns) if !dns.is_empty() => Some((*dns).to_owned()),
+            GeneralName::IPAddress(bytes) => match bytes.len() {
+                4 => <[u8; 4]>::try_from(*bytes).ok().map(|b| std::net::Ipv4Addr::from(b).to_string()),
+                16 => <[u8; 16]>::try_from(*bytes).ok().map(|b| std::net::Ipv6Addr::from(b).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .take(32)
+        .collect()
+}
+
 /// Opens a new connection to `target`.
-pub(crate) async fn connect(proxy: &Proxy, mode: &Mode, target: &Target) -> Result<SendRequest<Body>, String> {
+pub(crate) async fn connect(proxy: &Proxy, mode: &Mode, target: &Target) -> Result<Connected, String> {
     let timeout = proxy.options.connect_timeout;
     let (addr_host, addr_port) = match mode {
         Mode::Upstream { host, port } => (host.clone(), *port),
@@ -72,7 +101,7 @@ pub(crate) async fn connect(proxy: &Proxy, mode: &Mode, target: &Target) -> Resu
         tunnel(&mut tcp, &target.host, target.port).await?;
     }
     match target.scheme {
-        Scheme::Http => handshake(tcp).await,
+        Scheme::Http => Ok(Connected { sender: handshake(tcp).await?, sans: Vec::new() }),
         Scheme::Https => {
             let bare = target.host.trim_start_matches('[').trim_end_matches(']').to_owned();
             let name = ServerName::try_from(bare).map_err(|e| format!("invalid server name {}: {e}", target.host))?;
@@ -81,7 +110,9 @@ pub(crate) async fn connect(proxy: &Proxy, mode: &Mode, target: &Target) -> Resu
                 .connect(name, tcp)
                 .await
                 .map_err(|e| format!("TLS handshake with {}:{} failed: {e}", target.host, target.port))?;
-            handshake(tls).await
+            let sans =
+                tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| sans_of(c)).unwrap_or_default();
+            Ok(Connected { sender: handshake(tls).await?, sans })
         }
     }
 }
