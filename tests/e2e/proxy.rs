@@ -834,3 +834,20 @@ fn minted_certificates_carry_the_upstreams_names() {
     assert!(text.contains("IP Address:127.0.0.1"), "the upstream certificate's IP SAN was copied: {text}");
     assert!(text.contains("CN=flowgate") || text.contains("CN = flowgate"), "issued by flowgate's CA: {text}");
 }
+
+#[test]
+fn plugins_see_request_headers_as_sent() {
+    let origin = Origin::start(false);
+    let names = manifest(REQUEST_ID, "[config]\ndebug_header_names = true\n");
+    let fg = Flowgate::start(&["-s", &names]);
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: x\r\nX-Dup: 1\r\nAccept: */*\r\nx-DUP: 2\r\nConnection: close\r\n\r\n",
+        origin.url("http", "/names")
+    );
+    let reply = raw(fg.port, request.as_bytes());
+    // Order, case and duplicates as on the wire; flowgate's own fields come after.
+    assert!(
+        reply.contains("x-header-names: Host,X-Dup,Accept,x-DUP,Connection,x-request-id,x-agent-class\n"),
+        "{reply}"
+    );
+}

@@ -12,7 +12,28 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use flowgate_flow::Headers;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Header fields of each accepted request head, exactly as on the wire (order, case,
+/// duplicates), queued for the HTTP service: hyper hands requests over in the same order
+/// but keeps neither case nor the interleaving of different names.
+#[derive(Clone, Default, Debug)]
+pub(crate) struct WireHeads(Arc<Mutex<VecDeque<Headers>>>);
+
+impl WireHeads {
+    /// The header fields of the next request hyper hands over.
+    pub fn next(&self) -> Option<Headers> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).pop_front()
+    }
+
+    fn push(&self, headers: Headers) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).push_back(headers);
+    }
+}
 
 /// The most bytes a request head may have (`max_header_bytes` equivalent for the guard).
 const MAX_HEAD_BYTES: usize = 64 << 10;
@@ -56,13 +77,15 @@ pub(crate) struct Rejection(pub String);
 pub(crate) struct Framing {
     state: State,
     head: Vec<u8>,
+    /// Where accepted heads' header fields go.
+    heads: WireHeads,
     /// The reason of the first rejection, for the record.
     pub rejection: Option<Rejection>,
 }
 
 impl Framing {
     pub fn new() -> Framing {
-        Framing { state: State::Head, head: Vec::new(), rejection: None }
+        Framing { state: State::Head, head: Vec::new(), heads: WireHeads::default(), rejection: None }
     }
 
     /// Processes `input`, appending what may be passed on to `out`.
@@ -87,7 +110,7 @@ impl Framing {
                     input = &input[consumed..];
                     let head = std::mem::take(&mut self.head);
                     let head = &head[..end];
-                    match check_head(head) {
+                    match check_head(head, &self.heads) {
                         Ok(next) => {
                             out.extend_from_slice(head);
                             self.state = next;
@@ -194,7 +217,7 @@ fn parse_chunk_size(line: &[u8]) -> Option<u64> {
 }
 
 /// Checks one request head and says how its body is framed.
-fn check_head(head: &[u8]) -> Result<State, String> {
+fn check_head(head: &[u8], heads: &WireHeads) -> Result<State, String> {
     let mut headers = [httparse::EMPTY_HEADER; 256];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(head) {
@@ -203,7 +226,11 @@ fn check_head(head: &[u8]) -> Result<State, String> {
         // hyper would reject these too (with 400 or 431); let it say so.
         Err(_) => return Ok(State::Head),
     }
+    let wire = Headers::from_pairs(request.headers.iter().map(|h| (h.name, h.value)));
     if request.method == Some("CONNECT") {
+        if let Ok(wire) = wire {
+            heads.push(wire);
+        }
         return Ok(State::Opaque);
     }
     let mut length: Option<u64> = None;
@@ -244,6 +271,9 @@ fn check_head(head: &[u8]) -> Result<State, String> {
         (None, Some(0)) | (None, None) => State::Head,
         (None, Some(n)) => State::Body(n),
     };
+    if let Ok(wire) = wire {
+        heads.push(wire);
+    }
     // After an upgrade the connection may stop being HTTP/1; we do not see the response,
     // so stop checking once the request's own body is through.
     if upgrade && next == State::Head {
@@ -263,6 +293,11 @@ pub(crate) struct Guarded<IO> {
 impl<IO> Guarded<IO> {
     pub fn new(inner: IO) -> Self {
         Guarded { inner, framing: Framing::new(), pending: Vec::new(), offset: 0 }
+    }
+
+    /// The queue of accepted heads' wire header fields.
+    pub fn heads(&self) -> WireHeads {
+        self.framing.heads.clone()
     }
 }
 
@@ -341,6 +376,11 @@ mod tests {
         let two = "GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /c HTTP/1.1\r\n\r\n";
         check(two, two, None);
         let chunked = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n0\r\nX-T: 1\r\n\r\nGET / HTTP/1.1\r\n\r\n";
+        let mut f = Framing::new();
+        f.feed(b"GET / HTTP/1.1\r\nHost: a\r\nX-Dup: 1\r\naccept: */*\r\nX-DUP: 2\r\n\r\n", &mut Vec::new());
+        let wire = f.heads.next().expect("queued");
+        let fields: Vec<(&str, &[u8])> = wire.iter().collect();
+        assert_eq!(fields, [("Host", &b"a"[..]), ("X-Dup", b"1"), ("accept", b"*/*"), ("X-DUP", b"2")]);
         check(chunked, chunked, None);
         let connect = "CONNECT x:443 HTTP/1.1\r\n\r\n\u{16}\u{3}\u{1}anything";
         check(connect, connect, None);

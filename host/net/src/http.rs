@@ -111,13 +111,15 @@ where
         .header_read_timeout(opts.header_read_timeout)
         .max_headers(opts.max_headers)
         .preserve_header_case(true);
+    let io = crate::h1guard::Guarded::new(io);
+    let heads = io.heads();
     let service_ctx = ctx.clone();
     let service = service_fn(move |req| {
         let ctx = service_ctx.clone();
         let fixed = fixed.clone();
-        async move { handle(ctx, req, fixed).await }
+        let wire = heads.next();
+        async move { handle(ctx, req, fixed, wire).await }
     });
-    let io = crate::h1guard::Guarded::new(io);
     if let Err(e) = builder.serve_connection(TokioIo::new(io), service).with_upgrades().await {
         tracing::debug!("client {}: {e}", ctx.client);
     }
@@ -302,14 +304,16 @@ fn canonical_reason(status: u16) -> String {
     hyper::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("").to_owned()
 }
 
+/// `wire` holds the request's header fields as they were on the wire, when known.
 async fn handle(
     ctx: Arc<ConnCtx>,
     req: hyper::Request<Incoming>,
     fixed: Option<Target>,
+    wire: Option<Headers>,
 ) -> Result<hyper::Response<Body>, Killed> {
     let start = Instant::now();
     if req.method() == hyper::Method::CONNECT && fixed.is_none() {
-        return connect(ctx, req).await;
+        return connect(ctx, req, wire).await;
     }
     let target = match &fixed {
         Some(t) => t.clone(),
@@ -340,7 +344,7 @@ async fn handle(
         port: target.port,
         path,
         version: version_of(req.version()),
-        headers: to_headers(req.headers()),
+        headers: wire.unwrap_or_else(|| to_headers(req.headers())),
         ..Request::default()
     };
     if let Mode::Reverse { host, port, scheme } = &*ctx.mode {
@@ -644,7 +648,11 @@ fn stream_through_plugins(mut ex: Exchange, mut response: Response, mut upstream
 }
 
 /// CONNECT in regular and upstream mode: answer 200, then look at what the client sends.
-async fn connect(ctx: Arc<ConnCtx>, req: hyper::Request<Incoming>) -> Result<hyper::Response<Body>, Killed> {
+async fn connect(
+    ctx: Arc<ConnCtx>,
+    req: hyper::Request<Incoming>,
+    wire: Option<Headers>,
+) -> Result<hyper::Response<Body>, Killed> {
     let Some(authority) = req.uri().authority().cloned() else {
         return Ok(status_response(400, "CONNECT needs host:port"));
     };
@@ -665,7 +673,7 @@ async fn connect(ctx: Arc<ConnCtx>, req: hyper::Request<Incoming>) -> Result<hyp
         port,
         path: "/".to_owned(),
         version: version_of(req.version()),
-        headers: to_headers(req.headers()),
+        headers: wire.unwrap_or_else(|| to_headers(req.headers())),
         ..Request::default()
     };
     let mut ex = Exchange { ctx: ctx.clone(), session, request, start: Instant::now() };

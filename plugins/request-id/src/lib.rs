@@ -4,7 +4,8 @@
 //!
 //! With `debug_instance_seq = true` in `[config]` it also sets
 //! `x-instance-seq: N`, the number of requests this instance has seen — which makes the
-//! instance model visible (always 1 with `per-flow`).
+//! instance model visible (always 1 with `per-flow`). With `debug_header_names = true` it
+//! sets `x-header-names` to the request's header names as the plugin saw them, in order.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -42,6 +43,10 @@ impl HttpHooks for RequestId {
             log::warn(&format!("cannot record the request id: {}", e.describe()));
         }
         let seen = SEEN.fetch_add(1, Ordering::Relaxed) + 1;
+        if config::get("debug_header_names").as_deref() == Some("true") {
+            let names: Vec<String> = request.headers().into_iter().map(|h| h.name).collect();
+            let _ = request.set_header("x-header-names", &names.join(","));
+        }
         if config::get("debug_instance_seq").as_deref() == Some("true") {
             let _ = request.set_header("x-instance-seq", &seen.to_string());
         }
