@@ -518,6 +518,22 @@ fn ca_files_commands_and_cert_host() {
     assert_eq!(out.stdout, std::fs::read(dir.join("flowgate-ca-cert.cer")).expect("der"));
     let out = Command::new(bin).args(["--confdir"]).arg(&dir).args(["ca", "path"]).output().expect("runs");
     assert!(String::from_utf8_lossy(&out.stdout).contains("flowgate-ca-cert.pem"));
+    // PKCS#12: openssl reads the same certificate back.
+    let p12 = dir.join("export.p12");
+    let out = Command::new(bin)
+        .args(["--confdir"])
+        .arg(&dir)
+        .args(["ca", "export", "--p12", "--out"])
+        .arg(&p12)
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let out = Command::new("openssl")
+        .args(["pkcs12", "-nokeys", "-passin", "pass:", "-in"])
+        .arg(&p12)
+        .output()
+        .expect("openssl runs");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(pem.trim()), "{}", String::from_utf8_lossy(&out.stderr));
 
     #[cfg(unix)]
     {
@@ -849,5 +865,26 @@ fn plugins_see_request_headers_as_sent() {
     assert!(
         reply.contains("x-header-names: Host,X-Dup,Accept,x-DUP,Connection,x-request-id,x-agent-class\n"),
         "{reply}"
+    );
+}
+
+#[test]
+fn idle_keep_alive_connections_are_closed() {
+    let origin = Origin::start(false);
+    let fg = Flowgate::start(&["--set", "header_read_timeout=1"]);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", fg.port)).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    stream
+        .write_all(format!("GET {} HTTP/1.1\r\nHost: x\r\n\r\n", origin.url("http", "/first")).as_bytes())
+        .expect("write");
+    let start = Instant::now();
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let waited = start.elapsed();
+    assert!(
+        waited < Duration::from_secs(5),
+        "an idle keep-alive connection is closed (header_read_timeout), waited {waited:?}"
     );
 }

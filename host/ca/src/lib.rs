@@ -22,6 +22,9 @@ pub const CA_CERT_PEM: &str = "flowgate-ca-cert.pem";
 /// The CA certificate alone, DER (`.cer`), for Windows and Android.
 pub const CA_CERT_DER: &str = "flowgate-ca-cert.cer";
 
+/// The CA certificate alone, PKCS#12 with an empty password, for Windows and macOS.
+pub const CA_CERT_P12: &str = "flowgate-ca-cert.p12";
+
 /// How many leaf certificates are kept (`cert_cache_size`); the oldest half is dropped
 /// when it is full.
 pub const DEFAULT_CACHE_SIZE: usize = 1024;
@@ -142,6 +145,7 @@ impl CertificateAuthority {
         }
         check_private(&path)?;
         let text = fs::read_to_string(&path).map_err(|e| io(&path, e))?;
+        let p12_path = confdir.join(CA_CERT_P12);
         let invalid = |message: String| CaError::Invalid { path: path.clone(), message };
         let key_start = text.find("-----BEGIN PRIVATE KEY-----").ok_or_else(|| invalid("no private key".into()))?;
         let cert_start = text.find("-----BEGIN CERTIFICATE-----").ok_or_else(|| invalid("no certificate".into()))?;
@@ -152,6 +156,10 @@ impl CertificateAuthority {
         let cert_der = pem_to_der(cert_pem).ok_or_else(|| invalid("bad certificate PEM".into()))?;
         let leaf_key = KeyPair::generate().map_err(|e| invalid(e.to_string()))?;
         let leaf_key_der = leaf_key.serialize_der();
+        if !p12_path.exists() {
+            let p12 = cert_p12(&cert_der).map_err(|e| invalid(format!("cannot make the PKCS#12 export: {e}")))?;
+            fs::write(&p12_path, p12).map_err(|e| io(&p12_path, e))?;
+        }
         Ok(CertificateAuthority {
             cert_pem: cert_pem.trim_end().to_owned() + "\n",
             cert_der: CertificateDer::from(cert_der),
@@ -171,6 +179,11 @@ impl CertificateAuthority {
     /// The CA certificate, DER.
     pub fn cert_der(&self) -> &[u8] {
         &self.cert_der
+    }
+
+    /// The CA certificate as PKCS#12 (no key, empty password).
+    pub fn cert_p12(&self) -> Result<Vec<u8>, CaError> {
+        cert_p12(&self.cert_der).map_err(|e| CaError::Invalid { path: CA_CERT_P12.into(), message: e })
     }
 
     /// A leaf certificate (and key) for `names` (DNS names or IP addresses; the first is
@@ -219,6 +232,13 @@ impl CertificateAuthority {
     }
 }
 
+fn cert_p12(der: &[u8]) -> Result<Vec<u8>, String> {
+    let cert = p12_keystore::Certificate::from_der(der).map_err(|e| e.to_string())?;
+    let mut store = p12_keystore::KeyStore::new();
+    store.add_entry("flowgate", p12_keystore::KeyStoreEntry::Certificate(cert));
+    store.writer("").write().map_err(|e| e.to_string())
+}
+
 fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
     let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
     base64_decode(body.trim())
@@ -263,7 +283,7 @@ mod tests {
     fn creates_once_and_mints_cached_leaves() {
         let dir = tempdir("create");
         let ca = CertificateAuthority::load_or_create(&dir).expect("created");
-        assert!(dir.join(CA_CERT_PEM).exists() && dir.join(CA_CERT_DER).exists());
+        assert!(dir.join(CA_CERT_PEM).exists() && dir.join(CA_CERT_DER).exists() && dir.join(CA_CERT_P12).exists());
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

@@ -57,11 +57,14 @@ enum Command {
 enum CaAction {
     /// Print where the CA certificate is (created if missing).
     Path,
-    /// Print the CA certificate (PEM, or DER with --der) to stdout or --out.
+    /// Print the CA certificate (PEM; DER with --der; PKCS#12 with --p12) to stdout or --out.
     Export {
         /// DER instead of PEM.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "p12")]
         der: bool,
+        /// PKCS#12 (no key, empty password) instead of PEM.
+        #[arg(long)]
+        p12: bool,
         /// Write to this file instead of stdout.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -233,8 +236,14 @@ fn ca_command(confdir: &std::path::Path, ca: &CertificateAuthority, action: &CaA
                 confdir.join(flowgate_ca::CA_CERT_PEM).display()
             );
         }
-        CaAction::Export { der, out } => {
-            let bytes: Vec<u8> = if *der { ca.cert_der().to_vec() } else { ca.cert_pem().as_bytes().to_vec() };
+        CaAction::Export { der, p12, out } => {
+            let bytes: Vec<u8> = if *der {
+                ca.cert_der().to_vec()
+            } else if *p12 {
+                ca.cert_p12()?
+            } else {
+                ca.cert_pem().as_bytes().to_vec()
+            };
             match out {
                 Some(path) => {
                     std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?

@@ -823,7 +823,7 @@ fn cert_page(ctx: &ConnCtx, path: &str) -> hyper::Response<Body> {
             ("application/pkix-cert", Bytes::from(ca.cert_der().to_vec()), Some("flowgate-ca-cert.cer"))
         }
         "/" => ("text/html; charset=utf-8", Bytes::from_static(CERT_HTML.as_bytes()), None),
-        _ => return status_response(404, "not found: try /, /cert/pem or /cert/cer"),
+        _ => return status_response(404, "not found: try /, /cert/pem, /cert/cer or /cert/p12"),
     };
     let mut resp = hyper::Response::new(full(body));
     resp.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static(content_type));
@@ -842,6 +842,7 @@ const CERT_HTML: &str = "<!doctype html>
 <ul>
 <li><a href=\"/cert/pem\">PEM</a> (Linux, macOS, Firefox, curl <code>--cacert</code>)</li>
 <li><a href=\"/cert/cer\">DER (.cer)</a> (Windows, Android)</li>
+<li><a href=\"/cert/p12\">PKCS#12 (.p12)</a> (Windows, macOS; empty password)</li>
 </ul>
 <p>Linux: <code>sudo cp flowgate-ca-cert.pem /usr/local/share/ca-certificates/flowgate.crt &amp;&amp; sudo update-ca-certificates</code><br>
 macOS: <code>sudo security add-trusted-cert -d -p ssl -k /Library/Keychains/System.keychain flowgate-ca-cert.pem</code></p>
