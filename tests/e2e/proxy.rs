@@ -888,3 +888,51 @@ fn idle_keep_alive_connections_are_closed() {
         "an idle keep-alive connection is closed (header_read_timeout), waited {waited:?}"
     );
 }
+
+#[test]
+fn body_size_limit_and_stream_large_bodies() {
+    let origin = Origin::start(false);
+    let rewrite = manifest(REWRITE_BODY, "[config]\npattern = \"a\"\nreplacement = \"b\"\n");
+    // Over body_size_limit, a body a plugin wants buffered fails the flow.
+    let fg = Flowgate::start(&["-s", &rewrite, "--set", "body_size_limit=1MiB"]);
+    let reply = curl(&["-x", &fg.proxy(), &origin.url("http", "/big/2097152")]);
+    assert_eq!(reply.status, 502);
+    assert!(reply.body.contains("body exceeds body_size_limit (1048576 bytes)"), "{}", reply.body);
+    let reply = curl(&["-x", &fg.proxy(), &origin.url("http", "/big/1000")]);
+    assert_eq!((reply.status, reply.body.as_str()), (200, "b".repeat(1000).as_str()), "small bodies are rewritten");
+    drop(fg);
+    // With stream_large_bodies it streams through untouched instead.
+    let fg = Flowgate::start(&["-s", &rewrite, "--set", "stream_large_bodies=1MiB"]);
+    let reply = curl(&["-x", &fg.proxy(), &origin.url("http", "/big/2097152")]);
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body.len(), 2097152);
+    assert!(reply.body.bytes().all(|b| b == b'a'), "not rewritten");
+}
+
+#[test]
+fn allow_hosts_intercepts_only_listed_hosts() {
+    let tls_origin = Origin::start(true);
+    let fg = Flowgate::start(&["-k", "--set", "allow_hosts=^example\\.test:"]);
+    let ca = fg.ca();
+    // localhost is not allowed: passed through, so flowgate's CA does not verify it.
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "--cacert", ca.to_str().expect("utf-8"), "-x", &fg.proxy()])
+        .arg(tls_origin.url("https", "/x"))
+        .output()
+        .expect("curl runs");
+    assert!(!out.status.success());
+    assert_eq!(curl(&["-k", "-x", &fg.proxy(), &tls_origin.url("https", "/y")]).status, 200);
+}
+
+#[test]
+fn several_modes_in_one_process() {
+    let origin = Origin::start(false);
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let reverse_port = free.local_addr().expect("addr").port();
+    drop(free);
+    let reverse = format!("reverse:http://127.0.0.1:{}@{reverse_port}", origin.addr.port());
+    let fg = Flowgate::start(&["--mode", "regular", "--mode", &reverse]);
+    assert_eq!(curl(&["-x", &fg.proxy(), &origin.url("http", "/via-regular")]).status, 200);
+    assert_eq!(curl(&[&format!("http://127.0.0.1:{reverse_port}/via-reverse")]).status, 200);
+    assert_eq!(origin.seen.paths(), ["/via-regular", "/via-reverse"]);
+}

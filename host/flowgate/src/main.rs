@@ -100,6 +100,9 @@ fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> 
             "body_size_limit" => {
                 proxy.body_size_limit = flowgate_runtime::manifest::parse_size(value).map_err(|e| bad(&e))?
             }
+            "stream_large_bodies" => {
+                proxy.stream_large_bodies = Some(flowgate_runtime::manifest::parse_size(value).map_err(|e| bad(&e))?)
+            }
             "max_headers" => proxy.max_headers = value.parse().map_err(|e| bad(&e))?,
             "header_read_timeout" => {
                 proxy.header_read_timeout = std::time::Duration::from_secs(value.parse().map_err(|e| bad(&e))?)
@@ -118,7 +121,7 @@ fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> 
                     plugin_config.push((plugin.to_owned(), config_key.to_owned(), value.to_owned()))
                 }
                 None => bail!(
-                    "--set {other}: unknown option (known: ignore_hosts, allow_hosts, body_size_limit, max_headers, header_read_timeout, body_read_timeout, connect_timeout, \
+                    "--set {other}: unknown option (known: ignore_hosts, allow_hosts, body_size_limit, stream_large_bodies, max_headers, header_read_timeout, body_read_timeout, connect_timeout, \
                      ssl_insecure, plugin_fuel, plugin_max_instances, PLUGIN.KEY)"
                 ),
             },

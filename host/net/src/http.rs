@@ -12,7 +12,7 @@ use flowgate_flow::{
     ConnectionInfo, FlowInfo, FlowKind, Headers, HttpVersion, LocalResponse, Request, Response, Scheme, TlsDecision,
 };
 use flowgate_runtime::{ConnectionSession, HttpAction, HttpFlowSession, TlsSide};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -231,19 +231,60 @@ where
     }
 }
 
-/// Reads a whole body, up to `limit` bytes.
-async fn collect<B>(body: B, limit: usize) -> Result<Bytes, String>
+/// A body read for plugins.
+enum Buffered {
+    /// The whole body.
+    Whole(Bytes),
+    /// Larger than `stream_large_bodies`: what was read, then the rest, streamed untouched.
+    Streamed(Body),
+}
+
+/// Yields `prefix`, then `rest`.
+struct PrefixThen<B> {
+    prefix: Option<Bytes>,
+    rest: B,
+}
+
+impl<B> hyper::body::Body for PrefixThen<B>
 where
-    B: hyper::body::Body<Data = Bytes> + Send,
-    B::Error: Into<BoxError>,
+    B: hyper::body::Body<Data = Bytes, Error = BoxError> + Unpin,
 {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(format!("body exceeds body_size_limit ({limit} bytes)"))
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(prefix))));
         }
-        Err(e) => Err(format!("reading the body failed: {e}")),
+        std::pin::Pin::new(&mut self.rest).poll_frame(cx)
     }
+}
+
+/// Reads a whole body for plugins. Past `stream_large_bodies` (if set) the body streams on
+/// untouched instead; past `body_size_limit` it is an error.
+async fn buffer<B>(mut body: B, options: &crate::ProxyOptions) -> Result<Buffered, String>
+where
+    B: hyper::body::Body<Data = Bytes, Error = BoxError> + Send + Sync + Unpin + 'static,
+{
+    let limit = options.stream_large_bodies.unwrap_or(options.body_size_limit);
+    let mut data = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("reading the body failed: {e}"))?;
+        let Ok(chunk) = frame.into_data() else { continue };
+        if data.len() + chunk.len() > limit {
+            if options.stream_large_bodies.is_none() {
+                return Err(format!("body exceeds body_size_limit ({limit} bytes)"));
+            }
+            data.extend_from_slice(&chunk);
+            let rest = PrefixThen { prefix: Some(Bytes::from(data)), rest: body };
+            return Ok(Buffered::Streamed(rest.boxed()));
+        }
+        data.extend_from_slice(&chunk);
+    }
+    Ok(Buffered::Whole(Bytes::from(data)))
 }
 
 struct Exchange {
@@ -371,8 +412,12 @@ async fn handle(
     let mut stream_source = None;
     match (&ex.request.body, ex.request.body_mode) {
         (Some(_), _) => {}
-        (None, flowgate_flow::BodyMode::Buffer) => match collect(incoming, ctx.proxy.options.body_size_limit).await {
-            Ok(bytes) => ex.request.body = Some(bytes.to_vec()),
+        (None, flowgate_flow::BodyMode::Buffer) => match buffer(incoming, &ctx.proxy.options).await {
+            Ok(Buffered::Whole(bytes)) => ex.request.body = Some(bytes.to_vec()),
+            Ok(Buffered::Streamed(stream)) => {
+                ex.session.flow.metadata.insert("flowgate.streamed".to_owned(), "request".to_owned());
+                body = Some(stream);
+            }
             Err(e) => return Ok(ex.fail(413, format!("request {e}")).await),
         },
         (None, flowgate_flow::BodyMode::Stream) => stream_source = Some(incoming),
@@ -490,8 +535,12 @@ async fn handle(
     }
     let mut stream_body = None;
     if response.body.is_none() && response.body_mode != flowgate_flow::BodyMode::Pass {
-        match collect(upstream_body, ctx.proxy.options.body_size_limit).await {
-            Ok(bytes) => response.body = Some(bytes.to_vec()),
+        match buffer(upstream_body.map_err(Into::into), &ctx.proxy.options).await {
+            Ok(Buffered::Whole(bytes)) => response.body = Some(bytes.to_vec()),
+            Ok(Buffered::Streamed(stream)) => {
+                ex.session.flow.metadata.insert("flowgate.streamed".to_owned(), "response".to_owned());
+                stream_body = Some(stream);
+            }
             Err(e) => return Ok(ex.fail(502, format!("response {e}")).await),
         }
     } else if response.body.is_none() {

@@ -28,8 +28,12 @@ pub use mode::{Mode, ModeError};
 pub struct ProxyOptions {
     /// Skip verification of upstream certificates (`-k`, `ssl_insecure`).
     pub ssl_insecure: bool,
-    /// Largest body buffered for plugins (`body_size_limit`, default 16 MiB).
+    /// Largest body buffered for plugins (`body_size_limit`, default 16 MiB); a larger one
+    /// fails the flow (413 for requests, 502 for responses).
     pub body_size_limit: usize,
+    /// Bodies larger than this are streamed untouched even if a plugin asked to buffer them
+    /// (`stream_large_bodies`, default unset); plugins then see no body.
+    pub stream_large_bodies: Option<usize>,
     /// Hosts whose TLS is passed through without decrypting (`ignore_hosts`, a regex
     /// matched against `host:port`).
     pub ignore_hosts: Option<regex::Regex>,
@@ -50,6 +54,7 @@ impl Default for ProxyOptions {
         ProxyOptions {
             ssl_insecure: false,
             body_size_limit: 16 << 20,
+            stream_large_bodies: None,
             ignore_hosts: None,
             allow_hosts: None,
             max_headers: 100,
