@@ -49,6 +49,20 @@ struct ConnCtx {
     upstreams: Mutex<Upstreams>,
 }
 
+impl ConnCtx {
+    /// Starts the plugin session of a new HTTP flow on this connection.
+    async fn http_flow(&self) -> HttpFlowSession {
+        let flow = FlowInfo {
+            id: self.proxy.next_id(),
+            kind: FlowKind::Http,
+            connection_id: self.conn_id,
+            client_address: self.client.to_string(),
+            ..FlowInfo::default()
+        };
+        self.session.lock().await.http_flow(flow)
+    }
+}
+
 /// The service closes the client connection when a plugin kills the flow.
 #[derive(Debug)]
 struct Killed;
@@ -392,14 +406,7 @@ async fn handle(
         let authority = if *port == scheme.default_port() { host.clone() } else { format!("{host}:{port}") };
         let _ = request.headers.set("host", authority.as_bytes());
     }
-    let flow = FlowInfo {
-        id: ctx.proxy.next_id(),
-        kind: FlowKind::Http,
-        connection_id: ctx.conn_id,
-        client_address: ctx.client.to_string(),
-        ..FlowInfo::default()
-    };
-    let session = ctx.session.lock().await.http_flow(flow);
+    let session = ctx.http_flow().await;
     let mut ex = Exchange { ctx: ctx.clone(), session, request, start };
 
     let action = ex.session.request_headers(&mut ex.request).await;
@@ -707,14 +714,7 @@ async fn connect(
     };
     let host = authority.host().to_ascii_lowercase();
     let port = authority.port_u16().unwrap_or(443);
-    let flow = FlowInfo {
-        id: ctx.proxy.next_id(),
-        kind: FlowKind::Http,
-        connection_id: ctx.conn_id,
-        client_address: ctx.client.to_string(),
-        ..FlowInfo::default()
-    };
-    let session = ctx.session.lock().await.http_flow(flow);
+    let session = ctx.http_flow().await;
     let request = Request {
         method: "CONNECT".to_owned(),
         scheme: Scheme::Https,
