@@ -32,6 +32,11 @@ impl Scheme {
             Scheme::Https => 443,
         }
     }
+
+    /// `host[:port]` as in a URL or a Host header: the port only if it is not the default.
+    pub fn authority(self, host: &str, port: u16) -> String {
+        if port == self.default_port() { host.to_owned() } else { format!("{host}:{port}") }
+    }
 }
 
 /// The HTTP version a message was received with.
@@ -188,12 +193,7 @@ impl Request {
 
     /// The full URL; the port is omitted when it is the scheme's default.
     pub fn url(&self) -> String {
-        let host = &self.host;
-        if self.port == self.scheme.default_port() {
-            format!("{}://{host}{}", self.scheme.as_str(), self.path)
-        } else {
-            format!("{}://{host}:{}{}", self.scheme.as_str(), self.port, self.path)
-        }
+        format!("{}://{}{}", self.scheme.as_str(), self.scheme.authority(&self.host, self.port), self.path)
     }
 
     /// Changes the method.

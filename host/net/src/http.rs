@@ -403,8 +403,7 @@ async fn handle(
         ..Request::default()
     };
     if let Mode::Reverse { host, port, scheme } = &*ctx.mode {
-        let authority = if *port == scheme.default_port() { host.clone() } else { format!("{host}:{port}") };
-        let _ = request.headers.set("host", authority.as_bytes());
+        let _ = request.headers.set("host", scheme.authority(host, *port).as_bytes());
     }
     let session = ctx.http_flow().await;
     let mut ex = Exchange { ctx: ctx.clone(), session, request, start };
@@ -475,11 +474,7 @@ async fn handle(
         upstream_req.headers_mut().insert("content-length", bytes.len().into());
     }
     if !upstream_req.headers().contains_key("host") {
-        let host = if target.port == target.scheme.default_port() {
-            target.host.clone()
-        } else {
-            format!("{}:{}", target.host, target.port)
-        };
+        let host = target.scheme.authority(&target.host, target.port);
         if let Ok(v) = hyper::header::HeaderValue::from_str(&host) {
             upstream_req.headers_mut().insert("host", v);
         }
