@@ -7,12 +7,17 @@
 //!
 //! A line with an empty value (`Name:`) removes the header instead.
 
+use std::sync::OnceLock;
+
 use flowgate_sdk::{Flow, HttpHooks, LifecycleHooks, Request, Response, Verdict, config, export_plugin, log};
 
 struct AddHeader;
 
+/// Header names with the value to set, or `None` to remove the header.
+type Rules = Vec<(String, Option<String>)>;
+
 /// Parses `Name: value` lines; `None` as value means remove.
-fn rules(key: &str) -> Result<Vec<(String, Option<String>)>, String> {
+fn rules(key: &str) -> Result<Rules, String> {
     let Some(text) = config::get(key) else { return Ok(Vec::new()) };
     let mut rules = Vec::new();
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
@@ -22,6 +27,15 @@ fn rules(key: &str) -> Result<Vec<(String, Option<String>)>, String> {
         rules.push((name.trim().to_owned(), (!value.is_empty()).then(|| value.to_owned())));
     }
     Ok(rules)
+}
+
+/// The rules for `request` or `response`, parsed once per instance rather than on every
+/// hook call (configure has already refused a config that does not parse).
+fn cached(key: &'static str) -> &'static Rules {
+    static REQUEST: OnceLock<Rules> = OnceLock::new();
+    static RESPONSE: OnceLock<Rules> = OnceLock::new();
+    let cell = if key == "request" { &REQUEST } else { &RESPONSE };
+    cell.get_or_init(|| rules(key).unwrap_or_default())
 }
 
 impl LifecycleHooks for AddHeader {
@@ -36,11 +50,11 @@ impl LifecycleHooks for AddHeader {
 
 impl HttpHooks for AddHeader {
     fn request_headers(_flow: &Flow, request: &Request) -> Verdict {
-        for (name, value) in rules("request").unwrap_or_default() {
+        for (name, value) in cached("request") {
             let result = match value {
-                Some(v) => request.set_header(&name, &v),
+                Some(v) => request.set_header(name, v),
                 None => {
-                    request.remove_header(&name);
+                    request.remove_header(name);
                     Ok(())
                 }
             };
@@ -52,15 +66,15 @@ impl HttpHooks for AddHeader {
     }
 
     fn response_headers(_flow: &Flow, _request: &Request, response: &Response) -> Verdict {
-        for (name, value) in rules("response").unwrap_or_default() {
+        for (name, value) in cached("response") {
             match value {
                 Some(v) => {
-                    if let Err(e) = response.set_header(&name, &v) {
+                    if let Err(e) = response.set_header(name, v) {
                         log::error(&format!("cannot set response header {name}: {}", e.describe()));
                     }
                 }
                 None => {
-                    response.remove_header(&name);
+                    response.remove_header(name);
                 }
             }
         }

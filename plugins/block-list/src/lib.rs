@@ -8,11 +8,21 @@
 //! - `message` — the body (default "blocked by flowgate");
 //! - `action` — `respond` (default) or `kill` to close the connection without an answer.
 
+use std::sync::OnceLock;
+
 use flowgate_sdk::{Flow, HttpHooks, Request, Verdict, config, export_plugin, log};
 
 struct BlockList;
 
-fn list(key: &str) -> Vec<String> {
+/// A comma-separated config list, lowercased, read once per instance.
+fn list(key: &'static str) -> &'static [String] {
+    static HOSTS: OnceLock<Vec<String>> = OnceLock::new();
+    static PATHS: OnceLock<Vec<String>> = OnceLock::new();
+    let cell = if key == "hosts" { &HOSTS } else { &PATHS };
+    cell.get_or_init(|| parse_list(key))
+}
+
+fn parse_list(key: &str) -> Vec<String> {
     config::get(key)
         .unwrap_or_default()
         .split(',')
@@ -31,9 +41,9 @@ fn host_matches(pattern: &str, host: &str) -> bool {
 impl HttpHooks for BlockList {
     fn request_headers(_flow: &Flow, request: &Request) -> Verdict {
         let host = request.host().to_ascii_lowercase();
-        let path = request.path();
+        let path = request.path().to_ascii_lowercase();
         let blocked_host = list("hosts").iter().any(|p| host_matches(p, &host));
-        let blocked_path = list("paths").iter().any(|p| path.to_ascii_lowercase().starts_with(p.as_str()));
+        let blocked_path = list("paths").iter().any(|p| path.starts_with(p.as_str()));
         if !(blocked_host || blocked_path) {
             return Verdict::Continue;
         }
