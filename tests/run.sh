@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test on a fresh machine: installs what the tests drive flowgate with
-# (curl, openssl, headless Chromium from Debian) and the wasm32-wasip2 target, then runs
+# Runs every test on a fresh machine: installs what the tests drive flowgate with (curl,
+# openssl, nghttp/h2load, headless Chromium from Debian; Python's h2 and grpcio, pinned in
+# tests/e2e/requirements.txt, in a virtualenv) and the wasm32-wasip2 target, then runs
 # the whole cargo test suite (which builds the example plugins once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +10,8 @@ missing=()
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "tests/run.sh: installing ${missing[*]}" >&2
     SUDO=""
@@ -17,6 +20,15 @@ if [ ${#missing[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+# The Python test clients' packages, in a virtualenv the e2e tests find (FLOWGATE_TEST_PYTHON).
+venv=target/e2e-venv
+if [ ! -x "$venv/bin/python" ] || ! cmp -s tests/e2e/requirements.txt "$venv/requirements.txt"; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r tests/e2e/requirements.txt
+    cp tests/e2e/requirements.txt "$venv/requirements.txt"
+fi
+export FLOWGATE_TEST_PYTHON="$PWD/$venv/bin/python"
 
 rustup show active-toolchain >/dev/null 2>&1 || rustup toolchain install
 rustup target add wasm32-wasip2 >/dev/null

@@ -114,6 +114,22 @@ fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> 
                 proxy.connect_timeout = std::time::Duration::from_secs(value.parse().map_err(|e| bad(&e))?)
             }
             "ssl_insecure" => proxy.ssl_insecure = value.parse().map_err(|e| bad(&e))?,
+            "http2" => proxy.http2 = value.parse().map_err(|e| bad(&e))?,
+            "http2_max_concurrent_streams" => {
+                proxy.http2_max_concurrent_streams = value.parse().map_err(|e| bad(&e))?
+            }
+            "http2_max_header_list_size" => {
+                let size = flowgate_runtime::manifest::parse_size(value).map_err(|e| bad(&e))?;
+                proxy.http2_max_header_list_size = u32::try_from(size).map_err(|e| bad(&e))?
+            }
+            "http2_header_table_size" => {
+                let size = flowgate_runtime::manifest::parse_size(value).map_err(|e| bad(&e))?;
+                proxy.http2_header_table_size = u32::try_from(size).map_err(|e| bad(&e))?
+            }
+            "http2_max_reset_streams" => proxy.http2_max_reset_streams = value.parse().map_err(|e| bad(&e))?,
+            "http2_max_error_reset_streams" => {
+                proxy.http2_max_error_reset_streams = value.parse().map_err(|e| bad(&e))?
+            }
             "plugin_fuel" => runtime.fuel = value.parse().map_err(|e| bad(&e))?,
             "plugin_max_instances" => runtime.max_instances = value.parse().map_err(|e| bad(&e))?,
             other => match other.split_once('.') {
@@ -122,10 +138,14 @@ fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> 
                 }
                 None => bail!(
                     "--set {other}: unknown option (known: ignore_hosts, allow_hosts, body_size_limit, stream_large_bodies, max_headers, header_read_timeout, body_read_timeout, connect_timeout, \
-                     ssl_insecure, plugin_fuel, plugin_max_instances, PLUGIN.KEY)"
+                     ssl_insecure, http2, http2_max_concurrent_streams, http2_max_header_list_size, http2_header_table_size, \
+                     http2_max_reset_streams, http2_max_error_reset_streams, plugin_fuel, plugin_max_instances, PLUGIN.KEY)"
                 ),
             },
         }
+    }
+    if !proxy.http2 && cli.modes.iter().any(|m| m.starts_with("reverse:h2c://")) {
+        bail!("--mode reverse:h2c://... speaks HTTP/2 to the upstream, but --set http2=false turns HTTP/2 off");
     }
     Ok(Settings { proxy, runtime, plugin_config })
 }

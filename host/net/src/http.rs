@@ -1,5 +1,6 @@
-//! HTTP/1.1 on the client side (hyper's server), the flow of one exchange through the
-//! plugin hooks, CONNECT tunnels and TLS interception.
+//! HTTP on the client side (hyper's HTTP/1.1 and HTTP/2 servers), the flow of one exchange
+//! through the plugin hooks and on to the upstream in whichever version it speaks, CONNECT
+//! tunnels and TLS interception.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
-use crate::tls::{Prefixed, TLS_HANDSHAKE, peek_client_hello, server_config};
+use crate::tls::{Offer, Prefixed, TLS_HANDSHAKE, peek_client_hello, server_config};
 use crate::upstream::{self, Body, BoxError, Target, Upstreams};
 use crate::{FlowRecord, Mode, Outcome, Proxy};
 
@@ -95,16 +96,16 @@ pub(crate) async fn serve_connection(proxy: Arc<Proxy>, mode: Arc<Mode>, stream:
         upstreams: Mutex::new(Upstreams::default()),
     });
     match &*mode {
-        Mode::Reverse { scheme, host, port } => {
-            let target = Target { scheme: *scheme, host: host.clone(), port: *port };
+        Mode::Reverse { scheme, prior_knowledge, host, port } => {
+            let target = Target { scheme: *scheme, host: host.clone(), port: *port, prior_knowledge: *prior_knowledge };
             let mut first = [0u8; 1];
             match stream.peek(&mut first).await {
                 Ok(1) if first[0] == TLS_HANDSHAKE => intercept_tls(ctx.clone(), stream, Vec::new(), target).await,
-                Ok(_) => serve_http(ctx.clone(), stream, Some(target)).await,
+                Ok(_) => serve_cleartext(ctx.clone(), stream, Vec::new(), Some(target)).await,
                 Err(_) => {}
             }
         }
-        Mode::Regular | Mode::Upstream { .. } => serve_http(ctx.clone(), stream, None).await,
+        Mode::Regular | Mode::Upstream { .. } => serve_cleartext(ctx.clone(), stream, Vec::new(), None).await,
     }
     let had_upstream = ctx.upstreams.lock().await.any_open();
     let mut session = ctx.session.lock().await;
@@ -114,7 +115,42 @@ pub(crate) async fn serve_connection(proxy: Arc<Proxy>, mode: Arc<Mode>, stream:
     session.client_disconnected().await;
 }
 
-async fn serve_http<IO>(ctx: Arc<ConnCtx>, io: IO, fixed: Option<Target>)
+/// Serves a cleartext connection whose first bytes (`buf`, then `io`) say which HTTP
+/// version it speaks: the HTTP/2 preface (prior knowledge) or HTTP/1.
+async fn serve_cleartext<IO>(ctx: Arc<ConnCtx>, mut io: IO, buf: Vec<u8>, fixed: Option<Target>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if !ctx.proxy.options.http2 {
+        return serve_h1(ctx, Prefixed::new(buf, io), fixed).await;
+    }
+    let (is_h2, buf) = crate::h2::sniff(&mut io, buf, ctx.proxy.options.header_read_timeout).await;
+    if is_h2 {
+        serve_h2(ctx, Prefixed::new(buf, io), fixed).await;
+    } else {
+        serve_h1(ctx, Prefixed::new(buf, io), fixed).await;
+    }
+}
+
+/// Serves HTTP/2 on a client connection: each stream is a flow, handled in its own task.
+async fn serve_h2<IO>(ctx: Arc<ConnCtx>, io: IO, fixed: Option<Target>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service_ctx = ctx.clone();
+    let service = service_fn(move |req| {
+        let ctx = service_ctx.clone();
+        let fixed = fixed.clone();
+        async move { handle(ctx, req, fixed, None).await }
+    });
+    let builder = crate::h2::server_builder(&ctx.proxy.options);
+    if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
+        tracing::debug!("client {} (HTTP/2): {e}", ctx.client);
+    }
+}
+
+/// Serves HTTP/1.x on a client connection, one request at a time.
+async fn serve_h1<IO>(ctx: Arc<ConnCtx>, io: IO, fixed: Option<Target>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -132,11 +168,86 @@ where
         let ctx = service_ctx.clone();
         let fixed = fixed.clone();
         let wire = heads.next();
-        async move { handle(ctx, req, fixed, wire).await }
+        async move {
+            if ctx.proxy.options.http2 && crate::h2::wants_h2c_upgrade(req.headers()) {
+                return Ok(upgrade_h2c(ctx, req, fixed));
+            }
+            handle(ctx, req, fixed, wire).await
+        }
     });
     if let Err(e) = builder.serve_connection(TokioIo::new(io), service).with_upgrades().await {
         tracing::debug!("client {}: {e}", ctx.client);
     }
+}
+
+/// Answers `Upgrade: h2c` with 101 and serves HTTP/2 on the connection from then on; the
+/// upgrading request becomes stream 1 (RFC 7540 section 3.2), handled as any other.
+fn upgrade_h2c(ctx: Arc<ConnCtx>, mut req: hyper::Request<Incoming>, fixed: Option<Target>) -> hyper::Response<Body> {
+    let scheme = match (&fixed, req.uri().scheme_str()) {
+        (Some(target), _) => target.scheme.as_str().to_owned(),
+        (None, Some(scheme)) => scheme.to_owned(),
+        (None, None) => "http".to_owned(),
+    };
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| req.headers().get("host").and_then(|h| h.to_str().ok()).map(str::to_owned))
+        .or_else(|| fixed.as_ref().map(|t| t.scheme.authority(&t.host, t.port)))
+        .unwrap_or_default();
+    let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".to_owned());
+    let mut fields = vec![
+        (":method".to_owned(), req.method().as_str().as_bytes().to_vec()),
+        (":scheme".to_owned(), scheme.into_bytes()),
+        (":authority".to_owned(), authority.into_bytes()),
+        (":path".to_owned(), path.into_bytes()),
+    ];
+    for (name, value) in req.headers() {
+        let name = name.as_str();
+        if name == "host" || name == "http2-settings" || HOP_BY_HOP.contains(&name) {
+            continue;
+        }
+        fields.push((name.to_owned(), value.as_bytes().to_vec()));
+    }
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let mut io = match upgrade.await {
+            Ok(upgraded) => TokioIo::new(upgraded),
+            Err(e) => return tracing::debug!("h2c upgrade failed: {e}"),
+        };
+        let read_start = async {
+            let mut buf = Vec::new();
+            loop {
+                match crate::h2::client_start_len(&buf) {
+                    Ok(Some(len)) => return Ok((buf, len)),
+                    Ok(None) if buf.len() > 64 << 10 => return Err("h2c upgrade: SETTINGS frame too large".to_owned()),
+                    Ok(None) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+                let mut chunk = [0u8; 4096];
+                match io.read(&mut chunk).await {
+                    Ok(0) => return Err("h2c upgrade: the client closed the connection".to_owned()),
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    Err(e) => return Err(format!("h2c upgrade: {e}")),
+                }
+            }
+        };
+        let started = tokio::time::timeout(ctx.proxy.options.header_read_timeout, read_start).await;
+        let (mut buf, len) = match started {
+            Ok(Ok(start)) => start,
+            Ok(Err(e)) => return tracing::debug!("{}: {e}", ctx.client),
+            Err(_) => return tracing::debug!("{}: h2c upgrade: no HTTP/2 preface in time", ctx.client),
+        };
+        let rest = buf.split_off(len);
+        buf.extend_from_slice(&crate::h2::stream_one_frames(&fields, 16 << 10));
+        buf.extend_from_slice(&rest);
+        serve_h2(ctx, Prefixed::new(buf, io), fixed).await;
+    });
+    let mut resp = hyper::Response::new(full(Bytes::new()));
+    *resp.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+    resp.headers_mut().insert("connection", hyper::header::HeaderValue::from_static("upgrade"));
+    resp.headers_mut().insert("upgrade", hyper::header::HeaderValue::from_static("h2c"));
+    resp
 }
 
 fn status_response(status: u16, message: &str) -> hyper::Response<Body> {
@@ -385,7 +496,7 @@ async fn handle(
                 }
             };
             let Some(host) = uri.host() else { return Ok(status_response(400, "request URL has no host")) };
-            Target { scheme, host: host.to_ascii_lowercase(), port: uri.port_u16().unwrap_or(scheme.default_port()) }
+            Target::new(scheme, host.to_ascii_lowercase(), uri.port_u16().unwrap_or(scheme.default_port()))
         }
     };
     if fixed.is_none() && CERT_HOSTS.contains(&target.host.as_str()) {
@@ -402,8 +513,13 @@ async fn handle(
         headers: wire.unwrap_or_else(|| to_headers(req.headers())),
         ..Request::default()
     };
-    if let Mode::Reverse { host, port, scheme } = &*ctx.mode {
+    if let Mode::Reverse { host, port, scheme, .. } = &*ctx.mode {
         let _ = request.headers.set("host", scheme.authority(host, *port).as_bytes());
+    } else if request.headers.get("host").is_none()
+        && let Some(authority) = req.uri().authority()
+    {
+        // HTTP/2 carries the authority in `:authority`; plugins see it as Host, as in HTTP/1.1.
+        let _ = request.headers.set("host", authority.as_str().as_bytes());
     }
     let session = ctx.http_flow().await;
     let mut ex = Exchange { ctx: ctx.clone(), session, request, start };
@@ -446,40 +562,28 @@ async fn handle(
     }
 
     // To the upstream.
-    let target = Target { scheme: ex.request.scheme, host: ex.request.host.clone(), port: ex.request.port };
-    let uri = if matches!(*ctx.mode, Mode::Upstream { .. }) && target.scheme == Scheme::Http {
-        ex.request.url()
-    } else {
-        ex.request.path.clone()
-    };
-    let mut upstream_req = hyper::Request::new(match (body, ex.request.body.clone()) {
-        (_, Some(bytes)) => full(bytes),
-        (Some(stream), None) => stream,
-        (None, None) => full(Bytes::new()),
-    });
-    *upstream_req.method_mut() = match hyper::Method::from_bytes(ex.request.method.as_bytes()) {
+    let prior_knowledge = fixed.as_ref().is_some_and(|f| f.prior_knowledge) && ex.request.scheme == Scheme::Http;
+    let target =
+        Target { scheme: ex.request.scheme, host: ex.request.host.clone(), port: ex.request.port, prior_knowledge };
+    let method = match hyper::Method::from_bytes(ex.request.method.as_bytes()) {
         Ok(m) => m,
         Err(_) => return Ok(ex.fail(400, format!("invalid method {:?}", ex.request.method)).await),
     };
-    *upstream_req.uri_mut() = match uri.parse() {
-        Ok(u) => u,
-        Err(e) => return Ok(ex.fail(400, format!("invalid request target {uri:?}: {e}")).await),
-    };
-    fill_headers(upstream_req.headers_mut(), &ex.request.headers);
+    let mut headers = hyper::HeaderMap::new();
+    fill_headers(&mut headers, &ex.request.headers);
     if pump.is_some() {
         // Chunk hooks may change sizes: the body goes chunked.
-        upstream_req.headers_mut().remove("content-length");
+        headers.remove("content-length");
     }
     if let Some(bytes) = &ex.request.body {
-        upstream_req.headers_mut().insert("content-length", bytes.len().into());
+        headers.insert("content-length", bytes.len().into());
     }
-    if !upstream_req.headers().contains_key("host") {
-        let host = target.scheme.authority(&target.host, target.port);
-        if let Ok(v) = hyper::header::HeaderValue::from_str(&host) {
-            upstream_req.headers_mut().insert("host", v);
-        }
-    }
-    let open = ctx.upstreams.lock().await.take(&target).await;
+    let authority = headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_else(|| target.scheme.authority(&target.host, target.port));
+    let open = ctx.upstreams.lock().await.take(&target);
     let mut sender = match open {
         Some(sender) => sender,
         None => {
@@ -501,8 +605,41 @@ async fn handle(
             }
         }
     };
+    // HTTP/2 upstreams take the authority as `:authority` in an absolute URI; HTTP/1.1
+    // ones a Host header and origin-form (absolute-form to an upstream proxy).
+    let (uri, version) = if sender.is_h2() {
+        headers.remove("host");
+        (format!("{}://{authority}{}", target.scheme.as_str(), ex.request.path), hyper::Version::HTTP_2)
+    } else {
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&authority) {
+            headers.insert("host", v);
+        }
+        if ex.request.version == flowgate_flow::HttpVersion::Http2 {
+            // An HTTP/2 client always takes trailers; an HTTP/1.1 upstream sends them only
+            // when asked.
+            headers.insert("te", hyper::header::HeaderValue::from_static("trailers"));
+        }
+        let uri = if matches!(*ctx.mode, Mode::Upstream { .. }) && target.scheme == Scheme::Http {
+            ex.request.url()
+        } else {
+            ex.request.path.clone()
+        };
+        (uri, hyper::Version::HTTP_11)
+    };
+    let mut upstream_req = hyper::Request::new(match (body, ex.request.body.clone()) {
+        (_, Some(bytes)) => full(bytes),
+        (Some(stream), None) => stream,
+        (None, None) => full(Bytes::new()),
+    });
+    *upstream_req.method_mut() = method;
+    *upstream_req.version_mut() = version;
+    *upstream_req.headers_mut() = headers;
+    *upstream_req.uri_mut() = match uri.parse() {
+        Ok(u) => u,
+        Err(e) => return Ok(ex.fail(400, format!("invalid request target {uri:?}: {e}")).await),
+    };
     ex.session.flow.server_address = Some(format!("{}:{}", target.host, target.port));
-    let sent = sender.send_request(upstream_req).await;
+    let sent = sender.send(upstream_req).await;
     if let Some(returned) = pump
         && let Ok(session) = returned.await
     {
@@ -734,7 +871,7 @@ async fn connect(
     Ok(hyper::Response::new(full(Bytes::new())))
 }
 
-/// Boxed to break the type cycle tunnel -> serve_http -> handle -> connect -> tunnel.
+/// Boxed to break the type cycle tunnel -> serve_h1/serve_h2 -> handle -> connect -> tunnel.
 fn tunnel_boxed(
     ctx: Arc<ConnCtx>,
     io: TokioIo<hyper::upgrade::Upgraded>,
@@ -755,9 +892,19 @@ where
     };
     first.truncate(n);
     if first[0] == TLS_HANDSHAKE {
-        intercept_tls(ctx, io, first, Target { scheme: Scheme::Https, host, port }).await;
+        intercept_tls(ctx, io, first, Target::new(Scheme::Https, host, port)).await;
+    } else if ctx.proxy.options.http2 {
+        // A client speaking HTTP/2 with prior knowledge inside a tunnel knows the origin
+        // does: flowgate speaks it upstream too.
+        let (is_h2, buf) = crate::h2::sniff(&mut io, first, ctx.proxy.options.header_read_timeout).await;
+        let target = Target { scheme: Scheme::Http, host, port, prior_knowledge: is_h2 };
+        if is_h2 {
+            serve_h2(ctx, Prefixed::new(buf, io), Some(target)).await;
+        } else {
+            serve_h1(ctx, Prefixed::new(buf, io), Some(target)).await;
+        }
     } else {
-        serve_http(ctx, Prefixed::new(first, io), Some(Target { scheme: Scheme::Http, host, port })).await;
+        serve_h1(ctx, Prefixed::new(first, io), Some(Target::new(Scheme::Http, host, port))).await;
     }
 }
 
@@ -796,6 +943,7 @@ where
     // Connect upstream first (mitmproxy's eager strategy) so the minted certificate carries
     // the upstream certificate's names too; if that fails, the flow reports it later.
     let mut names = vec![name.clone()];
+    let mut upstream_h2 = false;
     if target.scheme == Scheme::Https {
         let allowed = {
             let mut session = ctx.session.lock().await;
@@ -803,6 +951,7 @@ where
             session.server_connect().await
         };
         if allowed && let Ok(connected) = upstream::connect(&ctx.proxy, &ctx.mode, &target).await {
+            upstream_h2 = connected.sender.is_h2();
             ctx.session.lock().await.server_connected().await;
             for san in connected.sans {
                 if !names.iter().any(|n| n.eq_ignore_ascii_case(&san)) {
@@ -819,7 +968,13 @@ where
             return;
         }
     };
-    let config = server_config(leaf, &hello.alpn);
+    // HTTP/2 is offered to the client when the upstream speaks it, and in reverse mode,
+    // where flowgate is the server and translates to HTTP/1.1 if the upstream lacks it.
+    // When intercepting, the client believes it talks to the origin: offering h2 to a
+    // client of an HTTP/1.1-only origin would change what the client sees.
+    let reverse = matches!(*ctx.mode, Mode::Reverse { .. });
+    let offer = if ctx.proxy.options.http2 && (upstream_h2 || reverse) { Offer::Http2AndHttp1 } else { Offer::Http1 };
+    let config = server_config(leaf, &hello.alpn, offer);
     let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), Prefixed::new(buf, io));
     let handshake = match acceptor.await {
         Ok(start) => start.into_stream(config).await,
@@ -828,7 +983,11 @@ where
     match handshake {
         Ok(tls) => {
             ctx.session.lock().await.tls_result(TlsSide::Client, None).await;
-            serve_http(ctx, tls, Some(target)).await;
+            if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                serve_h2(ctx, tls, Some(target)).await;
+            } else {
+                serve_h1(ctx, tls, Some(target)).await;
+            }
         }
         Err(e) => {
             let message = format!("client TLS handshake failed: {e}");

@@ -1,11 +1,13 @@
 //! flowgate's network layer: the only crate with sockets.
 //!
 //! It accepts client connections in each proxy mode, detects and intercepts TLS with
-//! certificates from the CA, speaks HTTP/1.1 on both sides (hyper), turns each exchange
+//! certificates from the CA, speaks HTTP/1.1 and HTTP/2 on both sides (hyper, h2),
+//! translating between them when the two sides differ, turns each exchange
 //! into a flow, runs the plugin hooks over it through the runtime's sessions, and
 //! reports every flow's one outcome (a response or an error) to a [`FlowSink`].
 
 mod h1guard;
+mod h2;
 mod http;
 mod mode;
 mod tls;
@@ -47,6 +49,28 @@ pub struct ProxyOptions {
     pub connect_timeout: Duration,
     /// Longest wait for the next piece of a request body (`body_read_timeout`, default 60 s).
     pub body_read_timeout: Duration,
+    /// Speak HTTP/2 (`http2`, default true): offered by ALPN, accepted with prior knowledge
+    /// and `Upgrade: h2c`, and used upstream when the upstream offers it. Off: HTTP/1.1 only.
+    pub http2: bool,
+    /// Most concurrent streams a client may open on one HTTP/2 connection
+    /// (`http2_max_concurrent_streams`, default 100); more are refused (REFUSED_STREAM).
+    pub http2_max_concurrent_streams: u32,
+    /// Largest decoded header list of an HTTP/2 request or response
+    /// (`http2_max_header_list_size`, default 64 KiB). A larger request gets 431. It also
+    /// bounds HPACK bombs (the size counts decoded bytes) and CONTINUATION floods (a header
+    /// block may span at most this size / 16 KiB x 1.25 frames, at least 5; past that or
+    /// past twice the size undecoded, the connection gets GOAWAY).
+    pub http2_max_header_list_size: u32,
+    /// Size of the HPACK dynamic table a peer may make flowgate keep
+    /// (`http2_header_table_size`, default 4 KiB).
+    pub http2_header_table_size: u32,
+    /// Streams a client may open and reset before flowgate has accepted them, at any one
+    /// time (`http2_max_reset_streams`, default 20); past it the connection is closed with
+    /// GOAWAY ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487).
+    pub http2_max_reset_streams: usize,
+    /// Streams flowgate may reset because of a client's protocol errors on one connection
+    /// (`http2_max_error_reset_streams`, default 1024); past it, GOAWAY (CVE-2025-8671).
+    pub http2_max_error_reset_streams: usize,
 }
 
 impl Default for ProxyOptions {
@@ -61,6 +85,12 @@ impl Default for ProxyOptions {
             header_read_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(60),
+            http2: true,
+            http2_max_concurrent_streams: 100,
+            http2_max_header_list_size: 64 << 10,
+            http2_header_table_size: 4096,
+            http2_max_reset_streams: 20,
+            http2_max_error_reset_streams: 1024,
         }
     }
 }
@@ -115,6 +145,10 @@ fn human_size(n: u64) -> String {
 impl std::fmt::Display for FlowRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {} {}", self.client, self.method, self.url)?;
+        // Like mitmdump, the version only when it is not HTTP/1.1.
+        if self.version != "HTTP/1.1" {
+            write!(f, " {}", self.version)?;
+        }
         match &self.outcome {
             Outcome::Response { status, reason, size, local } => {
                 write!(f, " << {status} {reason}")?;
@@ -166,7 +200,7 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy running `chain` with certificates from `ca`.
     pub fn new(chain: Chain, ca: Arc<CertificateAuthority>, options: ProxyOptions, sink: FlowSink) -> Arc<Proxy> {
-        let tls_client = tls::client_config(options.ssl_insecure);
+        let tls_client = tls::client_config(&options);
         Arc::new(Proxy { chain, ca, options, sink, tls_client, next_id: AtomicU64::new(1) })
     }
 

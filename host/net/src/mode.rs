@@ -12,6 +12,9 @@ pub enum Mode {
     Reverse {
         /// `http` or `https` to the upstream.
         scheme: Scheme,
+        /// `reverse:h2c://`: HTTP/2 with prior knowledge to a cleartext upstream (gRPC
+        /// servers without TLS); `http://` upstreams get HTTP/1.1.
+        prior_knowledge: bool,
         /// Upstream host.
         host: String,
         /// Upstream port.
@@ -35,7 +38,8 @@ pub struct ModeError {
 }
 
 impl Mode {
-    /// Parses `regular`, `reverse:http[s]://host[:port]` or `upstream:http://host:port`,
+    /// Parses `regular`, `reverse:http[s]://host[:port]` (or `reverse:h2c://host:port`) or
+    /// `upstream:http://host:port`,
     /// each optionally followed by `@PORT`; returns the mode and that port.
     pub fn parse(text: &str) -> Result<(Mode, Option<u16>), ModeError> {
         let err = |reason: &str| ModeError { given: text.to_owned(), reason: reason.to_owned() };
@@ -48,11 +52,15 @@ impl Mode {
         let mode = if spec == "regular" {
             Mode::Regular
         } else if let Some(url) = spec.strip_prefix("reverse:") {
-            let url = Url::parse(url).map_err(|e| err(&e.to_string()))?;
+            let (url, prior_knowledge) = match url.strip_prefix("h2c://") {
+                Some(rest) => (format!("http://{rest}"), true),
+                None => (url.to_owned(), false),
+            };
+            let url = Url::parse(&url).map_err(|e| err(&e.to_string()))?;
             if url.path != "/" {
                 return Err(err("reverse mode takes scheme://host[:port] without a path"));
             }
-            Mode::Reverse { scheme: url.scheme, host: url.host, port: url.port }
+            Mode::Reverse { scheme: url.scheme, prior_knowledge, host: url.host, port: url.port }
         } else if let Some(url) = spec.strip_prefix("upstream:") {
             let url = Url::parse(url).map_err(|e| err(&e.to_string()))?;
             if url.scheme != Scheme::Http {
@@ -69,7 +77,8 @@ impl Mode {
     pub fn describe(&self) -> String {
         match self {
             Mode::Regular => "regular proxy".to_owned(),
-            Mode::Reverse { scheme, host, port } => format!("reverse proxy to {}://{host}:{port}", scheme.as_str()),
+            Mode::Reverse { prior_knowledge: true, host, port, .. } => format!("reverse proxy to h2c://{host}:{port}"),
+            Mode::Reverse { scheme, host, port, .. } => format!("reverse proxy to {}://{host}:{port}", scheme.as_str()),
             Mode::Upstream { host, port } => format!("upstream proxy via http://{host}:{port}"),
         }
     }
@@ -84,7 +93,17 @@ mod tests {
         assert_eq!(Mode::parse("regular"), Ok((Mode::Regular, None)));
         assert_eq!(
             Mode::parse("reverse:https://example.com@8443"),
-            Ok((Mode::Reverse { scheme: Scheme::Https, host: "example.com".into(), port: 443 }, Some(8443)))
+            Ok((
+                Mode::Reverse { scheme: Scheme::Https, prior_knowledge: false, host: "example.com".into(), port: 443 },
+                Some(8443)
+            ))
+        );
+        assert_eq!(
+            Mode::parse("reverse:h2c://127.0.0.1:50051"),
+            Ok((
+                Mode::Reverse { scheme: Scheme::Http, prior_knowledge: true, host: "127.0.0.1".into(), port: 50051 },
+                None
+            ))
         );
         assert_eq!(
             Mode::parse("upstream:http://127.0.0.1:3128"),

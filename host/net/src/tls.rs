@@ -116,17 +116,32 @@ impl ResolvesServerCert for Fixed {
     }
 }
 
-/// The config for the client side of an intercepted connection. Only HTTP/1.1 is
-/// offered by ALPN, as that is what flowgate speaks to the client today.
-pub(crate) fn server_config(leaf: Arc<CertifiedKey>, client_alpn: &[String]) -> Arc<rustls::ServerConfig> {
+/// What flowgate offers a client by ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Offer {
+    /// `h2` and `http/1.1`, whichever of them the client offered.
+    Http2AndHttp1,
+    /// `http/1.1` if the client offered it.
+    Http1,
+}
+
+/// The config for the client side of an intercepted connection.
+pub(crate) fn server_config(
+    leaf: Arc<CertifiedKey>,
+    client_alpn: &[String],
+    offer: Offer,
+) -> Arc<rustls::ServerConfig> {
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .expect("ring supports the default TLS versions")
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(Fixed(leaf)));
-    if client_alpn.iter().any(|p| p == "http/1.1") {
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    }
+    let ours: &[&str] = match offer {
+        Offer::Http2AndHttp1 => &["h2", "http/1.1"],
+        Offer::Http1 => &["http/1.1"],
+    };
+    config.alpn_protocols =
+        ours.iter().filter(|p| client_alpn.iter().any(|c| c == *p)).map(|p| p.as_bytes().to_vec()).collect();
     Arc::new(config)
 }
 
@@ -166,8 +181,10 @@ impl ServerCertVerifier for DangerAcceptAnyCertificate {
     }
 }
 
-/// The config for upstream TLS: webpki roots, or no verification with `ssl_insecure`.
-pub(crate) fn client_config(ssl_insecure: bool) -> Arc<rustls::ClientConfig> {
+/// The config for upstream TLS: webpki roots, or no verification with `ssl_insecure`;
+/// ALPN offers `h2` (unless `http2` is off) and `http/1.1`.
+pub(crate) fn client_config(options: &crate::ProxyOptions) -> Arc<rustls::ClientConfig> {
+    let ssl_insecure = options.ssl_insecure;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -181,6 +198,7 @@ pub(crate) fn client_config(ssl_insecure: bool) -> Arc<rustls::ClientConfig> {
         let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
         builder.with_root_certificates(roots).with_no_client_auth()
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols =
+        if options.http2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
     Arc::new(config)
 }

@@ -1,14 +1,16 @@
 //! Connections to upstream servers: direct or through an upstream proxy, plain or TLS,
-//! HTTP/1.1 with keep-alive (one connection per target, reused by a client connection's
-//! later flows).
+//! HTTP/1.1 with keep-alive or HTTP/2 (by ALPN, or by prior knowledge over cleartext).
+//! A client connection keeps its upstream connections for its later flows: idle HTTP/1.1
+//! connections one request at a time, an HTTP/2 connection shared by all its streams.
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
 use flowgate_flow::Scheme;
 use http_body_util::combinators::BoxBody;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -26,38 +28,103 @@ pub(crate) struct Target {
     pub scheme: Scheme,
     pub host: String,
     pub port: u16,
+    /// Speak HTTP/2 without negotiation over cleartext (the client used prior knowledge
+    /// inside a CONNECT tunnel, or the mode is `reverse:h2c://`).
+    pub prior_knowledge: bool,
+}
+
+impl Target {
+    /// A target reached with HTTP/1.1 over cleartext, or whatever ALPN picks over TLS.
+    pub fn new(scheme: Scheme, host: String, port: u16) -> Target {
+        Target { scheme, host, port, prior_knowledge: false }
+    }
+}
+
+/// One upstream connection's request side.
+pub(crate) enum Sender {
+    /// HTTP/1.1: one request at a time.
+    H1(http1::SendRequest<Body>),
+    /// HTTP/2: any number of concurrent streams (clones share the connection).
+    H2(http2::SendRequest<Body>),
+}
+
+impl Sender {
+    /// Whether the connection speaks HTTP/2.
+    pub fn is_h2(&self) -> bool {
+        matches!(self, Sender::H2(_))
+    }
+
+    /// Whether the connection has closed.
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
+
+    /// Sends a request; the response head comes back.
+    pub async fn send(&mut self, request: hyper::Request<Body>) -> hyper::Result<hyper::Response<Incoming>> {
+        match self {
+            Sender::H1(s) => s.send_request(request).await,
+            Sender::H2(s) => s.send_request(request).await,
+        }
+    }
 }
 
 /// Open upstream connections of one client connection.
 #[derive(Default)]
 pub(crate) struct Upstreams {
-    open: HashMap<Target, SendRequest<Body>>,
+    idle: HashMap<Target, Vec<Sender>>,
+    opened: bool,
 }
 
 impl Upstreams {
-    /// An open, ready connection to `target`, if there is one. Give it back with
-    /// [`Upstreams::put`] once the response head has arrived.
-    pub async fn take(&mut self, target: &Target) -> Option<SendRequest<Body>> {
-        let mut sender = self.open.remove(target)?;
-        sender.ready().await.ok()?;
-        Some(sender)
+    /// An open connection to `target` that can take a request now, if there is one: an
+    /// idle HTTP/1.1 one (give it back with [`Upstreams::put`] once the response head has
+    /// arrived) or a handle on the shared HTTP/2 one. Never waits: an HTTP/1.1 connection
+    /// still carrying an earlier response body (a slow reader, another stream of an
+    /// HTTP/2 client) is left alone and a new connection is opened instead.
+    pub fn take(&mut self, target: &Target) -> Option<Sender> {
+        let senders = self.idle.get_mut(target)?;
+        senders.retain(|s| !s.is_closed());
+        for sender in senders.iter() {
+            if let Sender::H2(shared) = sender {
+                return Some(Sender::H2(shared.clone()));
+            }
+        }
+        let ready = senders.iter().position(|s| matches!(s, Sender::H1(h1) if h1.is_ready()))?;
+        Some(senders.swap_remove(ready))
     }
 
     /// Whether any upstream connection was opened.
     pub fn any_open(&self) -> bool {
-        !self.open.is_empty()
+        self.opened
     }
 
-    /// Keeps a connection for the next flow to the same target.
-    pub fn put(&mut self, target: Target, sender: SendRequest<Body>) {
-        self.open.insert(target, sender);
+    /// Keeps a connection for the next flow to the same target (an HTTP/2 connection is
+    /// kept once).
+    pub fn put(&mut self, target: Target, sender: Sender) {
+        self.opened = true;
+        let senders = self.idle.entry(target).or_default();
+        if sender.is_h2() && senders.iter().any(Sender::is_h2) {
+            return;
+        }
+        senders.retain(|s| !s.is_closed());
+        // Past the bound the connection is dropped: it closes once its response has ended.
+        if senders.len() < MAX_IDLE_PER_TARGET {
+            senders.push(sender);
+        }
     }
 }
+
+/// Most upstream HTTP/1.1 connections (idle or still sending a response body) a client
+/// connection keeps per target.
+const MAX_IDLE_PER_TARGET: usize = 16;
 
 /// A new upstream connection.
 pub(crate) struct Connected {
     /// Where requests go.
-    pub sender: SendRequest<Body>,
+    pub sender: Sender,
     /// The subject alternative names of the upstream's certificate (TLS only).
     pub sans: Vec<String>,
 }
@@ -101,6 +168,9 @@ pub(crate) async fn connect(proxy: &Proxy, mode: &Mode, target: &Target) -> Resu
         tunnel(&mut tcp, &target.host, target.port).await?;
     }
     match target.scheme {
+        Scheme::Http if target.prior_knowledge => {
+            Ok(Connected { sender: handshake_h2(tcp, &proxy.options).await?, sans: Vec::new() })
+        }
         Scheme::Http => Ok(Connected { sender: handshake(tcp).await?, sans: Vec::new() }),
         Scheme::Https => {
             let bare = target.host.trim_start_matches('[').trim_end_matches(']').to_owned();
@@ -112,7 +182,12 @@ pub(crate) async fn connect(proxy: &Proxy, mode: &Mode, target: &Target) -> Resu
                 .map_err(|e| format!("TLS handshake with {}:{} failed: {e}", target.host, target.port))?;
             let sans =
                 tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| sans_of(c)).unwrap_or_default();
-            Ok(Connected { sender: handshake(tls).await?, sans })
+            let sender = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                handshake_h2(tls, &proxy.options).await?
+            } else {
+                handshake(tls).await?
+            };
+            Ok(Connected { sender, sans })
         }
     }
 }
@@ -144,8 +219,8 @@ async fn tunnel(tcp: &mut TcpStream, host: &str, port: u16) -> Result<(), String
     Ok(())
 }
 
-async fn handshake<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: IO) -> Result<SendRequest<Body>, String> {
-    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+async fn handshake<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: IO) -> Result<Sender, String> {
+    let (sender, conn) = http1::Builder::new()
         .preserve_header_case(true)
         .handshake(TokioIo::new(io))
         .await
@@ -155,5 +230,24 @@ async fn handshake<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: IO) 
             tracing::debug!("upstream connection ended: {e}");
         }
     });
-    Ok(sender)
+    Ok(Sender::H1(sender))
+}
+
+async fn handshake_h2<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    io: IO,
+    options: &crate::ProxyOptions,
+) -> Result<Sender, String> {
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_header_list_size(options.http2_max_header_list_size)
+        .header_table_size(options.http2_header_table_size)
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| format!("HTTP/2 handshake with upstream failed: {e}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("upstream HTTP/2 connection ended: {e}");
+        }
+    });
+    Ok(Sender::H2(sender))
 }

@@ -1,0 +1,366 @@
+//! What the end-to-end tests share: an origin server that echoes what reached it (HTTP/1.1
+//! and HTTP/2, plain or TLS), the real `flowgate` binary on a free port, and curl.
+#![allow(dead_code, reason = "each test binary uses part of it")]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+
+// ---------------------------------------------------------------------------------------
+// An origin server that echoes what reached it.
+
+#[derive(Clone, Default)]
+pub struct Seen(Arc<Mutex<Vec<String>>>);
+
+impl Seen {
+    pub fn paths(&self) -> Vec<String> {
+        self.0.lock().expect("origin lock").clone()
+    }
+}
+
+pub struct Origin {
+    pub addr: SocketAddr,
+    pub seen: Seen,
+    _runtime: tokio::runtime::Runtime,
+}
+
+/// A body made of given frames.
+pub struct Frames(std::collections::VecDeque<hyper::body::Frame<Bytes>>);
+
+impl futures_core::Stream for Frames {
+    type Item = Result<hyper::body::Frame<Bytes>, std::convert::Infallible>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::task::Poll::Ready(self.0.pop_front().map(Ok))
+    }
+}
+
+pub type OriginBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+/// `n` bytes in 256 KiB chunks, produced as the client reads them.
+pub fn big_body(n: u64) -> OriginBody {
+    use http_body_util::BodyExt;
+    let chunk = Bytes::from(vec![b'a'; 256 << 10]);
+    let stream = futures_lite_stream(n, chunk);
+    http_body_util::StreamBody::new(stream).boxed()
+}
+
+pub fn futures_lite_stream(
+    n: u64,
+    chunk: Bytes,
+) -> impl futures_core::Stream<Item = Result<hyper::body::Frame<Bytes>, std::convert::Infallible>> + Send + Sync {
+    struct Chunks {
+        left: u64,
+        chunk: Bytes,
+    }
+    impl futures_core::Stream for Chunks {
+        type Item = Result<hyper::body::Frame<Bytes>, std::convert::Infallible>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            if self.left == 0 {
+                return std::task::Poll::Ready(None);
+            }
+            let take = self.left.min(self.chunk.len() as u64);
+            self.left -= take;
+            let data = self.chunk.slice(..take as usize);
+            std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(data))))
+        }
+    }
+    Chunks { left: n, chunk }
+}
+
+pub async fn echo(
+    req: hyper::Request<hyper::body::Incoming>,
+    seen: Seen,
+) -> Result<hyper::Response<OriginBody>, hyper::Error> {
+    use http_body_util::BodyExt;
+    let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    if path == "/trailers" || path.starts_with("/big/") {
+        seen.0.lock().expect("origin lock").push(path.clone());
+    }
+    if path == "/trailers" {
+        let mut trailers = hyper::HeaderMap::new();
+        trailers.insert("x-checksum", "abc".parse().expect("valid"));
+        let frames = vec![
+            hyper::body::Frame::data(Bytes::from_static(b"with trailers")),
+            hyper::body::Frame::trailers(trailers),
+        ];
+        let mut resp = hyper::Response::new(http_body_util::StreamBody::new(Frames(frames.into())).boxed());
+        resp.headers_mut().insert("trailer", "x-checksum".parse().expect("valid"));
+        return Ok(resp);
+    }
+    if let Some(n) = path.strip_prefix("/big/").and_then(|n| n.parse::<u64>().ok()) {
+        let mut resp = hyper::Response::new(big_body(n));
+        resp.headers_mut().insert("content-length", n.into());
+        return Ok(resp);
+    }
+    let mut text =
+        format!("<h1>Example Domain</h1>\nmethod: {}\npath: {path}\nversion: {:?}\n", req.method(), req.version());
+    for (name, value) in req.headers() {
+        text.push_str(&format!("{}: {}\n", name, String::from_utf8_lossy(value.as_bytes())));
+    }
+    let collected = req.into_body().collect().await?;
+    // A request counts as seen once it arrived whole.
+    seen.0.lock().expect("origin lock").push(path.clone());
+    let trailers = collected.trailers().cloned();
+    text.push_str(&format!("body: {}\n", String::from_utf8_lossy(&collected.to_bytes())));
+    for (name, value) in trailers.iter().flatten() {
+        text.push_str(&format!("trailer {}: {}\n", name, String::from_utf8_lossy(value.as_bytes())));
+    }
+    let mut resp = hyper::Response::new(Full::new(Bytes::from(text)).boxed());
+    resp.headers_mut().insert("content-type", "text/html; charset=utf-8".parse().expect("valid"));
+    resp.headers_mut().insert("x-origin", "1".parse().expect("valid"));
+    Ok(resp)
+}
+
+/// Which HTTP versions an origin speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speaks {
+    /// HTTP/1.1 only (ALPN `http/1.1` over TLS).
+    Http1,
+    /// HTTP/2 only (ALPN `h2` over TLS, prior knowledge over cleartext).
+    Http2,
+    /// Either (ALPN `h2`, `http/1.1`; the preface decides over cleartext).
+    Both,
+}
+
+impl Origin {
+    /// An HTTP/1.1 origin.
+    pub fn start(tls: bool) -> Origin {
+        Origin::serve(tls, Speaks::Http1)
+    }
+
+    pub fn serve(tls: bool, speaks: Speaks) -> Origin {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("tokio");
+        let seen = Seen::default();
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind origin");
+        let addr = listener.local_addr().expect("origin address");
+        let acceptor = tls.then(|| {
+            let key = rcgen::KeyPair::generate().expect("key");
+            let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .expect("params")
+                .self_signed(&key)
+                .expect("cert");
+            let mut config =
+                rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                    .with_safe_default_protocol_versions()
+                    .expect("versions")
+                    .with_no_client_auth()
+                    .with_single_cert(
+                        vec![cert.der().clone()],
+                        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+                    )
+                    .expect("server config");
+            config.alpn_protocols = match speaks {
+                Speaks::Http1 => vec![b"http/1.1".to_vec()],
+                Speaks::Http2 => vec![b"h2".to_vec()],
+                Speaks::Both => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            };
+            tokio_rustls::TlsAcceptor::from(Arc::new(config))
+        });
+        let seen2 = seen.clone();
+        runtime.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let seen = seen2.clone();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| echo(req, seen.clone()));
+                    match acceptor {
+                        Some(acceptor) => {
+                            if let Ok(tls) = acceptor.accept(stream).await {
+                                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                                serve_origin(
+                                    TokioIo::new(tls),
+                                    service,
+                                    if h2 { Speaks::Http2 } else { Speaks::Http1 },
+                                )
+                                .await;
+                            }
+                        }
+                        None => serve_origin(TokioIo::new(stream), service, speaks).await,
+                    }
+                });
+            }
+        });
+        Origin { addr, seen, _runtime: runtime }
+    }
+
+    pub fn url(&self, scheme: &str, path: &str) -> String {
+        let host = if scheme == "https" { "localhost" } else { "127.0.0.1" };
+        format!("{scheme}://{host}:{}{path}", self.addr.port())
+    }
+}
+
+async fn serve_origin<IO, S>(io: IO, service: S, speaks: Speaks)
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<hyper::Request<hyper::body::Incoming>, Response = hyper::Response<OriginBody>>
+        + Send
+        + Clone
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let executor = hyper_util::rt::TokioExecutor::new();
+    let _ = match speaks {
+        Speaks::Http1 => {
+            hyper::server::conn::http1::Builder::new().serve_connection(io, service).await.map_err(|e| e.to_string())
+        }
+        Speaks::Http2 => hyper::server::conn::http2::Builder::new(executor)
+            .serve_connection(io, service)
+            .await
+            .map_err(|e| e.to_string()),
+        Speaks::Both => hyper_util::server::conn::auto::Builder::new(executor)
+            .serve_connection(io, service)
+            .await
+            .map_err(|e| e.to_string()),
+    };
+}
+
+// ---------------------------------------------------------------------------------------
+// The flowgate binary.
+
+pub fn confdir() -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir =
+        std::env::temp_dir().join(format!("flowgate-e2e-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+pub struct Flowgate {
+    pub child: Child,
+    pub port: u16,
+    pub confdir: PathBuf,
+    pub lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Flowgate {
+    pub fn start(args: &[&str]) -> Flowgate {
+        Flowgate::start_in(confdir(), args)
+    }
+
+    pub fn start_in(confdir: PathBuf, args: &[&str]) -> Flowgate {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_flowgate"))
+            .args(["--listen-host", "127.0.0.1", "-p", "0", "--confdir"])
+            .arg(&confdir)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("flowgate starts");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(port) = line.split("listening at 127.0.0.1:").nth(1) {
+                    let _ = tx.send(port.trim().parse::<u16>().unwrap_or(0));
+                }
+                sink.lock().expect("lines lock").push(line);
+            }
+        });
+        let port = rx.recv_timeout(Duration::from_secs(60)).expect("flowgate printed its listening address");
+        Flowgate { child, port, confdir, lines }
+    }
+
+    pub fn proxy(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.confdir.join("flowgate-ca-cert.pem")
+    }
+
+    /// Waits (bounded) until a flow line containing `needle` was printed.
+    pub fn flow_line(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(line) = self.lines.lock().expect("lines lock").iter().find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no flow line with {needle:?} in {:?}",
+                self.lines.lock().expect("lines")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Flowgate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
+}
+
+pub fn curl(args: &[&str]) -> Reply {
+    let out = Command::new("curl")
+        .args(["-s", "-S", "--max-time", "20", "-D", "-", "-o", "-"])
+        .args(args)
+        .output()
+        .expect("curl runs (is it installed?)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "curl {args:?} failed: {}\n{text}", String::from_utf8_lossy(&out.stderr));
+    // With a proxy tunnel curl prints the CONNECT response head first.
+    let mut rest = text.as_str();
+    loop {
+        let (head, body) = rest.split_once("\r\n\r\n").expect("a response head");
+        let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status");
+        let informational = (100..200).contains(&status);
+        if informational
+            || head.starts_with("HTTP/1.1 200 Connection established")
+            || (status == 200 && body.starts_with("HTTP/"))
+        {
+            rest = body;
+            continue;
+        }
+        return Reply { status, headers: head.to_ascii_lowercase(), body: body.to_owned() };
+    }
+}
+
+pub fn manifest(wasm: &str, text: &str) -> String {
+    flowgate_tests::manifest(wasm, text).display().to_string()
+}
+
+pub fn raw(port: u16, bytes: &[u8]) -> String {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    stream.write_all(bytes).expect("write");
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
