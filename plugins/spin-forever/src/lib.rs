@@ -1,13 +1,20 @@
 //! spin-forever (hostile): loops forever in `request-headers`. The host must interrupt
 //! it at its deadline and keep other flows going.
+//!
+//! `config.path`, if set, limits the spinning to requests whose path starts with it (so a
+//! test can make one stream of a connection slow and keep the others fast).
 
-use flowgate_sdk::{Flow, HttpHooks, Request, Verdict, export_plugin};
+use flowgate_sdk::{Flow, HttpHooks, Request, Verdict, config, export_plugin};
 
 struct SpinForever;
 
 impl HttpHooks for SpinForever {
     fn request_headers(_flow: &Flow, request: &Request) -> Verdict {
-        let mut n: u64 = request.path().len() as u64;
+        let path = request.path();
+        if config::get("path").is_some_and(|prefix| !path.starts_with(&prefix)) {
+            return Verdict::Continue;
+        }
+        let mut n: u64 = path.len() as u64;
         loop {
             n = std::hint::black_box(n.wrapping_mul(6364136223846793005).wrapping_add(1));
         }
