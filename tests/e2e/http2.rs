@@ -68,6 +68,33 @@ fn curl_h2_through_regular_mode_with_plugins_and_across_versions() {
     let line = fg.flow_line("/h2?x=1");
     assert!(line.contains(&format!("GET {} HTTP/2.0 << 200 OK", both.url("https", "/h2?x=1"))), "{line}");
 
+    // A second h2 client (Python h2) through the same CONNECT + TLS path, several streams
+    // on one connection.
+    let report = py(
+        "h2_streams.py",
+        &[
+            "--proxy",
+            &format!("127.0.0.1:{}", fg.port),
+            "--host",
+            "localhost",
+            "--port",
+            &both.addr.port().to_string(),
+            "--tls",
+            "--cafile",
+            &ca,
+            "--server-name",
+            "localhost",
+            "--request",
+            "/py-1",
+            "--request",
+            "/py-2",
+        ],
+    );
+    assert_eq!(report["proxy_status"], 200, "{report}");
+    assert_eq!(report["negotiated"], "h2", "{report}");
+    assert_eq!(report["streams"]["/py-1"]["status"], 200, "{report}");
+    assert_eq!(report["streams"]["/py-2"]["status"], 200, "{report}");
+
     // An h2 client of an HTTP/1.1-only origin: h2 is not offered (the client believes it
     // talks to the origin), so the client speaks HTTP/1.1.
     let reply = curl(&["--http2", "--cacert", &ca, "-x", &fg.proxy(), &h1_only.url("https", "/h1-origin")]);

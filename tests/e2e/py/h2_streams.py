@@ -1,10 +1,12 @@
 """HTTP/2 multiplexing client for the flowgate e2e tests: concurrent GET streams on one connection, optionally one flow-control-stalled stream.
 
-Usage: h2_streams.py --host H --port P [--tls --cafile F --server-name N] [--authority A]
+Usage: h2_streams.py --host H --port P [--tls --cafile F --server-name N] [--authority A] [--proxy PH:PP]
                      --request PATH [--request PATH ...] [--window-stall PATH] [--hold 3]
 Cleartext uses h2c prior knowledge ("negotiated": "h2c"); --tls uses TLS with ALPN h2 ("negotiated" is
 the ALPN result, and nothing is sent unless it is "h2"). The stalled stream never gets stream-level
 window beyond the initial 65535 bytes, while the connection window is always replenished.
+--proxy first opens an HTTP/1.1 CONNECT tunnel to H:P through the proxy PH:PP (a 2xx answer is required,
+its status is "proxy_status") and then runs everything above inside that tunnel.
 Prints one JSON object on stdout (last line); exits 0 whenever the run happened.
 """
 
@@ -25,8 +27,62 @@ def log(*args):
     print(*args, file=sys.stderr, flush=True)
 
 
-def connect(args):
-    sock = socket.create_connection((args.host, args.port), timeout=5)
+MAX_PROXY_HEAD = 16 * 1024
+
+
+def host_port(value):
+    """argparse type for HOST:PORT ([v6]:PORT also accepted)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def proxy_connect(args, result):
+    """TCP to the proxy, CONNECT host:port, read the response head; returns the tunnelled socket."""
+    sock = socket.create_connection(args.proxy, timeout=5)
+    try:
+        target = f"{args.host}:{args.port}"
+        sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode("ascii"))
+        # Read byte by byte so that nothing sent after the head (tunnel data) is consumed here.
+        head = bytearray()
+        deadline = time.monotonic() + args.timeout
+        while not head.endswith(b"\r\n\r\n"):
+            if len(head) >= MAX_PROXY_HEAD:
+                raise RuntimeError(f"proxy response head exceeds {MAX_PROXY_HEAD} bytes")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no complete proxy response head within --timeout {args.timeout}s")
+            sock.settimeout(remaining)
+            try:
+                byte = sock.recv(1)
+            except socket.timeout:
+                raise TimeoutError(f"no complete proxy response head within --timeout {args.timeout}s") from None
+            if not byte:
+                raise RuntimeError(f"proxy closed the connection during the response head ({len(head)} bytes)")
+            head += byte
+        status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        parts = status_line.split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/") or len(parts[1]) != 3 or not parts[1].isdigit():
+            raise RuntimeError(f"malformed proxy status line: {status_line!r}")
+        result["proxy_status"] = int(parts[1])
+        if not 200 <= result["proxy_status"] < 300:
+            raise RuntimeError(f"proxy refused CONNECT {target}: {status_line!r}")
+        log(f"proxy tunnel to {target}: {status_line}")
+        sock.settimeout(5)
+        return sock
+    except BaseException:
+        sock.close()
+        raise
+
+
+def connect(args, result):
+    if args.proxy:
+        sock = proxy_connect(args, result)
+    else:
+        sock = socket.create_connection((args.host, args.port), timeout=5)
     if not args.tls:
         return sock, "h2c"
     ctx = ssl.create_default_context(cafile=args.cafile)
@@ -36,7 +92,7 @@ def connect(args):
 
 
 def run(args, result):
-    sock, negotiated = connect(args)
+    sock, negotiated = connect(args, result)
     result["negotiated"] = negotiated
     if negotiated not in ("h2", "h2c"):
         sock.close()
@@ -135,6 +191,8 @@ def main():
     p.add_argument("--tls", action="store_true")
     p.add_argument("--cafile", help="CA bundle to verify the server with (--tls)")
     p.add_argument("--server-name", help="SNI and verified name (--tls), default HOST")
+    p.add_argument("--proxy", type=host_port, metavar="HOST:PORT",
+                   help="reach HOST:PORT through an HTTP CONNECT tunnel via this proxy")
     p.add_argument("--request", action="append", required=True, metavar="PATH")
     p.add_argument("--window-stall", metavar="PATH")
     p.add_argument("--hold", type=float, default=3, help="seconds to keep the stalled stream open after the rest")
@@ -142,7 +200,8 @@ def main():
     args = p.parse_args()
 
     result = {"negotiated": None, "streams": {}, "stalled_bytes": None, "stalled": None, "goaway": False,
-              "goaway_error": None, "last_stream_id": None, "closed_by_peer": False, "error": None}
+              "goaway_error": None, "last_stream_id": None, "closed_by_peer": False, "error": None,
+              "proxy_status": None}
     try:
         run(args, result)
     except Exception as e:  # protocol violations by the peer are findings, reported as such
