@@ -30,6 +30,10 @@ if [ ! -x "$venv/bin/python" ] || ! cmp -s tests/e2e/requirements.txt "$venv/req
 fi
 export FLOWGATE_TEST_PYTHON="$PWD/$venv/bin/python"
 
+# The benchmark's tools (nginx, oha, mitmdump): a test runs the harness's quick mode.
+source tests/bench/tools.sh
+export FLOWGATE_BENCH_OHA="$OHA" FLOWGATE_BENCH_MITMDUMP="$MITMDUMP"
+
 rustup show active-toolchain >/dev/null 2>&1 || rustup toolchain install
 rustup target add wasm32-wasip2 >/dev/null
 

@@ -1,0 +1,527 @@
+"""flowgate's benchmark harness: flowgate against direct, mitmdump and itself with a plugin,
+in one run, with alternating rounds and medians.
+
+Targets: direct (no proxy), flowgate (no plugin), flowgate + a Rust plugin on every HTTP
+hook (request-id), mitmdump. Scenarios: plain HTTP/1 through the explicit proxy, HTTPS via
+CONNECT with interception over HTTP/1.1 and over HTTP/2, reverse mode, a new TLS
+connection per request, a 1 GiB streamed body (throughput, peak RSS) and many idle
+intercepted TLS connections (RSS per connection).
+
+The origin is nginx; load comes from oha; both are found on PATH or given by flag
+(tests/bench/run.sh installs them). Only the Python standard library is used here.
+Prints a table and writes the same numbers as JSON (--out).
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+SCHEMA = "flowgate-bench/1"
+
+
+def log(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc=None, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port} after {timeout}s")
+
+
+def rss_kib(pid, field="VmRSS"):
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+class RssSampler:
+    """The highest VmRSS of a process while the block runs (sampled every 20 ms)."""
+
+    def __init__(self, pid):
+        self.pid, self.peak, self._stop = pid, 0, threading.Event()
+
+    def __enter__(self):
+        def run():
+            while not self._stop.is_set():
+                self.peak = max(self.peak, rss_kib(self.pid) or 0)
+                self._stop.wait(0.02)
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_kib(self.pid) or 0)
+
+
+# ---------------------------------------------------------------------------------------
+# The origin (nginx) and the proxies.
+
+
+class Origin:
+    """nginx on loopback: HTTP/1.1 cleartext, and TLS with ALPN h2 + http/1.1."""
+
+    def __init__(self, nginx, work, big_size):
+        self.dir = work / "origin"
+        (self.dir / "www").mkdir(parents=True)
+        (self.dir / "www" / "small").write_bytes(b"flowgate benchmark payload\n" * 4)
+        with open(self.dir / "www" / "big", "wb") as f:
+            f.truncate(big_size)  # sparse: no disk needed
+        self.big_size = big_size
+        # A CA and a leaf it signs (clients that check reject a CA certificate as a leaf).
+        self.cert, self.key = self.dir / "origin.crt", self.dir / "origin.key"
+        ca_cert, ca_key, ext = self.dir / "ca.crt", self.dir / "ca.key", self.dir / "leaf.ext"
+        ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n")
+        for cmd in (
+            ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=flowgate bench origin CA",
+             "-keyout", ca_key, "-out", ca_cert],
+            ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", self.key,
+             "-out", self.dir / "leaf.csr"],
+            ["x509", "-req", "-in", self.dir / "leaf.csr", "-CA", ca_cert, "-CAkey", ca_key, "-CAcreateserial",
+             "-days", "2", "-extfile", ext, "-out", self.cert],
+        ):
+            subprocess.run(["openssl", *map(str, cmd)], check=True, capture_output=True)
+        self.ca = ca_cert
+        self.http, self.https = free_port(), free_port()
+        conf = self.dir / "nginx.conf"
+        conf.write_text(f"""
+worker_processes 1;
+worker_rlimit_nofile 65536;
+daemon off;
+error_log {self.dir}/error.log crit;
+pid {self.dir}/nginx.pid;
+events {{ worker_connections 32768; }}
+http {{
+  access_log off;
+  client_body_temp_path {self.dir}/tmp-body;
+  proxy_temp_path {self.dir}/tmp-proxy;
+  fastcgi_temp_path {self.dir}/tmp-fcgi;
+  uwsgi_temp_path {self.dir}/tmp-uwsgi;
+  scgi_temp_path {self.dir}/tmp-scgi;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  sendfile on;
+  server {{
+    listen 127.0.0.1:{self.http};
+    listen 127.0.0.1:{self.https} ssl http2;
+    ssl_certificate {self.cert};
+    ssl_certificate_key {self.key};
+    root {self.dir}/www;
+  }}
+}}
+""")
+        for path in [self.dir, self.dir / "www", *(self.dir / "www").iterdir()]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        self.proc = subprocess.Popen([nginx, "-c", str(conf), "-e", str(self.dir / "error.log")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.http, self.proc)
+        wait_port(self.https, self.proc)
+
+    def stop(self):
+        stop(self.proc)
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Proxy:
+    """One proxy process: flowgate or mitmdump, in regular or reverse mode."""
+
+    def __init__(self, kind, args, work, name, mode="regular"):
+        self.kind, self.name, self.port = kind, name, free_port()
+        self.confdir = work / f"conf-{name}"
+        self.confdir.mkdir(exist_ok=True)
+        if kind == "flowgate":
+            cmd = [args.flowgate, "-q", "-k", "--confdir", str(self.confdir), "--listen-host", "127.0.0.1",
+                   "-p", str(self.port), "--mode", mode]
+            if "plugin" in name:
+                cmd += ["-s", args.plugin]
+            self.ca = self.confdir / "flowgate-ca-cert.pem"
+        else:
+            cmd = [args.mitmdump, "-q", "--ssl-insecure", "--listen-host", "127.0.0.1", "-p", str(self.port),
+                   "--mode", mode, "--set", f"confdir={self.confdir}",
+                   # Without it mitmproxy holds whole bodies in memory.
+                   "--set", "stream_large_bodies=1m"]
+            self.ca = self.confdir / "mitmproxy-ca-cert.pem"
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(work / f"{name}.log", "ab"))
+        wait_port(self.port, self.proc)
+        for _ in range(100):
+            if self.ca.exists():
+                break
+            time.sleep(0.05)
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self):
+        stop(self.proc)
+
+
+# ---------------------------------------------------------------------------------------
+# Load (oha) and the special scenarios.
+
+
+def oha(args, url, extra, seconds, connections):
+    cmd = [args.oha, "--no-tui", "--output-format", "json", "-z", f"{seconds}s", "-c", str(connections), "--disable-compression"]
+    cmd += extra + [url]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    if out.returncode != 0:
+        raise RuntimeError(f"oha failed ({out.returncode}): {out.stderr.strip()[:500]}")
+    report = json.loads(out.stdout)
+    summary = report["summary"]
+    statuses = report.get("statusCodeDistribution", {})
+    ok = sum(n for code, n in statuses.items() if str(code).startswith("2"))
+    # -z ends the run by aborting what is in flight: not a failure.
+    errors = {e: n for e, n in report.get("errorDistribution", {}).items() if e != "aborted due to deadline"}
+    total = sum(statuses.values()) + sum(errors.values())
+    pct = report.get("latencyPercentiles", {})
+    return {
+        "rps": summary.get("requestsPerSec") or 0.0,
+        "p50_ms": (pct.get("p50") or 0.0) * 1000,
+        "p99_ms": (pct.get("p99") or 0.0) * 1000,
+        "success_rate": (ok / total) if total else 0.0,
+        "errors": errors,
+        "statuses": statuses,
+    }
+
+
+def stream_body(url, proxy, seconds_cap):
+    cmd = ["curl", "-s", "-S", "-o", "/dev/null", "--max-time", str(seconds_cap), "-w", "%{http_code} %{size_download} %{time_total}"]
+    if proxy:
+        cmd += ["-x", proxy]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True)
+    code, size, total = (out.stdout.split() + ["0", "0", "0"])[:3]
+    return int(code), int(size), float(total)
+
+
+async def open_idle_tls(proxy_port, origin_port, cafile, count, concurrency=200):
+    """Opens `count` intercepted TLS connections through the proxy (CONNECT, TLS with the
+    proxy's CA, one request answered), then keeps them open. Returns (streams, failures)."""
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    ctx.check_hostname = True
+    ctx.set_alpn_protocols(["http/1.1"])
+    sem = asyncio.Semaphore(concurrency)
+    conns, failures = [], 0
+
+    async def one():
+        nonlocal failures
+        async with sem:
+            try:
+                if proxy_port:
+                    reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
+                    writer.write(f"CONNECT localhost:{origin_port} HTTP/1.1\r\nHost: localhost:{origin_port}\r\n\r\n".encode())
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+                    if b" 200" not in head.split(b"\r\n", 1)[0]:
+                        raise RuntimeError(head[:60])
+                    await writer.start_tls(ctx, server_hostname="localhost")
+                else:
+                    reader, writer = await asyncio.open_connection("127.0.0.1", origin_port, ssl=ctx,
+                                                                   server_hostname="localhost")
+                writer.write(b"GET /small HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+                length = next((int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")), 0)
+                await asyncio.wait_for(reader.readexactly(length), 30)
+                conns.append(writer)
+            except Exception as e:  # noqa: BLE001 - counted, reported
+                failures += 1
+                if failures <= 3:
+                    log(f"idle connection failed: {e!r}")
+
+    await asyncio.gather(*(one() for _ in range(count)))
+    return conns, failures
+
+
+def idle_tls(proxy, origin, count):
+    async def run():
+        base = rss_kib(proxy.proc.pid)
+        conns, failures = await open_idle_tls(proxy.port, origin.https, proxy.ca, count)
+        await asyncio.sleep(1.0)  # let the proxy settle
+        after = rss_kib(proxy.proc.pid)
+        for w in conns:
+            w.close()
+        return base, after, len(conns), failures
+
+    base, after, opened, failures = asyncio.run(run())
+    per_conn = (after - base) / opened if opened else None
+    return {"connections": opened, "failures": failures, "rss_before_kib": base, "rss_after_kib": after,
+            "per_connection_kib": per_conn}
+
+
+# ---------------------------------------------------------------------------------------
+
+
+TARGETS = ["direct", "flowgate", "flowgate+plugin", "mitmdump"]
+
+
+def load_scenarios(origin):
+    small_http = f"http://127.0.0.1:{origin.http}/small"
+    small_https = f"https://localhost:{origin.https}/small"
+    return [
+        # name, description, url per target, extra oha args, connections, needs proxy CA
+        ("h1-plain", "plain HTTP/1.1 through the explicit proxy", small_http, [], 10, False),
+        ("h1-https", "HTTPS via CONNECT, intercepted, HTTP/1.1", small_https, ["--http-version", "1.1"], 10, True),
+        ("h2-https", "HTTPS via CONNECT, intercepted, HTTP/2 (10 connections x 10 streams)", small_https,
+         ["--http2", "-p", "10"], 10, True),
+        ("new-tls", "a new intercepted TLS connection per request (CONNECT + handshake each)", small_https,
+         ["--http-version", "1.1", "--disable-keepalive"], 10, True),
+    ]
+
+
+def run(args):
+    work = Path(tempfile.mkdtemp(prefix="flowgate-bench-"))
+    work.chmod(0o755)  # nginx's workers run as another user
+    log(f"working in {work}")
+    big = args.body_size
+    origin = Origin(args.nginx, work, big)
+    procs = {}
+    results = {"schema": SCHEMA, "mode": "quick" if args.quick else "full",
+               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+               "settings": {"rounds": args.rounds, "seconds": args.seconds, "body_bytes": big,
+                            "idle_connections": args.idle, "idle_connections_mitmdump": args.idle_mitmdump},
+               "scenarios": {}}
+    try:
+        procs["flowgate"] = Proxy("flowgate", args, work, "flowgate")
+        procs["flowgate+plugin"] = Proxy("flowgate", args, work, "flowgate+plugin")
+        if args.mitmdump:
+            procs["mitmdump"] = Proxy("mitmdump", args, work, "mitmdump")
+        targets = [t for t in TARGETS if t == "direct" or t in procs]
+
+        for name, desc, url, extra, conns, tls in load_scenarios(origin):
+            runs = {t: [] for t in targets}
+            for r in range(args.rounds):
+                order = targets[r % len(targets):] + targets[:r % len(targets)]  # alternate
+                for t in order:
+                    if t == "direct":
+                        more = ["--cacert", str(origin.ca)] if tls else []
+                        res = oha(args, url, extra + more, args.seconds, conns)
+                        res["peak_rss_kib"] = None
+                    else:
+                        p = procs[t]
+                        more = ["-x", p.url] + (["--cacert", str(p.ca)] if tls else [])
+                        with RssSampler(p.proc.pid) as s:
+                            res = oha(args, url, extra + more, args.seconds, conns)
+                        res["peak_rss_kib"] = s.peak
+                    runs[t].append(res)
+                    log(f"{name} round {r + 1} {t}: {res['rps']:.0f} req/s, p99 {res['p99_ms']:.2f} ms")
+            results["scenarios"][name] = summarize(desc, runs)
+
+        # Reverse mode: each proxy in front of the cleartext origin.
+        reverse = {"direct": None}
+        for t in targets[1:]:
+            kind = "mitmdump" if t == "mitmdump" else "flowgate"
+            reverse[t] = Proxy(kind, args, work, f"{t}-reverse", mode=f"reverse:http://127.0.0.1:{origin.http}")
+        runs = {t: [] for t in targets}
+        for r in range(args.rounds):
+            order = targets[r % len(targets):] + targets[:r % len(targets)]
+            for t in order:
+                p = reverse[t]
+                url = f"http://127.0.0.1:{p.port if p else origin.http}/small"
+                if p:
+                    with RssSampler(p.proc.pid) as s:
+                        res = oha(args, url, [], args.seconds, 10)
+                    res["peak_rss_kib"] = s.peak
+                else:
+                    res = oha(args, url, [], args.seconds, 10)
+                    res["peak_rss_kib"] = None
+                runs[t].append(res)
+                log(f"reverse round {r + 1} {t}: {res['rps']:.0f} req/s")
+        results["scenarios"]["reverse"] = summarize("reverse mode, HTTP/1.1 client, cleartext origin", runs)
+        for p in reverse.values():
+            if p:
+                p.stop()
+
+        # A streamed body: a fresh proxy each, so its peak RSS is the body's.
+        body = {}
+        for t in targets:
+            p = None if t == "direct" else Proxy("mitmdump" if t == "mitmdump" else "flowgate", args, work,
+                                                   f"{t}-body")
+            url = f"http://127.0.0.1:{origin.http}/big"
+            code, size, total = stream_body(url, p.url if p else None, args.body_timeout)
+            peak = rss_kib(p.proc.pid, "VmHWM") if p else None
+            body[t] = {"status": code, "bytes": size, "seconds": total,
+                       "mb_per_s": (size / total / 1e6) if total else 0.0, "peak_rss_kib": peak,
+                       "complete": code == 200 and size == big}
+            log(f"body {t}: {body[t]['mb_per_s']:.0f} MB/s, peak RSS {peak} KiB")
+            if p:
+                p.stop()
+        results["scenarios"]["body"] = {"description": f"a {big >> 20} MiB body streamed through (curl)",
+                                        "targets": body}
+
+        # Idle intercepted TLS connections: RSS per connection.
+        idle = {}
+        for t in targets[1:]:
+            count = args.idle_mitmdump if t == "mitmdump" else args.idle
+            p = Proxy("mitmdump" if t == "mitmdump" else "flowgate", args, work, f"{t}-idle")
+            idle[t] = idle_tls(p, origin, count)
+            log(f"idle {t}: {idle[t]}")
+            p.stop()
+        results["scenarios"]["idle-tls"] = {"description": "idle intercepted TLS connections (after one request each)",
+                                            "targets": idle}
+    finally:
+        for p in procs.values():
+            p.stop()
+        origin.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    results["ratios"] = ratios(results)
+    return results
+
+
+def summarize(desc, runs):
+    out = {"description": desc, "targets": {}}
+    for t, rs in runs.items():
+        if not rs:
+            continue
+        med = lambda k: statistics.median(r[k] for r in rs)  # noqa: E731
+        peaks = [r["peak_rss_kib"] for r in rs if r["peak_rss_kib"] is not None]
+        out["targets"][t] = {
+            "rps": med("rps"), "p50_ms": med("p50_ms"), "p99_ms": med("p99_ms"),
+            "success_rate": min(r["success_rate"] for r in rs),
+            "peak_rss_kib": max(peaks) if peaks else None,
+            "runs": [round(r["rps"], 1) for r in rs],
+            "statuses": merge(r["statuses"] for r in rs),
+            "errors": merge(r["errors"] for r in rs),
+        }
+    return out
+
+
+def merge(counts):
+    total = {}
+    for c in counts:
+        for k, n in c.items():
+            total[k] = total.get(k, 0) + n
+    return total
+
+
+def ratios(results):
+    out = {}
+    for name, sc in results["scenarios"].items():
+        t = sc["targets"]
+        key = "rps" if name not in ("body",) else "mb_per_s"
+        if name == "idle-tls":
+            continue
+
+        def ratio(a, b):
+            if a in t and b in t and t[b].get(key):
+                return t[a][key] / t[b][key]
+            return None
+
+        out[name] = {"flowgate/direct": ratio("flowgate", "direct"),
+                     "flowgate+plugin/direct": ratio("flowgate+plugin", "direct"),
+                     "flowgate/mitmdump": ratio("flowgate", "mitmdump"),
+                     "flowgate+plugin/mitmdump": ratio("flowgate+plugin", "mitmdump"),
+                     "plugin/no-plugin": ratio("flowgate+plugin", "flowgate")}
+    return out
+
+
+def fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def table(results):
+    lines = ["| scenario | target | req/s | p50 ms | p99 ms | ok | peak RSS MiB |", "|---|---|---:|---:|---:|---:|---:|"]
+    for name, sc in results["scenarios"].items():
+        if name in ("body", "idle-tls"):
+            continue
+        for t, v in sc["targets"].items():
+            rss = v["peak_rss_kib"] / 1024 if v["peak_rss_kib"] else None
+            lines.append(f"| {name} | {t} | {v['rps']:.0f} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} | "
+                         f"{v['success_rate'] * 100:.0f}% | {fmt(rss, '.1f')} |")
+    body = results["scenarios"].get("body", {}).get("targets", {})
+    if body:
+        lines += ["", "| body | target | MB/s | peak RSS MiB | complete |", "|---|---|---:|---:|---|"]
+        for t, v in body.items():
+            rss = v["peak_rss_kib"] / 1024 if v["peak_rss_kib"] else None
+            lines.append(f"| {results['settings']['body_bytes'] >> 20} MiB | {t} | {v['mb_per_s']:.0f} | {fmt(rss, '.1f')} | {v['complete']} |")
+    idle = results["scenarios"].get("idle-tls", {}).get("targets", {})
+    if idle:
+        lines += ["", "| idle TLS | target | connections | failures | KiB per connection |", "|---|---|---:|---:|---:|"]
+        for t, v in idle.items():
+            lines.append(f"| idle | {t} | {v['connections']} | {v['failures']} | {fmt(v['per_connection_kib'], '.1f')} |")
+    lines += ["", "| scenario | flowgate/direct | flowgate+plugin/direct | flowgate/mitmdump | plugin/no-plugin |", "|---|---:|---:|---:|---:|"]
+    for name, r in results["ratios"].items():
+        lines.append(f"| {name} | {fmt(r['flowgate/direct'], '.2f')} | {fmt(r['flowgate+plugin/direct'], '.2f')} | "
+                     f"{fmt(r['flowgate/mitmdump'], '.1f')} | {fmt(r['plugin/no-plugin'], '.2f')} |")
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="short runs (under 3 minutes in all)")
+    p.add_argument("--flowgate", required=True)
+    p.add_argument("--plugin", required=True, help="the Rust plugin on every HTTP hook (request-id .wasm)")
+    p.add_argument("--oha", default=shutil.which("oha") or "oha")
+    p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
+    p.add_argument("--mitmdump", default=shutil.which("mitmdump"), help="omit to skip mitmdump")
+    p.add_argument("--rounds", type=int)
+    p.add_argument("--seconds", type=float)
+    p.add_argument("--body-size", type=int)
+    p.add_argument("--idle", type=int)
+    p.add_argument("--idle-mitmdump", type=int)
+    p.add_argument("--out", default="target/bench/report.json")
+    p.add_argument("--keep", action="store_true", help="keep the working directory")
+    args = p.parse_args()
+    quick = dict(rounds=3, seconds=1.0, body_size=256 << 20, idle=1000, idle_mitmdump=200)
+    full = dict(rounds=5, seconds=5, body_size=1 << 30, idle=10000, idle_mitmdump=1000)
+    for k, v in (quick if args.quick else full).items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    args.body_timeout = 600
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, 4 * args.idle + 1024) if hard != resource.RLIM_INFINITY else 4 * args.idle + 1024
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    start = time.monotonic()
+    results = run(args)
+    results["seconds"] = round(time.monotonic() - start, 1)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(table(results))
+    print(f"\nwritten to {out} in {results['seconds']} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+//! The benchmark harness (tests/bench) is not part of the test suite, but its quick mode
+//! must keep working: this runs it once (one round) against the debug binary and checks the
+//! report is well formed and every request succeeded. The numbers themselves are not
+//! judged here (a debug build on a machine running other tests).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn tool(env: &str, default: &str) -> PathBuf {
+    std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| root().join(default))
+}
+
+#[test]
+fn quick_mode_runs_and_writes_a_well_formed_report() {
+    let out_path = std::env::temp_dir().join(format!("flowgate-bench-{}.json", std::process::id()));
+    let out = Command::new("python3")
+        .arg(root().join("tests/bench/bench.py"))
+        .args(["--quick", "--rounds", "1", "--flowgate", env!("CARGO_BIN_EXE_flowgate"), "--plugin"])
+        .arg(flowgate_tests::plugins::REQUEST_ID)
+        .arg("--oha")
+        .arg(tool("FLOWGATE_BENCH_OHA", "target/bench-tools/bin/oha"))
+        .arg("--mitmdump")
+        .arg(tool("FLOWGATE_BENCH_MITMDUMP", "target/bench-venv/bin/mitmdump"))
+        .arg("--out")
+        .arg(&out_path)
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench.py --quick failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("| scenario | target | req/s | p50 ms | p99 ms |"), "the table: {stdout}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&out_path).expect("report written")).expect("report is JSON");
+    let _ = std::fs::remove_file(&out_path);
+    assert_eq!(report["schema"], "flowgate-bench/1");
+    assert_eq!(report["mode"], "quick");
+    let targets = ["direct", "flowgate", "flowgate+plugin", "mitmdump"];
+    for scenario in ["h1-plain", "h1-https", "h2-https", "new-tls", "reverse"] {
+        for target in targets {
+            let t = &report["scenarios"][scenario]["targets"][target];
+            let rps = t["rps"].as_f64().unwrap_or_else(|| panic!("{scenario}/{target}: no rps in {t}"));
+            assert!(rps > 0.0, "{scenario}/{target}: {t}");
+            let (p50, p99) = (t["p50_ms"].as_f64().expect("p50"), t["p99_ms"].as_f64().expect("p99"));
+            assert!(0.0 < p50 && p50 <= p99, "{scenario}/{target}: {t}");
+            let ok = t["success_rate"].as_f64().expect("success rate");
+            let floor = if target == "mitmdump" { 0.9 } else { 1.0 };
+            assert!(ok >= floor, "{scenario}/{target}: {ok} of requests succeeded: {t}");
+            if target != "direct" {
+                assert!(t["peak_rss_kib"].as_u64().expect("peak RSS") > 1024, "{scenario}/{target}: {t}");
+            }
+        }
+        let ratios = &report["ratios"][scenario];
+        for ratio in ["flowgate/direct", "flowgate/mitmdump", "plugin/no-plugin"] {
+            assert!(ratios[ratio].as_f64().is_some_and(|r| r > 0.0), "{scenario}: {ratio} in {ratios}");
+        }
+    }
+    for target in targets {
+        let body = &report["scenarios"]["body"]["targets"][target];
+        assert_eq!(body["complete"], true, "body/{target}: {body}");
+    }
+    for target in &targets[1..] {
+        let idle = &report["scenarios"]["idle-tls"]["targets"][target];
+        assert_eq!(idle["failures"], 0, "idle/{target}: {idle}");
+        assert!(idle["per_connection_kib"].as_f64().is_some(), "idle/{target}: {idle}");
+    }
+}
