@@ -100,7 +100,9 @@ pub(crate) async fn serve_connection(proxy: Arc<Proxy>, mode: Arc<Mode>, stream:
             let target = Target { scheme: *scheme, host: host.clone(), port: *port, prior_knowledge: *prior_knowledge };
             let mut first = [0u8; 1];
             match stream.peek(&mut first).await {
-                Ok(1) if first[0] == TLS_HANDSHAKE => intercept_tls(ctx.clone(), stream, Vec::new(), target).await,
+                Ok(1) if first[0] == TLS_HANDSHAKE => {
+                    Box::pin(intercept_tls(ctx.clone(), stream, Vec::new(), target)).await
+                }
                 Ok(_) => serve_cleartext(ctx.clone(), stream, Vec::new(), Some(target)).await,
                 Err(_) => {}
             }
@@ -144,7 +146,9 @@ where
         async move { handle(ctx, req, fixed, None).await }
     });
     let builder = crate::h2::server_builder(&ctx.proxy.options);
-    if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
+    // Boxed, like the HTTP/1.1 connection: a connection's task holds only the state of
+    // the protocol it speaks (idle connections are the bulk of a proxy's memory).
+    if let Err(e) = Box::pin(builder.serve_connection(TokioIo::new(io), service)).await {
         tracing::debug!("client {} (HTTP/2): {e}", ctx.client);
     }
 }
@@ -175,7 +179,7 @@ where
             handle(ctx, req, fixed, wire).await
         }
     });
-    if let Err(e) = builder.serve_connection(TokioIo::new(io), service).with_upgrades().await {
+    if let Err(e) = Box::pin(builder.serve_connection(TokioIo::new(io), service).with_upgrades()).await {
         tracing::debug!("client {}: {e}", ctx.client);
     }
 }
@@ -892,7 +896,7 @@ where
     };
     first.truncate(n);
     if first[0] == TLS_HANDSHAKE {
-        intercept_tls(ctx, io, first, Target::new(Scheme::Https, host, port)).await;
+        Box::pin(intercept_tls(ctx, io, first, Target::new(Scheme::Https, host, port))).await;
     } else if ctx.proxy.options.http2 {
         // A client speaking HTTP/2 with prior knowledge inside a tunnel knows the origin
         // does: flowgate speaks it upstream too.
@@ -908,7 +912,30 @@ where
     }
 }
 
-async fn intercept_tls<IO>(ctx: Arc<ConnCtx>, mut io: IO, buf: Vec<u8>, target: Target)
+async fn intercept_tls<IO>(ctx: Arc<ConnCtx>, io: IO, buf: Vec<u8>, target: Target)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // The handshake's state (ClientHello, upstream connection, certificate, rustls'
+    // acceptor: ~12 KiB) lives in a box of its own, freed once the handshake is done, so
+    // an idle intercepted connection keeps only its TLS stream and HTTP state.
+    let Some(tls) = Box::pin(accept_tls(&ctx, io, buf, &target)).await else { return };
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        serve_h2(ctx, tls, Some(target)).await;
+    } else {
+        serve_h1(ctx, tls, Some(target)).await;
+    }
+}
+
+/// Peeks at the ClientHello, asks the plugins, connects upstream and completes the
+/// client's handshake with a minted certificate; `None` if the connection was passed
+/// through or the handshake failed (both recorded).
+async fn accept_tls<IO>(
+    ctx: &Arc<ConnCtx>,
+    mut io: IO,
+    buf: Vec<u8>,
+    target: &Target,
+) -> Option<tokio_rustls::server::TlsStream<Prefixed<IO>>>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -916,7 +943,7 @@ where
         Ok(peeked) => peeked,
         Err(e) => {
             ctx.session.lock().await.tls_result(TlsSide::Client, Some(&e.to_string())).await;
-            return;
+            return None;
         }
     };
     let sni = hello.sni.clone();
@@ -933,12 +960,12 @@ where
         session.info.tls = true;
         match session.tls_clienthello(sni.as_deref(), &hello.alpn).await {
             Ok(d) => d,
-            Err(_) => return,
+            Err(_) => return None,
         }
     };
     if decision == TlsDecision::Passthrough {
-        passthrough(&ctx, io, buf, &target).await;
-        return;
+        passthrough(ctx, io, buf, target).await;
+        return None;
     }
     // Connect upstream first (mitmproxy's eager strategy) so the minted certificate carries
     // the upstream certificate's names too; if that fails, the flow reports it later.
@@ -950,7 +977,7 @@ where
             session.info.server_address = Some(format!("{}:{}", target.host, target.port));
             session.server_connect().await
         };
-        if allowed && let Ok(connected) = upstream::connect(&ctx.proxy, &ctx.mode, &target).await {
+        if allowed && let Ok(connected) = upstream::connect(&ctx.proxy, &ctx.mode, target).await {
             upstream_h2 = connected.sender.is_h2();
             ctx.session.lock().await.server_connected().await;
             for san in connected.sans {
@@ -965,7 +992,7 @@ where
         Ok(leaf) => leaf,
         Err(e) => {
             tracing::warn!("{e}");
-            return;
+            return None;
         }
     };
     // HTTP/2 is offered to the client when the upstream speaks it, and in reverse mode,
@@ -974,7 +1001,7 @@ where
     // client of an HTTP/1.1-only origin would change what the client sees.
     let reverse = matches!(*ctx.mode, Mode::Reverse { .. });
     let offer = if ctx.proxy.options.http2 && (upstream_h2 || reverse) { Offer::Http2AndHttp1 } else { Offer::Http1 };
-    let config = server_config(leaf, &hello.alpn, offer);
+    let config = server_config(&ctx.proxy.tls_server, leaf, &hello.alpn, offer);
     let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), Prefixed::new(buf, io));
     let handshake = match acceptor.await {
         Ok(start) => start.into_stream(config).await,
@@ -983,16 +1010,13 @@ where
     match handshake {
         Ok(tls) => {
             ctx.session.lock().await.tls_result(TlsSide::Client, None).await;
-            if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                serve_h2(ctx, tls, Some(target)).await;
-            } else {
-                serve_h1(ctx, tls, Some(target)).await;
-            }
+            Some(tls)
         }
         Err(e) => {
             let message = format!("client TLS handshake failed: {e}");
             tracing::debug!("{}: {message}", ctx.client);
             ctx.session.lock().await.tls_result(TlsSide::Client, Some(&message)).await;
+            None
         }
     }
 }

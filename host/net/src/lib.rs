@@ -194,6 +194,7 @@ pub struct Proxy {
     pub(crate) options: ProxyOptions,
     pub(crate) sink: FlowSink,
     pub(crate) tls_client: Arc<rustls::ClientConfig>,
+    pub(crate) tls_server: tls::ServerShared,
     pub(crate) next_id: AtomicU64,
 }
 
@@ -201,7 +202,8 @@ impl Proxy {
     /// A proxy running `chain` with certificates from `ca`.
     pub fn new(chain: Chain, ca: Arc<CertificateAuthority>, options: ProxyOptions, sink: FlowSink) -> Arc<Proxy> {
         let tls_client = tls::client_config(&options);
-        Arc::new(Proxy { chain, ca, options, sink, tls_client, next_id: AtomicU64::new(1) })
+        let tls_server = tls::ServerShared::new();
+        Arc::new(Proxy { chain, ca, options, sink, tls_client, tls_server, next_id: AtomicU64::new(1) })
     }
 
     pub(crate) fn next_id(&self) -> u64 {

@@ -89,6 +89,11 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
             let start = self.offset;
             out.put_slice(&self.prefix[start..start + n]);
             self.offset += n;
+            if self.offset == self.prefix.len() {
+                // Replayed: give the memory back (the connection may stay open for hours).
+                self.prefix = Vec::new();
+                self.offset = 0;
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, out)
@@ -125,17 +130,39 @@ pub(crate) enum Offer {
     Http1,
 }
 
+/// What every client-side TLS config shares: the crypto provider and one session cache
+/// for resumption. (A config of its own per connection would carry rustls' default cache,
+/// which preallocates 256 entries: ~20 KiB for every idle connection.)
+pub(crate) struct ServerShared {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    sessions: Arc<rustls::server::ServerSessionMemoryCache>,
+}
+
+/// Sessions kept for resumption across all intercepted connections.
+const SESSION_CACHE_SIZE: usize = 4096;
+
+impl ServerShared {
+    pub fn new() -> ServerShared {
+        ServerShared {
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            sessions: rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_SIZE),
+        }
+    }
+}
+
 /// The config for the client side of an intercepted connection.
 pub(crate) fn server_config(
+    shared: &ServerShared,
     leaf: Arc<CertifiedKey>,
     client_alpn: &[String],
     offer: Offer,
 ) -> Arc<rustls::ServerConfig> {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    let mut config = rustls::ServerConfig::builder_with_provider(shared.provider.clone())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default TLS versions")
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(Fixed(leaf)));
+    config.session_storage = shared.sessions.clone();
     let ours: &[&str] = match offer {
         Offer::Http2AndHttp1 => &["h2", "http/1.1"],
         Offer::Http1 => &["http/1.1"],
