@@ -636,3 +636,37 @@ fn several_modes_in_one_process() {
     assert_eq!(curl(&[&format!("http://127.0.0.1:{reverse_port}/via-reverse")]).status, 200);
     assert_eq!(origin.seen.paths(), ["/via-regular", "/via-reverse"]);
 }
+
+#[test]
+fn client_disconnected_fires_when_the_client_leaves_not_when_a_tunnel_opens() {
+    use std::net::TcpStream;
+    let origin = Origin::start(false);
+    let tp = manifest(TLS_PASSTHROUGH, "name = \"tp\"\n[config]\nhosts = \"nothing.invalid\"\n");
+    let fg = Flowgate::start_with(confdir(), &[("FLOWGATE_LOG", "warn,flowgate_runtime=debug")], &["-s", &tp]);
+    let gone = |client: &TcpStream| format!("client {} disconnected", client.local_addr().expect("address"));
+
+    // A CONNECT tunnel with a plain HTTP request inside, kept open.
+    let mut client = TcpStream::connect(("127.0.0.1", fg.port)).expect("connect");
+    client.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let target = format!("127.0.0.1:{}", origin.addr.port());
+    write!(client, "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").expect("write");
+    let mut head = [0u8; 256];
+    let n = client.read(&mut head).expect("CONNECT answered");
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head[..n]));
+    write!(client, "GET /in-tunnel HTTP/1.1\r\nHost: {target}\r\n\r\n").expect("write");
+    let n = client.read(&mut head).expect("response in the tunnel");
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"));
+    fg.flow_line("/in-tunnel << 200");
+    // The flow is recorded after the hooks of the exchange; the connection is still open,
+    // so client-disconnected must not have fired.
+    assert_eq!(fg.count_logs(&gone(&client)), 0, "client-disconnected fired while the tunnel was open");
+
+    let needle = gone(&client);
+    drop(client);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fg.count_logs(&needle) == 0 {
+        assert!(Instant::now() < deadline, "client-disconnected never fired after the client left");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(fg.count_logs(&needle), 1, "exactly once");
+}

@@ -247,7 +247,10 @@ pub struct Flowgate {
     pub child: Child,
     pub port: u16,
     pub confdir: PathBuf,
+    /// Lines printed on stdout (the flows).
     pub lines: Arc<Mutex<Vec<String>>>,
+    /// Lines printed on stderr (logs).
+    pub logs: Arc<Mutex<Vec<String>>>,
 }
 
 impl Flowgate {
@@ -256,12 +259,19 @@ impl Flowgate {
     }
 
     pub fn start_in(confdir: PathBuf, args: &[&str]) -> Flowgate {
+        Flowgate::start_with(confdir, &[], args)
+    }
+
+    /// Starts flowgate with extra environment variables (e.g. `FLOWGATE_LOG`). Its stdout
+    /// and stderr lines are kept apart (stderr is also passed on, for failing tests).
+    pub fn start_with(confdir: PathBuf, env: &[(&str, &str)], args: &[&str]) -> Flowgate {
         let mut child = Command::new(env!("CARGO_BIN_EXE_flowgate"))
             .args(["--listen-host", "127.0.0.1", "-p", "0", "--confdir"])
             .arg(&confdir)
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("flowgate starts");
         let lines = Arc::new(Mutex::new(Vec::new()));
@@ -276,8 +286,22 @@ impl Flowgate {
                 sink.lock().expect("lines lock").push(line);
             }
         });
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                sink.lock().expect("lines lock").push(line);
+            }
+        });
         let port = rx.recv_timeout(Duration::from_secs(60)).expect("flowgate printed its listening address");
-        Flowgate { child, port, confdir, lines }
+        Flowgate { child, port, confdir, lines, logs }
+    }
+
+    /// How many log lines (stderr) contain `needle`.
+    pub fn count_logs(&self, needle: &str) -> usize {
+        self.logs.lock().expect("logs lock").iter().filter(|l| l.contains(needle)).count()
     }
 
     pub fn proxy(&self) -> String {

@@ -48,9 +48,32 @@ struct ConnCtx {
     conn_id: u64,
     session: Mutex<ConnectionSession>,
     upstreams: Mutex<Upstreams>,
+    /// What still serves this connection: its first protocol, plus each tunnel or
+    /// upgraded protocol that took the connection over (hyper returns from an HTTP/1.1
+    /// connection as soon as it hands it to a CONNECT tunnel or an h2c upgrade).
+    users: std::sync::atomic::AtomicUsize,
 }
 
 impl ConnCtx {
+    /// Someone more serves the connection; they call [`ConnCtx::release`] when done.
+    fn retain(&self) {
+        self.users.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// One user is done; the last one runs the disconnect hooks, so they fire when the
+    /// client really leaves (not when CONNECT hands the connection to a tunnel).
+    async fn release(&self) {
+        if self.users.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) != 1 {
+            return;
+        }
+        let had_upstream = self.upstreams.lock().await.any_open();
+        let mut session = self.session.lock().await;
+        if had_upstream {
+            session.server_disconnected().await;
+        }
+        session.client_disconnected().await;
+    }
+
     /// Starts the plugin session of a new HTTP flow on this connection.
     async fn http_flow(&self) -> HttpFlowSession {
         let flow = FlowInfo {
@@ -94,6 +117,7 @@ pub(crate) async fn serve_connection(proxy: Arc<Proxy>, mode: Arc<Mode>, stream:
         conn_id,
         session: Mutex::new(session),
         upstreams: Mutex::new(Upstreams::default()),
+        users: std::sync::atomic::AtomicUsize::new(1),
     });
     match &*mode {
         Mode::Reverse { scheme, prior_knowledge, host, port } => {
@@ -109,12 +133,7 @@ pub(crate) async fn serve_connection(proxy: Arc<Proxy>, mode: Arc<Mode>, stream:
         }
         Mode::Regular | Mode::Upstream { .. } => serve_cleartext(ctx.clone(), stream, Vec::new(), None).await,
     }
-    let had_upstream = ctx.upstreams.lock().await.any_open();
-    let mut session = ctx.session.lock().await;
-    if had_upstream {
-        session.server_disconnected().await;
-    }
-    session.client_disconnected().await;
+    ctx.release().await;
 }
 
 /// Serves a cleartext connection whose first bytes (`buf`, then `io`) say which HTTP
@@ -214,44 +233,58 @@ fn upgrade_h2c(ctx: Arc<ConnCtx>, mut req: hyper::Request<Incoming>, fixed: Opti
         fields.push((name.to_owned(), value.as_bytes().to_vec()));
     }
     let upgrade = hyper::upgrade::on(&mut req);
+    ctx.retain();
     tokio::spawn(async move {
-        let mut io = match upgrade.await {
-            Ok(upgraded) => TokioIo::new(upgraded),
-            Err(e) => return tracing::debug!("h2c upgrade failed: {e}"),
-        };
-        let read_start = async {
-            let mut buf = Vec::new();
-            loop {
-                match crate::h2::client_start_len(&buf) {
-                    Ok(Some(len)) => return Ok((buf, len)),
-                    Ok(None) if buf.len() > 64 << 10 => return Err("h2c upgrade: SETTINGS frame too large".to_owned()),
-                    Ok(None) => {}
-                    Err(e) => return Err(e.to_string()),
-                }
-                let mut chunk = [0u8; 4096];
-                match io.read(&mut chunk).await {
-                    Ok(0) => return Err("h2c upgrade: the client closed the connection".to_owned()),
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    Err(e) => return Err(format!("h2c upgrade: {e}")),
-                }
-            }
-        };
-        let started = tokio::time::timeout(ctx.proxy.options.header_read_timeout, read_start).await;
-        let (mut buf, len) = match started {
-            Ok(Ok(start)) => start,
-            Ok(Err(e)) => return tracing::debug!("{}: {e}", ctx.client),
-            Err(_) => return tracing::debug!("{}: h2c upgrade: no HTTP/2 preface in time", ctx.client),
-        };
-        let rest = buf.split_off(len);
-        buf.extend_from_slice(&crate::h2::stream_one_frames(&fields, 16 << 10));
-        buf.extend_from_slice(&rest);
-        serve_h2(ctx, Prefixed::new(buf, io), fixed).await;
+        let served = ctx.clone();
+        serve_upgraded_h2c(ctx, upgrade, fields, fixed).await;
+        served.release().await;
     });
     let mut resp = hyper::Response::new(full(Bytes::new()));
     *resp.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
     resp.headers_mut().insert("connection", hyper::header::HeaderValue::from_static("upgrade"));
     resp.headers_mut().insert("upgrade", hyper::header::HeaderValue::from_static("h2c"));
     resp
+}
+
+/// After `101 Switching Protocols`: reads the client's preface and SETTINGS, splices the
+/// upgrading request in as stream 1, and serves HTTP/2.
+async fn serve_upgraded_h2c(
+    ctx: Arc<ConnCtx>,
+    upgrade: hyper::upgrade::OnUpgrade,
+    fields: Vec<(String, Vec<u8>)>,
+    fixed: Option<Target>,
+) {
+    let mut io = match upgrade.await {
+        Ok(upgraded) => TokioIo::new(upgraded),
+        Err(e) => return tracing::debug!("h2c upgrade failed: {e}"),
+    };
+    let read_start = async {
+        let mut buf = Vec::new();
+        loop {
+            match crate::h2::client_start_len(&buf) {
+                Ok(Some(len)) => return Ok((buf, len)),
+                Ok(None) if buf.len() > 64 << 10 => return Err("h2c upgrade: SETTINGS frame too large".to_owned()),
+                Ok(None) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            let mut chunk = [0u8; 4096];
+            match io.read(&mut chunk).await {
+                Ok(0) => return Err("h2c upgrade: the client closed the connection".to_owned()),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(format!("h2c upgrade: {e}")),
+            }
+        }
+    };
+    let started = tokio::time::timeout(ctx.proxy.options.header_read_timeout, read_start).await;
+    let (mut buf, len) = match started {
+        Ok(Ok(start)) => start,
+        Ok(Err(e)) => return tracing::debug!("{}: {e}", ctx.client),
+        Err(_) => return tracing::debug!("{}: h2c upgrade: no HTTP/2 preface in time", ctx.client),
+    };
+    let rest = buf.split_off(len);
+    buf.extend_from_slice(&crate::h2::stream_one_frames(&fields, 16 << 10));
+    buf.extend_from_slice(&rest);
+    serve_h2(ctx, Prefixed::new(buf, io), fixed).await;
 }
 
 fn status_response(status: u16, message: &str) -> hyper::Response<Body> {
@@ -866,11 +899,14 @@ async fn connect(
     if let Some(resp) = ex.act(action).await? {
         return Ok(resp);
     }
+    ctx.retain();
     tokio::spawn(async move {
+        let served = ctx.clone();
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => tunnel_boxed(ctx, TokioIo::new(upgraded), host, port).await,
             Err(e) => tracing::debug!("CONNECT upgrade failed: {e}"),
         }
+        served.release().await;
     });
     Ok(hyper::Response::new(full(Bytes::new())))
 }
