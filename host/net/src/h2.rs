@@ -109,8 +109,7 @@ pub(crate) enum UpgradeError {
 /// The length of the client's preface and first SETTINGS frame at the start of `buf`, or
 /// `None` if more bytes are needed.
 pub(crate) fn client_start_len(buf: &[u8]) -> Result<Option<usize>, UpgradeError> {
-    let n = buf.len().min(PREFACE.len());
-    if buf[..n] != PREFACE[..n] {
+    if sniff_bytes(buf) == Sniffed::Http1 {
         return Err(UpgradeError::Preface);
     }
     let Some(head) = buf.get(PREFACE.len()..PREFACE.len() + 9) else { return Ok(None) };

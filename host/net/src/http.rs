@@ -127,25 +127,49 @@ pub(crate) async fn serve_connection(proxy: Arc<Proxy>, mode: Arc<Mode>, stream:
                 Ok(1) if first[0] == TLS_HANDSHAKE => {
                     Box::pin(intercept_tls(ctx.clone(), stream, Vec::new(), target)).await
                 }
-                Ok(_) => serve_cleartext(ctx.clone(), stream, Vec::new(), Some(target)).await,
+                Ok(_) => {
+                    serve_cleartext(ctx.clone(), stream, Vec::new(), Some(target), PriorKnowledge::OfFlowgate).await
+                }
                 Err(_) => {}
             }
         }
-        Mode::Regular | Mode::Upstream { .. } => serve_cleartext(ctx.clone(), stream, Vec::new(), None).await,
+        Mode::Regular | Mode::Upstream { .. } => {
+            serve_cleartext(ctx.clone(), stream, Vec::new(), None, PriorKnowledge::OfFlowgate).await
+        }
     }
     ctx.release().await;
 }
 
+/// Whom a client's HTTP/2 prior knowledge is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PriorKnowledge {
+    /// flowgate only: the target (or the mode) says how to reach the upstream.
+    OfFlowgate,
+    /// The origin, as inside a CONNECT tunnel: flowgate speaks HTTP/2 upstream too.
+    OfOrigin,
+}
+
 /// Serves a cleartext connection whose first bytes (`buf`, then `io`) say which HTTP
 /// version it speaks: the HTTP/2 preface (prior knowledge) or HTTP/1.
-async fn serve_cleartext<IO>(ctx: Arc<ConnCtx>, mut io: IO, buf: Vec<u8>, fixed: Option<Target>)
-where
+async fn serve_cleartext<IO>(
+    ctx: Arc<ConnCtx>,
+    mut io: IO,
+    buf: Vec<u8>,
+    mut fixed: Option<Target>,
+    knowledge: PriorKnowledge,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     if !ctx.proxy.options.http2 {
         return serve_h1(ctx, Prefixed::new(buf, io), fixed).await;
     }
     let (is_h2, buf) = crate::h2::sniff(&mut io, buf, ctx.proxy.options.header_read_timeout).await;
+    if is_h2
+        && knowledge == PriorKnowledge::OfOrigin
+        && let Some(target) = fixed.as_mut()
+    {
+        target.prior_knowledge = true;
+    }
     if is_h2 {
         serve_h2(ctx, Prefixed::new(buf, io), fixed).await;
     } else {
@@ -933,18 +957,10 @@ where
     first.truncate(n);
     if first[0] == TLS_HANDSHAKE {
         Box::pin(intercept_tls(ctx, io, first, Target::new(Scheme::Https, host, port))).await;
-    } else if ctx.proxy.options.http2 {
-        // A client speaking HTTP/2 with prior knowledge inside a tunnel knows the origin
-        // does: flowgate speaks it upstream too.
-        let (is_h2, buf) = crate::h2::sniff(&mut io, first, ctx.proxy.options.header_read_timeout).await;
-        let target = Target { scheme: Scheme::Http, host, port, prior_knowledge: is_h2 };
-        if is_h2 {
-            serve_h2(ctx, Prefixed::new(buf, io), Some(target)).await;
-        } else {
-            serve_h1(ctx, Prefixed::new(buf, io), Some(target)).await;
-        }
     } else {
-        serve_h1(ctx, Prefixed::new(first, io), Some(Target::new(Scheme::Http, host, port))).await;
+        // A client speaking HTTP/2 with prior knowledge inside a tunnel knows the origin does.
+        let target = Target::new(Scheme::Http, host, port);
+        serve_cleartext(ctx, io, first, Some(target), PriorKnowledge::OfOrigin).await;
     }
 }
 
