@@ -309,6 +309,31 @@ def load_scenarios(origin):
     ]
 
 
+def kind_of(target):
+    """Which program a target runs."""
+    return "mitmdump" if target == "mitmdump" else "flowgate"
+
+
+def measure(args, name, targets, request):
+    """Rounds of oha against every target, the order rotating each round; `request(target)`
+    gives the URL, oha's extra arguments, the connections and the proxy (None: direct)."""
+    runs = {t: [] for t in targets}
+    for r in range(args.rounds):
+        order = targets[r % len(targets):] + targets[:r % len(targets)]
+        for t in order:
+            url, extra, conns, proxy = request(t)
+            if proxy is None:
+                res = oha(args, url, extra, args.seconds, conns)
+                res["peak_rss_kib"] = None
+            else:
+                with RssSampler(proxy.proc.pid) as s:
+                    res = oha(args, url, extra, args.seconds, conns)
+                res["peak_rss_kib"] = s.peak
+            runs[t].append(res)
+            log(f"{name} round {r + 1} {t}: {res['rps']:.0f} req/s, p99 {res['p99_ms']:.2f} ms")
+    return runs
+
+
 def run(args):
     work = Path(tempfile.mkdtemp(prefix="flowgate-bench-"))
     work.chmod(0o755)  # nginx's workers run as another user
@@ -322,61 +347,38 @@ def run(args):
                             "idle_connections": args.idle, "idle_connections_mitmdump": args.idle_mitmdump},
                "scenarios": {}}
     try:
-        procs["flowgate"] = Proxy("flowgate", args, work, "flowgate")
-        procs["flowgate+plugin"] = Proxy("flowgate", args, work, "flowgate+plugin")
-        if args.mitmdump:
-            procs["mitmdump"] = Proxy("mitmdump", args, work, "mitmdump")
+        for t in TARGETS[1:]:
+            if t != "mitmdump" or args.mitmdump:
+                procs[t] = Proxy(kind_of(t), args, work, t)
         targets = [t for t in TARGETS if t == "direct" or t in procs]
 
         for name, desc, url, extra, conns, tls in load_scenarios(origin):
-            runs = {t: [] for t in targets}
-            for r in range(args.rounds):
-                order = targets[r % len(targets):] + targets[:r % len(targets)]  # alternate
-                for t in order:
-                    if t == "direct":
-                        more = ["--cacert", str(origin.ca)] if tls else []
-                        res = oha(args, url, extra + more, args.seconds, conns)
-                        res["peak_rss_kib"] = None
-                    else:
-                        p = procs[t]
-                        more = ["-x", p.url] + (["--cacert", str(p.ca)] if tls else [])
-                        with RssSampler(p.proc.pid) as s:
-                            res = oha(args, url, extra + more, args.seconds, conns)
-                        res["peak_rss_kib"] = s.peak
-                    runs[t].append(res)
-                    log(f"{name} round {r + 1} {t}: {res['rps']:.0f} req/s, p99 {res['p99_ms']:.2f} ms")
-            results["scenarios"][name] = summarize(desc, runs)
+            def request(t, url=url, extra=extra, conns=conns, tls=tls):
+                if t == "direct":
+                    return url, extra + (["--cacert", str(origin.ca)] if tls else []), conns, None
+                p = procs[t]
+                return url, extra + ["-x", p.url] + (["--cacert", str(p.ca)] if tls else []), conns, p
+
+            results["scenarios"][name] = summarize(desc, measure(args, name, targets, request))
 
         # Reverse mode: each proxy in front of the cleartext origin.
-        reverse = {"direct": None}
         for t in targets[1:]:
-            kind = "mitmdump" if t == "mitmdump" else "flowgate"
-            reverse[t] = Proxy(kind, args, work, f"{t}-reverse", mode=f"reverse:http://127.0.0.1:{origin.http}")
-        runs = {t: [] for t in targets}
-        for r in range(args.rounds):
-            order = targets[r % len(targets):] + targets[:r % len(targets)]
-            for t in order:
-                p = reverse[t]
-                url = f"http://127.0.0.1:{p.port if p else origin.http}/small"
-                if p:
-                    with RssSampler(p.proc.pid) as s:
-                        res = oha(args, url, [], args.seconds, 10)
-                    res["peak_rss_kib"] = s.peak
-                else:
-                    res = oha(args, url, [], args.seconds, 10)
-                    res["peak_rss_kib"] = None
-                runs[t].append(res)
-                log(f"reverse round {r + 1} {t}: {res['rps']:.0f} req/s")
+            procs[f"{t}-reverse"] = Proxy(kind_of(t), args, work, f"{t}-reverse",
+                                          mode=f"reverse:http://127.0.0.1:{origin.http}")
+
+        def reverse_request(t):
+            p = procs.get(f"{t}-reverse")
+            return f"http://127.0.0.1:{p.port if p else origin.http}/small", [], 10, p
+
+        runs = measure(args, "reverse", targets, reverse_request)
         results["scenarios"]["reverse"] = summarize("reverse mode, HTTP/1.1 client, cleartext origin", runs)
-        for p in reverse.values():
-            if p:
-                p.stop()
+        for t in targets[1:]:
+            procs.pop(f"{t}-reverse").stop()
 
         # A streamed body: a fresh proxy each, so its peak RSS is the body's.
         body = {}
         for t in targets:
-            p = None if t == "direct" else Proxy("mitmdump" if t == "mitmdump" else "flowgate", args, work,
-                                                   f"{t}-body")
+            p = None if t == "direct" else Proxy(kind_of(t), args, work, f"{t}-body")
             url = f"http://127.0.0.1:{origin.http}/big"
             code, size, total = stream_body(url, p.url if p else None, args.body_timeout)
             peak = rss_kib(p.proc.pid, "VmHWM") if p else None
@@ -393,7 +395,7 @@ def run(args):
         idle = {}
         for t in targets[1:]:
             count = args.idle_mitmdump if t == "mitmdump" else args.idle
-            p = Proxy("mitmdump" if t == "mitmdump" else "flowgate", args, work, f"{t}-idle")
+            p = Proxy(kind_of(t), args, work, f"{t}-idle")
             idle[t] = idle_tls(p, origin, count)
             log(f"idle {t}: {idle[t]}")
             p.stop()
