@@ -417,16 +417,28 @@ async fn log_flood() {
 
 #[tokio::test]
 async fn webhook_notify() {
-    let rt = runtime();
-    let denied = manifest(WEBHOOK_NOTIFY, "[config]\nurl = \"http://hooks.test/x\"\n");
-    let err = rt.load(&denied).await.expect_err("outbound-http is not granted");
-    let text = err.to_string();
-    assert!(text.contains("webhook_notify.wasm"), "{text}");
-    assert!(text.contains("flowgate:plugin/outbound-http@0.1.0"), "{text}");
-    assert!(text.contains("allowed_outbound_hosts"), "{text}");
-
+    // Importing outbound-http is allowed (Python and JS toolchains import it whatever the
+    // plugin does); each call is checked against the grant.
     let logs = Logs::default();
     let rt = Runtime::new(logs.config()).expect("runtime");
+    for (name, grant) in [("ungranted", "[]"), ("elsewhere", "[\"*.other.test\"]")] {
+        let denied = manifest(
+            WEBHOOK_NOTIFY,
+            &format!(
+                "name = \"{name}\"\n[capabilities]\nallowed_outbound_hosts = {grant}\n[config]\nurl = \"http://hooks.test/x\"\n"
+            ),
+        );
+        let chain = chain_of(&rt, &[denied]).await;
+        let conn = chain.connection(connection(1, "127.0.0.1:5000"));
+        conn.http_flow(flow(1, 1)).error(&mut request("http://example.test/", 0), "dead upstream").await;
+        let messages = logs.messages(name);
+        assert_eq!(messages.len(), 1);
+        assert!(
+            messages[0].starts_with("webhook failed: denied: outbound HTTP to hooks.test is not granted"),
+            "{messages:?}"
+        );
+    }
+
     let granted = manifest(
         WEBHOOK_NOTIFY,
         "name = \"hook\"\n[capabilities]\nallowed_outbound_hosts = [\"hooks.test\"]\n[config]\nurl = \"http://hooks.test/x\"\n",
@@ -514,10 +526,10 @@ async fn load_errors_name_the_file_and_problem() {
     assert!(err.to_string().contains("exports no flowgate:plugin@0.1.0 hook group"), "{err}");
 
     // A component importing something flowgate does not provide is refused.
-    let sockets = dir.join("sockets.wasm");
-    std::fs::write(&sockets, wat::parse_str(IMPORTS_SOCKETS).expect("valid WAT")).expect("write");
-    let err = rt.load(&sockets).await.expect_err("sockets");
-    assert!(err.to_string().contains("raw sockets are never granted"), "{err}");
+    let http = dir.join("wasi-http.wasm");
+    std::fs::write(&http, wat::parse_str(IMPORTS_WASI_HTTP).expect("valid WAT")).expect("write");
+    let err = rt.load(&http).await.expect_err("wasi:http");
+    assert!(err.to_string().contains("wasi:http is not provided"), "{err}");
 }
 
 const WRONG_SHAPE: &str = r#"
@@ -530,9 +542,9 @@ const WRONG_SHAPE: &str = r#"
 )
 "#;
 
-const IMPORTS_SOCKETS: &str = r#"
+const IMPORTS_WASI_HTTP: &str = r#"
 (component
-  (import "wasi:sockets/tcp@0.2.0" (instance))
+  (import "wasi:http/outgoing-handler@0.2.0" (instance))
 )
 "#;
 
@@ -555,7 +567,10 @@ async fn shipped_manifests_load() {
     let mut loaded = Vec::new();
     for entry in std::fs::read_dir(&plugins).expect("plugins/") {
         let manifest = entry.expect("entry").path().join("plugin.toml");
-        if manifest.exists() {
+        // Projects with a [build] table (JavaScript, Python, C) are built and loaded by
+        // tests/e2e/plugins.rs.
+        let project = std::fs::read_to_string(&manifest).is_ok_and(|t| t.lines().any(|l| l.trim() == "[build]"));
+        if manifest.exists() && !project {
             let plugin = rt.load(&manifest).await.unwrap_or_else(|e| panic!("{e}"));
             loaded.push(plugin.name().to_owned());
         }

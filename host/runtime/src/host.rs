@@ -134,6 +134,8 @@ pub(crate) struct StoreState {
     pub limiter: MemoryLimiter,
     pub plugin: Arc<PluginShared>,
     pub call: CallState,
+    /// The tail of the guest's stderr, for failure messages.
+    pub stderr: crate::stderr::StderrTail,
 }
 
 impl WasiView for StoreState {
@@ -595,17 +597,52 @@ impl random::Host for StoreState {
     }
 }
 
+/// Whether `host` is in the manifest's allow list: an exact name (case-insensitive), a
+/// `*.example.com` wildcard for its subdomains, or `*` for any host.
+fn outbound_allowed(allowed: &[String], host: &str) -> bool {
+    allowed.iter().any(|pattern| {
+        pattern == "*"
+            || pattern.eq_ignore_ascii_case(host)
+            || pattern.strip_prefix("*.").is_some_and(|domain| {
+                host.len() > domain.len() + 1
+                    && host[host.len() - domain.len()..].eq_ignore_ascii_case(domain)
+                    && host.as_bytes()[host.len() - domain.len() - 1] == b'.'
+            })
+    })
+}
+
 impl outbound_http::Host for StoreState {
     fn send(
         &mut self,
         request: outbound_http::OutgoingRequest,
     ) -> wasmtime::Result<Result<outbound_http::IncomingResponse, WitError>> {
-        if self.plugin.manifest.capabilities.allowed_outbound_hosts.is_empty() {
+        let host = flowgate_flow::Url::parse(&request.url).map(|u| u.host);
+        let host = match host {
+            Ok(host) => host,
+            Err(e) => return Ok(Err(WitError::InvalidArgument(format!("url {:?}: {e}", request.url)))),
+        };
+        if !outbound_allowed(&self.plugin.manifest.capabilities.allowed_outbound_hosts, &host) {
             return Ok(Err(WitError::Denied(format!(
-                "outbound HTTP to {} is not granted: add it to capabilities.allowed_outbound_hosts",
-                request.url
+                "outbound HTTP to {host} is not granted: add it to capabilities.allowed_outbound_hosts"
             ))));
         }
         Ok(Err(WitError::Unsupported("outbound HTTP is not implemented by this host yet".to_owned())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::outbound_allowed;
+
+    #[test]
+    fn outbound_allow_list() {
+        let allowed = ["hooks.test".to_owned(), "*.example.com".to_owned()];
+        assert!(outbound_allowed(&allowed, "HOOKS.test"));
+        assert!(outbound_allowed(&allowed, "api.example.com"));
+        assert!(!outbound_allowed(&allowed, "example.com"));
+        assert!(!outbound_allowed(&allowed, "evil-example.com"));
+        assert!(!outbound_allowed(&allowed, "hooks.test.evil"));
+        assert!(!outbound_allowed(&[], "hooks.test"));
+        assert!(outbound_allowed(&["*".to_owned()], "anything"));
     }
 }

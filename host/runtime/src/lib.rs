@@ -12,9 +12,11 @@ pub mod manifest;
 mod plugin;
 mod runtime;
 mod session;
+mod stderr;
 
 pub use host::{LogLevel, LogRecord, LogSink};
 pub use manifest::{Capabilities, FailurePolicy, InstanceModel, Limits, Manifest, ManifestError};
-pub use plugin::{Plugin, PluginStats};
+pub use plugin::{Compiled, Plugin, PluginStats};
 pub use runtime::{LoadError, Runtime, RuntimeConfig};
 pub use session::{Chain, ConnectionSession, HttpAction, HttpFlowSession, TlsSide};
+pub use stderr::STDERR_TAIL_BYTES;

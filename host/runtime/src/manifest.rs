@@ -52,6 +52,11 @@ pub struct Limits {
     pub memory_bytes: usize,
     /// Wall-clock time one hook call may take (`hook_timeout_ms`, default 100 ms).
     pub hook_timeout: Duration,
+    /// Wall-clock time creating one instance may take (`instantiate_timeout_ms`, default
+    /// 1000 ms). Apart from the hook deadline because an interpreted plugin's runtime
+    /// (CPython, SpiderMonkey) starts in about a millisecond alone but far slower when a
+    /// burst of flows instantiates at once on a busy machine.
+    pub instantiate_timeout: Duration,
     /// Fuel per hook call (`fuel`, default none); needs fuel enabled in the runtime.
     pub fuel: Option<u64>,
     /// Log bytes one hook call may write (`max_log_bytes`, default 64 KiB);
@@ -75,6 +80,7 @@ impl Default for Limits {
         Limits {
             memory_bytes: 64 << 20,
             hook_timeout: Duration::from_millis(100),
+            instantiate_timeout: Duration::from_millis(1000),
             fuel: None,
             max_log_bytes: 64 << 10,
             max_state_bytes: 1 << 20,
@@ -139,6 +145,10 @@ struct RawManifest {
     capabilities: RawCapabilities,
     #[serde(default)]
     config: BTreeMap<String, toml::Value>,
+    /// How `flowgate plugin build` makes the `.wasm`; the runtime ignores it.
+    #[serde(default)]
+    #[allow(dead_code, reason = "read by the flowgate binary's `plugin build`, accepted here")]
+    build: Option<toml::Table>,
 }
 
 #[derive(Deserialize, Default)]
@@ -146,6 +156,7 @@ struct RawManifest {
 struct RawLimits {
     memory: Option<ByteSize>,
     hook_timeout_ms: Option<u64>,
+    instantiate_timeout_ms: Option<u64>,
     fuel: Option<u64>,
     max_log_bytes: Option<ByteSize>,
     max_state_bytes: Option<ByteSize>,
@@ -259,6 +270,14 @@ impl Manifest {
             }
             l.hook_timeout = Duration::from_millis(ms);
         }
+        if let Some(ms) = raw.limits.instantiate_timeout_ms {
+            if !(1..=60_000).contains(&ms) {
+                return Err(ManifestError(format!(
+                    "limits.instantiate_timeout_ms must be between 1 and 60000, got {ms}"
+                )));
+            }
+            l.instantiate_timeout = Duration::from_millis(ms);
+        }
         l.fuel = raw.limits.fuel;
         if let Some(ByteSize(n)) = raw.limits.max_log_bytes {
             l.max_log_bytes = n;
@@ -320,6 +339,7 @@ mod tests {
             [limits]
             memory = "8MiB"
             hook_timeout_ms = 20
+            instantiate_timeout_ms = 300
             fuel = 1000000
             crash_budget = 3
             [capabilities]
@@ -334,6 +354,7 @@ mod tests {
         assert_eq!((m.order, m.instance, m.failure), (-5, InstanceModel::Pooled, FailurePolicy::FailClosed));
         assert_eq!(m.limits.memory_bytes, 8 << 20);
         assert_eq!(m.limits.hook_timeout, Duration::from_millis(20));
+        assert_eq!(m.limits.instantiate_timeout, Duration::from_millis(300));
         assert_eq!(m.limits.fuel, Some(1_000_000));
         assert_eq!(m.config.get("count").map(String::as_str), Some("3"));
     }

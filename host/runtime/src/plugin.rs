@@ -14,6 +14,7 @@ use crate::bindings::hooks;
 use crate::host::{CallState, DeadlineExceeded, MemoryCapExceeded, MemoryLimiter, PluginShared, StoreState};
 use crate::manifest::{FailurePolicy, InstanceModel, Manifest};
 use crate::runtime::RuntimeInner;
+use crate::stderr::StderrTail;
 
 /// Export indices of the hook groups a component exports, found once at load.
 #[derive(Default)]
@@ -86,6 +87,16 @@ pub struct Plugin {
     pub(crate) health: Health,
     pub(crate) pool: Mutex<Vec<LiveInstance>>,
     pub(crate) runtime: Arc<RuntimeInner>,
+    pub(crate) compiled: Compiled,
+}
+
+/// How a plugin's component was turned into machine code at load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compiled {
+    /// Time spent compiling, or reading the compiled code from the cache.
+    pub took: std::time::Duration,
+    /// Whether the compiled code came from the on-disk cache.
+    pub from_cache: bool,
 }
 
 /// A snapshot of a plugin's counters.
@@ -123,6 +134,11 @@ impl Plugin {
         &self.shared.manifest
     }
 
+    /// How long compiling took at load, and whether the cache answered.
+    pub fn compiled(&self) -> Compiled {
+        self.compiled
+    }
+
     /// The hook groups it exports, e.g. `["http"]`.
     pub fn exported_groups(&self) -> Vec<&'static str> {
         self.groups.names()
@@ -155,9 +171,11 @@ impl Plugin {
         self.shared.manifest.instance
     }
 
-    fn wasi_ctx(&self) -> WasiCtx {
+    fn wasi_ctx(&self, stderr: &StderrTail) -> WasiCtx {
         let caps = &self.shared.manifest.capabilities;
         let mut wasi = WasiCtx::builder();
+        // The defaults already refuse every socket; say so where it matters.
+        wasi.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
         for name in &caps.env {
             if let Ok(value) = std::env::var(name) {
                 wasi.env(name, value);
@@ -165,6 +183,8 @@ impl Plugin {
         }
         if caps.stdio {
             wasi.inherit_stdout().inherit_stderr();
+        } else {
+            wasi.stderr(stderr.clone());
         }
         wasi.build()
     }
@@ -172,12 +192,14 @@ impl Plugin {
     /// Creates a fresh instance (the pooling allocator makes this cheap).
     pub(crate) async fn instantiate(&self) -> Result<LiveInstance, PluginFailure> {
         let limits = &self.shared.manifest.limits;
+        let stderr = StderrTail::default();
         let state = StoreState {
-            wasi: self.wasi_ctx(),
+            wasi: self.wasi_ctx(&stderr),
+            stderr,
             table: wasmtime::component::ResourceTable::new(),
             limiter: MemoryLimiter { cap: limits.memory_bytes, denied: false },
             plugin: self.shared.clone(),
-            call: CallState::new(Hook::Configure, Instant::now() + limits.hook_timeout, None),
+            call: CallState::new(Hook::Configure, Instant::now() + limits.instantiate_timeout, None),
         };
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -192,7 +214,18 @@ impl Plugin {
         if let Some(fuel) = limits.fuel {
             store.set_fuel(fuel).map_err(|e| self.failure(Hook::Configure, FailureKind::Instantiate, &e))?;
         }
-        let fail = |e: wasmtime::Error| self.failure(Hook::Configure, FailureKind::Instantiate, &e);
+        let fail = |e: wasmtime::Error| {
+            let mut failure = self.failure(Hook::Configure, FailureKind::Instantiate, &e);
+            if e.is::<DeadlineExceeded>() {
+                failure.message = format!(
+                    "ran past {:?} (limits.instantiate_timeout_ms)",
+                    self.shared.manifest.limits.instantiate_timeout
+                );
+            } else if e.is::<MemoryCapExceeded>() {
+                failure.message = format!("{} (limits.memory)", e.root_cause());
+            }
+            failure
+        };
         let instance = self.pre.instantiate_async(&mut store).await.map_err(fail)?;
         let g = &self.groups;
         let groups = LiveGroups {
@@ -248,11 +281,16 @@ impl Plugin {
             }
             FailureKind::Memory => {
                 format!(
-                    "denied memory past {} bytes (limits.memory): {error:#}",
-                    self.shared.manifest.limits.memory_bytes
+                    "denied memory past {} bytes (limits.memory): {}",
+                    self.shared.manifest.limits.memory_bytes,
+                    error.root_cause()
                 )
             }
-            _ => format!("{error:#}"),
+            _ => format!("{}", error.root_cause()),
+        };
+        let message = match live.store.data().stderr.summary() {
+            Some(said) => format!("{message} (stderr: {said})"),
+            None => message,
         };
         PluginFailure { plugin: self.name().to_owned(), hook, kind, message }
     }
@@ -296,6 +334,7 @@ impl Plugin {
         self.health.calls.fetch_add(1, Ordering::Relaxed);
         let limits = &self.shared.manifest.limits;
         live.store.data_mut().call = CallState::new(hook, Instant::now() + limits.hook_timeout, flow_id);
+        live.store.data().stderr.clear();
         live.store.set_epoch_deadline(1);
         if let Some(fuel) = limits.fuel {
             live.store.set_fuel(fuel).map_err(|e| self.failure(hook, FailureKind::Trap, &e))?;

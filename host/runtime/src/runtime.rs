@@ -17,7 +17,7 @@ use wasmtime::{Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, P
 use crate::bindings::{self, hooks};
 use crate::host::{KvState, LogLevel, LogRecord, LogSink, PluginShared, StoreState};
 use crate::manifest::{MAX_MEMORY_BYTES, Manifest};
-use crate::plugin::{GroupIndices, Health, Plugin};
+use crate::plugin::{Compiled, GroupIndices, Health, Plugin};
 
 /// Settings of the plugin runtime as a whole. Per-plugin limits live in the manifest.
 #[derive(Clone)]
@@ -103,6 +103,7 @@ pub(crate) struct RuntimeInner {
     pub engine: Engine,
     pub linker: Linker<StoreState>,
     pub config: RuntimeConfig,
+    cache: Option<Cache>,
     stop_ticker: Arc<AtomicBool>,
 }
 
@@ -123,7 +124,11 @@ const KEEP_RESIDENT: usize = 128 << 10;
 
 /// The import namespaces every plugin may use without a grant. WASI filesystem is
 /// linked with no preopened directories, environment and stdio are empty unless
-/// granted, so none of these reach anything outside the sandbox.
+/// granted, sockets are linked with TCP, UDP and name lookup switched off (every call
+/// fails with `access-denied`), and outbound HTTP checks the manifest's
+/// `allowed_outbound_hosts` on every call, so none of these reach anything outside the
+/// sandbox. Importing them is allowed because the Python and JavaScript toolchains
+/// import every interface their runtime might use, whether the plugin calls it or not.
 const ALWAYS_ALLOWED: &[&str] = &[
     "flowgate:plugin/types@0.1.",
     "flowgate:plugin/log@0.1.",
@@ -136,6 +141,8 @@ const ALWAYS_ALLOWED: &[&str] = &[
     "wasi:clocks/",
     "wasi:random/",
     "wasi:filesystem/",
+    "wasi:sockets/",
+    "flowgate:plugin/outbound-http@0.1.",
 ];
 
 impl Runtime {
@@ -163,12 +170,14 @@ impl Runtime {
         pool.async_stack_keep_resident(KEEP_RESIDENT);
         pool.decommit_batch_size(16);
         wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let mut cache = None;
         if let Some(dir) = &config.cache_dir {
-            let mut cache = CacheConfig::new();
-            cache.with_directory(dir);
-            let cache =
-                Cache::new(cache).map_err(|e| LoadError::Engine(format!("compile cache in {}: {e}", dir.display())))?;
-            wasm.cache(Some(cache));
+            let mut settings = CacheConfig::new();
+            settings.with_directory(dir);
+            let made = Cache::new(settings)
+                .map_err(|e| LoadError::Engine(format!("compile cache in {}: {e}", dir.display())))?;
+            wasm.cache(Some(made.clone()));
+            cache = Some(made);
         }
         let engine = Engine::new(&wasm).map_err(|e| LoadError::Engine(e.to_string()))?;
         let mut linker: Linker<StoreState> = Linker::new(&engine);
@@ -191,7 +200,7 @@ impl Runtime {
                 })
                 .map_err(|e| LoadError::Engine(format!("cannot start the epoch ticker: {e}")))?;
         }
-        Ok(Runtime { inner: Arc::new(RuntimeInner { engine, linker, config, stop_ticker }) })
+        Ok(Runtime { inner: Arc::new(RuntimeInner { engine, linker, config, cache, stop_ticker }) })
     }
 
     /// Loads a plugin from a `.wasm` (safe defaults) or a `plugin.toml` (its manifest),
@@ -233,12 +242,18 @@ impl Runtime {
             ));
         }
         let engine = &self.inner.engine;
+        let hits_before = self.inner.cache.as_ref().map_or(0, Cache::cache_hits);
+        let started = Instant::now();
         let component =
             Component::new(engine, &bytes).map_err(|e| component_error(format!("invalid component: {e:#}")))?;
+        let compiled = Compiled {
+            took: started.elapsed(),
+            from_cache: self.inner.cache.as_ref().is_some_and(|c| c.cache_hits() > hits_before),
+        };
 
         let ty = component.component_type();
         for (name, _) in ty.imports(engine) {
-            check_import(name, &manifest).map_err(component_error)?;
+            check_import(name).map_err(component_error)?;
         }
         let pre = self
             .inner
@@ -299,14 +314,14 @@ impl Runtime {
             health: Health::default(),
             pool: Mutex::new(Vec::new()),
             runtime: self.inner.clone(),
+            compiled,
         });
         // Exports are type-checked when an instance loads them: do it once now so a
         // component that does not match the WIT is refused at load, not at its first flow.
         let probe = plugin.instantiate().await.map_err(|f| {
-            component_error(format!(
-                "cannot be instantiated (does it match the flowgate:plugin@0.1.0 WIT?): {}",
-                f.message
-            ))
+            let hint =
+                if f.message.contains("(limits.") { "" } else { " (does it match the flowgate:plugin@0.1.0 WIT?)" };
+            component_error(format!("cannot be instantiated{hint}: {}", f.message))
         })?;
         if plugin.model() == crate::InstanceModel::Pooled {
             plugin.release_pooled(probe);
@@ -323,22 +338,10 @@ fn wasmparser_is_component(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [1, 0]
 }
 
-/// Checks one import name against what the manifest grants.
-fn check_import(name: &str, manifest: &Manifest) -> Result<(), String> {
+/// Checks one import name against what flowgate provides.
+fn check_import(name: &str) -> Result<(), String> {
     if ALWAYS_ALLOWED.iter().any(|p| name.starts_with(p)) {
         return Ok(());
-    }
-    if name.starts_with("flowgate:plugin/outbound-http@0.1.") {
-        return if manifest.capabilities.allowed_outbound_hosts.is_empty() {
-            Err(format!(
-                "imports `{name}` but outbound HTTP is not granted (list hosts in capabilities.allowed_outbound_hosts)"
-            ))
-        } else {
-            Ok(())
-        };
-    }
-    if name.starts_with("wasi:sockets/") {
-        return Err(format!("imports `{name}`: raw sockets are never granted to plugins (use outbound-http)"));
     }
     if name.starts_with("wasi:http/") {
         return Err(format!("imports `{name}`: wasi:http is not provided (use flowgate:plugin/outbound-http)"));

@@ -133,7 +133,7 @@ impl Slots {
                     Some(live) => live,
                     None => match plugin.instantiate().await {
                         Ok(live) => live,
-                        Err(failure) => return self.instantiate_failed(i, &plugin, failure),
+                        Err(failure) => return self.instantiate_failed(i, &plugin, hook, failure),
                     },
                 };
                 let result = plugin.invoke(&mut live, hook, flow_id, f).await;
@@ -153,7 +153,7 @@ impl Slots {
                         };
                         match made {
                             Ok(live) => live,
-                            Err(failure) => return self.instantiate_failed(i, &plugin, failure),
+                            Err(failure) => return self.instantiate_failed(i, &plugin, hook, failure),
                         }
                     }
                 };
@@ -173,7 +173,9 @@ impl Slots {
         }
     }
 
-    fn instantiate_failed<R>(&mut self, i: usize, plugin: &Plugin, failure: PluginFailure) -> Call<R> {
+    /// Records that no instance could be made for `hook` (named after the hook it was for).
+    fn instantiate_failed<R>(&mut self, i: usize, plugin: &Plugin, hook: Hook, mut failure: PluginFailure) -> Call<R> {
+        failure.hook = hook;
         plugin.note_failure(&failure);
         self.failed(i, failure)
     }
