@@ -1,5 +1,9 @@
-//! The `flowgate` command: runs the proxy with mitmdump's flags, and `flowgate ca` for the
-//! certificate authority.
+//! The `flowgate` command: runs the proxy with mitmdump's flags, `flowgate ca` for the
+//! certificate authority and `flowgate plugin new|build|test` for plugin authors.
+
+mod plugin_build;
+mod plugin_new;
+mod plugin_test;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -29,13 +33,13 @@ struct Cli {
     #[arg(long = "plugin", short = 's')]
     plugins: Vec<PathBuf>,
     /// Set an option (KEY=VALUE), or a plugin's config (PLUGIN.KEY=VALUE). Repeatable.
-    #[arg(long = "set")]
+    #[arg(long = "set", global = true)]
     sets: Vec<String>,
     /// Do not verify upstream server certificates.
     #[arg(long = "ssl-insecure", short = 'k')]
     ssl_insecure: bool,
-    /// Configuration directory (the CA lives here).
-    #[arg(long)]
+    /// Configuration directory (the CA and the compile cache live here).
+    #[arg(long, global = true)]
     confdir: Option<PathBuf>,
     /// Quiet: do not print flows.
     #[arg(long, short = 'q')]
@@ -50,6 +54,53 @@ enum Command {
     Ca {
         #[command(subcommand)]
         action: CaAction,
+    },
+    /// Write, build and test plugins.
+    Plugin {
+        #[command(subcommand)]
+        action: PluginAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PluginAction {
+    /// Create a plugin project: WIT, plugin.toml with a [build] table, source, a test.
+    New {
+        /// The project's language.
+        #[arg(long, value_enum)]
+        lang: plugin_build::Lang,
+        /// The plugin's name (also the new directory, unless --dir).
+        name: String,
+        /// Where to create it (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Build a plugin project into the component its plugin.toml loads, then check that
+    /// flowgate loads it (which also fills the compile cache).
+    Build {
+        /// The project directory or its plugin.toml.
+        #[arg(default_value = ".")]
+        project: PathBuf,
+        /// Build even if the component is newer than every source.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run a plugin offline on an HTTP exchange and print what it changed. Runs the
+    /// cases in the project's tests/*.toml, or one exchange from --request/--response
+    /// (raw HTTP/1 messages, as captured), or a synthetic GET.
+    Test {
+        /// The project directory, its plugin.toml, or a .wasm.
+        #[arg(default_value = ".")]
+        plugin: PathBuf,
+        /// A raw HTTP/1 request to run instead of the test cases.
+        #[arg(long)]
+        request: Option<PathBuf>,
+        /// A raw HTTP/1 response the upstream "sends" (default: 200 with a small body).
+        #[arg(long)]
+        response: Option<PathBuf>,
+        /// Test case files (default: the project's tests/*.toml).
+        #[arg(long = "case")]
+        cases: Vec<PathBuf>,
     },
 }
 
@@ -73,7 +124,8 @@ enum CaAction {
 
 fn confdir(cli: &Cli) -> anyhow::Result<PathBuf> {
     match &cli.confdir {
-        Some(dir) => Ok(dir.clone()),
+        // Absolute, because the compile cache refuses a relative directory.
+        Some(dir) => std::path::absolute(dir).with_context(|| format!("--confdir {}", dir.display())),
         None => {
             let home = std::env::var_os("HOME").context("HOME is not set: pass --confdir")?;
             Ok(PathBuf::from(home).join(".flowgate"))
@@ -132,6 +184,8 @@ fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> 
             }
             "plugin_fuel" => runtime.fuel = value.parse().map_err(|e| bad(&e))?,
             "plugin_max_instances" => runtime.max_instances = value.parse().map_err(|e| bad(&e))?,
+            "plugin_cache_dir" if value.is_empty() => runtime.cache_dir = None,
+            "plugin_cache_dir" => runtime.cache_dir = Some(std::path::absolute(value).map_err(|e| bad(&e))?),
             other => match other.split_once('.') {
                 Some((plugin, config_key)) => {
                     plugin_config.push((plugin.to_owned(), config_key.to_owned(), value.to_owned()))
@@ -139,7 +193,7 @@ fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> 
                 None => bail!(
                     "--set {other}: unknown option (known: ignore_hosts, allow_hosts, body_size_limit, stream_large_bodies, max_headers, header_read_timeout, body_read_timeout, connect_timeout, \
                      ssl_insecure, http2, http2_max_concurrent_streams, http2_max_header_list_size, http2_header_table_size, \
-                     http2_max_reset_streams, http2_max_error_reset_streams, plugin_fuel, plugin_max_instances, PLUGIN.KEY)"
+                     http2_max_reset_streams, http2_max_error_reset_streams, plugin_fuel, plugin_max_instances, plugin_cache_dir, PLUGIN.KEY)"
                 ),
             },
         }
@@ -154,6 +208,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FLOWGATE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,flowgate_runtime=info")),
@@ -177,6 +232,9 @@ fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let confdir = confdir(&cli)?;
+    if let Some(Command::Plugin { action }) = &cli.command {
+        return plugin_command(action, parse_sets(&cli, &confdir)?).await;
+    }
     let ca = CertificateAuthority::load_or_create(&confdir)?;
     if let Some(Command::Ca { action }) = &cli.command {
         return ca_command(&confdir, &ca, action);
@@ -205,17 +263,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let plugin_runtime = Runtime::new(settings.runtime)?;
     let mut plugins = Vec::new();
     for path in &cli.plugins {
-        let stem = path.file_stem().map(|s| s.to_string_lossy().replace('_', "-")).unwrap_or_default();
+        // `--set NAME.KEY=VALUE` targets the plugin by its manifest's name (or, for a bare
+        // .wasm, its file name); the manifest's directory name works too.
+        let is_manifest = path.extension().is_some_and(|e| e == "toml");
+        let name = if is_manifest {
+            std::fs::read_to_string(path)
+                .ok()
+                .and_then(|text| flowgate_runtime::Manifest::parse(&text, path).ok())
+                .map(|m| m.name)
+                .unwrap_or_default()
+        } else {
+            path.file_stem().map(|s| s.to_string_lossy().replace('_', "-")).unwrap_or_default()
+        };
+        let dir_name = path.parent().and_then(|d| d.file_name()).map(|d| d.to_string_lossy().into_owned());
         let overrides: Vec<(String, String)> = settings
             .plugin_config
             .iter()
-            .filter(|(p, _, _)| {
-                *p == stem || path.parent().and_then(|d| d.file_name()).is_some_and(|d| d == p.as_str())
-            })
+            .filter(|(p, _, _)| *p == name || (is_manifest && dir_name.as_deref() == Some(p.as_str())))
             .map(|(_, k, v)| (k.clone(), v.clone()))
             .collect();
         let plugin = plugin_runtime.load_with(path, &overrides).await.context("cannot load plugin")?;
-        eprintln!("flowgate: loaded plugin {} ({})", plugin.name(), plugin.exported_groups().join(", "));
+        let compiled = plugin.compiled();
+        eprintln!(
+            "flowgate: loaded plugin {} ({}; {} in {} ms)",
+            plugin.name(),
+            plugin.exported_groups().join(", "),
+            if compiled.from_cache { "compiled code from the cache" } else { "compiled" },
+            compiled.took.as_millis()
+        );
         plugins.push(plugin);
     }
     let chain = Chain::new(plugins);
@@ -248,6 +323,53 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         eprintln!("flowgate: {failure}");
     }
     Ok(())
+}
+
+async fn plugin_command(action: &PluginAction, settings: Settings) -> anyhow::Result<()> {
+    match action {
+        PluginAction::New { lang, name, dir } => {
+            let dir = dir.clone().unwrap_or_else(|| PathBuf::from(name));
+            plugin_new::create(*lang, name, &dir)?;
+            println!("created {} plugin `{name}` in {}", plugin_new::lang_name(*lang), dir.display());
+            println!("next: flowgate plugin build {0} && flowgate plugin test {0}", dir.display());
+            println!("then: flowgate -s {}", dir.join("plugin.toml").display());
+            Ok(())
+        }
+        PluginAction::Build { project, force } => {
+            let project = plugin_build::Project::open(project)?;
+            if !force && project.up_to_date() {
+                println!("{} is up to date", project.wasm.display());
+            } else {
+                let built = plugin_build::build(&project)?;
+                println!(
+                    "built {} ({} KiB) in {:.1} s",
+                    built.wasm.display(),
+                    built.size.div_ceil(1024),
+                    built.took.as_secs_f64()
+                );
+            }
+            let runtime = Runtime::new(settings.runtime)?;
+            let plugin = runtime.load(&project.manifest_path).await.context("the built plugin does not load")?;
+            let compiled = plugin.compiled();
+            println!(
+                "loads: exports {}; {} in {} ms",
+                plugin.exported_groups().join(", "),
+                if compiled.from_cache { "compiled code from the cache" } else { "compiled" },
+                compiled.took.as_millis()
+            );
+            Ok(())
+        }
+        PluginAction::Test { plugin, request, response, cases } => {
+            let runtime = Runtime::new(settings.runtime)?;
+            let options = plugin_test::Options {
+                request: request.clone(),
+                response: response.clone(),
+                cases: cases.clone(),
+                overrides: settings.plugin_config,
+            };
+            if plugin_test::run(&runtime, plugin, &options).await? { Ok(()) } else { bail!("some expectations failed") }
+        }
+    }
 }
 
 fn ca_command(confdir: &std::path::Path, ca: &CertificateAuthority, action: &CaAction) -> anyhow::Result<()> {
