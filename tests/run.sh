@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test on a fresh machine: installs what the tests drive flowgate with (curl,
 # openssl, nghttp/h2load, headless Chromium from Debian; Python's h2 and grpcio, pinned in
-# tests/e2e/requirements.txt, in a virtualenv) and the wasm32-wasip2 target, then runs
-# the whole cargo test suite (which builds the example plugins once).
+# tests/e2e/requirements.txt, in a virtualenv), the plugin toolchains (plugins/toolchains.sh)
+# and the wasm32-wasip2 target, then runs the whole cargo test suite (which builds the
+# example plugins once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +30,10 @@ if [ ! -x "$venv/bin/python" ] || ! cmp -s tests/e2e/requirements.txt "$venv/req
     cp tests/e2e/requirements.txt "$venv/requirements.txt"
 fi
 export FLOWGATE_TEST_PYTHON="$PWD/$venv/bin/python"
+
+# The plugin toolchains (clang + wasi-libc, componentize-py, componentize-js), pinned: the
+# JavaScript, Python and C plugins are built from source by the tests.
+source plugins/toolchains.sh
 
 # The benchmark's tools (nginx, oha, mitmdump): a test runs the harness's quick mode.
 source tests/bench/tools.sh

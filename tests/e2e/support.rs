@@ -107,6 +107,14 @@ pub async fn echo(
         resp.headers_mut().insert("content-length", n.into());
         return Ok(resp);
     }
+    if let Some((json, cookie)) = json_fixture(&path) {
+        let mut resp = hyper::Response::new(Full::new(Bytes::from_static(json.as_bytes())).boxed());
+        resp.headers_mut().insert("content-type", "application/json".parse().expect("valid"));
+        if let Some(cookie) = cookie {
+            resp.headers_mut().insert("set-cookie", cookie.parse().expect("valid"));
+        }
+        return Ok(resp);
+    }
     let mut text =
         format!("<h1>Example Domain</h1>\nmethod: {}\npath: {path}\nversion: {:?}\n", req.method(), req.version());
     for (name, value) in req.headers() {
@@ -124,6 +132,21 @@ pub async fn echo(
     resp.headers_mut().insert("content-type", "text/html; charset=utf-8".parse().expect("valid"));
     resp.headers_mut().insert("x-origin", "1".parse().expect("valid"));
     Ok(resp)
+}
+
+/// JSON answers for plugins that edit API responses: `/api/user` (a profile) and
+/// `/api/session` (secrets, and a session cookie).
+fn json_fixture(path: &str) -> Option<(&'static str, Option<&'static str>)> {
+    match path {
+        "/api/user" => {
+            Some((r#"{"user":{"name":"Ada","email":"ada@example.com"},"features":{"beta":false},"plan":"free"}"#, None))
+        }
+        "/api/session" => Some((
+            r#"{"user":"ada","access_token":"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhZGEifQ.c2lnbmF0dXJl","aws_key":"AKIAIOSFODNN7EXAMPLE","note":"send Authorization: Bearer abc123.def456 next time","theme":"dark"}"#,
+            Some("session=s3cr3t-value; Path=/; HttpOnly"),
+        )),
+        _ => None,
+    }
 }
 
 /// Which HTTP versions an origin speaks.
@@ -336,6 +359,7 @@ impl Drop for Flowgate {
     }
 }
 
+#[derive(Debug)]
 pub struct Reply {
     pub status: u16,
     pub headers: String,

@@ -1,0 +1,309 @@
+//! Plugins in JavaScript, Python and C, built from source by `flowgate plugin build` with
+//! the pinned toolchains (plugins/toolchains.sh), each run in the real proxy against real
+//! traffic; hostile JavaScript and Python plugins contained like the Rust ones; and
+//! `flowgate plugin new` + `build` + `test` + the proxy, from nothing, in every language.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use support::{Flowgate, Origin, curl};
+
+/// The non-Rust example plugins; `every_plugin_project_is_tested` checks this list
+/// against plugins/*/plugin.toml, so a plugin without a test here fails the suite.
+const TESTED: &[&str] = &["json-rewrite", "redact-secrets", "header-block", "hostile-js", "hostile-py"];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Every process shares the compile cache the runtime tests use, so a component is
+/// compiled once per machine, not once per test.
+fn cache_set() -> String {
+    format!("plugin_cache_dir={}", flowgate_tests::cache_dir().display())
+}
+
+fn flowgate(args: &[&str], dir: &Path) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_flowgate"));
+    command.args(args).args(["--set", &cache_set()]).current_dir(dir);
+    // The outer cargo's settings are for this test binary, not for a plugin's own build.
+    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET", "CARGO_MAKEFLAGS"] {
+        command.env_remove(var);
+    }
+    command.output().expect("flowgate runs")
+}
+
+fn assert_ok(what: &str, out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{stdout}\n{}\n(the toolchains come from `source plugins/toolchains.sh`)",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Builds plugins/NAME with `flowgate plugin build`, once per test process, and returns
+/// its manifest.
+fn built(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<BTreeMap<String, Arc<OnceLock<()>>>>> = OnceLock::new();
+    let once = BUILT.get_or_init(Mutex::default).lock().expect("build map").entry(name.to_owned()).or_default().clone();
+    let dir = root().join("plugins").join(name);
+    once.get_or_init(|| {
+        let out = flowgate(&["plugin", "build", &dir.display().to_string()], &root());
+        assert_ok(&format!("flowgate plugin build plugins/{name}"), &out);
+    });
+    dir.join("plugin.toml")
+}
+
+fn start(manifest: &Path, sets: &[&str]) -> Flowgate {
+    let manifest = manifest.display().to_string();
+    let cache = cache_set();
+    let mut args = vec!["-s", manifest.as_str(), "--set", cache.as_str()];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    Flowgate::start(&args)
+}
+
+#[test]
+fn every_plugin_project_is_tested() {
+    let mut projects = Vec::new();
+    for entry in std::fs::read_dir(root().join("plugins")).expect("plugins/").flatten() {
+        let text = std::fs::read_to_string(entry.path().join("plugin.toml")).unwrap_or_default();
+        if text.lines().any(|l| l.trim() == "[build]") {
+            projects.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    projects.sort();
+    let mut tested: Vec<String> = TESTED.iter().map(|s| (*s).to_owned()).collect();
+    tested.sort();
+    assert_eq!(projects, tested, "each plugin project in plugins/ needs an end-to-end test here");
+}
+
+#[test]
+fn json_rewrite_in_javascript_edits_api_responses() {
+    let manifest = built("json-rewrite");
+    let origin = Origin::start(false);
+    let fg = start(&manifest, &[r#"json-rewrite.fields=user.email="hidden@example.com", features.beta=true"#]);
+    let reply = curl(&["-x", &fg.proxy(), &origin.url("http", "/api/user")]);
+    assert_eq!(reply.status, 200);
+    let json: serde_json::Value = serde_json::from_str(&reply.body).expect("still JSON");
+    assert_eq!(json["user"]["email"], "hidden@example.com", "{}", reply.body);
+    assert_eq!(json["features"]["beta"], true, "{}", reply.body);
+    assert_eq!(json["user"]["name"], "Ada", "other fields are kept: {}", reply.body);
+    assert!(reply.headers.contains("x-json-rewrite: 2"), "{}", reply.headers);
+    // Not JSON: untouched.
+    let page = curl(&["-x", &fg.proxy(), &origin.url("http", "/page")]);
+    assert!(page.body.starts_with("<h1>Example Domain</h1>"), "{}", page.body);
+    assert!(!page.headers.contains("x-json-rewrite"), "{}", page.headers);
+}
+
+#[test]
+fn redact_secrets_in_python_scrubs_tokens_and_cookies() {
+    let manifest = built("redact-secrets");
+    let origin = Origin::start(false);
+    let fg = start(&manifest, &[]);
+    let reply = curl(&["-x", &fg.proxy(), &origin.url("http", "/api/session")]);
+    assert_eq!(reply.status, 200);
+    for secret in ["eyJhbGciOiJIUzI1NiJ9", "AKIAIOSFODNN7EXAMPLE", "abc123.def456", "s3cr3t-value"] {
+        assert!(!reply.body.contains(secret) && !reply.headers.contains(secret), "{secret} leaked:\n{reply:?}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&reply.body).expect("still JSON");
+    assert_eq!(json["access_token"], "[REDACTED]", "{}", reply.body);
+    assert_eq!(json["theme"], "dark", "other fields are kept: {}", reply.body);
+    assert!(reply.headers.contains("set-cookie: session=[redacted]"), "{}", reply.headers);
+    assert!(reply.headers.contains("x-redacted:"), "{}", reply.headers);
+    // Nothing secret: nothing changed.
+    let clean = curl(&["-x", &fg.proxy(), &origin.url("http", "/api/user")]);
+    assert!(clean.body.contains("ada@example.com") && !clean.headers.contains("x-redacted"), "{clean:?}");
+}
+
+#[test]
+fn header_block_in_c_blocks_scanners() {
+    let manifest = built("header-block");
+    let origin = Origin::start(false);
+    let fg = start(&manifest, &[]);
+    let blocked = curl(&["-x", &fg.proxy(), "-A", "sqlmap/1.7.2#stable", &origin.url("http", "/login")]);
+    assert_eq!(blocked.status, 403, "{blocked:?}");
+    assert!(blocked.body.contains("blocked by header-block"), "{}", blocked.body);
+    assert!(origin.seen.paths().is_empty(), "a blocked request never reaches the upstream");
+    let fine = curl(&["-x", &fg.proxy(), "-A", "Mozilla/5.0", &origin.url("http", "/login")]);
+    assert_eq!(fine.status, 200, "{fine:?}");
+    assert!(fine.body.contains("path: /login"), "{}", fine.body);
+}
+
+/// A hostile plugin misbehaves in request-headers; the flow goes on (fail-open), the
+/// failure is recorded on it, the instance is replaced, and later flows work.
+fn contained(plugin: &str, behaviour: &str, failure: &str) -> Flowgate {
+    let manifest = built(plugin);
+    let origin = Origin::start(false);
+    let fg = start(&manifest, &[&format!("{plugin}.behaviour={behaviour}"), &format!("{plugin}.port=1")]);
+    let started = Instant::now();
+    for i in 0..3 {
+        let reply = curl(&["-x", &fg.proxy(), &origin.url("http", &format!("/{behaviour}/{i}"))]);
+        assert_eq!(reply.status, 200, "fail-open: the flow goes on: {reply:?}");
+        let line = fg.flow_line(&format!("/{behaviour}/{i}"));
+        assert!(line.contains(&format!("plugin {plugin} failed in request-headers: {failure}")), "{line}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    fg
+}
+
+#[test]
+fn hostile_javascript_endless_loop_is_interrupted() {
+    let _ = contained("hostile-js", "loop", "deadline exceeded");
+}
+
+#[test]
+fn hostile_javascript_memory_bomb_hits_the_cap() {
+    let _ = contained("hostile-js", "memory", "memory limit");
+}
+
+#[test]
+fn hostile_python_endless_loop_is_interrupted() {
+    let _ = contained("hostile-py", "loop", "deadline exceeded");
+}
+
+#[test]
+fn hostile_python_memory_bomb_hits_the_cap() {
+    let _ = contained("hostile-py", "memory", "memory limit");
+}
+
+#[test]
+fn uncaught_exceptions_are_recorded_with_their_message() {
+    // What the guest wrote to stderr as it died is kept in the failure, so a JavaScript
+    // or Python author sees the exception, not just "unreachable".
+    let fg = contained("hostile-py", "trap", "trap");
+    let line = fg.flow_line("/trap/0");
+    assert!(line.contains("RuntimeError: hostile-py: deliberate uncaught exception"), "{line}");
+    let fg = contained("hostile-js", "trap", "trap");
+    let line = fg.flow_line("/trap/0");
+    assert!(line.contains("hostile-js: deliberate uncaught exception"), "{line}");
+}
+
+#[test]
+fn python_plugin_cannot_open_sockets() {
+    let manifest = built("hostile-py");
+    let origin = Origin::start(false);
+    let port = origin.url("http", "/").split(':').nth(2).and_then(|p| p.trim_end_matches('/').parse::<u16>().ok());
+    let port = port.expect("origin port").to_string();
+    let fg = start(&manifest, &["hostile-py.behaviour=connect", &format!("hostile-py.port={port}")]);
+    let reply = curl(&["-x", &fg.proxy(), &origin.url("http", "/after-connect")]);
+    assert_eq!(reply.status, 200);
+    // The origin echoes the request's headers: the plugin's connect attempt failed.
+    assert!(reply.body.contains("x-connect-error:"), "{}", reply.body);
+    assert!(!reply.body.contains("x-connect: succeeded"), "{}", reply.body);
+    assert_eq!(origin.seen.paths(), vec!["/after-connect"], "only the proxied request reached the origin");
+}
+
+/// `flowgate plugin new` + `build` + `test`, then the proxy with the result, as a new
+/// user does it: the starter blocks /blocked and greets every response.
+fn new_plugin_works(lang: &str) {
+    let dir = std::env::temp_dir().join(format!("flowgate-new-{lang}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let name = format!("my-{lang}-plugin");
+    let out = flowgate(&["plugin", "new", "--lang", lang, &name], &dir);
+    assert_ok("plugin new", &out);
+    let project = dir.join(&name);
+    let out = flowgate(&["plugin", "build"], &project);
+    let stdout = assert_ok("plugin build", &out);
+    assert!(stdout.contains("loads: exports http"), "{stdout}");
+    let out = flowgate(&["plugin", "test"], &project);
+    let stdout = assert_ok("plugin test", &out);
+    assert!(stdout.contains(&format!("+ x-greeting: hello from {name}")), "{stdout}");
+    assert_eq!(stdout.matches("\nok").count() + usize::from(stdout.starts_with("ok")), 2, "{stdout}");
+
+    let origin = Origin::start(false);
+    let fg = start(&project.join("plugin.toml"), &[]);
+    let reply = curl(&["-x", &fg.proxy(), &origin.url("http", "/hello")]);
+    assert_eq!(reply.status, 200);
+    assert!(reply.headers.contains(&format!("x-greeting: hello from {name}")), "{}", reply.headers);
+    let blocked = curl(&["-x", &fg.proxy(), &origin.url("http", "/blocked/page")]);
+    assert_eq!(blocked.status, 403);
+    assert_eq!(blocked.body, format!("blocked by {name}\n"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn new_rust_plugin_builds_and_runs() {
+    new_plugin_works("rust");
+}
+
+#[test]
+fn new_javascript_plugin_builds_and_runs() {
+    new_plugin_works("js");
+}
+
+#[test]
+fn new_python_plugin_builds_and_runs() {
+    new_plugin_works("python");
+}
+
+#[test]
+fn new_c_plugin_builds_and_runs() {
+    new_plugin_works("c");
+}
+
+#[test]
+fn plugin_test_reports_a_failed_expectation() {
+    let dir = std::env::temp_dir().join(format!("flowgate-expect-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    assert_ok("plugin new", &flowgate(&["plugin", "new", "--lang", "c", "strict"], &dir));
+    let project = dir.join("strict");
+    assert_ok("plugin build", &flowgate(&["plugin", "build"], &project));
+    std::fs::write(
+        project.join("tests/wrong.toml"),
+        "[request]\nurl = \"http://example.com/\"\n[expect]\nstatus = 418\nresponse_headers = { \"x-greeting\" = \"bye\" }\n",
+    )
+    .expect("write a case");
+    let out = flowgate(&["plugin", "test"], &project);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "a failed expectation fails the command:\n{stdout}");
+    assert!(stdout.contains("expectation failed: status is 200, expected 418"), "{stdout}");
+    assert!(
+        stdout.contains("expectation failed: response header x-greeting is [\"hello from strict\"], expected \"bye\""),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Making an instance has its own deadline (`limits.instantiate_timeout_ms`): a C plugin
+/// whose constructor never returns is cut off there, and the proxy refuses to load it.
+#[test]
+fn endless_start_up_is_cut_at_instantiate_timeout() {
+    let dir = std::env::temp_dir().join(format!("flowgate-slow-start-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    assert_ok("plugin new", &flowgate(&["plugin", "new", "--lang", "c", "slow-start"], &dir));
+    let project = dir.join("slow-start");
+    let source = project.join("src/plugin.c");
+    let mut code = std::fs::read_to_string(&source).expect("read plugin.c");
+    code.push_str("\n__attribute__((constructor)) static void slow_start(void) {\n  for (;;) {\n  }\n}\n");
+    std::fs::write(&source, code).expect("write plugin.c");
+    let manifest = project.join("plugin.toml");
+    let text = std::fs::read_to_string(&manifest).expect("read plugin.toml");
+    assert!(text.contains("\n[limits]\n"), "{text}");
+    std::fs::write(&manifest, text.replace("\n[limits]\n", "\n[limits]\ninstantiate_timeout_ms = 200\n"))
+        .expect("write plugin.toml");
+
+    let started = Instant::now();
+    let out = flowgate(&["plugin", "build"], &project);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a plugin that cannot start does not pass its build's load check");
+    assert!(stderr.contains("cannot be instantiated: ran past 200ms (limits.instantiate_timeout_ms)"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+
+    let out = flowgate(&["-s", &manifest.display().to_string(), "-p", "0"], &project);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the proxy refuses it");
+    assert!(stderr.contains("cannot load plugin") && stderr.contains("(limits.instantiate_timeout_ms)"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
