@@ -175,8 +175,9 @@ class Proxy:
         if kind == "flowgate":
             cmd = [args.flowgate, "-q", "-k", "--confdir", str(self.confdir), "--listen-host", "127.0.0.1",
                    "-p", str(self.port), "--mode", mode]
-            if "plugin" in name:
-                cmd += ["-s", args.plugin]
+            plugin = plugin_of(args, name)
+            if plugin:
+                cmd += ["-s", plugin]
             self.ca = self.confdir / "flowgate-ca-cert.pem"
         else:
             cmd = [args.mitmdump, "-q", "--ssl-insecure", "--listen-host", "127.0.0.1", "-p", str(self.port),
@@ -309,6 +310,14 @@ def load_scenarios(origin):
     ]
 
 
+def plugin_of(args, name):
+    """The plugin a flowgate target (or its -reverse/-body/-idle variant) loads, if any."""
+    target = name.split("-")[0] if name.startswith("flowgate+") else name
+    if target == "flowgate+plugin":
+        return args.plugin
+    return dict(args.extra_plugins).get(target.removeprefix("flowgate+")) if target.startswith("flowgate+") else None
+
+
 def kind_of(target):
     """Which program a target runs."""
     return "mitmdump" if target == "mitmdump" else "flowgate"
@@ -347,10 +356,13 @@ def run(args):
                             "idle_connections": args.idle, "idle_connections_mitmdump": args.idle_mitmdump},
                "scenarios": {}}
     try:
-        for t in TARGETS[1:]:
+        extra_targets = [f"flowgate+{n}" for n, _ in args.extra_plugins]
+        for t in TARGETS[1:] + extra_targets:
             if t != "mitmdump" or args.mitmdump:
                 procs[t] = Proxy(kind_of(t), args, work, t)
+        # The extra plugins take part in the load scenarios and reverse mode only.
         targets = [t for t in TARGETS if t == "direct" or t in procs]
+        load_targets = targets + extra_targets
 
         for name, desc, url, extra, conns, tls in load_scenarios(origin):
             def request(t, url=url, extra=extra, conns=conns, tls=tls):
@@ -359,10 +371,12 @@ def run(args):
                 p = procs[t]
                 return url, extra + ["-x", p.url] + (["--cacert", str(p.ca)] if tls else []), conns, p
 
-            results["scenarios"][name] = summarize(desc, measure(args, name, targets, request))
+            results["scenarios"][name] = summarize(desc, measure(args, name, load_targets, request))
 
         # Reverse mode: each proxy in front of the cleartext origin.
-        for t in targets[1:]:
+        for t in extra_targets:
+            procs.pop(t).stop()
+        for t in load_targets[1:]:
             procs[f"{t}-reverse"] = Proxy(kind_of(t), args, work, f"{t}-reverse",
                                           mode=f"reverse:http://127.0.0.1:{origin.http}")
 
@@ -370,9 +384,9 @@ def run(args):
             p = procs.get(f"{t}-reverse")
             return f"http://127.0.0.1:{p.port if p else origin.http}/small", [], 10, p
 
-        runs = measure(args, "reverse", targets, reverse_request)
+        runs = measure(args, "reverse", load_targets, reverse_request)
         results["scenarios"]["reverse"] = summarize("reverse mode, HTTP/1.1 client, cleartext origin", runs)
-        for t in targets[1:]:
+        for t in load_targets[1:]:
             procs.pop(f"{t}-reverse").stop()
 
         # A streamed body: a fresh proxy each, so its peak RSS is the body's.
@@ -455,6 +469,9 @@ def ratios(results):
                      "flowgate/mitmdump": ratio("flowgate", "mitmdump"),
                      "flowgate+plugin/mitmdump": ratio("flowgate+plugin", "mitmdump"),
                      "plugin/no-plugin": ratio("flowgate+plugin", "flowgate")}
+        for target in t:
+            if target.startswith("flowgate+") and target != "flowgate+plugin":
+                out[name][f"{target.removeprefix('flowgate+')}/no-plugin"] = ratio(target, "flowgate")
     return out
 
 
@@ -486,6 +503,11 @@ def table(results):
     for name, r in results["ratios"].items():
         lines.append(f"| {name} | {fmt(r['flowgate/direct'], '.2f')} | {fmt(r['flowgate+plugin/direct'], '.2f')} | "
                      f"{fmt(r['flowgate/mitmdump'], '.1f')} | {fmt(r['plugin/no-plugin'], '.2f')} |")
+    extra = sorted({k for r in results["ratios"].values() for k in r if k.endswith("/no-plugin") and k != "plugin/no-plugin"})
+    if extra:
+        lines += ["", "| scenario | " + " | ".join(extra) + " |", "|---|" + "---:|" * len(extra)]
+        for name, r in results["ratios"].items():
+            lines.append(f"| {name} | " + " | ".join(fmt(r.get(k), '.2f') for k in extra) + " |")
     return "\n".join(lines)
 
 
@@ -494,6 +516,9 @@ def main():
     p.add_argument("--quick", action="store_true", help="short runs (under 3 minutes in all)")
     p.add_argument("--flowgate", required=True)
     p.add_argument("--plugin", required=True, help="the Rust plugin on every HTTP hook (request-id .wasm)")
+    p.add_argument("--extra-plugin", dest="extra_plugins", action="append", default=[],
+                   type=lambda v: tuple(v.split("=", 1)), metavar="NAME=PLUGIN",
+                   help="also measure flowgate with this plugin (target flowgate+NAME) in the load scenarios")
     p.add_argument("--oha", default=shutil.which("oha") or "oha")
     p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
     p.add_argument("--mitmdump", default=shutil.which("mitmdump"), help="omit to skip mitmdump")
