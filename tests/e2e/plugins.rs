@@ -275,24 +275,32 @@ fn plugin_test_reports_a_failed_expectation() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A C plugin made with `plugin new`, with `code` added to its source and `limits` to its
+/// manifest's [limits]; returns the project directory (under `dir`).
+fn c_project_with(dir: &Path, name: &str, code: &str, limits: &str) -> PathBuf {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).expect("temp dir");
+    assert_ok("plugin new", &flowgate(&["plugin", "new", "--lang", "c", name], dir));
+    let project = dir.join(name);
+    let source = project.join("src/plugin.c");
+    let mut text = std::fs::read_to_string(&source).expect("read plugin.c");
+    text.push_str(code);
+    std::fs::write(&source, text).expect("write plugin.c");
+    let manifest = project.join("plugin.toml");
+    let text = std::fs::read_to_string(&manifest).expect("read plugin.toml");
+    assert!(text.contains("\n[limits]\n"), "{text}");
+    std::fs::write(&manifest, text.replace("\n[limits]\n", &format!("\n[limits]\n{limits}\n")))
+        .expect("write plugin.toml");
+    project
+}
+
 /// Making an instance has its own deadline (`limits.instantiate_timeout_ms`): a C plugin
 /// whose constructor never returns is cut off there, and the proxy refuses to load it.
 #[test]
 fn endless_start_up_is_cut_at_instantiate_timeout() {
     let dir = std::env::temp_dir().join(format!("flowgate-slow-start-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    assert_ok("plugin new", &flowgate(&["plugin", "new", "--lang", "c", "slow-start"], &dir));
-    let project = dir.join("slow-start");
-    let source = project.join("src/plugin.c");
-    let mut code = std::fs::read_to_string(&source).expect("read plugin.c");
-    code.push_str("\n__attribute__((constructor)) static void slow_start(void) {\n  for (;;) {\n  }\n}\n");
-    std::fs::write(&source, code).expect("write plugin.c");
-    let manifest = project.join("plugin.toml");
-    let text = std::fs::read_to_string(&manifest).expect("read plugin.toml");
-    assert!(text.contains("\n[limits]\n"), "{text}");
-    std::fs::write(&manifest, text.replace("\n[limits]\n", "\n[limits]\ninstantiate_timeout_ms = 200\n"))
-        .expect("write plugin.toml");
+    let code = "\n__attribute__((constructor)) static void slow_start(void) {\n  for (;;) {\n  }\n}\n";
+    let project = c_project_with(&dir, "slow-start", code, "instantiate_timeout_ms = 200");
 
     let started = Instant::now();
     let out = flowgate(&["plugin", "build"], &project);
@@ -301,9 +309,51 @@ fn endless_start_up_is_cut_at_instantiate_timeout() {
     assert!(stderr.contains("cannot be instantiated: ran past 200ms (limits.instantiate_timeout_ms)"), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
 
+    let manifest = project.join("plugin.toml");
     let out = flowgate(&["-s", &manifest.display().to_string(), "-p", "0"], &project);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the proxy refuses it");
     assert!(stderr.contains("cannot load plugin") && stderr.contains("(limits.instantiate_timeout_ms)"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The proxy binds its port at once but listens only once its plugins are loaded: a client
+/// that connects while a plugin loads slowly is refused (and can retry), not left waiting
+/// in the backlog, and a port-waiting script sees the proxy when it can serve.
+#[test]
+fn the_proxy_listens_only_once_its_plugins_are_loaded() {
+    let dir = std::env::temp_dir().join(format!("flowgate-slow-load-{}", std::process::id()));
+    // Every instance takes 1.5 s to start, the one made at load included.
+    let code = "\n#include <time.h>\n__attribute__((constructor)) static void slow_start(void) {\n  \
+                struct timespec a, b;\n  clock_gettime(CLOCK_MONOTONIC, &a);\n  do {\n    \
+                clock_gettime(CLOCK_MONOTONIC, &b);\n  } while ((b.tv_sec - a.tv_sec) * 1000 + (b.tv_nsec - a.tv_nsec) / 1000000 < 1500);\n}\n";
+    let project = c_project_with(&dir, "slow-load", code, "instantiate_timeout_ms = 10000");
+    assert_ok("plugin build", &flowgate(&["plugin", "build"], &project));
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let manifest = project.join("plugin.toml").display().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flowgate"))
+        .args(["--listen-host", "127.0.0.1", "-p", &port.to_string(), "-s", &manifest, "--set", &cache_set()])
+        .arg("--confdir")
+        .arg(dir.join("conf"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("flowgate starts");
+    let started = Instant::now();
+    let accepted = loop {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break started.elapsed();
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "flowgate never listened");
+        assert!(child.try_wait().expect("wait").is_none(), "flowgate exited");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let origin = Origin::start(false);
+    let reply = curl(&["-x", &format!("http://127.0.0.1:{port}"), &origin.url("http", "/hello")]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(accepted >= Duration::from_millis(1400), "connected after {accepted:?}, before the plugin had loaded");
+    assert_eq!(reply.status, 200);
+    assert!(reply.headers.contains("x-greeting: hello from slow-load"), "{}", reply.headers);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -256,8 +256,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         };
         let addr = format!("{}:{port}", cli.listen_host);
-        let listener = flowgate_net::Listener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-        listeners.push((mode, listener));
+        // Bound now, so a taken port is reported before a plugin's long first compile;
+        // listening only once the plugins are loaded, so no client waits on them.
+        let bound = flowgate_net::Listener::reserve(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        listeners.push((mode, addr, bound));
     }
 
     let plugin_runtime = Runtime::new(settings.runtime)?;
@@ -308,7 +310,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     });
     let proxy = Proxy::new(chain.clone(), Arc::new(ca), settings.proxy, sink);
     let mut tasks = Vec::new();
-    for (mode, listener) in listeners {
+    for (mode, addr, bound) in listeners {
+        let listener = bound.listen().with_context(|| format!("cannot listen on {addr}"))?;
         let addr = listener.local_addr()?;
         println!("flowgate: {} listening at {addr}", mode.describe());
         tasks.push(tokio::spawn(proxy.clone().serve(listener, mode)));
