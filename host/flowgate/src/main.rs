@@ -285,13 +285,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .map(|(_, k, v)| (k.clone(), v.clone()))
             .collect();
         let plugin = plugin_runtime.load_with(path, &overrides).await.context("cannot load plugin")?;
-        let compiled = plugin.compiled();
         eprintln!(
-            "flowgate: loaded plugin {} ({}; {} in {} ms)",
+            "flowgate: loaded plugin {} ({}; {})",
             plugin.name(),
             plugin.exported_groups().join(", "),
-            if compiled.from_cache { "compiled code from the cache" } else { "compiled" },
-            compiled.took.as_millis()
+            plugin.compiled()
         );
         plugins.push(plugin);
     }
@@ -353,13 +351,7 @@ async fn plugin_command(action: &PluginAction, settings: Settings) -> anyhow::Re
             }
             let runtime = Runtime::new(settings.runtime)?;
             let plugin = runtime.load(&project.manifest_path).await.context("the built plugin does not load")?;
-            let compiled = plugin.compiled();
-            println!(
-                "loads: exports {}; {} in {} ms",
-                plugin.exported_groups().join(", "),
-                if compiled.from_cache { "compiled code from the cache" } else { "compiled" },
-                compiled.took.as_millis()
-            );
+            println!("loads: exports {}; {}", plugin.exported_groups().join(", "), plugin.compiled());
             Ok(())
         }
         PluginAction::Test { plugin, request, response, cases } => {

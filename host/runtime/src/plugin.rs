@@ -99,6 +99,14 @@ pub struct Compiled {
     pub from_cache: bool,
 }
 
+impl std::fmt::Display for Compiled {
+    /// `compiled in 52 ms` or `compiled code from the cache in 1 ms`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let how = if self.from_cache { "compiled code from the cache" } else { "compiled" };
+        write!(f, "{how} in {} ms", self.took.as_millis())
+    }
+}
+
 /// A snapshot of a plugin's counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PluginStats {
