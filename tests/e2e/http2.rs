@@ -6,25 +6,11 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use flowgate_tests::plugins::*;
 use serde_json::Value;
 use support::*;
-
-/// The Python with the test clients' packages (tests/e2e/requirements.txt), as
-/// tests/run.sh installs it.
-fn python() -> PathBuf {
-    match std::env::var_os("FLOWGATE_TEST_PYTHON") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/e2e-venv/bin/python"),
-    }
-}
-
-fn script(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/e2e/py").join(name)
-}
 
 /// Runs a test client script; its last stdout line is a JSON report.
 fn py(name: &str, args: &[&str]) -> Value {

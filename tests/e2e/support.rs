@@ -256,6 +256,22 @@ where
 }
 
 // ---------------------------------------------------------------------------------------
+// Python test programs (tests/e2e/py).
+
+/// The Python with the test clients' packages (tests/e2e/requirements.txt), as
+/// tests/run.sh installs it.
+pub fn python() -> PathBuf {
+    match std::env::var_os("FLOWGATE_TEST_PYTHON") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/e2e-venv/bin/python"),
+    }
+}
+
+pub fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/e2e/py").join(name)
+}
+
+// ---------------------------------------------------------------------------------------
 // The flowgate binary.
 
 pub fn confdir() -> PathBuf {

@@ -15,9 +15,34 @@ use flowgate_ca::CertificateAuthority;
 use flowgate_net::{FlowRecord, Mode, Proxy, ProxyOptions};
 use flowgate_runtime::{Chain, Runtime, RuntimeConfig};
 
+/// The `--set` options, with their defaults (durations take units: 500ms, 2s, 5m).
+const OPTIONS_HELP: &str = "Options for --set KEY=VALUE (default in brackets):
+  ignore_hosts=REGEX               pass TLS to matching host:port (SNI or CONNECT host) through []
+  allow_hosts=REGEX                intercept only matching hosts, pass the rest through []
+  body_size_limit=SIZE             largest body buffered for plugins [16MiB]
+  stream_large_bodies=SIZE         bodies larger than this stream untouched []
+  max_headers=N                    most header fields in a head [100]
+  header_read_timeout=DURATION     for a request head, a stream's first bytes, a TLS handshake [30s]
+  body_read_timeout=DURATION       between pieces of a request body [60s]
+  connect_timeout=DURATION         to connect (and TLS-handshake) to an upstream [10s]
+  rawtcp=BOOL                      relay unrecognised bytes in tunnels as raw TCP flows [true]
+  server_first_timeout=DURATION    wait in a tunnel for the client before the server may speak first [1s]
+  tcp_timeout=DURATION             idle raw TCP and passed-through TLS flows are closed [600s]
+  http2=BOOL                       speak HTTP/2 [true]
+  http2_max_concurrent_streams=N   [100]
+  http2_max_header_list_size=SIZE  [64KiB]
+  http2_header_table_size=SIZE     [4KiB]
+  http2_max_reset_streams=N        [20]
+  http2_max_error_reset_streams=N  [1024]
+  ssl_insecure=BOOL                as -k [false]
+  plugin_fuel=BOOL                 enable fuel metering for limits.fuel [false]
+  plugin_max_instances=N           [1000]
+  plugin_cache_dir=DIR             compiled components; empty turns the cache off [CONFDIR/cache]
+  PLUGIN.KEY=VALUE                 a plugin's [config] value";
+
 /// An intercepting proxy whose addons are sandboxed WebAssembly components.
 #[derive(Parser, Debug)]
-#[command(name = "flowgate", version, about)]
+#[command(name = "flowgate", version, about, after_help = OPTIONS_HELP)]
 struct Cli {
     /// Proxy mode, repeatable: regular, reverse:URL, upstream:URL; add @PORT to give a
     /// mode its own port.
@@ -156,15 +181,12 @@ fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> 
                 proxy.stream_large_bodies = Some(flowgate_runtime::manifest::parse_size(value).map_err(|e| bad(&e))?)
             }
             "max_headers" => proxy.max_headers = value.parse().map_err(|e| bad(&e))?,
-            "header_read_timeout" => {
-                proxy.header_read_timeout = std::time::Duration::from_secs(value.parse().map_err(|e| bad(&e))?)
-            }
-            "body_read_timeout" => {
-                proxy.body_read_timeout = std::time::Duration::from_secs(value.parse().map_err(|e| bad(&e))?)
-            }
-            "connect_timeout" => {
-                proxy.connect_timeout = std::time::Duration::from_secs(value.parse().map_err(|e| bad(&e))?)
-            }
+            "header_read_timeout" => proxy.header_read_timeout = parse_duration(value).map_err(|e| bad(&e))?,
+            "body_read_timeout" => proxy.body_read_timeout = parse_duration(value).map_err(|e| bad(&e))?,
+            "connect_timeout" => proxy.connect_timeout = parse_duration(value).map_err(|e| bad(&e))?,
+            "server_first_timeout" => proxy.server_first_timeout = parse_duration(value).map_err(|e| bad(&e))?,
+            "tcp_timeout" => proxy.tcp_timeout = parse_duration(value).map_err(|e| bad(&e))?,
+            "rawtcp" => proxy.rawtcp = value.parse().map_err(|e| bad(&e))?,
             "ssl_insecure" => proxy.ssl_insecure = value.parse().map_err(|e| bad(&e))?,
             "http2" => proxy.http2 = value.parse().map_err(|e| bad(&e))?,
             "http2_max_concurrent_streams" => {
@@ -192,6 +214,7 @@ fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> 
                 }
                 None => bail!(
                     "--set {other}: unknown option (known: ignore_hosts, allow_hosts, body_size_limit, stream_large_bodies, max_headers, header_read_timeout, body_read_timeout, connect_timeout, \
+                     server_first_timeout, tcp_timeout, rawtcp, \
                      ssl_insecure, http2, http2_max_concurrent_streams, http2_max_header_list_size, http2_header_table_size, \
                      http2_max_reset_streams, http2_max_error_reset_streams, plugin_fuel, plugin_max_instances, plugin_cache_dir, PLUGIN.KEY)"
                 ),
@@ -202,6 +225,23 @@ fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> 
         bail!("--mode reverse:h2c://... speaks HTTP/2 to the upstream, but --set http2=false turns HTTP/2 off");
     }
     Ok(Settings { proxy, runtime, plugin_config })
+}
+
+/// A duration as options take it: a number with a unit (`500ms`, `2s`, `5m`, `1h`), or a
+/// bare number of seconds (`30`, `0.5`).
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration (e.g. 500ms, 2s, 5m)"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => number,
+        "ms" => number / 1000.0,
+        "m" | "min" => number * 60.0,
+        "h" => number * 3600.0,
+        other => return Err(format!("unknown unit {other:?} in {text:?} (use ms, s, m or h)")),
+    };
+    std::time::Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
 }
 
 fn main() -> std::process::ExitCode {
@@ -393,4 +433,23 @@ fn ca_command(confdir: &std::path::Path, ca: &CertificateAuthority, action: &CaA
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_take_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("2 parsecs").is_err());
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("").is_err());
+    }
 }

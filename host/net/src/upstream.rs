@@ -15,6 +15,7 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::error::UpstreamError;
 use crate::{Mode, Proxy};
 
 /// A body sent upstream or to the client.
@@ -96,6 +97,11 @@ impl Upstreams {
         Some(senders.swap_remove(ready))
     }
 
+    /// Notes that an upstream connection was opened outside this pool (a raw TCP relay).
+    pub fn note_opened(&mut self) {
+        self.opened = true;
+    }
+
     /// Whether any upstream connection was opened.
     pub fn any_open(&self) -> bool {
         self.opened
@@ -150,81 +156,166 @@ fn sans_of(der: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// Opens a new connection to `target`.
-pub(crate) async fn connect(proxy: &Proxy, mode: &Mode, target: &Target) -> Result<Connected, String> {
-    let timeout = proxy.options.connect_timeout;
-    let (addr_host, addr_port) = match mode {
-        Mode::Upstream { host, port } => (host.clone(), *port),
-        _ => (target.host.clone(), target.port),
-    };
-    let connect_host = addr_host.trim_start_matches('[').trim_end_matches(']').to_owned();
-    let tcp = tokio::time::timeout(timeout, TcpStream::connect((connect_host.as_str(), addr_port)))
-        .await
-        .map_err(|_| format!("connecting to {addr_host}:{addr_port} timed out after {timeout:?}"))?
-        .map_err(|e| format!("cannot connect to {addr_host}:{addr_port}: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    let mut tcp = tcp;
-    if matches!(mode, Mode::Upstream { .. }) && target.scheme == Scheme::Https {
-        tunnel(&mut tcp, &target.host, target.port).await?;
-    }
-    match target.scheme {
-        Scheme::Http if target.prior_knowledge => {
-            Ok(Connected { sender: handshake_h2(tcp, &proxy.options).await?, sans: Vec::new() })
-        }
-        Scheme::Http => Ok(Connected { sender: handshake(tcp).await?, sans: Vec::new() }),
-        Scheme::Https => {
-            let bare = target.host.trim_start_matches('[').trim_end_matches(']').to_owned();
-            let name = ServerName::try_from(bare).map_err(|e| format!("invalid server name {}: {e}", target.host))?;
-            let connector = tokio_rustls::TlsConnector::from(proxy.tls_client.clone());
-            let tls = connector
-                .connect(name, tcp)
-                .await
-                .map_err(|e| format!("TLS handshake with {}:{} failed: {e}", target.host, target.port))?;
-            let sans =
-                tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| sans_of(c)).unwrap_or_default();
-            let sender = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                handshake_h2(tls, &proxy.options).await?
-            } else {
-                handshake(tls).await?
-            };
-            Ok(Connected { sender, sans })
+/// An open upstream stream: TCP, or TLS over TCP.
+pub(crate) enum UpstreamIo {
+    /// Cleartext.
+    Tcp(TcpStream),
+    /// TLS (boxed: rustls' state is large, and most upstreams of a busy proxy are idle).
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Tcp(io) => std::pin::Pin::new(io).poll_read(cx, buf),
+            UpstreamIo::Tls(io) => std::pin::Pin::new(io).poll_read(cx, buf),
         }
     }
 }
 
-/// Asks an upstream proxy for a tunnel with CONNECT.
-async fn tunnel(tcp: &mut TcpStream, host: &str, port: u16) -> Result<(), String> {
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Tcp(io) => std::pin::Pin::new(io).poll_write(cx, data),
+            UpstreamIo::Tls(io) => std::pin::Pin::new(io).poll_write(cx, data),
+        }
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Tcp(io) => std::pin::Pin::new(io).poll_flush(cx),
+            UpstreamIo::Tls(io) => std::pin::Pin::new(io).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Tcp(io) => std::pin::Pin::new(io).poll_shutdown(cx),
+            UpstreamIo::Tls(io) => std::pin::Pin::new(io).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A new upstream stream and what its TLS handshake told.
+pub(crate) struct Opened {
+    /// The stream.
+    pub io: UpstreamIo,
+    /// Whether the upstream chose `h2` by ALPN.
+    pub h2: bool,
+    /// The subject alternative names of the upstream's certificate (TLS only).
+    pub sans: Vec<String>,
+}
+
+/// Opens a stream to `target`: TCP (through the upstream proxy's CONNECT in upstream
+/// mode), then TLS if its scheme is `https`, offering ALPN `alpn`.
+pub(crate) async fn open(proxy: &Proxy, mode: &Mode, target: &Target, alpn: Alpn) -> Result<Opened, UpstreamError> {
+    let timeout = proxy.options.connect_timeout;
+    let via_proxy = matches!(mode, Mode::Upstream { .. });
+    let (addr_host, addr_port) = match mode {
+        Mode::Upstream { host, port } => (host.clone(), *port),
+        _ => (target.host.clone(), target.port),
+    };
+    let addr = format!("{addr_host}:{addr_port}");
+    let connect_host = addr_host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect((connect_host.as_str(), addr_port)))
+        .await
+        .map_err(|_| UpstreamError::ConnectTimeout { addr: addr.clone(), after: timeout })?
+        .map_err(|source| UpstreamError::Connect { addr: addr.clone(), source })?;
+    let _ = tcp.set_nodelay(true);
+    let mut tcp = tcp;
+    // Plain HTTP goes to an upstream proxy in absolute form; everything else is tunneled.
+    if via_proxy && (target.scheme == Scheme::Https || alpn == Alpn::None) {
+        tokio::time::timeout(timeout, tunnel(&mut tcp, &target.host, target.port))
+            .await
+            .map_err(|_| UpstreamError::Proxy(format!("no CONNECT answer within {timeout:?} (connect_timeout)")))??;
+    }
+    if target.scheme == Scheme::Http {
+        return Ok(Opened { io: UpstreamIo::Tcp(tcp), h2: false, sans: Vec::new() });
+    }
+    let bare = target.host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let name = ServerName::try_from(bare).map_err(|_| UpstreamError::ServerName(target.host.clone()))?;
+    let config = match alpn {
+        Alpn::Http => proxy.tls_client.clone(),
+        Alpn::None => proxy.tls_client_raw.clone(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let tls_addr = format!("{}:{}", target.host, target.port);
+    let tls = tokio::time::timeout(timeout, connector.connect(name, tcp))
+        .await
+        .map_err(|_| UpstreamError::ConnectTimeout { addr: tls_addr.clone(), after: timeout })?
+        .map_err(|source| UpstreamError::Tls { addr: tls_addr, source })?;
+    let sans = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| sans_of(c)).unwrap_or_default();
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    Ok(Opened { io: UpstreamIo::Tls(Box::new(tls)), h2, sans })
+}
+
+/// What an upstream TLS connection offers by ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Alpn {
+    /// `h2` (unless `http2` is off) and `http/1.1`: the connection carries HTTP.
+    Http,
+    /// Nothing: the connection carries raw bytes.
+    None,
+}
+
+/// Opens a new HTTP connection to `target`.
+pub(crate) async fn connect(proxy: &Proxy, mode: &Mode, target: &Target) -> Result<Connected, UpstreamError> {
+    let opened = open(proxy, mode, target, Alpn::Http).await?;
+    let sender = if opened.h2 || (target.scheme == Scheme::Http && target.prior_knowledge) {
+        handshake_h2(opened.io, &proxy.options).await?
+    } else {
+        handshake(opened.io).await?
+    };
+    Ok(Connected { sender, sans: opened.sans })
+}
+
+/// Asks an upstream proxy for a tunnel with CONNECT. The reply is read a byte at a time so
+/// that nothing the server says after it (a server that speaks first) is consumed here.
+async fn tunnel(tcp: &mut TcpStream, host: &str, port: u16) -> Result<(), UpstreamError> {
     let request = format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n");
-    tcp.write_all(request.as_bytes()).await.map_err(|e| format!("upstream proxy: {e}"))?;
+    let io_err = |e: std::io::Error| UpstreamError::Proxy(e.to_string());
+    tcp.write_all(request.as_bytes()).await.map_err(io_err)?;
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         if head.len() > 16 << 10 {
-            return Err("upstream proxy: CONNECT response head too large".to_owned());
+            return Err(UpstreamError::Proxy("CONNECT response head too large".to_owned()));
         }
-        let n = tcp.read(&mut byte).await.map_err(|e| format!("upstream proxy: {e}"))?;
+        let n = tcp.read(&mut byte).await.map_err(io_err)?;
         if n == 0 {
-            return Err("upstream proxy closed the connection during CONNECT".to_owned());
+            return Err(UpstreamError::Proxy("closed the connection during CONNECT".to_owned()));
         }
         head.push(byte[0]);
     }
     let status_line = String::from_utf8_lossy(&head);
     let status = status_line.split_whitespace().nth(1).unwrap_or("");
     if !status.starts_with('2') {
-        return Err(format!(
-            "upstream proxy refused CONNECT {host}:{port}: {}",
+        return Err(UpstreamError::Proxy(format!(
+            "refused CONNECT {host}:{port}: {}",
             status_line.lines().next().unwrap_or("")
-        ));
+        )));
     }
     Ok(())
 }
 
-async fn handshake<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: IO) -> Result<Sender, String> {
+async fn handshake<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: IO) -> Result<Sender, UpstreamError> {
     let (sender, conn) = http1::Builder::new()
         .preserve_header_case(true)
         .handshake(TokioIo::new(io))
         .await
-        .map_err(|e| format!("HTTP handshake with upstream failed: {e}"))?;
+        .map_err(UpstreamError::Handshake)?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!("upstream connection ended: {e}");
@@ -236,14 +327,14 @@ async fn handshake<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: IO) 
 async fn handshake_h2<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     io: IO,
     options: &crate::ProxyOptions,
-) -> Result<Sender, String> {
+) -> Result<Sender, UpstreamError> {
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .max_header_list_size(options.http2_max_header_list_size)
         .header_table_size(options.http2_header_table_size)
         .handshake(TokioIo::new(io))
         .await
-        .map_err(|e| format!("HTTP/2 handshake with upstream failed: {e}"))?;
+        .map_err(UpstreamError::Handshake)?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!("upstream HTTP/2 connection ended: {e}");

@@ -1,62 +1,12 @@
-//! HTTP/2 pieces flowgate owns (h2 itself, through hyper, does the framing): detecting
-//! the prior-knowledge preface on a cleartext connection, the `Upgrade: h2c` handshake
-//! (the upgrading request becomes stream 1), and the server settings that carry the
-//! limits. Sans-IO except for [`sniff`], which reads the first bytes.
-
-use std::time::Duration;
+//! HTTP/2 pieces flowgate owns (h2 itself, through hyper, does the framing): the
+//! `Upgrade: h2c` handshake (the upgrading request becomes stream 1) and the server
+//! settings that carry the limits. Sans-IO; the prior-knowledge preface is recognised
+//! by `detect`.
 
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::ProxyOptions;
-
-/// What an HTTP/2 client sends first (RFC 9113 section 3.4).
-pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// What the first bytes of a cleartext connection are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Sniffed {
-    /// The HTTP/2 connection preface: prior knowledge.
-    Http2,
-    /// Anything else: HTTP/1.
-    Http1,
-    /// A prefix of the preface so far; read more.
-    NeedMore,
-}
-
-/// Decides on the bytes seen so far.
-pub(crate) fn sniff_bytes(buf: &[u8]) -> Sniffed {
-    let n = buf.len().min(PREFACE.len());
-    if buf[..n] != PREFACE[..n] {
-        Sniffed::Http1
-    } else if n == PREFACE.len() {
-        Sniffed::Http2
-    } else {
-        Sniffed::NeedMore
-    }
-}
-
-/// Reads until the first bytes tell HTTP/2 prior knowledge from HTTP/1 (or `timeout`
-/// passes, or the client closes: then HTTP/1, whose server reports it). Returns the
-/// verdict and every byte read, to be replayed.
-pub(crate) async fn sniff<IO: AsyncRead + Unpin>(io: &mut IO, mut buf: Vec<u8>, timeout: Duration) -> (bool, Vec<u8>) {
-    let read = async {
-        loop {
-            match sniff_bytes(&buf) {
-                Sniffed::Http2 => return true,
-                Sniffed::Http1 => return false,
-                Sniffed::NeedMore => {}
-            }
-            let mut chunk = [0u8; 1024];
-            match io.read(&mut chunk).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    };
-    let is_h2 = tokio::time::timeout(timeout, read).await.unwrap_or(false);
-    (is_h2, buf)
-}
+use crate::detect::H2_PREFACE as PREFACE;
 
 /// The HTTP/2 server for client connections, with flowgate's limits.
 pub(crate) fn server_builder(options: &ProxyOptions) -> hyper::server::conn::http2::Builder<TokioExecutor> {
@@ -109,7 +59,8 @@ pub(crate) enum UpgradeError {
 /// The length of the client's preface and first SETTINGS frame at the start of `buf`, or
 /// `None` if more bytes are needed.
 pub(crate) fn client_start_len(buf: &[u8]) -> Result<Option<usize>, UpgradeError> {
-    if sniff_bytes(buf) == Sniffed::Http1 {
+    let n = buf.len().min(PREFACE.len());
+    if buf[..n] != PREFACE[..n] {
         return Err(UpgradeError::Preface);
     }
     let Some(head) = buf.get(PREFACE.len()..PREFACE.len() + 9) else { return Ok(None) };
@@ -178,14 +129,6 @@ fn hpack_int(out: &mut Vec<u8>, first: u8, prefix_bits: u32, mut value: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sniffs_the_preface() {
-        assert_eq!(sniff_bytes(b"PRI * HTTP/2.0\r\n"), Sniffed::NeedMore);
-        assert_eq!(sniff_bytes(PREFACE), Sniffed::Http2);
-        assert_eq!(sniff_bytes(b"GET / HTTP/1.1\r\n"), Sniffed::Http1);
-        assert_eq!(sniff_bytes(b"PRX"), Sniffed::Http1);
-    }
 
     #[test]
     fn hpack_integers_follow_rfc7541_examples() {

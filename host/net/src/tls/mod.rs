@@ -1,5 +1,8 @@
-//! TLS on both sides: ClientHello peeking (sans-IO with rustls' `Acceptor`), the server
-//! config with a minted leaf certificate, and the upstream client config.
+//! TLS on both sides: the server config with a minted leaf certificate, the upstream
+//! client config, and the replaying IO the layers hand streams on with. The ClientHello
+//! is read by `detect`; terminating the client's TLS is the `intercept` layer.
+
+pub(crate) mod intercept;
 
 use std::io;
 use std::pin::Pin;
@@ -11,63 +14,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, SignatureScheme};
-use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
-
-/// The first TLS record byte: a handshake.
-pub(crate) const TLS_HANDSHAKE: u8 = 0x16;
-
-/// The most bytes read while looking for a complete ClientHello.
-const MAX_HELLO_BYTES: usize = 64 << 10;
-
-/// What a client offered in its ClientHello.
-pub(crate) struct Hello {
-    pub sni: Option<String>,
-    pub alpn: Vec<String>,
-}
-
-/// Reads a ClientHello from `io` without consuming it for good: the bytes read are
-/// returned so they can be replayed to the TLS acceptor or to the upstream.
-pub(crate) async fn peek_client_hello<IO: AsyncRead + Unpin>(
-    io: &mut IO,
-    mut buf: Vec<u8>,
-) -> io::Result<(Hello, Vec<u8>)> {
-    let mut acceptor = rustls::server::Acceptor::default();
-    let mut fed = 0;
-    loop {
-        if fed < buf.len() {
-            let mut rest = &buf[fed..];
-            let n = acceptor.read_tls(&mut rest)?;
-            fed += n;
-        }
-        match acceptor.accept() {
-            Ok(Some(accepted)) => {
-                let hello = accepted.client_hello();
-                let sni = hello.server_name().map(str::to_owned);
-                let alpn = hello
-                    .alpn()
-                    .map(|protocols| protocols.map(|p| String::from_utf8_lossy(p).into_owned()).collect())
-                    .unwrap_or_default();
-                return Ok((Hello { sni, alpn }, buf));
-            }
-            Ok(None) => {}
-            Err((e, _alert)) => {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("bad ClientHello: {e}")));
-            }
-        }
-        if fed < buf.len() {
-            continue;
-        }
-        if buf.len() > MAX_HELLO_BYTES {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "ClientHello too large"));
-        }
-        let mut chunk = [0u8; 4096];
-        let n = io.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "client closed before its ClientHello"));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
+use tokio::io::{AsyncRead, ReadBuf};
 
 /// An IO that first yields `prefix`, then reads from `inner`.
 pub(crate) struct Prefixed<IO> {
@@ -217,5 +164,12 @@ pub(crate) fn client_config(options: &crate::ProxyOptions) -> Arc<rustls::Client
     };
     config.alpn_protocols =
         if options.http2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
+    Arc::new(config)
+}
+
+/// The upstream config for raw TCP over TLS: as [`client_config`], without ALPN.
+pub(crate) fn client_config_raw(options: &crate::ProxyOptions) -> Arc<rustls::ClientConfig> {
+    let mut config = (*client_config(options)).clone();
+    config.alpn_protocols.clear();
     Arc::new(config)
 }

@@ -1,0 +1,278 @@
+//! Bodies between client, plugins and upstream: a progress deadline, buffering for plugins
+//! (with `stream_large_bodies` and `body_size_limit`), and streaming through chunk hooks.
+
+use std::future::Future;
+
+use bytes::Bytes;
+use flowgate_flow::{Request, Response};
+use flowgate_runtime::HttpFlowSession;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::exchange::{Exchange, fill_headers};
+use crate::error::ClientError;
+use crate::record::Outcome;
+use crate::upstream::{Body, BoxError};
+
+/// A body that fails if the next frame takes longer than `timeout` to arrive.
+pub(crate) struct ProgressTimeout<B> {
+    inner: B,
+    timeout: std::time::Duration,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<B> ProgressTimeout<B> {
+    pub fn new(inner: B, timeout: std::time::Duration) -> Self {
+        ProgressTimeout { inner, timeout, sleep: Box::pin(tokio::time::sleep(timeout)) }
+    }
+}
+
+impl<B> hyper::body::Body for ProgressTimeout<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        use std::task::Poll;
+        match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = tokio::time::Instant::now() + self.timeout;
+                self.sleep.as_mut().reset(deadline);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match self.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    Poll::Ready(Some(Err(
+                        format!("no request body data for {:?} (body_read_timeout)", self.timeout).into()
+                    )))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A body read for plugins.
+pub(crate) enum Buffered {
+    /// The whole body.
+    Whole(Bytes),
+    /// Larger than `stream_large_bodies`: what was read, then the rest, streamed untouched.
+    Streamed(Body),
+}
+
+/// Yields `prefix`, then `rest`.
+struct PrefixThen<B> {
+    prefix: Option<Bytes>,
+    rest: B,
+}
+
+impl<B> hyper::body::Body for PrefixThen<B>
+where
+    B: hyper::body::Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(prefix))));
+        }
+        std::pin::Pin::new(&mut self.rest).poll_frame(cx)
+    }
+}
+
+/// Why a body could not be buffered.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BufferError {
+    /// Past `body_size_limit`.
+    #[error("body exceeds body_size_limit ({limit} bytes)")]
+    TooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// The body failed while it was read.
+    #[error("reading the body failed: {0}")]
+    Read(String),
+}
+
+impl BufferError {
+    /// As the client's error, for a request body.
+    pub fn of_request(self) -> ClientError {
+        match self {
+            BufferError::TooLarge { limit } => ClientError::BodyTooLarge { limit },
+            BufferError::Read(e) => ClientError::BodyRead(e),
+        }
+    }
+}
+
+/// Reads a whole body for plugins. Past `stream_large_bodies` (if set) the body streams on
+/// untouched instead; past `body_size_limit` it is an error.
+pub(crate) async fn buffer<B>(mut body: B, options: &crate::ProxyOptions) -> Result<Buffered, BufferError>
+where
+    B: hyper::body::Body<Data = Bytes, Error = BoxError> + Send + Sync + Unpin + 'static,
+{
+    let limit = options.stream_large_bodies.unwrap_or(options.body_size_limit);
+    let mut data = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BufferError::Read(e.to_string()))?;
+        let Ok(chunk) = frame.into_data() else { continue };
+        if data.len() + chunk.len() > limit {
+            if options.stream_large_bodies.is_none() {
+                return Err(BufferError::TooLarge { limit });
+            }
+            data.extend_from_slice(&chunk);
+            let rest = PrefixThen { prefix: Some(Bytes::from(data)), rest: body };
+            return Ok(Buffered::Streamed(rest.boxed()));
+        }
+        data.extend_from_slice(&chunk);
+    }
+    Ok(Buffered::Whole(Bytes::from(data)))
+}
+
+/// Frames of a body produced by a task, with backpressure (a bounded channel).
+struct ChannelBody(tokio::sync::mpsc::Receiver<Result<hyper::body::Frame<Bytes>, BoxError>>);
+
+impl futures_core::Stream for ChannelBody {
+    type Item = Result<hyper::body::Frame<Bytes>, BoxError>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// Streams a request body through the chunk hooks of the plugins that chose `stream`; the
+/// session comes back through the returned channel when the body has ended.
+pub(crate) fn stream_request_body<B>(
+    mut session: HttpFlowSession,
+    mut request: Request,
+    mut source: B,
+) -> (Body, tokio::sync::oneshot::Receiver<HttpFlowSession>)
+where
+    B: hyper::body::Body<Data = Bytes, Error = BoxError> + Unpin + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut trailers = None;
+        loop {
+            let (data, end) = match source.frame().await {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => (data.to_vec(), false),
+                    Err(frame) => {
+                        trailers = frame.into_trailers().ok();
+                        continue;
+                    }
+                },
+                Some(Err(e)) => {
+                    let _ = tx.send(Err(e)).await;
+                    break;
+                }
+                None => (Vec::new(), true),
+            };
+            match session.request_body_chunk(&mut request, data, end).await {
+                Ok(out) => {
+                    if !out.is_empty() && tx.send(Ok(hyper::body::Frame::data(Bytes::from(out)))).await.is_err() {
+                        break;
+                    }
+                }
+                Err(action) => {
+                    let _ = tx.send(Err(format!("request body refused by a plugin: {action:?}").into())).await;
+                    break;
+                }
+            }
+            if end {
+                if let Some(trailers) = trailers.take() {
+                    let _ = tx.send(Ok(hyper::body::Frame::trailers(trailers))).await;
+                }
+                break;
+            }
+        }
+        drop(tx);
+        let _ = done_tx.send(session);
+    });
+    (http_body_util::StreamBody::new(ChannelBody(rx)).boxed(), done_rx)
+}
+
+/// Streams a response body chunk by chunk through the plugins that chose `stream`; the
+/// `response` hook runs and the flow is recorded when the body ends.
+pub(crate) fn stream_through_plugins(
+    mut ex: Exchange,
+    mut response: Response,
+    mut upstream: Incoming,
+) -> hyper::Response<Body> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut client_resp = hyper::Response::new(http_body_util::StreamBody::new(ChannelBody(rx)).boxed());
+    *client_resp.status_mut() = hyper::StatusCode::from_u16(response.status).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
+    fill_headers(client_resp.headers_mut(), &response.headers);
+    // Chunks may change size: the length is no longer known.
+    client_resp.headers_mut().remove("content-length");
+    tokio::spawn(async move {
+        let mut size = 0u64;
+        let mut trailers = None;
+        let failed = loop {
+            let (data, end) = match upstream.frame().await {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => (data.to_vec(), false),
+                    Err(frame) => {
+                        trailers = frame.into_trailers().ok();
+                        continue;
+                    }
+                },
+                Some(Err(e)) => break Some(format!("upstream body failed: {e}")),
+                None => (Vec::new(), true),
+            };
+            match ex.session.response_body_chunk(&mut ex.request, &mut response, data, end).await {
+                Ok(out) => {
+                    size += out.len() as u64;
+                    if !out.is_empty() && tx.send(Ok(hyper::body::Frame::data(Bytes::from(out)))).await.is_err() {
+                        break Some("the client went away".to_owned());
+                    }
+                }
+                Err(action) => break Some(format!("{action:?}")),
+            }
+            if end {
+                break None;
+            }
+        };
+        match failed {
+            Some(message) => {
+                let _ = tx.send(Err(message.clone().into())).await;
+                ex.session.error(&mut ex.request, &message).await;
+                ex.record(Outcome::Error(message));
+            }
+            None => {
+                if let Some(trailers) = trailers {
+                    let _ = tx.send(Ok(hyper::body::Frame::trailers(trailers))).await;
+                }
+                drop(tx);
+                let _ = ex.session.response(&mut ex.request, &mut response).await;
+                ex.record(Outcome::Response {
+                    status: response.status,
+                    reason: response.reason.clone(),
+                    size: Some(size),
+                    local: false,
+                });
+            }
+        }
+    });
+    client_resp
+}

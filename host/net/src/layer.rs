@@ -1,0 +1,537 @@
+//! The one next-layer decision (mitmproxy's `NextLayer`), sans-IO: given the proxy mode,
+//! where in a connection's life the stream is (its [`Stage`]), what its first bytes are
+//! and the plugins' tls-clienthello verdict, which layer runs next. This is the only code
+//! that reads the mode's kind, `ignore_hosts` / `allow_hosts` and the verdicts; layers
+//! only say "done" or "switch to this stage with this stream" (see `conn.rs`).
+
+use std::time::Duration;
+
+use flowgate_flow::{Scheme, TlsDecision};
+
+use crate::ProxyOptions;
+use crate::detect::{Deadlines, Detected, Hello, Start};
+use crate::mode::Mode;
+use crate::upstream::Target;
+
+/// Where in a connection's life a stream is when the next layer is chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// Just accepted by a listener of the mode.
+    Accepted,
+    /// Inside a CONNECT tunnel to `host:port` that flowgate answered with 2xx.
+    Tunnel {
+        /// The CONNECT host.
+        host: String,
+        /// The CONNECT port.
+        port: u16,
+    },
+    /// The plaintext of TLS flowgate terminated.
+    Decrypted {
+        /// Where the connection's traffic goes (`https`).
+        target: Target,
+        /// The protocol agreed with the client by ALPN, if any.
+        alpn: Option<Vec<u8>>,
+        /// Whether the TLS was inside a CONNECT tunnel (else the mode fixed the target).
+        in_tunnel: bool,
+    },
+    /// After `101 Switching Protocols` to h2c: the upgrading request becomes stream 1.
+    UpgradedH2c {
+        /// The upgrading request's pseudo-header and header fields.
+        fields: Vec<(String, Vec<u8>)>,
+        /// The target the HTTP/1.1 layer had, if the mode or a tunnel fixed one.
+        fixed: Option<Target>,
+    },
+}
+
+/// How a raw TCP relay sees its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Relay {
+    /// Cleartext both ways: flowgate sees the bytes.
+    Cleartext,
+    /// TLS flowgate terminated with the client; TLS to the upstream too.
+    Decrypted,
+    /// TLS passed through undecrypted (ignored host, or a plugin's verdict).
+    Passthrough,
+}
+
+/// A layer to run on a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Layer {
+    /// HTTP/1.x (hyper's server); `fixed` is the target when the mode or a tunnel says
+    /// where requests go, `None` for an explicit proxy's absolute-form requests.
+    Http1 {
+        /// Fixed target.
+        fixed: Option<Target>,
+    },
+    /// HTTP/2 (prior knowledge or ALPN `h2`).
+    Http2 {
+        /// Fixed target.
+        fixed: Option<Target>,
+    },
+    /// HTTP/2 after an h2c upgrade.
+    H2cUpgraded {
+        /// The upgrading request, as stream 1's fields.
+        fields: Vec<(String, Vec<u8>)>,
+        /// Fixed target.
+        fixed: Option<Target>,
+    },
+    /// Terminate the client's TLS with a minted certificate (upstream connected first).
+    TlsIntercept {
+        /// Where the decrypted traffic goes.
+        target: Target,
+        /// What the client offered.
+        hello: Hello,
+        /// Whether inside a CONNECT tunnel.
+        in_tunnel: bool,
+    },
+    /// Relay bytes both ways, recorded as a TCP flow.
+    RawTcp {
+        /// The server (its scheme is `https` when the upstream side is TLS).
+        target: Target,
+        /// How the bytes are seen.
+        relay: Relay,
+    },
+    /// The client's TLS handshake cannot go on; recorded as tls-failed.
+    TlsFailed {
+        /// Why.
+        reason: String,
+    },
+    /// Close the connection.
+    Close {
+        /// Why (logged).
+        reason: String,
+    },
+}
+
+/// What the driver does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Read the stream's first bytes under these deadlines, then decide again.
+    Read(Deadlines),
+    /// Ask the plugins' tls-clienthello hooks about this ClientHello, then decide again.
+    AskTls(Hello),
+    /// Run this layer.
+    Run(Layer),
+}
+
+/// The plugins' answer at tls-clienthello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TlsVerdict {
+    /// A decision.
+    Decided(TlsDecision),
+    /// A plugin failed and its policy closes the connection.
+    Failed,
+}
+
+/// What the decision knows about the stream so far.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Seen<'a> {
+    /// How the first bytes were classified, once read.
+    pub start: Option<&'a Start>,
+    /// The plugins' tls-clienthello verdict, once asked.
+    pub verdict: Option<TlsVerdict>,
+}
+
+/// Chooses what comes next for a stream at `stage` in `mode`.
+pub(crate) fn next_layer(mode: &Mode, stage: &Stage, seen: Seen<'_>, options: &ProxyOptions) -> Decision {
+    let head = options.header_read_timeout;
+    let patient = Deadlines { first_byte: head, decision: head };
+    // Inside a tunnel the client may wait for the server to speak first (SMTP, SSH).
+    let tunnel = Deadlines { first_byte: options.server_first_timeout.min(head), decision: head };
+    let h2 = |fixed: Option<Target>| if options.http2 { Layer::Http2 { fixed } } else { Layer::Http1 { fixed } };
+    match stage {
+        Stage::UpgradedH2c { fields, fixed } => {
+            Decision::Run(Layer::H2cUpgraded { fields: fields.clone(), fixed: fixed.clone() })
+        }
+        Stage::Accepted => {
+            let Some(start) = seen.start else { return Decision::Read(patient) };
+            match mode {
+                Mode::Regular | Mode::Upstream { .. } => Decision::Run(match start {
+                    Start::Is(Detected::Http2Preface) => h2(None),
+                    Start::Is(Detected::TlsClientHello(_) | Detected::TlsInvalid(_)) => {
+                        close("TLS to the proxy itself (a secure web proxy) is not supported; use http://")
+                    }
+                    // Anything else is the explicit proxy's HTTP/1, which answers 400 to what it
+                    // cannot parse.
+                    Start::Is(_) => Layer::Http1 { fixed: None },
+                    other => quiet(other, head),
+                }),
+                Mode::Reverse { scheme, prior_knowledge, host, port } => {
+                    let target =
+                        Target { scheme: *scheme, host: host.clone(), port: *port, prior_knowledge: *prior_knowledge };
+                    match start {
+                        Start::Is(Detected::TlsClientHello(hello)) => {
+                            let names = hello_names(hello, &target);
+                            tls(target, hello, false, seen.verdict, options, names)
+                        }
+                        Start::Is(Detected::TlsInvalid(reason)) => {
+                            Decision::Run(Layer::TlsFailed { reason: reason.clone() })
+                        }
+                        Start::Is(Detected::Http2Preface) => Decision::Run(h2(Some(target))),
+                        Start::Is(_) => Decision::Run(Layer::Http1 { fixed: Some(target) }),
+                        other => Decision::Run(quiet(other, head)),
+                    }
+                }
+            }
+        }
+        Stage::Tunnel { host, port } => {
+            let Some(start) = seen.start else { return Decision::Read(tunnel) };
+            let plain = Target::new(Scheme::Http, host.clone(), *port);
+            match start {
+                Start::Is(Detected::TlsClientHello(hello)) => {
+                    let target = Target::new(Scheme::Https, host.clone(), *port);
+                    let names = hello_names(hello, &target);
+                    tls(target, hello, true, seen.verdict, options, names)
+                }
+                Start::Is(Detected::TlsInvalid(reason)) => Decision::Run(Layer::TlsFailed { reason: reason.clone() }),
+                // A client speaking HTTP/2 with prior knowledge inside a tunnel knows the origin does.
+                Start::Is(Detected::Http2Preface) if options.http2 => {
+                    Decision::Run(Layer::Http2 { fixed: Some(Target { prior_knowledge: true, ..plain }) })
+                }
+                Start::Is(Detected::Http1 | Detected::Http2Preface) => {
+                    Decision::Run(Layer::Http1 { fixed: Some(plain) })
+                }
+                Start::Is(Detected::Socks5 | Detected::Unknown) | Start::Silent if options.rawtcp => {
+                    Decision::Run(Layer::RawTcp { target: plain, relay: Relay::Cleartext })
+                }
+                other => Decision::Run(quiet(other, head)),
+            }
+        }
+        Stage::Decrypted { target, alpn, in_tunnel } => {
+            match alpn.as_deref() {
+                Some(b"h2") => return Decision::Run(Layer::Http2 { fixed: Some(target.clone()) }),
+                Some(b"http/1.1" | b"http/1.0") => return Decision::Run(Layer::Http1 { fixed: Some(target.clone()) }),
+                _ => {}
+            }
+            let Some(start) = seen.start else { return Decision::Read(if *in_tunnel { tunnel } else { patient }) };
+            Decision::Run(match start {
+                Start::Is(Detected::Http2Preface) => h2(Some(target.clone())),
+                Start::Is(Detected::Http1) => Layer::Http1 { fixed: Some(target.clone()) },
+                Start::Is(_) | Start::Silent if *in_tunnel && options.rawtcp => {
+                    Layer::RawTcp { target: target.clone(), relay: Relay::Decrypted }
+                }
+                // Reverse mode serves HTTP whatever comes (a 400 for what it cannot parse).
+                Start::Is(_) => Layer::Http1 { fixed: Some(target.clone()) },
+                other => quiet(other, head),
+            })
+        }
+    }
+}
+
+/// The names a ClientHello's host is matched against: its SNI and the target's host.
+fn hello_names(hello: &Hello, target: &Target) -> Vec<String> {
+    let mut names: Vec<String> = hello.sni.iter().cloned().collect();
+    if !names.iter().any(|n| n.eq_ignore_ascii_case(&target.host)) {
+        names.push(target.host.clone());
+    }
+    names.into_iter().map(|n| format!("{n}:{}", target.port)).collect()
+}
+
+/// TLS from the client: passed through when ignored (by `ignore_hosts`, `allow_hosts` or
+/// a plugin), else intercepted.
+fn tls(
+    target: Target,
+    hello: &Hello,
+    in_tunnel: bool,
+    verdict: Option<TlsVerdict>,
+    options: &ProxyOptions,
+    names: Vec<String>,
+) -> Decision {
+    let ignored = options.ignore_hosts.as_ref().is_some_and(|r| names.iter().any(|n| r.is_match(n)))
+        || options.allow_hosts.as_ref().is_some_and(|r| !names.iter().any(|n| r.is_match(n)));
+    let passthrough = |target: Target| {
+        let target = Target { scheme: Scheme::Http, prior_knowledge: false, ..target };
+        Decision::Run(Layer::RawTcp { target, relay: Relay::Passthrough })
+    };
+    if ignored {
+        return passthrough(target);
+    }
+    match verdict {
+        None => Decision::AskTls(hello.clone()),
+        Some(TlsVerdict::Decided(TlsDecision::Passthrough)) => passthrough(target),
+        Some(TlsVerdict::Decided(TlsDecision::Intercept)) => {
+            Decision::Run(Layer::TlsIntercept { target, hello: hello.clone(), in_tunnel })
+        }
+        Some(TlsVerdict::Failed) => Decision::Run(close("a plugin failed at tls-clienthello")),
+    }
+}
+
+fn close(reason: &str) -> Layer {
+    Layer::Close { reason: reason.to_owned() }
+}
+
+/// A stream that said nothing decisive.
+fn quiet(start: &Start, head: Duration) -> Layer {
+    match start {
+        Start::Silent => close(&format!("the client sent nothing for {head:?} (header_read_timeout)")),
+        Start::Stalled => close(&format!("no protocol recognised within {head:?} (header_read_timeout)")),
+        Start::Closed => close("the client closed the connection"),
+        Start::Is(detected) => close(&format!("{detected:?} is not served here (rawtcp is off)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(sni: &str) -> Hello {
+        Hello { sni: Some(sni.to_owned()), alpn: vec!["h2".to_owned()] }
+    }
+
+    fn target(scheme: Scheme, host: &str, port: u16) -> Target {
+        Target::new(scheme, host.to_owned(), port)
+    }
+
+    fn reverse() -> Mode {
+        Mode::parse("reverse:https://origin.test:8443").expect("mode").0
+    }
+
+    fn upstream() -> Mode {
+        Mode::parse("upstream:http://127.0.0.1:3128").expect("mode").0
+    }
+
+    fn tunnel() -> Stage {
+        Stage::Tunnel { host: "example.com".to_owned(), port: 443 }
+    }
+
+    fn decrypted(alpn: Option<&[u8]>, in_tunnel: bool) -> Stage {
+        Stage::Decrypted {
+            target: target(Scheme::Https, "example.com", 443),
+            alpn: alpn.map(<[u8]>::to_vec),
+            in_tunnel,
+        }
+    }
+
+    fn is(detected: Detected) -> Start {
+        Start::Is(detected)
+    }
+
+    /// A table row: mode, stage, first bytes, verdict, and the expected decision.
+    type Row<'a> = (&'a Mode, Stage, Option<Start>, Option<TlsVerdict>, Decision);
+
+    /// One row: the decision for `start` (and `verdict`) at `stage` in `mode`.
+    fn decide(
+        mode: &Mode,
+        stage: &Stage,
+        start: Option<Start>,
+        verdict: Option<TlsVerdict>,
+        opts: &ProxyOptions,
+    ) -> Decision {
+        next_layer(mode, stage, Seen { start: start.as_ref(), verdict }, opts)
+    }
+
+    fn run(layer: Layer) -> Decision {
+        Decision::Run(layer)
+    }
+
+    fn raw(host: &str, port: u16, relay: Relay) -> Decision {
+        let scheme = if relay == Relay::Decrypted { Scheme::Https } else { Scheme::Http };
+        run(Layer::RawTcp { target: target(scheme, host, port), relay })
+    }
+
+    fn closes(decision: &Decision) -> bool {
+        matches!(decision, Decision::Run(Layer::Close { .. }))
+    }
+
+    #[test]
+    fn the_decision_table() {
+        let opts = ProxyOptions::default();
+        let regular = Mode::Regular;
+        let (up, rv) = (upstream(), reverse());
+        let plain = Some(target(Scheme::Http, "example.com", 443));
+        let https = target(Scheme::Https, "example.com", 443);
+        let rev = Target { scheme: Scheme::Https, host: "origin.test".into(), port: 8443, prior_knowledge: false };
+        let intercept =
+            |target: Target, in_tunnel| run(Layer::TlsIntercept { target, hello: hello("example.com"), in_tunnel });
+        let decided = Some(TlsVerdict::Decided(TlsDecision::Intercept));
+        let tls = || Some(is(Detected::TlsClientHello(hello("example.com"))));
+        let rows: Vec<Row<'_>> = vec![
+            // Nothing read yet: read, under the stage's deadlines.
+            (
+                &regular,
+                Stage::Accepted,
+                None,
+                None,
+                Decision::Read(Deadlines { first_byte: opts.header_read_timeout, decision: opts.header_read_timeout }),
+            ),
+            (
+                &regular,
+                tunnel(),
+                None,
+                None,
+                Decision::Read(Deadlines { first_byte: opts.server_first_timeout, decision: opts.header_read_timeout }),
+            ),
+            // Regular and upstream mode: the explicit proxy's HTTP.
+            (&regular, Stage::Accepted, Some(is(Detected::Http1)), None, run(Layer::Http1 { fixed: None })),
+            (&regular, Stage::Accepted, Some(is(Detected::Unknown)), None, run(Layer::Http1 { fixed: None })),
+            (&regular, Stage::Accepted, Some(is(Detected::Http2Preface)), None, run(Layer::Http2 { fixed: None })),
+            (&up, Stage::Accepted, Some(is(Detected::Http1)), None, run(Layer::Http1 { fixed: None })),
+            // After CONNECT: TLS is asked about, then intercepted; HTTP served; the rest relayed.
+            (&regular, tunnel(), tls(), None, Decision::AskTls(hello("example.com"))),
+            (&regular, tunnel(), tls(), decided, intercept(https.clone(), true)),
+            (&up, tunnel(), tls(), decided, intercept(https.clone(), true)),
+            (
+                &regular,
+                tunnel(),
+                tls(),
+                Some(TlsVerdict::Decided(TlsDecision::Passthrough)),
+                raw("example.com", 443, Relay::Passthrough),
+            ),
+            (
+                &regular,
+                tunnel(),
+                Some(is(Detected::TlsInvalid("bad".into()))),
+                None,
+                run(Layer::TlsFailed { reason: "bad".into() }),
+            ),
+            (&regular, tunnel(), Some(is(Detected::Http1)), None, run(Layer::Http1 { fixed: plain.clone() })),
+            (
+                &regular,
+                tunnel(),
+                Some(is(Detected::Http2Preface)),
+                None,
+                run(Layer::Http2 {
+                    fixed: Some(Target { prior_knowledge: true, ..target(Scheme::Http, "example.com", 443) }),
+                }),
+            ),
+            (&regular, tunnel(), Some(is(Detected::Unknown)), None, raw("example.com", 443, Relay::Cleartext)),
+            (&regular, tunnel(), Some(is(Detected::Socks5)), None, raw("example.com", 443, Relay::Cleartext)),
+            (&regular, tunnel(), Some(Start::Silent), None, raw("example.com", 443, Relay::Cleartext)),
+            // Decrypted: ALPN decides; without it the bytes do.
+            (&regular, decrypted(Some(b"h2"), true), None, None, run(Layer::Http2 { fixed: Some(https.clone()) })),
+            (
+                &regular,
+                decrypted(Some(b"http/1.1"), true),
+                None,
+                None,
+                run(Layer::Http1 { fixed: Some(https.clone()) }),
+            ),
+            (
+                &regular,
+                decrypted(None, true),
+                None,
+                None,
+                Decision::Read(Deadlines { first_byte: opts.server_first_timeout, decision: opts.header_read_timeout }),
+            ),
+            (
+                &regular,
+                decrypted(None, true),
+                Some(is(Detected::Http1)),
+                None,
+                run(Layer::Http1 { fixed: Some(https.clone()) }),
+            ),
+            (
+                &regular,
+                decrypted(None, true),
+                Some(is(Detected::Http2Preface)),
+                None,
+                run(Layer::Http2 { fixed: Some(https.clone()) }),
+            ),
+            (
+                &regular,
+                decrypted(None, true),
+                Some(is(Detected::Unknown)),
+                None,
+                raw("example.com", 443, Relay::Decrypted),
+            ),
+            (&regular, decrypted(None, true), Some(Start::Silent), None, raw("example.com", 443, Relay::Decrypted)),
+            (
+                &rv,
+                decrypted(None, false),
+                Some(is(Detected::Unknown)),
+                None,
+                run(Layer::Http1 { fixed: Some(https.clone()) }),
+            ),
+            // Reverse mode: TLS intercepted toward the fixed upstream, anything else is HTTP.
+            (&rv, Stage::Accepted, tls(), decided, intercept(rev.clone(), false)),
+            (&rv, Stage::Accepted, Some(is(Detected::Http1)), None, run(Layer::Http1 { fixed: Some(rev.clone()) })),
+            (&rv, Stage::Accepted, Some(is(Detected::Unknown)), None, run(Layer::Http1 { fixed: Some(rev.clone()) })),
+            (
+                &rv,
+                Stage::Accepted,
+                Some(is(Detected::Http2Preface)),
+                None,
+                run(Layer::Http2 { fixed: Some(rev.clone()) }),
+            ),
+            // An h2c upgrade needs no bytes to decide.
+            (
+                &regular,
+                Stage::UpgradedH2c { fields: vec![], fixed: None },
+                None,
+                None,
+                run(Layer::H2cUpgraded { fields: vec![], fixed: None }),
+            ),
+        ];
+        for (i, (mode, stage, start, verdict, expected)) in rows.into_iter().enumerate() {
+            assert_eq!(decide(mode, &stage, start, verdict, &opts), expected, "row {i}: {stage:?}");
+        }
+    }
+
+    #[test]
+    fn silence_stalls_and_closes_end_the_connection() {
+        let opts = ProxyOptions::default();
+        for start in [Start::Silent, Start::Stalled, Start::Closed] {
+            assert!(closes(&decide(&Mode::Regular, &Stage::Accepted, Some(start.clone()), None, &opts)), "{start:?}");
+            assert!(closes(&decide(&reverse(), &Stage::Accepted, Some(start.clone()), None, &opts)), "{start:?}");
+        }
+        // In a tunnel silence means "the server speaks first"; a stall or a close ends it.
+        for start in [Start::Stalled, Start::Closed] {
+            assert!(closes(&decide(&Mode::Regular, &tunnel(), Some(start.clone()), None, &opts)), "{start:?}");
+        }
+        // TLS to the proxy itself is refused, not fed to HTTP.
+        let tls = Some(is(Detected::TlsClientHello(hello("example.com"))));
+        assert!(closes(&decide(&Mode::Regular, &Stage::Accepted, tls, None, &opts)));
+    }
+
+    #[test]
+    fn ignore_and_allow_hosts_match_the_sni_or_the_connect_host() {
+        let by_sni = ProxyOptions {
+            ignore_hosts: Some(regex::Regex::new("^example\\.com:443$").expect("re")),
+            ..ProxyOptions::default()
+        };
+        let start = Some(is(Detected::TlsClientHello(hello("example.com"))));
+        let ip_tunnel = Stage::Tunnel { host: "10.0.0.1".into(), port: 443 };
+        assert_eq!(
+            decide(&Mode::Regular, &ip_tunnel, start.clone(), None, &by_sni),
+            raw("10.0.0.1", 443, Relay::Passthrough)
+        );
+        let by_host =
+            ProxyOptions { ignore_hosts: Some(regex::Regex::new("^10\\.").expect("re")), ..ProxyOptions::default() };
+        assert_eq!(
+            decide(&Mode::Regular, &ip_tunnel, start.clone(), None, &by_host),
+            raw("10.0.0.1", 443, Relay::Passthrough)
+        );
+        let allow =
+            ProxyOptions { allow_hosts: Some(regex::Regex::new("^other\\.").expect("re")), ..ProxyOptions::default() };
+        assert_eq!(
+            decide(&Mode::Regular, &tunnel(), start.clone(), None, &allow),
+            raw("example.com", 443, Relay::Passthrough)
+        );
+        let allowed = ProxyOptions {
+            allow_hosts: Some(regex::Regex::new("^example\\.").expect("re")),
+            ..ProxyOptions::default()
+        };
+        assert_eq!(
+            decide(&Mode::Regular, &tunnel(), start.clone(), None, &allowed),
+            Decision::AskTls(hello("example.com"))
+        );
+        // A plugin that failed closes the connection.
+        assert!(closes(&decide(&Mode::Regular, &tunnel(), start, Some(TlsVerdict::Failed), &allowed)));
+    }
+
+    #[test]
+    fn options_turn_protocols_off() {
+        let no_raw = ProxyOptions { rawtcp: false, ..ProxyOptions::default() };
+        assert!(closes(&decide(&Mode::Regular, &tunnel(), Some(is(Detected::Unknown)), None, &no_raw)));
+        assert!(closes(&decide(&Mode::Regular, &tunnel(), Some(Start::Silent), None, &no_raw)));
+        let no_h2 = ProxyOptions { http2: false, ..ProxyOptions::default() };
+        assert_eq!(
+            decide(&Mode::Regular, &Stage::Accepted, Some(is(Detected::Http2Preface)), None, &no_h2),
+            run(Layer::Http1 { fixed: None })
+        );
+        assert_eq!(
+            decide(&Mode::Regular, &tunnel(), Some(is(Detected::Http2Preface)), None, &no_h2),
+            run(Layer::Http1 { fixed: Some(target(Scheme::Http, "example.com", 443)) })
+        );
+    }
+}

@@ -1,0 +1,88 @@
+//! The proxy's settings, under mitmproxy's option names where they exist.
+
+use std::time::Duration;
+
+/// Settings of the proxy (mitmproxy's option names where they exist).
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    /// Skip verification of upstream certificates (`-k`, `ssl_insecure`).
+    pub ssl_insecure: bool,
+    /// Largest body buffered for plugins (`body_size_limit`, default 16 MiB); a larger one
+    /// fails the flow (413 for requests, 502 for responses).
+    pub body_size_limit: usize,
+    /// Bodies larger than this are streamed untouched even if a plugin asked to buffer them
+    /// (`stream_large_bodies`, default unset); plugins then see no body.
+    pub stream_large_bodies: Option<usize>,
+    /// Hosts whose TLS is passed through without decrypting (`ignore_hosts`, a regex
+    /// matched against `host:port`).
+    pub ignore_hosts: Option<regex::Regex>,
+    /// If set, only these hosts are intercepted; all others pass through (`allow_hosts`).
+    pub allow_hosts: Option<regex::Regex>,
+    /// Most header fields in a request or response head (`max_headers`, default 100).
+    pub max_headers: usize,
+    /// Time a client may take to send a request head (`header_read_timeout`, default 30 s).
+    pub header_read_timeout: Duration,
+    /// Time to connect to an upstream (`connect_timeout`, default 10 s).
+    pub connect_timeout: Duration,
+    /// Longest wait for the next piece of a request body (`body_read_timeout`, default 60 s).
+    pub body_read_timeout: Duration,
+    /// Speak HTTP/2 (`http2`, default true): offered by ALPN, accepted with prior knowledge
+    /// and `Upgrade: h2c`, and used upstream when the upstream offers it. Off: HTTP/1.1 only.
+    pub http2: bool,
+    /// Most concurrent streams a client may open on one HTTP/2 connection
+    /// (`http2_max_concurrent_streams`, default 100); more are refused (REFUSED_STREAM).
+    pub http2_max_concurrent_streams: u32,
+    /// Largest decoded header list of an HTTP/2 request or response
+    /// (`http2_max_header_list_size`, default 64 KiB). A larger request gets 431. It also
+    /// bounds HPACK bombs (the size counts decoded bytes) and CONTINUATION floods (a header
+    /// block may span at most this size / 16 KiB x 1.25 frames, at least 5; past that or
+    /// past twice the size undecoded, the connection gets GOAWAY).
+    pub http2_max_header_list_size: u32,
+    /// Size of the HPACK dynamic table a peer may make flowgate keep
+    /// (`http2_header_table_size`, default 4 KiB).
+    pub http2_header_table_size: u32,
+    /// Streams a client may open and reset before flowgate has accepted them, at any one
+    /// time (`http2_max_reset_streams`, default 20); past it the connection is closed with
+    /// GOAWAY ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487).
+    pub http2_max_reset_streams: usize,
+    /// Streams flowgate may reset because of a client's protocol errors on one connection
+    /// (`http2_max_error_reset_streams`, default 1024); past it, GOAWAY (CVE-2025-8671).
+    pub http2_max_error_reset_streams: usize,
+    /// Relay streams no other layer claims as raw TCP flows (`rawtcp`, default true, as
+    /// in mitmproxy): bytes inside a CONNECT tunnel that are neither TLS nor HTTP (SSH,
+    /// a binary protocol), or a tunnel whose server speaks first. Off: such tunnels close.
+    pub rawtcp: bool,
+    /// How long flowgate waits inside a CONNECT tunnel for the client's first bytes before
+    /// it connects upstream so a server that speaks first (SMTP, SSH) is heard
+    /// (`server_first_timeout`, default 1 s).
+    pub server_first_timeout: Duration,
+    /// How long a raw TCP flow (and a passed-through TLS one) may be idle in both
+    /// directions before it is closed (`tcp_timeout`, default 600 s, as in mitmproxy).
+    /// Before either side has said anything, `header_read_timeout` applies.
+    pub tcp_timeout: Duration,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            ssl_insecure: false,
+            body_size_limit: 16 << 20,
+            stream_large_bodies: None,
+            ignore_hosts: None,
+            allow_hosts: None,
+            max_headers: 100,
+            header_read_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(60),
+            http2: true,
+            http2_max_concurrent_streams: 100,
+            http2_max_header_list_size: 64 << 10,
+            http2_header_table_size: 4096,
+            http2_max_reset_streams: 20,
+            http2_max_error_reset_streams: 1024,
+            rawtcp: true,
+            server_first_timeout: Duration::from_secs(1),
+            tcp_timeout: Duration::from_secs(600),
+        }
+    }
+}

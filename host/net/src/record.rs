@@ -1,0 +1,167 @@
+//! What is reported of each finished flow: the one-line record mitmdump prints. (Not the
+//! flow model: that is `flowgate-flow`'s; this is the network layer's summary of a flow's
+//! one outcome, handed to the [`FlowSink`].)
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flowgate_flow::PluginFailure;
+
+/// How an HTTP flow ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A response was sent to the client (from upstream or from a plugin).
+    Response {
+        /// Status code.
+        status: u16,
+        /// Reason phrase.
+        reason: String,
+        /// Body size in bytes, if known (streamed bodies are not counted).
+        size: Option<u64>,
+        /// True if a plugin answered locally.
+        local: bool,
+    },
+    /// The flow failed; the client got an error response or a closed connection.
+    Error(String),
+}
+
+/// What kind of flow a record is, with what mitmdump prints of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// One HTTP exchange.
+    Http {
+        /// Request method.
+        method: String,
+        /// Request URL.
+        url: String,
+        /// HTTP version of the request.
+        version: String,
+        /// How it ended.
+        outcome: Outcome,
+    },
+    /// A raw TCP stream relayed both ways (bytes no other layer claimed, or TLS passed
+    /// through undecrypted).
+    Tcp {
+        /// The server it went to (`host:port`).
+        server: String,
+        /// Whether flowgate saw the plaintext (`false`: relayed as it came, TLS included).
+        decrypted: bool,
+        /// Bytes from the client to the server.
+        client_bytes: u64,
+        /// Bytes from the server to the client.
+        server_bytes: u64,
+        /// Why it ended abnormally, if it did.
+        error: Option<String>,
+    },
+}
+
+/// One finished flow, as printed by mitmdump-style output.
+#[derive(Debug, Clone)]
+pub struct FlowRecord {
+    /// Flow id.
+    pub id: u64,
+    /// Client address.
+    pub client: SocketAddr,
+    /// What the flow was and how it ended.
+    pub kind: Kind,
+    /// Time from the request head to the response head (HTTP), or the stream's life (TCP).
+    pub duration: Duration,
+    /// Plugin failures recorded on the flow.
+    pub failures: Vec<PluginFailure>,
+}
+
+fn human_size(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n}b"),
+        1024..1_048_576 => format!("{:.1}k", n as f64 / 1024.0),
+        _ => format!("{:.1}m", n as f64 / 1_048_576.0),
+    }
+}
+
+impl std::fmt::Display for FlowRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            Kind::Http { method, url, version, outcome } => {
+                write!(f, "{}: {method} {url}", self.client)?;
+                // Like mitmdump, the version only when it is not HTTP/1.1.
+                if version != "HTTP/1.1" {
+                    write!(f, " {version}")?;
+                }
+                match outcome {
+                    Outcome::Response { status, reason, size, local } => {
+                        write!(f, " << {status} {reason}")?;
+                        if let Some(size) = size {
+                            write!(f, " {}", human_size(*size))?;
+                        }
+                        if *local {
+                            write!(f, " (local)")?;
+                        }
+                    }
+                    Outcome::Error(e) => write!(f, " << error: {e}")?,
+                }
+            }
+            Kind::Tcp { server, decrypted, client_bytes, server_bytes, error } => {
+                let what = if *decrypted { "tcp" } else { "tcp (not decrypted)" };
+                write!(
+                    f,
+                    "{}: {what} {server} >> {} << {}",
+                    self.client,
+                    human_size(*client_bytes),
+                    human_size(*server_bytes)
+                )?;
+                if let Some(e) = error {
+                    write!(f, " error: {e}")?;
+                }
+            }
+        }
+        write!(f, " {}ms", self.duration.as_millis())?;
+        for failure in &self.failures {
+            write!(f, " [{failure}]")?;
+        }
+        Ok(())
+    }
+}
+
+/// Where finished flows go.
+pub type FlowSink = Arc<dyn Fn(&FlowRecord) + Send + Sync>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(kind: Kind) -> String {
+        let client = "127.0.0.1:5000".parse().expect("address");
+        FlowRecord { id: 1, client, kind, duration: Duration::from_millis(7), failures: Vec::new() }.to_string()
+    }
+
+    #[test]
+    fn prints_like_mitmdump() {
+        let http = Kind::Http {
+            method: "GET".into(),
+            url: "http://example.com/".into(),
+            version: "HTTP/2.0".into(),
+            outcome: Outcome::Response { status: 200, reason: "OK".into(), size: Some(2048), local: false },
+        };
+        assert_eq!(line(http), "127.0.0.1:5000: GET http://example.com/ HTTP/2.0 << 200 OK 2.0k 7ms");
+        let tcp = Kind::Tcp {
+            server: "example.com:22".into(),
+            decrypted: true,
+            client_bytes: 21,
+            server_bytes: 3000,
+            error: None,
+        };
+        assert_eq!(line(tcp), "127.0.0.1:5000: tcp example.com:22 >> 21b << 2.9k 7ms");
+        let passthrough = Kind::Tcp {
+            server: "example.com:443".into(),
+            decrypted: false,
+            client_bytes: 0,
+            server_bytes: 0,
+            error: Some("idle for 600s (tcp_timeout)".into()),
+        };
+        assert_eq!(
+            line(passthrough),
+            "127.0.0.1:5000: tcp (not decrypted) example.com:443 >> 0b << 0b error: idle for 600s (tcp_timeout) 7ms"
+        );
+    }
+}

@@ -1,0 +1,193 @@
+//! The raw TCP layer (mitmproxy's `rawtcp`): connect upstream, relay bytes both ways as
+//! they come, and record the stream as one TCP flow. It serves bytes no other layer
+//! claims (SSH through CONNECT, a server that speaks first) and TLS passed through
+//! undecrypted. Half-closes are forwarded; a stream where neither side has said anything
+//! for `header_read_timeout`, or that is idle for `tcp_timeout`, is closed. Not here yet:
+//! the tcp hook group (messages to plugins) and STARTTLS.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+use crate::conn::{BoxIo, ConnCtx, Next};
+use crate::layer::Relay;
+use crate::record::{FlowRecord, Kind};
+use crate::tls::Prefixed;
+use crate::upstream::{self, Alpn, Target};
+
+/// Bytes read at a time in each direction.
+const RELAY_BUFFER: usize = 16 << 10;
+
+/// Runs the layer: `io`'s replayed prefix holds what the client already sent.
+pub(crate) async fn run(ctx: &Arc<ConnCtx>, io: Prefixed<BoxIo>, target: Target, relay: Relay) -> Next {
+    let began = Instant::now();
+    let id = ctx.proxy.next_id();
+    let server = format!("{}:{}", target.host, target.port);
+    let record = |totals: Totals| {
+        let kind = Kind::Tcp {
+            server: server.clone(),
+            decrypted: relay != Relay::Passthrough,
+            client_bytes: totals.client,
+            server_bytes: totals.server,
+            error: totals.error,
+        };
+        let record = FlowRecord { id, client: ctx.client, kind, duration: began.elapsed(), failures: Vec::new() };
+        (ctx.proxy.sink)(&record);
+    };
+    if !ctx.server_connect(server.clone()).await {
+        record(Totals::failed(format!("a plugin refused the connection to {server}")));
+        return Next::Done;
+    }
+    let opened = match upstream::open(&ctx.proxy, &ctx.mode, &target, Alpn::None).await {
+        Ok(opened) => opened,
+        Err(e) => {
+            record(Totals::failed(e.to_string()));
+            return Next::Done;
+        }
+    };
+    ctx.upstreams.lock().await.note_opened();
+    ctx.session.lock().await.server_connected().await;
+    let opts = &ctx.proxy.options;
+    let deadlines = Idle { before_any: opts.header_read_timeout, between: opts.tcp_timeout };
+    record(pump(io, opened.io, deadlines).await);
+    Next::Done
+}
+
+/// How long a relay may see no bytes.
+#[derive(Debug, Clone, Copy)]
+struct Idle {
+    /// Before either side said anything (`header_read_timeout`).
+    before_any: Duration,
+    /// Once something was said (`tcp_timeout`).
+    between: Duration,
+}
+
+/// What a relay carried.
+#[derive(Debug, Default)]
+struct Totals {
+    client: u64,
+    server: u64,
+    error: Option<String>,
+}
+
+impl Totals {
+    fn failed(error: String) -> Totals {
+        Totals { error: Some(error), ..Totals::default() }
+    }
+}
+
+/// Relays both ways until both sides have closed, one fails, or the stream idles out.
+async fn pump<C, S>(client: C, server: S, idle: Idle) -> Totals
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let began = Instant::now();
+    let last = AtomicU64::new(0);
+    let (from_client, from_server) = (AtomicU64::new(0), AtomicU64::new(0));
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut server_read, mut server_write) = tokio::io::split(server);
+    let up = copy(&mut client_read, &mut server_write, &from_client, &last, began);
+    let down = copy(&mut server_read, &mut client_write, &from_server, &last, began);
+    let watchdog = async {
+        loop {
+            let said = from_client.load(Ordering::Relaxed) + from_server.load(Ordering::Relaxed) > 0;
+            let (limit, option) =
+                if said { (idle.between, "tcp_timeout") } else { (idle.before_any, "header_read_timeout") };
+            let deadline = began + Duration::from_millis(last.load(Ordering::Relaxed)) + limit;
+            if Instant::now() >= deadline {
+                return if said {
+                    format!("idle for {limit:?} ({option})")
+                } else {
+                    format!("neither side sent anything for {limit:?} ({option})")
+                };
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    };
+    let error = tokio::select! {
+        relayed = async { tokio::try_join!(up, down) } => relayed.err().map(|e| e.to_string()),
+        timed_out = watchdog => Some(timed_out),
+    };
+    Totals { client: from_client.into_inner(), server: from_server.into_inner(), error }
+}
+
+/// Copies `from` to `to` until `from` ends (then half-closes `to`), counting bytes and
+/// noting when the last ones passed.
+async fn copy<R, W>(
+    from: &mut R,
+    to: &mut W,
+    count: &AtomicU64,
+    last: &AtomicU64,
+    began: Instant,
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; RELAY_BUFFER];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            // A peer that already went away cannot be half-closed; that is not an error.
+            let _ = to.shutdown().await;
+            return Ok(());
+        }
+        to.write_all(&buf[..n]).await?;
+        to.flush().await?;
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        last.store(began.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const QUICK: Idle = Idle { before_any: Duration::from_millis(200), between: Duration::from_millis(300) };
+
+    #[tokio::test]
+    async fn relays_both_ways_and_forwards_half_closes() {
+        let (client, mut client_peer) = tokio::io::duplex(1024);
+        let (server, mut server_peer) = tokio::io::duplex(1024);
+        let relay = tokio::spawn(pump(client, server, QUICK));
+        // The server speaks first; then the client; then the client closes its side.
+        server_peer.write_all(b"SSH-2.0-test\r\n").await.expect("write");
+        let mut banner = [0u8; 14];
+        client_peer.read_exact(&mut banner).await.expect("banner");
+        assert_eq!(&banner, b"SSH-2.0-test\r\n");
+        client_peer.write_all(b"hello").await.expect("write");
+        client_peer.shutdown().await.expect("half-close");
+        let mut got = Vec::new();
+        server_peer.read_to_end(&mut got).await.expect("server reads to the client's end");
+        assert_eq!(got, b"hello");
+        // The server answers after the client's half-close, then closes.
+        server_peer.write_all(b"bye").await.expect("write");
+        drop(server_peer);
+        let mut rest = Vec::new();
+        client_peer.read_to_end(&mut rest).await.expect("client reads the rest");
+        assert_eq!(rest, b"bye");
+        let totals = relay.await.expect("relay");
+        assert_eq!((totals.client, totals.server, totals.error), (5, 17, None));
+    }
+
+    #[tokio::test]
+    async fn silence_and_idleness_end_the_relay() {
+        let (client, _client_peer) = tokio::io::duplex(64);
+        let (server, _server_peer) = tokio::io::duplex(64);
+        let totals = pump(client, server, QUICK).await;
+        assert!(totals.error.as_deref().is_some_and(|e| e.contains("header_read_timeout")), "{totals:?}");
+        let (client, mut client_peer) = tokio::io::duplex(64);
+        let (server, mut server_peer) = tokio::io::duplex(64);
+        client_peer.write_all(b"x").await.expect("write");
+        let relay = tokio::spawn(pump(client, server, QUICK));
+        let mut one = [0u8; 1];
+        server_peer.read_exact(&mut one).await.expect("relayed");
+        let totals = relay.await.expect("relay");
+        assert!(totals.error.as_deref().is_some_and(|e| e.contains("tcp_timeout")), "{totals:?}");
+        assert_eq!(totals.client, 1);
+    }
+}
