@@ -36,7 +36,7 @@ export FLOWGATE_COMPONENTIZE_PY="$_fg_venv/bin/componentize-py"
 
 if ! cmp -s "$_fg_root/plugins/package-lock.json" "$_fg_root/plugins/node_modules/.package-lock.json.installed" 2>/dev/null; then
     echo "plugins/toolchains.sh: installing componentize-js" >&2
-    (cd "$_fg_root/plugins" && npm install --no-audit --no-fund --loglevel=error >/dev/null) ||
+    (cd "$_fg_root/plugins" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) ||
         { echo "plugins/toolchains.sh: npm install failed" >&2; eval "$_fg_opts"; return 1 2>/dev/null || exit 1; }
     cp "$_fg_root/plugins/package-lock.json" "$_fg_root/plugins/node_modules/.package-lock.json.installed"
 fi
