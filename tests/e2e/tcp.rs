@@ -2,6 +2,7 @@
 //! neither TLS nor HTTP become a TCP flow relayed both ways (SSH-like banners, binary
 //! greetings, a server that speaks first), and a tunnel where nobody speaks is closed.
 //! The servers are Python programs (tests/e2e/py/tcp_server.py); curl drives one case.
+//! A plugin exporting the `tcp` group (tcp-rewrite) sees and changes the messages.
 
 #[path = "support.rs"]
 mod support;
@@ -11,6 +12,7 @@ use std::net::{Shutdown, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use flowgate_tests::plugins::*;
 use support::*;
 
 /// A Python TCP server in one of its modes, stopped on drop.
@@ -174,6 +176,31 @@ fn rawtcp_off_closes_tunnels_with_unknown_bytes() {
     let _ = stream.read_to_end(&mut rest);
     assert!(rest.is_empty(), "{rest:?}");
     assert!(!fg.lines.lock().expect("lines").iter().any(|l| l.contains(": tcp ")));
+}
+
+#[test]
+fn a_tcp_plugin_rewrites_and_kills_messages() {
+    let mut server = Server::start("server-first");
+    let plugin = manifest(
+        TCP_REWRITE,
+        "name = \"tcp-rewrite\"\n[config]\nfrom = \"OpenSSH\"\nto = \"FlowSSH\"\nkill_on = \"QUIT\"\n",
+    );
+    let fg = Flowgate::start(&["-s", &plugin, "--set", "server_first_timeout=200ms"]);
+    let mut stream = tunnel(&fg, server.port);
+    server.accepted();
+    // The server's banner, rewritten by the plugin (the same length here).
+    let banner = b"SSH-2.0-FlowSSH_9.2 flowgate-test\r\n";
+    assert_eq!(read_exactly(&mut stream, banner.len()), banner);
+    // The client's side is not rewritten (side = server), but the echo coming back is.
+    stream.write_all(b"OpenSSH\n").expect("write");
+    assert_eq!(read_exactly(&mut stream, 8), b"FlowSSH\n");
+    // kill_on closes the flow; the plugin's words are on the record.
+    stream.write_all(b"QUIT\r\n").expect("write");
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{rest:?}");
+    let line = fg.flow_line("killed by a plugin");
+    assert!(line.contains(&format!("tcp 127.0.0.1:{} >> 8b << 43b", server.port)), "{line}");
 }
 
 /// Sizes as flowgate prints them.

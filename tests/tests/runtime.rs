@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use flowgate_flow::{BodyMode, FailureKind, Hook, TlsDecision};
-use flowgate_runtime::{Chain, HttpAction, InstanceModel, LoadError, Runtime, TlsSide};
+use flowgate_flow::{BodyMode, DnsMessage, FailureKind, Hook, Question, TlsDecision};
+use flowgate_runtime::{Chain, DataAction, DnsAction, HttpAction, InstanceModel, LoadError, Runtime, TlsSide};
 use flowgate_tests::plugins::*;
 use flowgate_tests::{Logs, connection, flow, manifest, request, response, runtime};
 
@@ -576,5 +576,92 @@ async fn shipped_manifests_load() {
         }
     }
     loaded.sort();
-    assert_eq!(loaded, ["add-header", "block-list", "request-id", "rewrite-body"]);
+    assert_eq!(loaded, ["add-header", "block-list", "dns-override", "request-id", "rewrite-body", "tcp-rewrite"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Hook groups beyond HTTP: a plugin exporting only `tcp` or only `dns` is called for those
+// flows, and never for the others.
+
+#[tokio::test]
+async fn tcp_rewrite() {
+    let rt = runtime();
+    let m = manifest(
+        TCP_REWRITE,
+        "name = \"tcp-rewrite\"\n[config]\nfrom = \"OpenSSH\"\nto = \"FlowSSH\"\nkill_on = \"QUIT\"\n",
+    );
+    let chain = chain_of(&rt, &[m]).await;
+    let plugin = &chain.plugins()[0];
+    assert_eq!(plugin.exported_groups(), ["tcp"]);
+    let conn = chain.connection(connection(1, "127.0.0.1:5000"));
+    // Not an HTTP plugin: an HTTP flow never calls (or instantiates) it.
+    let mut http = conn.http_flow(flow(1, 1));
+    let mut req = request("http://example.test/", 0);
+    assert_eq!(http.request_headers(&mut req).await, HttpAction::Continue);
+    assert_eq!(plugin.stats().calls, 0);
+    let mut tcp = conn.tcp_flow(flowgate_flow::FlowInfo { kind: flowgate_flow::FlowKind::Tcp, ..flow(2, 1) });
+    assert!(tcp.has_plugins());
+    assert_eq!(tcp.start().await, DataAction::Forward(Vec::new()));
+    assert_eq!(tcp.flow.metadata.get("tcp-rewrite.started").map(String::as_str), Some("yes"));
+    // The server's banner is rewritten, the client's bytes are not (side = server).
+    let banner = b"SSH-2.0-OpenSSH_9.2\r\n".to_vec();
+    assert_eq!(tcp.message(false, banner.clone()).await, DataAction::Forward(b"SSH-2.0-FlowSSH_9.2\r\n".to_vec()));
+    assert_eq!(tcp.message(true, banner.clone()).await, DataAction::Forward(banner));
+    assert_eq!(tcp.message(true, b"QUIT\r\n".to_vec()).await, DataAction::Kill);
+    tcp.end().await;
+    assert!(tcp.failures().is_empty(), "{:?}", tcp.failures());
+    assert_eq!(plugin.stats().calls, 5);
+}
+
+#[tokio::test]
+async fn tcp_replacements_over_the_limit_are_refused() {
+    let rt = runtime();
+    // A replacement 2000 times the size of what it replaces, past max_body_bytes.
+    let text = format!(
+        "name = \"tcp-rewrite\"\nfailure = \"fail-closed\"\n[limits]\nmax_body_bytes = \"1KiB\"\n[config]\nfrom = \"x\"\nto = \"{}\"\nside = \"both\"\n",
+        "y".repeat(2000)
+    );
+    let chain = chain_of(&rt, &[manifest(TCP_REWRITE, &text)]).await;
+    let conn = chain.connection(connection(1, "127.0.0.1:5000"));
+    let mut tcp = conn.tcp_flow(flow(2, 1));
+    assert_eq!(tcp.message(true, b"no match".to_vec()).await, DataAction::Forward(b"no match".to_vec()));
+    let DataAction::Fail(failure) = tcp.message(true, b"x".to_vec()).await else { panic!("accepted") };
+    assert_eq!(failure.kind, FailureKind::InvalidOutput);
+    assert!(failure.message.contains("max_body_bytes"), "{failure}");
+}
+
+#[tokio::test]
+async fn dns_override() {
+    let rt = runtime();
+    let m = manifest(
+        DNS_OVERRIDE,
+        "name = \"dns-override\"\n[config]\nhosts = \"api.example.com=10.1.2.3 v6.example.com=::1\"\nblock = \"ads.example.com\"\n",
+    );
+    let chain = chain_of(&rt, &[m]).await;
+    assert_eq!(chain.plugins()[0].exported_groups(), ["dns"]);
+    let conn = chain.connection(connection(1, "127.0.0.1:5000"));
+    let query = |name: &str, record_type| DnsMessage {
+        id: 7,
+        flags: 0x0100,
+        questions: vec![Question { name: name.into(), record_type, class: 1 }],
+        ..DnsMessage::default()
+    };
+    let mut dns = conn.dns_flow(flow(3, 1));
+    let DnsAction::Respond(answer) = dns.request(&query("API.example.com.", 1)).await else {
+        panic!("no local answer")
+    };
+    assert_eq!((answer.id, answer.flags), (7, 0x8180));
+    assert_eq!(answer.answers.len(), 1);
+    assert_eq!(answer.answers[0].data, [10, 1, 2, 3]);
+    let DnsAction::Respond(v6) = conn.dns_flow(flow(4, 1)).request(&query("v6.example.com", 28)).await else {
+        panic!("no AAAA answer")
+    };
+    assert_eq!(v6.answers[0].data, std::net::Ipv6Addr::LOCALHOST.octets());
+    assert_eq!(conn.dns_flow(flow(5, 1)).request(&query("ads.example.com", 1)).await, DnsAction::Kill);
+    let mut other = conn.dns_flow(flow(6, 1));
+    assert_eq!(other.request(&query("example.org", 1)).await, DnsAction::Continue);
+    let response = DnsMessage { flags: 0x8180, ..query("example.org", 1) };
+    assert_eq!(other.response(&query("example.org", 1), &response).await, DnsAction::Continue);
+    other.error(&query("example.org", 1), "upstream timed out").await;
+    assert!(other.failures().is_empty());
 }

@@ -25,6 +25,20 @@ pub enum Hook {
     Response,
     Error,
     HttpConnect,
+    WebsocketStart,
+    WebsocketMessage,
+    WebsocketEnd,
+    TcpStart,
+    TcpMessage,
+    TcpEnd,
+    TcpError,
+    UdpStart,
+    UdpMessage,
+    UdpEnd,
+    UdpError,
+    DnsRequest,
+    DnsResponse,
+    DnsError,
 }
 
 impl Hook {
@@ -50,6 +64,20 @@ impl Hook {
             Hook::Response => "response",
             Hook::Error => "error",
             Hook::HttpConnect => "http-connect",
+            Hook::WebsocketStart => "websocket-start",
+            Hook::WebsocketMessage => "websocket-message",
+            Hook::WebsocketEnd => "websocket-end",
+            Hook::TcpStart => "tcp-start",
+            Hook::TcpMessage => "tcp-message",
+            Hook::TcpEnd => "tcp-end",
+            Hook::TcpError => "tcp-error",
+            Hook::UdpStart => "udp-start",
+            Hook::UdpMessage => "udp-message",
+            Hook::UdpEnd => "udp-end",
+            Hook::UdpError => "udp-error",
+            Hook::DnsRequest => "dns-request",
+            Hook::DnsResponse => "dns-response",
+            Hook::DnsError => "dns-error",
         }
     }
 }

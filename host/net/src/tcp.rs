@@ -2,13 +2,17 @@
 //! they come, and record the stream as one TCP flow. It serves bytes no other layer
 //! claims (SSH through CONNECT, a server that speaks first) and TLS passed through
 //! undecrypted. Half-closes are forwarded; a stream where neither side has said anything
-//! for `header_read_timeout`, or that is idle for `tcp_timeout`, is closed. Not here yet:
-//! the tcp hook group (messages to plugins) and STARTTLS.
+//! for `header_read_timeout`, or that is idle for `tcp_timeout`, is closed. Plugins that
+//! export the `tcp` group see tcp-start, each read as a tcp-message (which they may
+//! replace, drop or answer with kill), and tcp-end or tcp-error; with none, bytes are
+//! copied both ways with no calls. Not here yet: STARTTLS.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use flowgate_flow::{FlowInfo, FlowKind};
+use flowgate_runtime::{DataAction, DataFlowSession};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
@@ -24,9 +28,17 @@ const RELAY_BUFFER: usize = 16 << 10;
 /// Runs the layer: `io`'s replayed prefix holds what the client already sent.
 pub(crate) async fn run(ctx: &Arc<ConnCtx>, io: Prefixed<BoxIo>, target: Target, relay: Relay) -> Next {
     let began = Instant::now();
-    let id = ctx.proxy.next_id();
     let server = format!("{}:{}", target.host, target.port);
-    let record = |totals: Totals| {
+    let info = FlowInfo {
+        id: ctx.proxy.next_id(),
+        kind: FlowKind::Tcp,
+        connection_id: ctx.conn_id,
+        client_address: ctx.client.to_string(),
+        server_address: Some(server.clone()),
+        ..FlowInfo::default()
+    };
+    let mut session = ctx.session.lock().await.tcp_flow(info);
+    let record = |session: &DataFlowSession, totals: Totals| {
         let kind = Kind::Tcp {
             server: server.clone(),
             decrypted: relay != Relay::Passthrough,
@@ -34,26 +46,53 @@ pub(crate) async fn run(ctx: &Arc<ConnCtx>, io: Prefixed<BoxIo>, target: Target,
             server_bytes: totals.server,
             error: totals.error,
         };
-        let record = FlowRecord { id, client: ctx.client, kind, duration: began.elapsed(), failures: Vec::new() };
+        let failures = session.failures().to_vec();
+        let record = FlowRecord { id: session.flow.id, client: ctx.client, kind, duration: began.elapsed(), failures };
         (ctx.proxy.sink)(&record);
     };
-    if !ctx.server_connect(server.clone()).await {
-        record(Totals::failed(format!("a plugin refused the connection to {server}")));
+    // Plugins see TLS passed through only as a flow, never its bytes.
+    let hooks = relay != Relay::Passthrough && session.has_plugins();
+    if hooks && let Some(stop) = stopped(session.start().await) {
+        session.error(&stop).await;
+        record(&session, Totals::failed(stop));
         return Next::Done;
     }
-    let opened = match upstream::open(&ctx.proxy, &ctx.mode, &target, Alpn::None).await {
-        Ok(opened) => opened,
-        Err(e) => {
-            record(Totals::failed(e.to_string()));
-            return Next::Done;
+    let totals = match connect(ctx, &target, &server).await {
+        Ok(upstream) => {
+            let opts = &ctx.proxy.options;
+            let idle = Idle { before_any: opts.header_read_timeout, between: opts.tcp_timeout };
+            if hooks { pump_through(io, upstream, idle, &mut session).await } else { pump(io, upstream, idle).await }
         }
+        Err(e) => Totals::failed(e),
     };
+    if hooks {
+        match &totals.error {
+            Some(e) => session.error(e).await,
+            None => session.end().await,
+        }
+    }
+    record(&session, totals);
+    Next::Done
+}
+
+/// Connects upstream for the relay, with the server-connect hooks.
+async fn connect(ctx: &Arc<ConnCtx>, target: &Target, server: &str) -> Result<crate::upstream::UpstreamIo, String> {
+    if !ctx.server_connect(server.to_owned()).await {
+        return Err(format!("a plugin refused the connection to {server}"));
+    }
+    let opened = upstream::open(&ctx.proxy, &ctx.mode, target, Alpn::None).await.map_err(|e| e.to_string())?;
     ctx.upstreams.lock().await.note_opened();
     ctx.session.lock().await.server_connected().await;
-    let opts = &ctx.proxy.options;
-    let deadlines = Idle { before_any: opts.header_read_timeout, between: opts.tcp_timeout };
-    record(pump(io, opened.io, deadlines).await);
-    Next::Done
+    Ok(opened.io)
+}
+
+/// Why a hook's action ends the flow, if it does.
+fn stopped(action: DataAction) -> Option<String> {
+    match action {
+        DataAction::Forward(_) => None,
+        DataAction::Kill => Some("killed by a plugin".to_owned()),
+        DataAction::Fail(failure) => Some(failure.to_string()),
+    }
 }
 
 /// How long a relay may see no bytes.
@@ -113,6 +152,75 @@ where
         timed_out = watchdog => Some(timed_out),
     };
     Totals { client: from_client.into_inner(), server: from_server.into_inner(), error }
+}
+
+/// Relays both ways through the tcp-message hooks: each read is one message, and what
+/// the plugins make of it is written to the other side. One task, one read at a time per
+/// side, so a slow writer holds back only the side that feeds it.
+async fn pump_through<C, S>(client: C, server: S, idle: Idle, session: &mut DataFlowSession) -> Totals
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let (mut client, mut server) = (client, server);
+    let mut totals = Totals::default();
+    let (mut client_open, mut server_open) = (true, true);
+    let (mut from_client, mut from_server) = (vec![0u8; RELAY_BUFFER], vec![0u8; RELAY_BUFFER]);
+    let mut last = Instant::now();
+    while client_open || server_open {
+        let said = totals.client + totals.server > 0;
+        let (limit, option) =
+            if said { (idle.between, "tcp_timeout") } else { (idle.before_any, "header_read_timeout") };
+        let read = tokio::select! {
+            read = client.read(&mut from_client), if client_open => (true, read),
+            read = server.read(&mut from_server), if server_open => (false, read),
+            () = tokio::time::sleep_until(last + limit) => {
+                totals.error = Some(if said {
+                    format!("idle for {limit:?} ({option})")
+                } else {
+                    format!("neither side sent anything for {limit:?} ({option})")
+                });
+                return totals;
+            }
+        };
+        let (is_client, n) = match read {
+            (side, Ok(n)) => (side, n),
+            (_, Err(e)) => {
+                totals.error = Some(e.to_string());
+                return totals;
+            }
+        };
+        last = Instant::now();
+        let (to, open): (&mut (dyn AsyncWrite + Unpin + Send), &mut bool) =
+            if is_client { (&mut server, &mut client_open) } else { (&mut client, &mut server_open) };
+        if n == 0 {
+            *open = false;
+            let _ = to.shutdown().await;
+            continue;
+        }
+        let data = if is_client { from_client[..n].to_vec() } else { from_server[..n].to_vec() };
+        let out = match session.message(is_client, data).await {
+            DataAction::Forward(out) => out,
+            other => {
+                totals.error = stopped(other);
+                return totals;
+            }
+        };
+        if out.is_empty() {
+            continue;
+        }
+        if let Err(e) = async {
+            to.write_all(&out).await?;
+            to.flush().await
+        }
+        .await
+        {
+            totals.error = Some(e.to_string());
+            return totals;
+        }
+        if is_client { totals.client += out.len() as u64 } else { totals.server += out.len() as u64 }
+    }
+    totals
 }
 
 /// Copies `from` to `to` until `from` ends (then half-closes `to`), counting bytes and

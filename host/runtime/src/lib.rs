@@ -18,5 +18,8 @@ pub use host::{LogLevel, LogRecord, LogSink};
 pub use manifest::{Capabilities, FailurePolicy, InstanceModel, Limits, Manifest, ManifestError};
 pub use plugin::{Compiled, Plugin, PluginStats};
 pub use runtime::{LoadError, Runtime, RuntimeConfig};
-pub use session::{Chain, ConnectionSession, HttpAction, HttpFlowSession, TlsSide};
+pub use session::{
+    Chain, ConnectionSession, DataAction, DataFlowSession, DnsAction, DnsFlowSession, HttpAction, HttpFlowSession,
+    TlsSide, WebSocketAction, WebSocketFlowSession,
+};
 pub use stderr::STDERR_TAIL_BYTES;

@@ -62,6 +62,10 @@ pub(crate) struct LiveGroups {
     pub connection: Option<hooks::connection::Guest>,
     pub tls: Option<hooks::tls::Guest>,
     pub http: Option<hooks::http::Guest>,
+    pub websocket: Option<hooks::websocket::Guest>,
+    pub tcp: Option<hooks::tcp::Guest>,
+    pub udp: Option<hooks::udp::Guest>,
+    pub dns: Option<hooks::dns::Guest>,
 }
 
 /// One instantiated plugin with its own store.
@@ -241,6 +245,10 @@ impl Plugin {
             connection: g.connection.as_ref().map(|i| i.load(&mut store, &instance)).transpose().map_err(fail)?,
             tls: g.tls.as_ref().map(|i| i.load(&mut store, &instance)).transpose().map_err(fail)?,
             http: g.http.as_ref().map(|i| i.load(&mut store, &instance)).transpose().map_err(fail)?,
+            websocket: g.websocket.as_ref().map(|i| i.load(&mut store, &instance)).transpose().map_err(fail)?,
+            tcp: g.tcp.as_ref().map(|i| i.load(&mut store, &instance)).transpose().map_err(fail)?,
+            udp: g.udp.as_ref().map(|i| i.load(&mut store, &instance)).transpose().map_err(fail)?,
+            dns: g.dns.as_ref().map(|i| i.load(&mut store, &instance)).transpose().map_err(fail)?,
         };
         Ok(LiveInstance { store, groups })
     }

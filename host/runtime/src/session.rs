@@ -1,15 +1,20 @@
 //! Running the plugin chain for a connection and its flows.
 //!
-//! The network layer makes one [`ConnectionSession`] per client connection and one
-//! [`HttpFlowSession`] per HTTP exchange, and calls their hook methods as events happen.
-//! Each method runs the hook in every plugin that exports its group, in chain order,
-//! applies verdicts and failure policies, and records failures on the session. A plugin
-//! that does not export a group is never called (and never instantiated) for it.
+//! The network layer makes one [`ConnectionSession`] per client connection and one flow
+//! session per flow ([`HttpFlowSession`], [`DataFlowSession`] for TCP and UDP,
+//! [`WebSocketFlowSession`], [`DnsFlowSession`]), and calls their hook methods as events
+//! happen. Every hook goes through one runner, [`Slots::run`]: in chain order, each
+//! plugin that exports the hook's group (and that the flow has not given up on) is
+//! called under its limits, and a small fold per hook applies its verdict and the
+//! plugin's failure policy. A plugin that does not export a group is never called (and
+//! never instantiated) for it.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use flowgate_flow::{
-    BodyMode, ConnectionInfo, FlowInfo, Hook, LocalResponse, PluginFailure, Request, Response, TlsDecision, Verdict,
+    BodyMode, ConnectionInfo, DnsMessage, FlowInfo, Hook, LocalResponse, MessageKind, PluginFailure, Request, Response,
+    TlsDecision, Verdict, WebSocketMessage,
 };
 use tokio::sync::Mutex as AsyncMutex;
 use wasmtime::Store;
@@ -19,6 +24,45 @@ use crate::bindings::{hooks, imports::types};
 use crate::host::{ConnectionRes, FlowRes, RequestRes, ResponseRes, StoreState, from_wit_headers};
 use crate::manifest::{FailurePolicy, InstanceModel};
 use crate::plugin::{CallReport, LiveGroups, LiveInstance, Plugin};
+
+/// The one chain runner every hook goes through: for each plugin, in order, that
+/// `wants` (it exports the hook's group, or chose to stream this body), get an instance
+/// and run `call` under the plugin's limits (a plugin this flow gave up on is skipped),
+/// then hand the outcome to `fold`, which goes on or stops the chain with a value; the
+/// chain's value is `Some` of what stopped it, or `None`.
+///
+/// A macro rather than a function taking an `AsyncFnMut`: `call` is evaluated afresh for
+/// each plugin (a new `AsyncFnOnce` closure, reborrowing the flow's state), because
+/// calling one async closure repeatedly through `&mut` makes the proxy's futures fail
+/// rustc's `Send` check (higher-ranked lifetimes in the closure's future type).
+macro_rules! run_chain {
+    ($slots:expr, $hook:expr, $flow_id:expr, $wants:expr, $call:expr, $fold:expr $(,)?) => {{
+        let wants = wants_fn($wants);
+        let mut fold = fold_fn($fold);
+        let mut stopped = None;
+        for i in 0..$slots.chain.len() {
+            if !wants(i, &$slots.chain[i]) {
+                continue;
+            }
+            let outcome = $slots.call(i, $hook, $flow_id, $call).await;
+            if let ControlFlow::Break(value) = fold(&mut $slots, i, outcome) {
+                stopped = Some(value);
+                break;
+            }
+        }
+        stopped
+    }};
+}
+
+/// Gives `run_chain!`'s plugin filter its type.
+fn wants_fn<F: Fn(usize, &Plugin) -> bool>(f: F) -> F {
+    f
+}
+
+/// Gives `run_chain!`'s fold its type.
+fn fold_fn<R, T, F: FnMut(&mut Slots, usize, Call<R>) -> ControlFlow<T>>(f: F) -> F {
+    f
+}
 
 /// The ordered list of loaded plugins.
 #[derive(Clone, Default, Debug)]
@@ -173,6 +217,20 @@ impl Slots {
         }
     }
 
+    /// Whether plugin `i` fails its flows when it fails.
+    fn fail_closed(&self, i: usize) -> bool {
+        self.chain[i].failure_policy() == FailurePolicy::FailClosed
+    }
+
+    /// The usual fold for hooks that return nothing the host acts on: stop only when a
+    /// fail-closed plugin failed.
+    fn stop_if_fail_closed<R>(&mut self, i: usize, call: Call<R>) -> ControlFlow<PluginFailure> {
+        match call {
+            Call::Failed(f) if self.fail_closed(i) => ControlFlow::Break(f),
+            _ => ControlFlow::Continue(()),
+        }
+    }
+
     /// Records that no instance could be made for `hook` (named after the hook it was for).
     fn instantiate_failed<R>(&mut self, i: usize, plugin: &Plugin, hook: Hook, mut failure: PluginFailure) -> Call<R> {
         failure.hook = hook;
@@ -301,15 +359,39 @@ pub enum TlsSide {
 }
 
 impl ConnectionSession {
+    fn child(&self) -> Slots {
+        Slots::new(self.slots.chain.clone(), self.slots.per_connection.clone())
+    }
+
     /// Starts the session of one HTTP exchange on this connection.
     pub fn http_flow(&self, flow: FlowInfo) -> HttpFlowSession {
         let n = self.slots.chain.len();
         HttpFlowSession {
-            slots: Slots::new(self.slots.chain.clone(), self.slots.per_connection.clone()),
+            slots: self.child(),
             flow,
             request_modes: vec![BodyMode::Pass; n],
             response_modes: vec![BodyMode::Pass; n],
         }
+    }
+
+    /// Starts the session of a raw TCP flow on this connection.
+    pub fn tcp_flow(&self, flow: FlowInfo) -> DataFlowSession {
+        DataFlowSession { slots: self.child(), flow, protocol: DataProtocol::Tcp }
+    }
+
+    /// Starts the session of a UDP flow on this connection.
+    pub fn udp_flow(&self, flow: FlowInfo) -> DataFlowSession {
+        DataFlowSession { slots: self.child(), flow, protocol: DataProtocol::Udp }
+    }
+
+    /// Starts the session of a WebSocket flow on this connection.
+    pub fn websocket_flow(&self, flow: FlowInfo) -> WebSocketFlowSession {
+        WebSocketFlowSession { slots: self.child(), flow }
+    }
+
+    /// Starts the session of a DNS flow on this connection.
+    pub fn dns_flow(&self, flow: FlowInfo) -> DnsFlowSession {
+        DnsFlowSession { slots: self.child(), flow }
     }
 
     /// Failures recorded by this connection's own hooks.
@@ -319,35 +401,33 @@ impl ConnectionSession {
 
     /// Runs a connection hook that may veto; false means close (or fail) the connection.
     async fn conn_chain(&mut self, hook: Hook) -> bool {
-        for i in 0..self.slots.chain.len() {
-            if self.slots.chain[i].groups.connection.is_none() {
-                continue;
-            }
-            let info = &mut self.info;
-            let call = self
-                .slots
-                .call(i, hook, None, async |store, groups| {
-                    let Some(g) = &groups.connection else { return Ok(true) };
-                    let lent = Lent::new(store, None, Some(&mut *info), None, None)?;
-                    let c = borrow(&lent.conn)?;
-                    let out = match hook {
-                        Hook::ClientConnected => g.call_client_connected(&mut *store, c).await,
-                        Hook::ServerConnect => g.call_server_connect(&mut *store, c).await,
-                        Hook::ClientDisconnected => g.call_client_disconnected(&mut *store, c).await.map(|()| true),
-                        Hook::ServerConnected => g.call_server_connected(&mut *store, c).await.map(|()| true),
-                        _ => g.call_server_disconnected(&mut *store, c).await.map(|()| true),
-                    };
-                    lent.restore(store, None, Some(info), None, None);
-                    out
-                })
-                .await;
-            match call {
-                Call::Done(false, _) => return false,
-                Call::Failed(_) if self.slots.chain[i].failure_policy() == FailurePolicy::FailClosed => return false,
-                _ => {}
-            }
-        }
-        true
+        let info = &mut self.info;
+        let stopped = run_chain!(
+            self.slots,
+            hook,
+            None,
+            |_, p| p.groups.connection.is_some(),
+            async |store, groups| {
+                let Some(g) = &groups.connection else { return Ok(true) };
+                let lent = Lent::new(store, None, Some(&mut *info), None, None)?;
+                let c = borrow(&lent.conn)?;
+                let out = match hook {
+                    Hook::ClientConnected => g.call_client_connected(&mut *store, c).await,
+                    Hook::ServerConnect => g.call_server_connect(&mut *store, c).await,
+                    Hook::ClientDisconnected => g.call_client_disconnected(&mut *store, c).await.map(|()| true),
+                    Hook::ServerConnected => g.call_server_connected(&mut *store, c).await.map(|()| true),
+                    _ => g.call_server_disconnected(&mut *store, c).await.map(|()| true),
+                };
+                lent.restore(store, None, Some(&mut *info), None, None);
+                out
+            },
+            |slots, i, call| match call {
+                Call::Done(false, _) => ControlFlow::Break(()),
+                Call::Failed(_) if slots.fail_closed(i) => ControlFlow::Break(()),
+                _ => ControlFlow::Continue(()),
+            },
+        );
+        stopped.is_none()
     }
 
     /// `client-connected`: false means close the connection now.
@@ -378,30 +458,32 @@ impl ConnectionSession {
     /// `tls-clienthello`: pass through if any plugin says so. `Err` means a fail-closed
     /// plugin failed and the connection must be closed.
     pub async fn tls_clienthello(&mut self, sni: Option<&str>, alpn: &[String]) -> Result<TlsDecision, PluginFailure> {
+        let info = &mut self.info;
+        let hello = hooks::tls::ClientHello { sni: sni.map(str::to_owned), alpn_protocols: alpn.to_vec() };
         let mut decision = TlsDecision::Intercept;
-        for i in 0..self.slots.chain.len() {
-            if self.slots.chain[i].groups.tls.is_none() {
-                continue;
-            }
-            let info = &mut self.info;
-            let hello = hooks::tls::ClientHello { sni: sni.map(str::to_owned), alpn_protocols: alpn.to_vec() };
-            let call = self
-                .slots
-                .call(i, Hook::TlsClienthello, None, async |store, groups| {
-                    let Some(g) = &groups.tls else { return Ok(types::TlsDecision::Intercept) };
-                    let lent = Lent::new(store, None, Some(&mut *info), None, None)?;
-                    let out = g.call_tls_clienthello(&mut *store, borrow(&lent.conn)?, &hello).await;
-                    lent.restore(store, None, Some(info), None, None);
-                    out
-                })
-                .await;
-            match call {
-                Call::Done(types::TlsDecision::Passthrough, _) => decision = TlsDecision::Passthrough,
-                Call::Failed(f) if self.slots.chain[i].failure_policy() == FailurePolicy::FailClosed => return Err(f),
-                _ => {}
-            }
+        let failed = run_chain!(
+            self.slots,
+            Hook::TlsClienthello,
+            None,
+            |_, p| p.groups.tls.is_some(),
+            async |store, groups| {
+                let Some(g) = &groups.tls else { return Ok(types::TlsDecision::Intercept) };
+                let lent = Lent::new(store, None, Some(&mut *info), None, None)?;
+                let out = g.call_tls_clienthello(&mut *store, borrow(&lent.conn)?, &hello).await;
+                lent.restore(store, None, Some(&mut *info), None, None);
+                out
+            },
+            |slots, i, call| {
+                if let Call::Done(types::TlsDecision::Passthrough, _) = call {
+                    decision = TlsDecision::Passthrough;
+                }
+                slots.stop_if_fail_closed(i, call)
+            },
+        );
+        match failed {
+            Some(f) => Err(f),
+            None => Ok(decision),
         }
-        Ok(decision)
     }
 
     /// `tls-established` or, with a message, `tls-failed`.
@@ -411,25 +493,25 @@ impl ConnectionSession {
             TlsSide::Client => hooks::tls::Side::Client,
             TlsSide::Server => hooks::tls::Side::Server,
         };
-        for i in 0..self.slots.chain.len() {
-            if self.slots.chain[i].groups.tls.is_none() {
-                continue;
-            }
-            let info = &mut self.info;
-            self.slots
-                .call(i, hook, None, async |store, groups| {
-                    let Some(g) = &groups.tls else { return Ok(()) };
-                    let lent = Lent::new(store, None, Some(&mut *info), None, None)?;
-                    let c = borrow(&lent.conn)?;
-                    let out = match failed {
-                        Some(message) => g.call_tls_failed(&mut *store, c, wit_side, message).await,
-                        None => g.call_tls_established(&mut *store, c, wit_side).await,
-                    };
-                    lent.restore(store, None, Some(info), None, None);
-                    out
-                })
-                .await;
-        }
+        let info = &mut self.info;
+        run_chain!(
+            self.slots,
+            hook,
+            None,
+            |_, p| p.groups.tls.is_some(),
+            async |store, groups| {
+                let Some(g) = &groups.tls else { return Ok(()) };
+                let lent = Lent::new(store, None, Some(&mut *info), None, None)?;
+                let c = borrow(&lent.conn)?;
+                let out = match failed {
+                    Some(message) => g.call_tls_failed(&mut *store, c, wit_side, message).await,
+                    None => g.call_tls_established(&mut *store, c, wit_side).await,
+                };
+                lent.restore(store, None, Some(&mut *info), None, None);
+                out
+            },
+            |_, _, _| ControlFlow::<()>::Continue(()),
+        );
     }
 }
 
@@ -459,74 +541,72 @@ impl HttpFlowSession {
     }
 
     async fn chain(&mut self, hook: Hook, request: &mut Request, mut response: Option<&mut Response>) -> HttpAction {
-        for i in 0..self.slots.chain.len() {
-            if self.slots.chain[i].groups.http.is_none() {
-                continue;
-            }
-            let flow = &mut self.flow;
-            let req = &mut *request;
-            let mut resp = response.as_deref_mut();
-            let flow_id = flow.id;
-            let call = self
-                .slots
-                .call(i, hook, Some(flow_id), async |store, groups| {
-                    let Some(g) = &groups.http else { return Ok(types::Verdict::Continue) };
-                    let has_resp = resp.is_some();
-                    let lent = Lent::new(store, Some(&mut *flow), None, Some(&mut *req), resp.as_deref_mut())?;
-                    let (f, r) = (borrow(&lent.flow)?, borrow(&lent.request)?);
-                    let out = match hook {
-                        Hook::RequestHeaders => g.call_request_headers(&mut *store, f, r).await,
-                        Hook::Request => g.call_request(&mut *store, f, r).await,
-                        Hook::HttpConnect => g.call_http_connect(&mut *store, f, r).await,
-                        Hook::ResponseHeaders if has_resp => {
-                            g.call_response_headers(&mut *store, f, r, borrow(&lent.response)?).await
-                        }
-                        _ if has_resp => g.call_response(&mut *store, f, r, borrow(&lent.response)?).await,
-                        _ => Err(wasmtime::format_err!("{hook} needs a response")),
-                    };
-                    lent.restore(store, Some(flow), None, Some(req), resp);
-                    out
-                })
-                .await;
-            let policy = self.slots.chain[i].failure_policy();
-            match call {
-                Call::Skipped => {}
-                Call::Failed(f) => {
-                    if policy == FailurePolicy::FailClosed {
-                        return HttpAction::Fail(f);
+        let flow = &mut self.flow;
+        let flow_id = flow.id;
+        let modes = match hook {
+            Hook::RequestHeaders => Some(&mut self.request_modes),
+            Hook::ResponseHeaders => Some(&mut self.response_modes),
+            _ => None,
+        };
+        let mut modes = modes;
+        let action = run_chain!(
+            self.slots,
+            hook,
+            Some(flow_id),
+            |_, p| p.groups.http.is_some(),
+            async |store, groups| {
+                let Some(g) = &groups.http else { return Ok(types::Verdict::Continue) };
+                let has_resp = response.is_some();
+                let lent = Lent::new(store, Some(&mut *flow), None, Some(&mut *request), response.as_deref_mut())?;
+                let (f, r) = (borrow(&lent.flow)?, borrow(&lent.request)?);
+                let out = match hook {
+                    Hook::RequestHeaders => g.call_request_headers(&mut *store, f, r).await,
+                    Hook::Request => g.call_request(&mut *store, f, r).await,
+                    Hook::HttpConnect => g.call_http_connect(&mut *store, f, r).await,
+                    Hook::ResponseHeaders if has_resp => {
+                        g.call_response_headers(&mut *store, f, r, borrow(&lent.response)?).await
+                    }
+                    _ if has_resp => g.call_response(&mut *store, f, r, borrow(&lent.response)?).await,
+                    _ => Err(wasmtime::format_err!("{hook} needs a response")),
+                };
+                lent.restore(store, Some(&mut *flow), None, Some(&mut *request), response.as_deref_mut());
+                // The body mode a plugin chose here: the strongest of them applies.
+                if out.is_ok()
+                    && let Some(mode) = store.data().call.body_mode
+                {
+                    match (hook, response.as_deref_mut()) {
+                        (Hook::RequestHeaders, _) => request.body_mode = request.body_mode.max(mode),
+                        (Hook::ResponseHeaders, Some(resp)) => resp.body_mode = resp.body_mode.max(mode),
+                        _ => {}
                     }
                 }
+                out
+            },
+            |slots, i, call| match call {
+                Call::Skipped => ControlFlow::Continue(()),
+                Call::Failed(f) if slots.fail_closed(i) => ControlFlow::Break(HttpAction::Fail(f)),
+                Call::Failed(_) => ControlFlow::Continue(()),
                 Call::Done(verdict, report) => {
-                    if let Some(mode) = report.body_mode {
-                        match hook {
-                            Hook::RequestHeaders => {
-                                self.request_modes[i] = mode;
-                                request.body_mode = request.body_mode.max(mode);
-                            }
-                            Hook::ResponseHeaders => {
-                                self.response_modes[i] = mode;
-                                if let Some(resp) = response.as_deref_mut() {
-                                    resp.body_mode = resp.body_mode.max(mode);
-                                }
-                            }
-                            _ => {}
-                        }
+                    if let (Some(modes), Some(mode)) = (modes.as_deref_mut(), report.body_mode) {
+                        modes[i] = mode;
                     }
                     match convert_verdict(verdict) {
-                        Ok(Verdict::Continue) => {}
-                        Ok(Verdict::Respond(local)) => return HttpAction::Respond(local),
-                        Ok(Verdict::Kill) => return HttpAction::Kill,
+                        Ok(Verdict::Continue) => ControlFlow::Continue(()),
+                        Ok(Verdict::Respond(local)) => ControlFlow::Break(HttpAction::Respond(local)),
+                        Ok(Verdict::Kill) => ControlFlow::Break(HttpAction::Kill),
                         Err(message) => {
-                            let f = self.slots.refuse(i, hook, message);
-                            if policy == FailurePolicy::FailClosed {
-                                return HttpAction::Fail(f);
+                            let f = slots.refuse(i, hook, message);
+                            if slots.fail_closed(i) {
+                                ControlFlow::Break(HttpAction::Fail(f))
+                            } else {
+                                ControlFlow::Continue(())
                             }
                         }
                     }
                 }
-            }
-        }
-        HttpAction::Continue
+            },
+        );
+        action.unwrap_or(HttpAction::Continue)
     }
 
     /// `http-connect`: an explicit proxy received CONNECT.
@@ -584,62 +664,500 @@ impl HttpFlowSession {
         mut chunk: Vec<u8>,
         end: bool,
     ) -> Result<Vec<u8>, HttpAction> {
-        for i in 0..self.slots.chain.len() {
-            let modes = if hook == Hook::RequestBodyChunk { &self.request_modes } else { &self.response_modes };
-            if modes[i] != BodyMode::Stream {
-                continue;
-            }
-            let flow = &mut self.flow;
-            let req = &mut *request;
-            let mut resp = response.as_deref_mut();
-            let data = &chunk;
-            let call = self
-                .slots
-                .call(i, hook, Some(flow.id), async |store, groups| {
-                    let Some(g) = &groups.http else { return Ok(data.clone()) };
-                    let lent = Lent::new(store, Some(&mut *flow), None, Some(&mut *req), resp.as_deref_mut())?;
-                    let (f, r) = (borrow(&lent.flow)?, borrow(&lent.request)?);
-                    let out = match &lent.response {
-                        Some(_) => {
-                            g.call_response_body_chunk(&mut *store, f, r, borrow(&lent.response)?, data, end).await
-                        }
-                        None => g.call_request_body_chunk(&mut *store, f, r, data, end).await,
-                    };
-                    lent.restore(store, Some(flow), None, Some(req), resp);
-                    out
-                })
-                .await;
-            match call {
-                Call::Done(replacement, _) => {
-                    chunk = replacement;
-                }
-                Call::Failed(f) if self.slots.chain[i].failure_policy() == FailurePolicy::FailClosed => {
-                    return Err(HttpAction::Fail(f));
-                }
-                _ => {}
-            }
+        let modes = if hook == Hook::RequestBodyChunk { &self.request_modes } else { &self.response_modes };
+        let flow = &mut self.flow;
+        let flow_id = flow.id;
+        let data = &mut chunk;
+        let failed = run_chain!(
+            self.slots,
+            hook,
+            Some(flow_id),
+            |i, _| modes[i] == BodyMode::Stream,
+            async |store, groups| {
+                let Some(g) = &groups.http else { return Ok(()) };
+                let lent = Lent::new(store, Some(&mut *flow), None, Some(&mut *request), response.as_deref_mut())?;
+                let (f, r) = (borrow(&lent.flow)?, borrow(&lent.request)?);
+                let out = match &lent.response {
+                    Some(_) => g.call_response_body_chunk(&mut *store, f, r, borrow(&lent.response)?, data, end).await,
+                    None => g.call_request_body_chunk(&mut *store, f, r, data, end).await,
+                };
+                lent.restore(store, Some(&mut *flow), None, Some(&mut *request), response.as_deref_mut());
+                // Each plugin gets what the one before it made.
+                out.map(|replacement| *data = replacement)
+            },
+            |slots, i, call| slots.stop_if_fail_closed(i, call),
+        );
+        match failed {
+            Some(f) => Err(HttpAction::Fail(f)),
+            None => Ok(chunk),
         }
-        Ok(chunk)
     }
 
     /// `error`: the flow failed; informational.
     pub async fn error(&mut self, request: &mut Request, message: &str) {
-        for i in 0..self.slots.chain.len() {
-            if self.slots.chain[i].groups.http.is_none() {
-                continue;
-            }
-            let flow = &mut self.flow;
-            let req = &mut *request;
-            let flow_id = flow.id;
-            self.slots
-                .call(i, Hook::Error, Some(flow_id), async |store, groups| {
-                    let Some(g) = &groups.http else { return Ok(()) };
-                    let lent = Lent::new(store, Some(&mut *flow), None, Some(&mut *req), None)?;
-                    let out = g.call_error(&mut *store, borrow(&lent.flow)?, borrow(&lent.request)?, message).await;
-                    lent.restore(store, Some(flow), None, Some(req), None);
-                    out
-                })
-                .await;
+        let flow = &mut self.flow;
+        let flow_id = flow.id;
+        run_chain!(
+            self.slots,
+            Hook::Error,
+            Some(flow_id),
+            |_, p| p.groups.http.is_some(),
+            async |store, groups| {
+                let Some(g) = &groups.http else { return Ok(()) };
+                let lent = Lent::new(store, Some(&mut *flow), None, Some(&mut *request), None)?;
+                let out = g.call_error(&mut *store, borrow(&lent.flow)?, borrow(&lent.request)?, message).await;
+                lent.restore(store, Some(&mut *flow), None, Some(&mut *request), None);
+                out
+            },
+            |_, _, _| ControlFlow::<()>::Continue(()),
+        );
+    }
+}
+
+/// What the network layer does with a TCP or UDP message, or a flow, after the hooks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataAction {
+    /// Send these bytes on (what the plugins made of the message; empty: nothing).
+    Forward(Vec<u8>),
+    /// A plugin killed the flow: close both sides.
+    Kill,
+    /// A fail-closed plugin failed: end the flow with an error.
+    Fail(PluginFailure),
+}
+
+/// Which data group a [`DataFlowSession`] calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DataProtocol {
+    Tcp,
+    Udp,
+}
+
+/// The session of one raw TCP or UDP flow: start, each message, end or error.
+pub struct DataFlowSession {
+    slots: Slots,
+    /// The flow.
+    pub flow: FlowInfo,
+    protocol: DataProtocol,
+}
+
+/// The outcome of one data hook call, after the host checked it.
+enum Applied {
+    Kept,
+    Killed,
+    Refused(String),
+}
+
+impl DataFlowSession {
+    /// Plugin failures recorded on this flow, in order.
+    pub fn failures(&self) -> &[PluginFailure] {
+        &self.slots.failures
+    }
+
+    /// Whether any plugin exports this flow's group; if not, messages need no calls.
+    pub fn has_plugins(&self) -> bool {
+        let protocol = self.protocol;
+        self.slots.chain.iter().any(|p| exports_data(p, protocol))
+    }
+
+    /// `tcp-start` / `udp-start`.
+    pub async fn start(&mut self) -> DataAction {
+        let hook = if self.protocol == DataProtocol::Tcp { Hook::TcpStart } else { Hook::UdpStart };
+        self.lifecycle(hook, None).await
+    }
+
+    /// `tcp-end` / `udp-end`.
+    pub async fn end(&mut self) {
+        let hook = if self.protocol == DataProtocol::Tcp { Hook::TcpEnd } else { Hook::UdpEnd };
+        self.lifecycle(hook, None).await;
+    }
+
+    /// `tcp-error` / `udp-error`.
+    pub async fn error(&mut self, message: &str) {
+        let hook = if self.protocol == DataProtocol::Tcp { Hook::TcpError } else { Hook::UdpError };
+        self.lifecycle(hook, Some(message)).await;
+    }
+
+    async fn lifecycle(&mut self, hook: Hook, message: Option<&str>) -> DataAction {
+        let (flow, protocol) = (&mut self.flow, self.protocol);
+        let flow_id = flow.id;
+        let failed = run_chain!(
+            self.slots,
+            hook,
+            Some(flow_id),
+            |_, p| exports_data(p, protocol),
+            async |store, groups| {
+                let lent = Lent::new(store, Some(&mut *flow), None, None, None)?;
+                let f = borrow(&lent.flow)?;
+                let out = match (&groups.tcp, &groups.udp, hook) {
+                    (Some(g), _, Hook::TcpStart) => g.call_tcp_start(&mut *store, f).await,
+                    (Some(g), _, Hook::TcpEnd) => g.call_tcp_end(&mut *store, f).await,
+                    (Some(g), _, Hook::TcpError) => g.call_tcp_error(&mut *store, f, message.unwrap_or("")).await,
+                    (_, Some(g), Hook::UdpStart) => g.call_udp_start(&mut *store, f).await,
+                    (_, Some(g), Hook::UdpEnd) => g.call_udp_end(&mut *store, f).await,
+                    (_, Some(g), Hook::UdpError) => g.call_udp_error(&mut *store, f, message.unwrap_or("")).await,
+                    _ => Ok(()),
+                };
+                lent.restore(store, Some(&mut *flow), None, None, None);
+                out
+            },
+            |slots, i, call| slots.stop_if_fail_closed(i, call),
+        );
+        match failed {
+            Some(f) => DataAction::Fail(f),
+            None => DataAction::Forward(Vec::new()),
         }
+    }
+
+    /// `tcp-message` / `udp-message`: each plugin in turn sees what the one before it
+    /// made of `data`; a replacement larger than the plugin's `max_body_bytes` is refused.
+    pub async fn message(&mut self, from_client: bool, data: Vec<u8>) -> DataAction {
+        let (flow, protocol) = (&mut self.flow, self.protocol);
+        let flow_id = flow.id;
+        let hook = if protocol == DataProtocol::Tcp { Hook::TcpMessage } else { Hook::UdpMessage };
+        let mut data = data;
+        let current = &mut data;
+        let stopped = run_chain!(
+            self.slots,
+            hook,
+            Some(flow_id),
+            |_, p| exports_data(p, protocol),
+            async |store, groups| {
+                let lent = Lent::new(store, Some(&mut *flow), None, None, None)?;
+                let f = borrow(&lent.flow)?;
+                let out = match (&groups.tcp, &groups.udp) {
+                    (Some(g), _) if protocol == DataProtocol::Tcp => {
+                        g.call_tcp_message(&mut *store, f, from_client, current).await
+                    }
+                    (_, Some(g)) => g.call_udp_message(&mut *store, f, from_client, current).await,
+                    _ => Ok(types::DataVerdict::Continue),
+                };
+                lent.restore(store, Some(&mut *flow), None, None, None);
+                let limit = store.data().plugin.manifest.limits.max_body_bytes;
+                out.map(|verdict| match verdict {
+                    types::DataVerdict::Continue => Applied::Kept,
+                    types::DataVerdict::Kill => Applied::Killed,
+                    types::DataVerdict::Replace(bytes) if bytes.len() > limit => Applied::Refused(format!(
+                        "a replacement of {} bytes is over limits.max_body_bytes ({limit})",
+                        bytes.len()
+                    )),
+                    types::DataVerdict::Replace(bytes) => {
+                        *current = bytes;
+                        Applied::Kept
+                    }
+                })
+            },
+            |slots, i, call| match call {
+                Call::Done(Applied::Killed, _) => ControlFlow::Break(DataAction::Kill),
+                Call::Done(Applied::Refused(message), _) => {
+                    let f = slots.refuse(i, hook, message);
+                    if slots.fail_closed(i) {
+                        ControlFlow::Break(DataAction::Fail(f))
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                }
+                other => slots.stop_if_fail_closed(i, other).map_break(DataAction::Fail),
+            },
+        );
+        stopped.unwrap_or(DataAction::Forward(data))
+    }
+}
+
+fn exports_data(plugin: &Plugin, protocol: DataProtocol) -> bool {
+    match protocol {
+        DataProtocol::Tcp => plugin.groups.tcp.is_some(),
+        DataProtocol::Udp => plugin.groups.udp.is_some(),
+    }
+}
+
+/// What the WebSocket layer does with a message after the hooks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebSocketAction {
+    /// Send these messages on, in the same direction (none: the message is dropped).
+    Forward(Vec<WebSocketMessage>),
+    /// A plugin killed the flow: close both sides.
+    Kill,
+    /// A fail-closed plugin failed: end the flow with an error.
+    Fail(PluginFailure),
+}
+
+/// The session of one WebSocket flow: start, each message, end.
+pub struct WebSocketFlowSession {
+    slots: Slots,
+    /// The flow.
+    pub flow: FlowInfo,
+}
+
+impl WebSocketFlowSession {
+    /// Plugin failures recorded on this flow, in order.
+    pub fn failures(&self) -> &[PluginFailure] {
+        &self.slots.failures
+    }
+
+    /// Whether any plugin exports the websocket group.
+    pub fn has_plugins(&self) -> bool {
+        self.slots.chain.iter().any(|p| p.groups.websocket.is_some())
+    }
+
+    /// `websocket-start`.
+    pub async fn start(&mut self) -> Option<PluginFailure> {
+        self.lifecycle(Hook::WebsocketStart, None).await
+    }
+
+    /// `websocket-end`, with the close code if one was sent.
+    pub async fn end(&mut self, close_code: Option<u16>) {
+        self.lifecycle(Hook::WebsocketEnd, close_code).await;
+    }
+
+    async fn lifecycle(&mut self, hook: Hook, close_code: Option<u16>) -> Option<PluginFailure> {
+        let flow = &mut self.flow;
+        let flow_id = flow.id;
+        run_chain!(
+            self.slots,
+            hook,
+            Some(flow_id),
+            |_, p| p.groups.websocket.is_some(),
+            async |store, groups| {
+                let Some(g) = &groups.websocket else { return Ok(()) };
+                let lent = Lent::new(store, Some(&mut *flow), None, None, None)?;
+                let f = borrow(&lent.flow)?;
+                let out = match hook {
+                    Hook::WebsocketStart => g.call_websocket_start(&mut *store, f).await,
+                    _ => g.call_websocket_end(&mut *store, f, close_code).await,
+                };
+                lent.restore(store, Some(&mut *flow), None, None, None);
+                out
+            },
+            |slots, i, call| slots.stop_if_fail_closed(i, call),
+        )
+    }
+
+    /// `websocket-message`: each plugin sees every message the one before it let through
+    /// (a replacement list may drop the message or add more); each message a plugin
+    /// returns is checked (same direction, text is UTF-8, control frames short, at most
+    /// the plugin's `max_body_bytes`).
+    pub async fn message(&mut self, message: WebSocketMessage) -> WebSocketAction {
+        let flow = &mut self.flow;
+        let flow_id = flow.id;
+        let from_client = message.from_client;
+        let mut messages = vec![message];
+        let current = &mut messages;
+        let stopped = run_chain!(
+            self.slots,
+            Hook::WebsocketMessage,
+            Some(flow_id),
+            |_, p| p.groups.websocket.is_some(),
+            async |store, groups| {
+                let Some(g) = &groups.websocket else { return Ok(Applied::Kept) };
+                let limit = store.data().plugin.manifest.limits.max_body_bytes;
+                let mut out = Vec::with_capacity(current.len());
+                for m in current.drain(..) {
+                    let lent = Lent::new(store, Some(&mut *flow), None, None, None)?;
+                    let wit = to_wit_message(&m);
+                    let verdict = g.call_websocket_message(&mut *store, borrow(&lent.flow)?, &wit).await;
+                    lent.restore(store, Some(&mut *flow), None, None, None);
+                    match verdict? {
+                        hooks::websocket::MessageVerdict::Continue => out.push(m),
+                        hooks::websocket::MessageVerdict::Kill => return Ok(Applied::Killed),
+                        hooks::websocket::MessageVerdict::Replace(list) => {
+                            for r in list {
+                                let r = from_wit_message(r);
+                                if r.from_client != from_client {
+                                    return Ok(Applied::Refused("a replacement goes the other way".to_owned()));
+                                }
+                                if let Err(e) = r.validate(limit) {
+                                    return Ok(Applied::Refused(e.to_string()));
+                                }
+                                out.push(r);
+                            }
+                        }
+                    }
+                }
+                *current = out;
+                Ok(Applied::Kept)
+            },
+            |slots, i, call| match call {
+                Call::Done(Applied::Killed, _) => ControlFlow::Break(WebSocketAction::Kill),
+                Call::Done(Applied::Refused(message), _) => {
+                    let f = slots.refuse(i, Hook::WebsocketMessage, message);
+                    if slots.fail_closed(i) {
+                        ControlFlow::Break(WebSocketAction::Fail(f))
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                }
+                other => slots.stop_if_fail_closed(i, other).map_break(WebSocketAction::Fail),
+            },
+        );
+        stopped.unwrap_or(WebSocketAction::Forward(messages))
+    }
+}
+
+fn to_wit_message(m: &WebSocketMessage) -> hooks::websocket::Message {
+    use hooks::websocket::MessageKind as K;
+    let kind = match m.kind {
+        MessageKind::Text => K::Text,
+        MessageKind::Binary => K::Binary,
+        MessageKind::Ping => K::Ping,
+        MessageKind::Pong => K::Pong,
+        MessageKind::Close => K::Close,
+    };
+    hooks::websocket::Message { from_client: m.from_client, kind, data: m.data.clone() }
+}
+
+fn from_wit_message(m: hooks::websocket::Message) -> WebSocketMessage {
+    use hooks::websocket::MessageKind as K;
+    let kind = match m.kind {
+        K::Text => MessageKind::Text,
+        K::Binary => MessageKind::Binary,
+        K::Ping => MessageKind::Ping,
+        K::Pong => MessageKind::Pong,
+        K::Close => MessageKind::Close,
+    };
+    WebSocketMessage { from_client: m.from_client, kind, data: m.data }
+}
+
+/// What the DNS layer does after a hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsAction {
+    /// Go on: resolve upstream (a query) or answer with the response (a response).
+    Continue,
+    /// Answer with this message instead (checked by the host).
+    Respond(DnsMessage),
+    /// Drop the query without an answer.
+    Kill,
+    /// A fail-closed plugin failed: answer SERVFAIL.
+    Fail(PluginFailure),
+}
+
+/// The session of one DNS flow: the query, the response, or an error.
+pub struct DnsFlowSession {
+    slots: Slots,
+    /// The flow.
+    pub flow: FlowInfo,
+}
+
+impl DnsFlowSession {
+    /// Plugin failures recorded on this flow, in order.
+    pub fn failures(&self) -> &[PluginFailure] {
+        &self.slots.failures
+    }
+
+    /// `dns-request`: the first plugin that answers or kills ends the chain.
+    pub async fn request(&mut self, query: &DnsMessage) -> DnsAction {
+        self.chain(Hook::DnsRequest, query, None).await
+    }
+
+    /// `dns-response`: plugins may replace the upstream's answer.
+    pub async fn response(&mut self, query: &DnsMessage, response: &DnsMessage) -> DnsAction {
+        self.chain(Hook::DnsResponse, query, Some(response)).await
+    }
+
+    async fn chain(&mut self, hook: Hook, query: &DnsMessage, response: Option<&DnsMessage>) -> DnsAction {
+        let flow = &mut self.flow;
+        let flow_id = flow.id;
+        let (wit_query, wit_response) = (to_wit_dns(query), response.map(to_wit_dns));
+        let action = run_chain!(
+            self.slots,
+            hook,
+            Some(flow_id),
+            |_, p| p.groups.dns.is_some(),
+            async |store, groups| {
+                let Some(g) = &groups.dns else { return Ok(hooks::dns::DnsVerdict::Continue) };
+                let lent = Lent::new(store, Some(&mut *flow), None, None, None)?;
+                let f = borrow(&lent.flow)?;
+                let out = match &wit_response {
+                    Some(r) => g.call_dns_response(&mut *store, f, &wit_query, r).await,
+                    None => g.call_dns_request(&mut *store, f, &wit_query).await,
+                };
+                lent.restore(store, Some(&mut *flow), None, None, None);
+                out
+            },
+            |slots, i, call| match call {
+                Call::Done(hooks::dns::DnsVerdict::Continue, _) => ControlFlow::Continue(()),
+                Call::Done(hooks::dns::DnsVerdict::Kill, _) => ControlFlow::Break(DnsAction::Kill),
+                Call::Done(hooks::dns::DnsVerdict::Respond(message), _) => {
+                    let message = from_wit_dns(message);
+                    match message.validate() {
+                        Ok(()) => ControlFlow::Break(DnsAction::Respond(message)),
+                        Err(e) => {
+                            let f = slots.refuse(i, hook, e.to_string());
+                            if slots.fail_closed(i) {
+                                ControlFlow::Break(DnsAction::Fail(f))
+                            } else {
+                                ControlFlow::Continue(())
+                            }
+                        }
+                    }
+                }
+                other => slots.stop_if_fail_closed(i, other).map_break(DnsAction::Fail),
+            },
+        );
+        action.unwrap_or(DnsAction::Continue)
+    }
+
+    /// `dns-error`: resolving failed; informational.
+    pub async fn error(&mut self, query: &DnsMessage, message: &str) {
+        let flow = &mut self.flow;
+        let flow_id = flow.id;
+        let wit_query = to_wit_dns(query);
+        run_chain!(
+            self.slots,
+            Hook::DnsError,
+            Some(flow_id),
+            |_, p| p.groups.dns.is_some(),
+            async |store, groups| {
+                let Some(g) = &groups.dns else { return Ok(()) };
+                let lent = Lent::new(store, Some(&mut *flow), None, None, None)?;
+                let out = g.call_dns_error(&mut *store, borrow(&lent.flow)?, &wit_query, message).await;
+                lent.restore(store, Some(&mut *flow), None, None, None);
+                out
+            },
+            |_, _, _| ControlFlow::<()>::Continue(()),
+        );
+    }
+}
+
+fn to_wit_dns(m: &DnsMessage) -> hooks::dns::Message {
+    let rr = |r: &flowgate_flow::ResourceRecord| hooks::dns::ResourceRecord {
+        name: r.name.clone(),
+        record_type: r.record_type,
+        class: r.class,
+        ttl: r.ttl,
+        data: r.data.clone(),
+    };
+    hooks::dns::Message {
+        id: m.id,
+        flags: m.flags,
+        questions: m
+            .questions
+            .iter()
+            .map(|q| hooks::dns::Question { name: q.name.clone(), record_type: q.record_type, class: q.class })
+            .collect(),
+        answers: m.answers.iter().map(rr).collect(),
+        authorities: m.authorities.iter().map(rr).collect(),
+        additionals: m.additionals.iter().map(rr).collect(),
+    }
+}
+
+fn from_wit_dns(m: hooks::dns::Message) -> DnsMessage {
+    let rr = |r: hooks::dns::ResourceRecord| flowgate_flow::ResourceRecord {
+        name: r.name,
+        record_type: r.record_type,
+        class: r.class,
+        ttl: r.ttl,
+        data: r.data,
+    };
+    DnsMessage {
+        id: m.id,
+        flags: m.flags,
+        questions: m
+            .questions
+            .into_iter()
+            .map(|q| flowgate_flow::Question { name: q.name, record_type: q.record_type, class: q.class })
+            .collect(),
+        answers: m.answers.into_iter().map(rr).collect(),
+        authorities: m.authorities.into_iter().map(rr).collect(),
+        additionals: m.additionals.into_iter().map(rr).collect(),
     }
 }
