@@ -80,13 +80,13 @@ macro_rules! group_bindings {
                 world: $world,
                 path: "../wit",
                 with: {
-                    "flowgate:plugin/types@0.1.0": crate::__imports::flowgate::plugin::types,
-                    "flowgate:plugin/log@0.1.0": crate::__imports::flowgate::plugin::log,
-                    "flowgate:plugin/config@0.1.0": crate::__imports::flowgate::plugin::config,
-                    "flowgate:plugin/key-value@0.1.0": crate::__imports::flowgate::plugin::key_value,
-                    "flowgate:plugin/clock@0.1.0": crate::__imports::flowgate::plugin::clock,
-                    "flowgate:plugin/random@0.1.0": crate::__imports::flowgate::plugin::random,
-                    "flowgate:plugin/outbound-http@0.1.0": crate::__imports::flowgate::plugin::outbound_http,
+                    "flowgate:plugin/types@0.2.0": crate::__imports::flowgate::plugin::types,
+                    "flowgate:plugin/log@0.2.0": crate::__imports::flowgate::plugin::log,
+                    "flowgate:plugin/config@0.2.0": crate::__imports::flowgate::plugin::config,
+                    "flowgate:plugin/key-value@0.2.0": crate::__imports::flowgate::plugin::key_value,
+                    "flowgate:plugin/clock@0.2.0": crate::__imports::flowgate::plugin::clock,
+                    "flowgate:plugin/random@0.2.0": crate::__imports::flowgate::plugin::random,
+                    "flowgate:plugin/outbound-http@0.2.0": crate::__imports::flowgate::plugin::outbound_http,
                 },
                 pub_export_macro: true,
                 export_macro_name: $macro_name,
@@ -122,7 +122,9 @@ pub mod tls {
 
 /// WebSocket hook types.
 pub mod websocket {
-    pub use crate::__groups::websocket::exports::flowgate::plugin::websocket::{Message, MessageKind, MessageVerdict};
+    pub use crate::__groups::websocket::exports::flowgate::plugin::websocket::{
+        Close, Message, MessageKind, MessageVerdict,
+    };
 }
 
 /// DNS hook types.
@@ -369,8 +371,8 @@ pub trait WebSocketHooks {
     fn websocket_message(_flow: &Flow, _message: websocket::Message) -> websocket::MessageVerdict {
         websocket::MessageVerdict::Continue
     }
-    /// The WebSocket closed.
-    fn websocket_end(_flow: &Flow, _close_code: Option<u16>) {}
+    /// The WebSocket closed: the close code and reason, and who closed.
+    fn websocket_end(_flow: &Flow, _close: websocket::Close) {}
 }
 
 /// TCP hooks.
@@ -485,7 +487,9 @@ macro_rules! __export_group {
             fn websocket_message(f: &$crate::Flow, m: $crate::websocket::Message) -> $crate::websocket::MessageVerdict {
                 <$ty as $crate::WebSocketHooks>::websocket_message(f, m)
             }
-            fn websocket_end(f: &$crate::Flow, c: Option<u16>) { <$ty as $crate::WebSocketHooks>::websocket_end(f, c) }
+            fn websocket_end(f: &$crate::Flow, c: $crate::websocket::Close) {
+                <$ty as $crate::WebSocketHooks>::websocket_end(f, c)
+            }
         }
         $crate::__groups::websocket::export_websocket!($ty with_types_in $crate::__groups::websocket);
     };

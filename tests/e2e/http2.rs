@@ -278,6 +278,41 @@ fn grpc_unary_and_bidi_streaming_through_flowgate() {
 }
 
 #[test]
+fn grpc_trailers_survive_plugins_that_buffer_or_stream_bodies() {
+    let server = GrpcServer::start();
+    let reverse = format!("reverse:h2c://127.0.0.1:{}", server.port);
+    // A plugin that buffers every gRPC body (both ways): the trailers the origin sent after
+    // the body (grpc-status, custom trailing metadata) still reach the client.
+    let buffering = manifest(
+        REWRITE_BODY,
+        "name = \"rewrite-body\"\n[config]\npattern = \"never-matches\"\nside = \"both\"\ncontent_type = \"application/grpc\"\n",
+    );
+    let fg = Flowgate::start(&["--mode", &reverse, "-s", &buffering]);
+    let report = py("grpc_echo.py", &["client", "--target", &format!("127.0.0.1:{}", fg.port), "--unary-only"]);
+    assert_eq!(report["error"], Value::Null, "{report}");
+    assert_eq!(report["unary"], "echo:hello", "{report}");
+    assert_eq!(report["unary_trailer"], "done", "trailing metadata through a buffering plugin: {report}");
+    assert_eq!(report["fail_code"], "PERMISSION_DENIED", "grpc-status through a buffering plugin: {report}");
+    assert_eq!(report["fail_details"], "denied by test", "{report}");
+
+    // A plugin that reads trailers() in its response hook (streaming the body, so the
+    // bidirectional call keeps flowing) sees the origin's grpc-status and grpc-message.
+    let fg = Flowgate::start(&["--mode", &reverse, "-s", GRPC_LOG]);
+    let report = py("grpc_echo.py", &["client", "--target", &format!("127.0.0.1:{}", fg.port)]);
+    assert_grpc_report(&report);
+    let wait_log = |needle: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while fg.count_logs(needle) == 0 {
+            assert!(std::time::Instant::now() < deadline, "no log line with {needle:?}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    wait_log("grpc /flowgate.test.Echo/Say status 0");
+    wait_log("grpc /flowgate.test.Echo/Chat status 0");
+    wait_log("grpc /flowgate.test.Echo/Fail status 7 denied by test");
+}
+
+#[test]
 fn slow_readers_and_slow_plugins_hold_only_their_own_stream() {
     let origin = Origin::start(false);
     let spin = manifest(

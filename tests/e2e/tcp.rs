@@ -181,13 +181,13 @@ fn rawtcp_off_closes_tunnels_with_unknown_bytes() {
 #[test]
 fn a_tcp_plugin_rewrites_and_kills_messages() {
     let mut server = Server::start("server-first");
-    let plugin = manifest(
-        TCP_REWRITE,
-        "name = \"tcp-rewrite\"\n[config]\nfrom = \"OpenSSH\"\nto = \"FlowSSH\"\nkill_on = \"QUIT\"\n",
-    );
+    let config = "[config]\nfrom = \"OpenSSH\"\nto = \"FlowSSH\"\nkill_on = \"QUIT\"\nnotice = \"NOTICE\\r\\n\"\n";
+    let plugin = manifest(TCP_REWRITE, &format!("name = \"tcp-rewrite\"\n{config}"));
     let fg = Flowgate::start(&["-s", &plugin, "--set", "server_first_timeout=200ms"]);
     let mut stream = tunnel(&fg, server.port);
     server.accepted();
+    // The plugin's notice (injected at tcp-start) comes before anything the server said.
+    assert_eq!(read_exactly(&mut stream, 8), b"NOTICE\r\n");
     // The server's banner, rewritten by the plugin (the same length here).
     let banner = b"SSH-2.0-FlowSSH_9.2 flowgate-test\r\n";
     assert_eq!(read_exactly(&mut stream, banner.len()), banner);
@@ -200,7 +200,28 @@ fn a_tcp_plugin_rewrites_and_kills_messages() {
     let _ = stream.read_to_end(&mut rest);
     assert!(rest.is_empty(), "{rest:?}");
     let line = fg.flow_line("killed by a plugin");
-    assert!(line.contains(&format!("tcp 127.0.0.1:{} >> 8b << 43b", server.port)), "{line}");
+    assert!(line.contains(&format!("tcp 127.0.0.1:{} >> 8b << 51b", server.port)), "{line}");
+}
+
+#[test]
+fn an_http2_connect_stream_carries_a_raw_tcp_flow() {
+    // HTTP/2 with prior knowledge to flowgate, CONNECT on a stream (RFC 9113 section 8.5):
+    // the stream runs a stack of its own beside the connection's other streams.
+    let server = Server::start("server-first");
+    let fg = Flowgate::start(&["--set", "server_first_timeout=200ms"]);
+    let out = Command::new(python())
+        .arg(script("h2_connect.py"))
+        .args(["--proxy", &format!("127.0.0.1:{}", fg.port), "--target", &format!("127.0.0.1:{}", server.port)])
+        .args(["--send", "hello over h2\n", "--expect-banner", "SSH-2.0-"])
+        .output()
+        .expect("h2_connect.py runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("JSON");
+    assert_eq!(report["status"], 200, "{report}");
+    assert_eq!(report["received"], "SSH-2.0-OpenSSH_9.2 flowgate-test\r\nhello over h2\n", "{report}");
+    assert_eq!(report["ended"], true, "{report}");
+    fg.flow_line(&format!("tcp 127.0.0.1:{} >> 14b << 49b", server.port));
 }
 
 /// Sizes as flowgate prints them.

@@ -98,10 +98,22 @@ pub fn response(body: &[u8]) -> Response {
 
 /// Connection facts for a client at `client`.
 pub fn connection(id: u64, client: &str) -> ConnectionInfo {
-    ConnectionInfo { id, client_address: client.to_owned(), ..ConnectionInfo::default() }
+    ConnectionInfo { id: uuid(id), client_address: client.to_owned(), ..ConnectionInfo::default() }
 }
 
 /// Facts for flow `id` on connection `conn`.
 pub fn flow(id: u64, conn: u64) -> FlowInfo {
-    FlowInfo { id, connection_id: conn, client_address: "127.0.0.1:40000".to_owned(), ..FlowInfo::default() }
+    FlowInfo {
+        id: uuid(id),
+        connection_id: uuid(conn),
+        client_address: "127.0.0.1:40000".to_owned(),
+        ..FlowInfo::default()
+    }
+}
+
+/// A fixed id for test number `n` (its last bytes are `n`).
+pub fn uuid(n: u64) -> flowgate_flow::Uuid {
+    let mut bytes = [0u8; 16];
+    bytes[8..].copy_from_slice(&n.to_be_bytes());
+    flowgate_flow::Uuid::from_random_bytes(bytes)
 }

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use flowgate_flow::{BodyMode, DnsMessage, FailureKind, Hook, Question, TlsDecision};
+use flowgate_flow::{BodyMode, DnsMessage, FailureKind, Hook, Injected, Question, TlsDecision};
 use flowgate_runtime::{Chain, DataAction, DnsAction, HttpAction, InstanceModel, LoadError, Runtime, TlsSide};
 use flowgate_tests::plugins::*;
 use flowgate_tests::{Logs, connection, flow, manifest, request, response, runtime};
@@ -183,8 +183,11 @@ async fn request_id() {
     assert_eq!(resp.headers.get_str("x-request-id"), Some(id.as_str()));
     session.error(&mut req, "upstream went away").await;
     let messages = logs.messages("request-id");
-    assert_eq!(messages, ["flow 7 (http://example.test/a) failed: upstream went away"]);
-    assert_eq!(logs.lines()[0].flow_id, Some(7));
+    assert_eq!(
+        messages,
+        [format!("flow {} (http://example.test/a) failed: upstream went away", flowgate_tests::uuid(7))]
+    );
+    assert_eq!(logs.lines()[0].flow_id, Some(flowgate_tests::uuid(7)));
     assert_eq!(logs.lines()[0].hook, Hook::Error);
 
     // A client's id is kept.
@@ -225,10 +228,14 @@ async fn tls_passthrough() {
     conn.client_disconnected().await;
     let messages = logs.messages("tp");
     assert!(
-        messages.contains(&"passthrough www.bank.test for connection 41 (alpn [\"h2\", \"http/1.1\"])".to_owned()),
+        messages.contains(&format!(
+            "passthrough www.bank.test for connection {} (alpn [\"h2\", \"http/1.1\"])",
+            flowgate_tests::uuid(41)
+        )),
         "{messages:?}"
     );
-    assert!(messages.contains(&"tls failed on client side of connection 41: unknown ca".to_owned()), "{messages:?}");
+    let failed = format!("tls failed on client side of connection {}: unknown ca", flowgate_tests::uuid(41));
+    assert!(messages.contains(&failed), "{messages:?}");
     assert!(messages.contains(&"client 127.0.0.1:5000 disconnected".to_owned()), "{messages:?}");
 
     let mut denied = chain.connection(connection(42, "10.9.9.9:1234"));
@@ -523,7 +530,23 @@ async fn load_errors_name_the_file_and_problem() {
     let none = dir.join("none.wasm");
     std::fs::write(&none, wat::parse_str("(component)").expect("valid WAT")).expect("write");
     let err = rt.load(&none).await.expect_err("no groups");
-    assert!(err.to_string().contains("exports no flowgate:plugin@0.1.0 hook group"), "{err}");
+    assert!(err.to_string().contains("exports no flowgate:plugin@0.2.0 hook group"), "{err}");
+
+    // A component built against the 0.1.0 contract is refused with how to rebuild it.
+    let old = dir.join("old.wasm");
+    std::fs::write(&old, wat::parse_str(WRONG_SHAPE.replace("@0.2.0", "@0.1.0")).expect("valid WAT")).expect("write");
+    let err = rt.load(&old).await.expect_err("0.1.0");
+    let text = err.to_string();
+    assert!(text.contains("old.wasm: was built against flowgate:plugin@0.1.0"), "{err}");
+    assert!(text.contains("flowgate plugin build"), "{err}");
+    let old_import = dir.join("old-import.wasm");
+    std::fs::write(
+        &old_import,
+        wat::parse_str(r#"(component (import "flowgate:plugin/log@0.1.0" (instance)))"#).expect("WAT"),
+    )
+    .expect("write");
+    let err = rt.load(&old_import).await.expect_err("0.1.0 import");
+    assert!(err.to_string().contains("was built against flowgate:plugin@0.1.0"), "{err}");
 
     // A component importing something flowgate does not provide is refused.
     let http = dir.join("wasi-http.wasm");
@@ -538,7 +561,7 @@ const WRONG_SHAPE: &str = r#"
   (core instance $i (instantiate $m))
   (func $f (canon lift (core func $i "f")))
   (instance $http (export "request-headers" (func $f)))
-  (export "flowgate:plugin/http@0.1.0" (instance $http))
+  (export "flowgate:plugin/http@0.2.0" (instance $http))
 )
 "#;
 
@@ -576,7 +599,10 @@ async fn shipped_manifests_load() {
         }
     }
     loaded.sort();
-    assert_eq!(loaded, ["add-header", "block-list", "dns-override", "request-id", "rewrite-body", "tcp-rewrite"]);
+    assert_eq!(
+        loaded,
+        ["add-header", "block-list", "dns-override", "grpc-log", "request-id", "rewrite-body", "tcp-rewrite"]
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -588,7 +614,7 @@ async fn tcp_rewrite() {
     let rt = runtime();
     let m = manifest(
         TCP_REWRITE,
-        "name = \"tcp-rewrite\"\n[config]\nfrom = \"OpenSSH\"\nto = \"FlowSSH\"\nkill_on = \"QUIT\"\n",
+        "name = \"tcp-rewrite\"\n[config]\nfrom = \"OpenSSH\"\nto = \"FlowSSH\"\nkill_on = \"QUIT\"\nnotice = \"hi\"\n",
     );
     let chain = chain_of(&rt, &[m]).await;
     let plugin = &chain.plugins()[0];
@@ -603,6 +629,9 @@ async fn tcp_rewrite() {
     assert!(tcp.has_plugins());
     assert_eq!(tcp.start().await, DataAction::Forward(Vec::new()));
     assert_eq!(tcp.flow.metadata.get("tcp-rewrite.started").map(String::as_str), Some("yes"));
+    // tcp-start injected the notice toward the client.
+    assert_eq!(tcp.take_injected(), [Injected::Data { to_client: true, data: b"hi".to_vec() }]);
+    assert!(tcp.take_injected().is_empty());
     // The server's banner is rewritten, the client's bytes are not (side = server).
     let banner = b"SSH-2.0-OpenSSH_9.2\r\n".to_vec();
     assert_eq!(tcp.message(false, banner.clone()).await, DataAction::Forward(b"SSH-2.0-FlowSSH_9.2\r\n".to_vec()));
@@ -664,4 +693,30 @@ async fn dns_override() {
     assert_eq!(other.response(&query("example.org", 1), &response).await, DnsAction::Continue);
     other.error(&query("example.org", 1), "upstream timed out").await;
     assert!(other.failures().is_empty());
+}
+
+#[tokio::test]
+async fn grpc_log() {
+    let chain = chain_of(&runtime(), &[GRPC_LOG.into()]).await;
+    let conn = chain.connection(connection(1, "127.0.0.1:5000"));
+    let mut session = conn.http_flow(flow(1, 1));
+    let mut req = request("http://grpc.test/flowgate.test.Echo/Fail", 0);
+    let mut resp = response(b"");
+    resp.body = None;
+    resp.headers.set("content-type", b"application/grpc").expect("valid");
+    // gRPC responses are streamed through (so bidirectional calls keep flowing)...
+    assert_eq!(session.response_headers(&mut req, &mut resp).await, HttpAction::Continue);
+    assert_eq!(resp.body_mode, BodyMode::Stream);
+    // ...and the response hook reads the status from the trailers.
+    resp.trailers.append("grpc-status", b"7").expect("valid");
+    resp.trailers.append("grpc-message", b"denied by test").expect("valid");
+    assert_eq!(session.response(&mut req, &mut resp).await, HttpAction::Continue);
+    assert_eq!(session.flow.metadata.get("grpc.status").map(String::as_str), Some("7"));
+    assert_eq!(session.flow.metadata.get("grpc.message").map(String::as_str), Some("denied by test"));
+    // Not gRPC: left alone.
+    let mut html = response(b"<p>");
+    let mut other = conn.http_flow(flow(2, 1));
+    assert_eq!(other.response_headers(&mut req, &mut html).await, HttpAction::Continue);
+    assert_eq!(html.body_mode, BodyMode::Pass);
+    assert!(session.failures().is_empty() && other.failures().is_empty());
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use thiserror::Error;
 
 use crate::headers::{Headers, check_token};
+use crate::id::Uuid;
 
 /// `http` or `https`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -261,12 +262,12 @@ pub enum FlowKind {
 /// Facts about one flow, and the annotations plugins put on it.
 #[derive(Debug, Clone, Default)]
 pub struct FlowInfo {
-    /// Unique within the process.
-    pub id: u64,
+    /// Its id (a random UUID, kept when the flow is saved and loaded).
+    pub id: Uuid,
     /// What it carries.
     pub kind: FlowKind,
     /// The client connection it belongs to.
-    pub connection_id: u64,
+    pub connection_id: Uuid,
     /// Client address, `ip:port`.
     pub client_address: String,
     /// Upstream address, once known.
@@ -278,8 +279,8 @@ pub struct FlowInfo {
 /// Facts about a client connection and its upstream.
 #[derive(Debug, Clone, Default)]
 pub struct ConnectionInfo {
-    /// Unique within the process.
-    pub id: u64,
+    /// Its id (a random UUID).
+    pub id: Uuid,
     /// Client address, `ip:port`.
     pub client_address: String,
     /// Upstream address, once known.

@@ -7,13 +7,15 @@
 mod headers;
 mod hook;
 mod http;
+mod id;
 mod messages;
 mod verdict;
 
 pub use headers::{FieldError, Headers, value_to_text};
 pub use hook::{FailureKind, Hook, PluginFailure};
 pub use http::{BodyMode, ConnectionInfo, FlowInfo, FlowKind, HttpVersion, Request, Response, Scheme, Url, UrlError};
+pub use id::{Uuid, UuidError};
 pub use messages::{
-    DnsError, DnsMessage, MAX_RECORDS, MessageError, MessageKind, Question, ResourceRecord, WebSocketMessage,
+    DnsError, DnsMessage, Injected, MAX_RECORDS, MessageError, MessageKind, Question, ResourceRecord, WebSocketMessage,
 };
 pub use verdict::{DataVerdict, LocalResponse, TlsDecision, Verdict};

@@ -178,6 +178,20 @@ impl WebSocketMessage {
     }
 }
 
+/// A message a plugin injected into a flow, sent after the hook that injected it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Injected {
+    /// Bytes for a TCP or UDP flow.
+    Data {
+        /// Toward the client (else toward the server).
+        to_client: bool,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// A WebSocket message; `from_client` says which way it goes (true: to the server).
+    WebSocket(WebSocketMessage),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

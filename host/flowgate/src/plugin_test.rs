@@ -232,6 +232,10 @@ async fn run_case(plugin: Arc<Plugin>, case: &Case, id: u64) -> anyhow::Result<b
 
     let chain = Chain::new(vec![plugin]);
     let address = format!("{}:{}", request.host, request.port);
+    // A fixed id per case, so the output is the same on every run.
+    let mut id_bytes = [0u8; 16];
+    id_bytes[8..].copy_from_slice(&id.to_be_bytes());
+    let id = flowgate_flow::Uuid::from_random_bytes(id_bytes);
     let conn = chain.connection(ConnectionInfo {
         id,
         client_address: "127.0.0.1:50000".to_owned(),

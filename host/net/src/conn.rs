@@ -48,7 +48,7 @@ pub(crate) struct ConnCtx {
     pub proxy: Arc<Proxy>,
     pub mode: Arc<Mode>,
     pub client: SocketAddr,
-    pub conn_id: u64,
+    pub conn_id: flowgate_flow::Uuid,
     pub session: Mutex<ConnectionSession>,
     pub upstreams: Mutex<Upstreams>,
     /// What still serves this connection: its driver, plus each HTTP/2 stream's tunnel

@@ -50,7 +50,6 @@ mod tls;
 mod upstream;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use flowgate_ca::CertificateAuthority;
@@ -71,7 +70,6 @@ pub struct Proxy {
     pub(crate) tls_client: Arc<rustls::ClientConfig>,
     pub(crate) tls_client_raw: Arc<rustls::ClientConfig>,
     pub(crate) tls_server: tls::ServerShared,
-    pub(crate) next_id: AtomicU64,
 }
 
 impl Proxy {
@@ -80,11 +78,12 @@ impl Proxy {
         let tls_client = tls::client_config(&options);
         let tls_client_raw = tls::client_config_raw(&options);
         let tls_server = tls::ServerShared::new();
-        Arc::new(Proxy { chain, ca, options, sink, tls_client, tls_client_raw, tls_server, next_id: AtomicU64::new(1) })
+        Arc::new(Proxy { chain, ca, options, sink, tls_client, tls_client_raw, tls_server })
     }
 
-    pub(crate) fn next_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
+    /// A new flow or connection id (a random UUID).
+    pub(crate) fn next_id(&self) -> flowgate_flow::Uuid {
+        flowgate_flow::Uuid::from_random_bytes(rand::random())
     }
 
     /// Accepts connections on `listener` in `mode` until the task is dropped.

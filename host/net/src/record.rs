@@ -60,7 +60,7 @@ pub enum Kind {
 #[derive(Debug, Clone)]
 pub struct FlowRecord {
     /// Flow id.
-    pub id: u64,
+    pub id: flowgate_flow::Uuid,
     /// Client address.
     pub client: SocketAddr,
     /// What the flow was and how it ended.
@@ -132,7 +132,14 @@ mod tests {
 
     fn line(kind: Kind) -> String {
         let client = "127.0.0.1:5000".parse().expect("address");
-        FlowRecord { id: 1, client, kind, duration: Duration::from_millis(7), failures: Vec::new() }.to_string()
+        FlowRecord {
+            id: flowgate_flow::Uuid::default(),
+            client,
+            kind,
+            duration: Duration::from_millis(7),
+            failures: Vec::new(),
+        }
+        .to_string()
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use flowgate_flow::{FlowInfo, FlowKind};
+use flowgate_flow::{FlowInfo, FlowKind, Injected};
 use flowgate_runtime::{DataAction, DataFlowSession};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -164,6 +164,11 @@ where
 {
     let (mut client, mut server) = (client, server);
     let mut totals = Totals::default();
+    // What tcp-start injected goes out first.
+    if let Err(e) = inject(session, &mut client, &mut server, &mut totals).await {
+        totals.error = Some(e.to_string());
+        return totals;
+    }
     let (mut client_open, mut server_open) = (true, true);
     let (mut from_client, mut from_server) = (vec![0u8; RELAY_BUFFER], vec![0u8; RELAY_BUFFER]);
     let mut last = Instant::now();
@@ -206,21 +211,51 @@ where
                 return totals;
             }
         };
-        if out.is_empty() {
-            continue;
+        if !out.is_empty() {
+            if let Err(e) = async {
+                to.write_all(&out).await?;
+                to.flush().await
+            }
+            .await
+            {
+                totals.error = Some(e.to_string());
+                return totals;
+            }
+            if is_client { totals.client += out.len() as u64 } else { totals.server += out.len() as u64 }
         }
-        if let Err(e) = async {
-            to.write_all(&out).await?;
-            to.flush().await
-        }
-        .await
-        {
+        if let Err(e) = inject(session, &mut client, &mut server, &mut totals).await {
             totals.error = Some(e.to_string());
             return totals;
         }
-        if is_client { totals.client += out.len() as u64 } else { totals.server += out.len() as u64 }
     }
     totals
+}
+
+/// Sends what plugins injected in the last hook call, each toward its side, counted
+/// like relayed bytes.
+async fn inject<C, S>(
+    session: &mut DataFlowSession,
+    client: &mut C,
+    server: &mut S,
+    totals: &mut Totals,
+) -> std::io::Result<()>
+where
+    C: AsyncWrite + Unpin + Send,
+    S: AsyncWrite + Unpin + Send,
+{
+    for injected in session.take_injected() {
+        let Injected::Data { to_client, data } = injected else { continue };
+        if to_client {
+            client.write_all(&data).await?;
+            client.flush().await?;
+            totals.server += data.len() as u64;
+        } else {
+            server.write_all(&data).await?;
+            server.flush().await?;
+            totals.client += data.len() as u64;
+        }
+    }
+    Ok(())
 }
 
 /// Copies `from` to `to` until `from` ends (then half-closes `to`), counting bytes and

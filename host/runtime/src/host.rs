@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use flowgate_flow::{
-    BodyMode, ConnectionInfo, FieldError, FlowInfo, FlowKind, Headers, Hook, Request, Response, UrlError, value_to_text,
+    BodyMode, ConnectionInfo, FieldError, FlowInfo, FlowKind, Headers, Hook, Injected, MessageKind, Request, Response,
+    UrlError, Uuid, WebSocketMessage, value_to_text,
 };
 use rand::RngCore;
 use wasmtime::component::{Resource, ResourceTable};
@@ -52,7 +53,7 @@ pub struct LogRecord {
     /// Severity.
     pub level: LogLevel,
     /// The flow the hook was running for, if any.
-    pub flow_id: Option<u64>,
+    pub flow_id: Option<Uuid>,
     /// The hook that wrote it.
     pub hook: Hook,
     /// The text, cut to the plugin's `max_log_bytes`.
@@ -81,18 +82,34 @@ pub(crate) struct PluginShared {
 pub(crate) struct CallState {
     pub hook: Hook,
     pub deadline: Instant,
-    pub flow_id: Option<u64>,
+    pub flow_id: Option<Uuid>,
     pub log_bytes: usize,
     pub log_dropped: u64,
     /// The body mode this plugin asked for in this call, if it asked.
     pub body_mode: Option<BodyMode>,
+    /// Messages the plugin injected in this call, in order, and their total size.
+    pub injected: Vec<Injected>,
+    pub injected_bytes: usize,
 }
 
 impl CallState {
-    pub fn new(hook: Hook, deadline: Instant, flow_id: Option<u64>) -> Self {
-        CallState { hook, deadline, flow_id, log_bytes: 0, log_dropped: 0, body_mode: None }
+    pub fn new(hook: Hook, deadline: Instant, flow_id: Option<Uuid>) -> Self {
+        CallState {
+            hook,
+            deadline,
+            flow_id,
+            log_bytes: 0,
+            log_dropped: 0,
+            body_mode: None,
+            injected: Vec::new(),
+            injected_bytes: 0,
+        }
     }
 }
+
+/// The hooks during which a flow still takes injected messages, by flow kind.
+const DATA_HOOKS: &[Hook] = &[Hook::TcpStart, Hook::TcpMessage, Hook::UdpStart, Hook::UdpMessage];
+const WEBSOCKET_HOOKS: &[Hook] = &[Hook::WebsocketStart, Hook::WebsocketMessage];
 
 /// Denies memory growth past the plugin's cap, and remembers that it did.
 pub(crate) struct MemoryLimiter {
@@ -165,6 +182,19 @@ const REQUEST_HOOKS: &[Hook] = &[Hook::HttpConnect, Hook::RequestHeaders, Hook::
 const RESPONSE_HOOKS: &[Hook] = &[Hook::ResponseHeaders, Hook::ResponseBodyChunk, Hook::Response];
 
 impl StoreState {
+    /// Queues an injected message, within the plugin's `max_body_bytes` per hook call.
+    fn inject(&mut self, size: usize, message: Injected) -> Result<(), WitError> {
+        let limit = self.plugin.manifest.limits.max_body_bytes;
+        if self.call.injected_bytes + size > limit {
+            return Err(WitError::LimitExceeded(format!(
+                "injected messages in one hook call would exceed max_body_bytes ({limit})"
+            )));
+        }
+        self.call.injected_bytes += size;
+        self.call.injected.push(message);
+        Ok(())
+    }
+
     fn request(&self, r: &Resource<RequestRes>) -> wasmtime::Result<&Request> {
         Ok(&self.table.get(r)?.0)
     }
@@ -234,8 +264,8 @@ fn header_values(headers: &Headers, name: &str) -> Vec<String> {
 impl types::Host for StoreState {}
 
 impl types::HostConnection for StoreState {
-    fn id(&mut self, c: Resource<ConnectionRes>) -> wasmtime::Result<u64> {
-        Ok(self.table.get(&c)?.0.id)
+    fn id(&mut self, c: Resource<ConnectionRes>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&c)?.0.id.to_string())
     }
     fn client_address(&mut self, c: Resource<ConnectionRes>) -> wasmtime::Result<String> {
         Ok(self.table.get(&c)?.0.client_address.clone())
@@ -259,8 +289,8 @@ impl types::HostConnection for StoreState {
 }
 
 impl types::HostFlow for StoreState {
-    fn id(&mut self, f: Resource<FlowRes>) -> wasmtime::Result<u64> {
-        Ok(self.table.get(&f)?.0.id)
+    fn id(&mut self, f: Resource<FlowRes>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&f)?.0.id.to_string())
     }
     fn kind(&mut self, f: Resource<FlowRes>) -> wasmtime::Result<types::FlowKind> {
         Ok(match self.table.get(&f)?.0.kind {
@@ -271,8 +301,50 @@ impl types::HostFlow for StoreState {
             FlowKind::Dns => types::FlowKind::Dns,
         })
     }
-    fn connection_id(&mut self, f: Resource<FlowRes>) -> wasmtime::Result<u64> {
-        Ok(self.table.get(&f)?.0.connection_id)
+    fn connection_id(&mut self, f: Resource<FlowRes>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&f)?.0.connection_id.to_string())
+    }
+    fn inject_data(
+        &mut self,
+        f: Resource<FlowRes>,
+        to_client: bool,
+        data: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), WitError>> {
+        let kind = self.table.get(&f)?.0.kind;
+        if !matches!(kind, FlowKind::Tcp | FlowKind::Udp) || !DATA_HOOKS.contains(&self.call.hook) {
+            return Ok(Err(WitError::InvalidState(format!(
+                "inject-data needs a TCP or UDP flow that is still open (this is {kind:?}, in {})",
+                self.call.hook
+            ))));
+        }
+        Ok(self.inject(data.len(), Injected::Data { to_client, data }))
+    }
+    fn inject_websocket(
+        &mut self,
+        f: Resource<FlowRes>,
+        to_client: bool,
+        kind: types::WebsocketMessageKind,
+        data: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), WitError>> {
+        let flow_kind = self.table.get(&f)?.0.kind;
+        if flow_kind != FlowKind::WebSocket || !WEBSOCKET_HOOKS.contains(&self.call.hook) {
+            return Ok(Err(WitError::InvalidState(format!(
+                "inject-websocket needs a WebSocket flow that is still open (this is {flow_kind:?}, in {})",
+                self.call.hook
+            ))));
+        }
+        let kind = match kind {
+            types::WebsocketMessageKind::Text => MessageKind::Text,
+            types::WebsocketMessageKind::Binary => MessageKind::Binary,
+            types::WebsocketMessageKind::Ping => MessageKind::Ping,
+            types::WebsocketMessageKind::Pong => MessageKind::Pong,
+            types::WebsocketMessageKind::Close => MessageKind::Close,
+        };
+        let message = WebSocketMessage { from_client: !to_client, kind, data };
+        if let Err(e) = message.validate(usize::MAX) {
+            return Ok(Err(WitError::InvalidArgument(e.to_string())));
+        }
+        Ok(self.inject(message.data.len(), Injected::WebSocket(message)))
     }
     fn client_address(&mut self, f: Resource<FlowRes>) -> wasmtime::Result<String> {
         Ok(self.table.get(&f)?.0.client_address.clone())

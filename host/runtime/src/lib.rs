@@ -1,6 +1,6 @@
 //! flowgate's plugin runtime: the only crate that knows wasmtime.
 //!
-//! It loads plugins (WebAssembly components built against `flowgate:plugin@0.1.0`),
+//! It loads plugins (WebAssembly components built against `flowgate:plugin@0.2.0`),
 //! checks them against their manifests, and runs their hooks in a sandbox: a memory cap,
 //! a wall-clock deadline per hook (epoch interruption), optional fuel, capped logs and
 //! state, a failure policy and a crash budget. It does no network IO; the network layer

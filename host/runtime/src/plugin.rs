@@ -129,10 +129,12 @@ impl std::fmt::Debug for Plugin {
 }
 
 /// What one hook call reports besides its result.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct CallReport {
     pub log_dropped: u64,
     pub body_mode: Option<flowgate_flow::BodyMode>,
+    /// Messages the plugin injected during the call (dropped if the call failed).
+    pub injected: Vec<flowgate_flow::Injected>,
 }
 
 impl Plugin {
@@ -344,7 +346,7 @@ impl Plugin {
         &self,
         live: &mut LiveInstance,
         hook: Hook,
-        flow_id: Option<u64>,
+        flow_id: Option<flowgate_flow::Uuid>,
         call: impl AsyncFnOnce(&mut Store<StoreState>, &LiveGroups) -> wasmtime::Result<R>,
     ) -> Result<(R, CallReport), PluginFailure> {
         self.health.calls.fetch_add(1, Ordering::Relaxed);
@@ -357,8 +359,12 @@ impl Plugin {
         }
         let LiveInstance { store, groups } = live;
         let result = call(store, groups).await;
-        let report =
-            CallReport { log_dropped: live.store.data().call.log_dropped, body_mode: live.store.data().call.body_mode };
+        let call_state = &mut live.store.data_mut().call;
+        let report = CallReport {
+            log_dropped: call_state.log_dropped,
+            body_mode: call_state.body_mode,
+            injected: std::mem::take(&mut call_state.injected),
+        };
         match result {
             Ok(value) => {
                 self.note_success();

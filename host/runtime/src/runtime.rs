@@ -130,19 +130,19 @@ const KEEP_RESIDENT: usize = 128 << 10;
 /// sandbox. Importing them is allowed because the Python and JavaScript toolchains
 /// import every interface their runtime might use, whether the plugin calls it or not.
 const ALWAYS_ALLOWED: &[&str] = &[
-    "flowgate:plugin/types@0.1.",
-    "flowgate:plugin/log@0.1.",
-    "flowgate:plugin/config@0.1.",
-    "flowgate:plugin/key-value@0.1.",
-    "flowgate:plugin/clock@0.1.",
-    "flowgate:plugin/random@0.1.",
+    "flowgate:plugin/types@0.2.",
+    "flowgate:plugin/log@0.2.",
+    "flowgate:plugin/config@0.2.",
+    "flowgate:plugin/key-value@0.2.",
+    "flowgate:plugin/clock@0.2.",
+    "flowgate:plugin/random@0.2.",
     "wasi:cli/",
     "wasi:io/",
     "wasi:clocks/",
     "wasi:random/",
     "wasi:filesystem/",
     "wasi:sockets/",
-    "flowgate:plugin/outbound-http@0.1.",
+    "flowgate:plugin/outbound-http@0.2.",
 ];
 
 impl Runtime {
@@ -259,11 +259,14 @@ impl Runtime {
             .inner
             .linker
             .instantiate_pre(&component)
-            .map_err(|e| component_error(format!("does not match the flowgate:plugin@0.1.0 WIT: {e:#}")))?;
+            .map_err(|e| component_error(format!("does not match the flowgate:plugin@0.2.0 WIT: {e:#}")))?;
 
         let exported: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_owned()).collect();
+        if let Some(version) = exported.iter().find_map(|e| older_contract(e)) {
+            return Err(component_error(older_contract_error(&version)));
+        }
         let exports = |group: &str| {
-            let prefix = format!("flowgate:plugin/{group}@0.1.");
+            let prefix = format!("flowgate:plugin/{group}@0.2.");
             exported.iter().any(|e| e.starts_with(&prefix))
         };
         let wrong = |group: &str, e: wasmtime::Error| {
@@ -296,7 +299,7 @@ impl Runtime {
         }
         if groups.is_empty() {
             return Err(component_error(format!(
-                "exports no flowgate:plugin@0.1.0 hook group (it exports: {})",
+                "exports no flowgate:plugin@0.2.0 hook group (it exports: {})",
                 if exported.is_empty() { "nothing".to_owned() } else { exported.join(", ") }
             )));
         }
@@ -320,7 +323,7 @@ impl Runtime {
         // component that does not match the WIT is refused at load, not at its first flow.
         let probe = plugin.instantiate().await.map_err(|f| {
             let hint =
-                if f.message.contains("(limits.") { "" } else { " (does it match the flowgate:plugin@0.1.0 WIT?)" };
+                if f.message.contains("(limits.") { "" } else { " (does it match the flowgate:plugin@0.2.0 WIT?)" };
             component_error(format!("cannot be instantiated{hint}: {}", f.message))
         })?;
         if plugin.model() == crate::InstanceModel::Pooled {
@@ -339,7 +342,25 @@ fn wasmparser_is_component(bytes: &[u8]) -> bool {
 }
 
 /// Checks one import name against what flowgate provides.
+/// The version of an older `flowgate:plugin` contract an import or export names, if any.
+fn older_contract(name: &str) -> Option<String> {
+    let version = name.strip_prefix("flowgate:plugin/")?.split_once('@')?.1;
+    (!version.starts_with("0.2.")).then(|| version.to_owned())
+}
+
+fn older_contract_error(version: &str) -> String {
+    format!(
+        "was built against flowgate:plugin@{version}; this flowgate speaks flowgate:plugin@0.2.0. \
+         Rebuild it against the new WIT: `flowgate plugin build DIR` (which vendors wit/ for \
+         JavaScript, Python and C), or `cargo build` with the flowgate-sdk from this release \
+         (Rust). 0.2.0 changed flow and connection ids to strings and websocket-end's arguments"
+    )
+}
+
 fn check_import(name: &str) -> Result<(), String> {
+    if let Some(version) = older_contract(name) {
+        return Err(older_contract_error(&version));
+    }
     if ALWAYS_ALLOWED.iter().any(|p| name.starts_with(p)) {
         return Ok(());
     }

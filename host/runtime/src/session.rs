@@ -13,8 +13,8 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use flowgate_flow::{
-    BodyMode, ConnectionInfo, DnsMessage, FlowInfo, Hook, LocalResponse, MessageKind, PluginFailure, Request, Response,
-    TlsDecision, Verdict, WebSocketMessage,
+    BodyMode, ConnectionInfo, DnsMessage, FlowInfo, Hook, Injected, LocalResponse, MessageKind, PluginFailure, Request,
+    Response, TlsDecision, Verdict, WebSocketMessage,
 };
 use tokio::sync::Mutex as AsyncMutex;
 use wasmtime::Store;
@@ -140,6 +140,8 @@ struct Slots {
     skip: Vec<bool>,
     failures: Vec<PluginFailure>,
     log_dropped: u64,
+    /// Messages plugins injected, not yet taken by the network layer.
+    injected: Vec<Injected>,
 }
 
 impl Slots {
@@ -152,6 +154,7 @@ impl Slots {
             skip: vec![false; n],
             failures: Vec::new(),
             log_dropped: 0,
+            injected: Vec::new(),
         }
     }
 
@@ -159,7 +162,7 @@ impl Slots {
         &mut self,
         i: usize,
         hook: Hook,
-        flow_id: Option<u64>,
+        flow_id: Option<flowgate_flow::Uuid>,
         f: impl AsyncFnOnce(&mut Store<StoreState>, &LiveGroups) -> wasmtime::Result<R>,
     ) -> Call<R> {
         let plugin = self.chain[i].clone();
@@ -209,8 +212,9 @@ impl Slots {
             }
         };
         match result {
-            Ok((value, report)) => {
+            Ok((value, mut report)) => {
                 self.log_dropped += report.log_dropped;
+                self.injected.append(&mut report.injected);
                 Call::Done(value, report)
             }
             Err(failure) => self.failed(i, failure),
@@ -753,6 +757,12 @@ impl DataFlowSession {
         &self.slots.failures
     }
 
+    /// Messages plugins injected since the last call, in order (to be sent after what
+    /// the hook returned).
+    pub fn take_injected(&mut self) -> Vec<Injected> {
+        std::mem::take(&mut self.slots.injected)
+    }
+
     /// Whether any plugin exports this flow's group; if not, messages need no calls.
     pub fn has_plugins(&self) -> bool {
         let protocol = self.protocol;
@@ -881,6 +891,17 @@ pub enum WebSocketAction {
     Fail(PluginFailure),
 }
 
+/// How a WebSocket ended, as `websocket-end` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WebSocketClose {
+    /// The close code, if a close frame carried one.
+    pub code: Option<u16>,
+    /// The close frame's reason (empty if none).
+    pub reason: String,
+    /// Whether the client closed first.
+    pub closed_by_client: bool,
+}
+
 /// The session of one WebSocket flow: start, each message, end.
 pub struct WebSocketFlowSession {
     slots: Slots,
@@ -894,6 +915,11 @@ impl WebSocketFlowSession {
         &self.slots.failures
     }
 
+    /// Messages plugins injected since the last call, in order.
+    pub fn take_injected(&mut self) -> Vec<Injected> {
+        std::mem::take(&mut self.slots.injected)
+    }
+
     /// Whether any plugin exports the websocket group.
     pub fn has_plugins(&self) -> bool {
         self.slots.chain.iter().any(|p| p.groups.websocket.is_some())
@@ -904,12 +930,17 @@ impl WebSocketFlowSession {
         self.lifecycle(Hook::WebsocketStart, None).await
     }
 
-    /// `websocket-end`, with the close code if one was sent.
-    pub async fn end(&mut self, close_code: Option<u16>) {
-        self.lifecycle(Hook::WebsocketEnd, close_code).await;
+    /// `websocket-end`: how it closed.
+    pub async fn end(&mut self, close: &WebSocketClose) {
+        self.lifecycle(Hook::WebsocketEnd, Some(close)).await;
     }
 
-    async fn lifecycle(&mut self, hook: Hook, close_code: Option<u16>) -> Option<PluginFailure> {
+    async fn lifecycle(&mut self, hook: Hook, close: Option<&WebSocketClose>) -> Option<PluginFailure> {
+        let close = close.map(|c| hooks::websocket::Close {
+            code: c.code,
+            reason: c.reason.clone(),
+            closed_by_client: c.closed_by_client,
+        });
         let flow = &mut self.flow;
         let flow_id = flow.id;
         run_chain!(
@@ -923,7 +954,10 @@ impl WebSocketFlowSession {
                 let f = borrow(&lent.flow)?;
                 let out = match hook {
                     Hook::WebsocketStart => g.call_websocket_start(&mut *store, f).await,
-                    _ => g.call_websocket_end(&mut *store, f, close_code).await,
+                    _ => match &close {
+                        Some(close) => g.call_websocket_end(&mut *store, f, close).await,
+                        None => Err(wasmtime::format_err!("websocket-end needs how it closed")),
+                    },
                 };
                 lent.restore(store, Some(&mut *flow), None, None, None);
                 out

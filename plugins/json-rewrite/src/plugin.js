@@ -16,8 +16,8 @@
 // re-serialized (compactly) and an `x-json-rewrite: N` header says how many fields changed.
 // A body that is not valid JSON is passed on untouched, with a warning in the log.
 // Malformed assignments are logged once as errors and skipped; the rest still apply.
-import { get as configGet } from "flowgate:plugin/config@0.1.0";
-import { log } from "flowgate:plugin/log@0.1.0";
+import { get as configGet } from "flowgate:plugin/config@0.2.0";
+import { log } from "flowgate:plugin/log@0.2.0";
 
 const CONTINUE = { tag: "continue" };
 const encoder = new TextEncoder();

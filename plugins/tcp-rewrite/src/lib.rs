@@ -6,7 +6,9 @@
 //! - `from` — the bytes to find (required, UTF-8 text);
 //! - `to` — what to put in their place (default empty);
 //! - `side` — `client`, `server` (default) or `both`: whose messages are rewritten;
-//! - `kill_on` — if set, a message containing it closes the flow.
+//! - `kill_on` — if set, a message containing it closes the flow;
+//! - `notice` — if set, sent to the client when the flow starts, before the server's first
+//!   byte (a "this connection is monitored" banner), with `inject-data`.
 //!
 //! Each message is what one read brought; a match split across two reads is missed.
 
@@ -35,6 +37,11 @@ fn replace_all(data: &[u8], from: &[u8], to: &[u8]) -> Option<Vec<u8>> {
 impl TcpHooks for TcpRewrite {
     fn tcp_start(flow: &Flow) {
         let _ = flow.set_metadata("tcp-rewrite.started", "yes");
+        if let Some(notice) = config::get("notice")
+            && let Err(e) = flow.inject_data(true, notice.as_bytes())
+        {
+            log::warn(&format!("tcp-rewrite: cannot send the notice: {e:?}"));
+        }
     }
 
     fn tcp_message(_flow: &Flow, from_client: bool, data: Vec<u8>) -> DataVerdict {

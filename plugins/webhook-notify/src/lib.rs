@@ -26,7 +26,7 @@ impl HttpHooks for WebhookNotify {
         let Some(url) = config::get("url") else { return };
         let body = format!(
             "{{\"flow\":{},\"url\":{},\"error\":{}}}",
-            flow.id(),
+            json_string(&flow.id()),
             json_string(&request.url()),
             json_string(&message)
         );

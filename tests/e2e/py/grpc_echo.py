@@ -1,8 +1,9 @@
 """gRPC echo server and client for the flowgate e2e tests (service flowgate.test.Echo, raw-bytes messages, no protobuf).
 
   grpc_echo.py server [--port 0]      serve on 127.0.0.1 (h2c); prints "listening PORT", runs until SIGTERM
-  grpc_echo.py client --target HOST:PORT [--proxy http://HOST:PORT]
+  grpc_echo.py client --target HOST:PORT [--proxy http://HOST:PORT] [--unary-only]
                                       runs Say, Chat (5 lock-step messages) and Fail; prints one JSON object
+                                      (--unary-only: Say and Fail, for proxies that buffer bodies)
 Methods: Say (unary, replies b"echo:"+request, trailer x-echo-trailer: done), Chat (bidi, one
 b"echo:"+msg per message, trailer x-echo-trailer: chat-done), Fail (PERMISSION_DENIED "denied by test").
 """
@@ -89,26 +90,8 @@ def run_client(args, result):
 
         # Chat in lock-step: message n+1 is only sent after the echo of message n came back,
         # so this only completes if messages stream through rather than being buffered.
-        outbox = queue.Queue()
-        call = chat_rpc(iter(outbox.get, None), timeout=RPC_TIMEOUT)
-        try:
-            for n in range(1, 6):
-                sent = time.monotonic()
-                outbox.put(f"msg{n}".encode())
-                result["chat"].append(next(call).decode())
-                result["chat_rtt_ms"].append(round((time.monotonic() - sent) * 1000, 1))
-            outbox.put(None)
-            extra = [m.decode() for m in call]
-            if extra:
-                errors.append(f"Chat: unexpected extra replies {extra}")
-            result["chat_trailer"] = dict(call.trailing_metadata() or ()).get("x-echo-trailer")
-        except grpc.RpcError as e:
-            errors.append(f"Chat: {e.code().name}: {e.details()}")
-        except StopIteration:
-            errors.append("Chat: stream ended early")
-        finally:
-            outbox.put(None)
-            call.cancel()
+        if not args.unary_only:
+            run_chat(chat_rpc, result, errors)
 
         try:
             fail_rpc(b"x", timeout=RPC_TIMEOUT)
@@ -119,6 +102,30 @@ def run_client(args, result):
     result["error"] = "; ".join(errors) or None
 
 
+def run_chat(chat_rpc, result, errors):
+    """Chat in lock-step: message n+1 is only sent after the echo of message n came back."""
+    outbox = queue.Queue()
+    call = chat_rpc(iter(outbox.get, None), timeout=RPC_TIMEOUT)
+    try:
+        for n in range(1, 6):
+            sent = time.monotonic()
+            outbox.put(f"msg{n}".encode())
+            result["chat"].append(next(call).decode())
+            result["chat_rtt_ms"].append(round((time.monotonic() - sent) * 1000, 1))
+        outbox.put(None)
+        extra = [m.decode() for m in call]
+        if extra:
+            errors.append(f"Chat: unexpected extra replies {extra}")
+        result["chat_trailer"] = dict(call.trailing_metadata() or ()).get("x-echo-trailer")
+    except grpc.RpcError as e:
+        errors.append(f"Chat: {e.code().name}: {e.details()}")
+    except StopIteration:
+        errors.append("Chat: stream ended early")
+    finally:
+        outbox.put(None)
+        call.cancel()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="mode", required=True)
@@ -127,6 +134,7 @@ def main():
     c = sub.add_parser("client", help="run the client calls and print JSON")
     c.add_argument("--target", required=True, help="HOST:PORT of the server")
     c.add_argument("--proxy", help="http://HOST:PORT proxy reached with CONNECT")
+    c.add_argument("--unary-only", action="store_true", help="skip the streaming Chat call")
     args = p.parse_args()
 
     if args.mode == "server":

@@ -9,7 +9,7 @@ use flowgate_runtime::HttpFlowSession;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::exchange::{Exchange, fill_headers};
+use super::exchange::{Exchange, fill_headers, to_headers};
 use crate::error::ClientError;
 use crate::record::Outcome;
 use crate::upstream::{Body, BoxError};
@@ -68,8 +68,8 @@ where
 
 /// A body read for plugins.
 pub(crate) enum Buffered {
-    /// The whole body.
-    Whole(Bytes),
+    /// The whole body, and its trailers if it had any.
+    Whole(Bytes, Option<hyper::HeaderMap>),
     /// Larger than `stream_large_bodies`: what was read, then the rest, streamed untouched.
     Streamed(Body),
 }
@@ -130,9 +130,19 @@ where
 {
     let limit = options.stream_large_bodies.unwrap_or(options.body_size_limit);
     let mut data = Vec::new();
+    let mut trailers = None;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| BufferError::Read(e.to_string()))?;
-        let Ok(chunk) = frame.into_data() else { continue };
+        let chunk = match frame.into_data() {
+            Ok(chunk) => chunk,
+            Err(frame) => {
+                // Kept: gRPC's status, a checksum... reach the other side after the body.
+                if let Ok(t) = frame.into_trailers() {
+                    trailers.get_or_insert_with(hyper::HeaderMap::new).extend(t);
+                }
+                continue;
+            }
+        };
         if data.len() + chunk.len() > limit {
             if options.stream_large_bodies.is_none() {
                 return Err(BufferError::TooLarge { limit });
@@ -143,7 +153,31 @@ where
         }
         data.extend_from_slice(&chunk);
     }
-    Ok(Buffered::Whole(Bytes::from(data)))
+    Ok(Buffered::Whole(Bytes::from(data), trailers))
+}
+
+/// A whole body, followed by its trailers if it has any.
+pub(crate) fn with_trailers(data: Bytes, trailers: Option<hyper::HeaderMap>) -> Body {
+    match trailers {
+        None => super::full(data),
+        Some(trailers) => {
+            let frames = [hyper::body::Frame::data(data), hyper::body::Frame::trailers(trailers)];
+            http_body_util::StreamBody::new(Frames(frames.into())).boxed()
+        }
+    }
+}
+
+/// A body made of frames at hand.
+struct Frames(std::collections::VecDeque<hyper::body::Frame<Bytes>>);
+
+impl futures_core::Stream for Frames {
+    type Item = Result<hyper::body::Frame<Bytes>, BoxError>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::task::Poll::Ready(self.0.pop_front().map(Ok))
+    }
 }
 
 /// Frames of a body produced by a task, with backpressure (a bounded channel).
@@ -261,6 +295,8 @@ pub(crate) fn stream_through_plugins(
             }
             None => {
                 if let Some(trailers) = trailers {
+                    // The response hook, below, sees them (gRPC's status lives there).
+                    response.trailers = to_headers(&trailers);
                     let _ = tx.send(Ok(hyper::body::Frame::trailers(trailers))).await;
                 }
                 drop(tx);

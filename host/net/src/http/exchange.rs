@@ -11,7 +11,7 @@ use flowgate_runtime::{HttpAction, HttpFlowSession};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::body::{Buffered, ProgressTimeout, buffer, stream_request_body, stream_through_plugins};
+use super::body::{Buffered, ProgressTimeout, buffer, stream_request_body, stream_through_plugins, with_trailers};
 use super::cert::{CERT_HOSTS, cert_page};
 use super::{HOP_BY_HOP, Handoff, Killed, full};
 use crate::Mode;
@@ -203,11 +203,18 @@ pub(crate) async fn handle(
     let (_parts, incoming) = req.into_parts();
     let incoming = ProgressTimeout::new(incoming, ctx.proxy.options.body_read_timeout);
     let mut body: Option<Body> = None;
+    let mut request_trailers = None;
     let mut stream_source = None;
     match (&ex.request.body, ex.request.body_mode) {
         (Some(_), _) => {}
         (None, flowgate_flow::BodyMode::Buffer) => match buffer(incoming, &ctx.proxy.options).await {
-            Ok(Buffered::Whole(bytes)) => ex.request.body = Some(bytes.to_vec()),
+            Ok(Buffered::Whole(bytes, trailers)) => {
+                ex.request.body = Some(bytes.to_vec());
+                if let Some(t) = &trailers {
+                    ex.request.trailers = to_headers(t);
+                }
+                request_trailers = trailers;
+            }
             Ok(Buffered::Streamed(stream)) => {
                 ex.session.flow.metadata.insert("flowgate.streamed".to_owned(), "request".to_owned());
                 body = Some(stream);
@@ -251,7 +258,11 @@ pub(crate) async fn handle(
         headers.remove("content-length");
     }
     if let Some(bytes) = &ex.request.body {
-        headers.insert("content-length", bytes.len().into());
+        if request_trailers.is_some() {
+            headers.remove("content-length");
+        } else {
+            headers.insert("content-length", bytes.len().into());
+        }
     }
     let authority = headers
         .get("host")
@@ -297,7 +308,7 @@ pub(crate) async fn handle(
         (uri, hyper::Version::HTTP_11)
     };
     let mut upstream_req = hyper::Request::new(match (body, ex.request.body.clone()) {
-        (_, Some(bytes)) => full(bytes),
+        (_, Some(bytes)) => with_trailers(Bytes::from(bytes), request_trailers),
         (Some(stream), None) => stream,
         (None, None) => full(Bytes::new()),
     });
@@ -342,20 +353,42 @@ pub(crate) async fn handle(
     if let Some(resp) = ex.act(action).await? {
         return Ok(resp);
     }
-    if response.body.is_none() && response.body_mode == flowgate_flow::BodyMode::Stream {
-        return Ok(stream_through_plugins(ex, response, upstream_body));
-    }
     let mut stream_body = None;
-    if response.body.is_none() && response.body_mode != flowgate_flow::BodyMode::Pass {
+    let mut response_trailers = None;
+    if response.body.is_none() && response.body_mode == flowgate_flow::BodyMode::Stream {
+        if !hyper::body::Body::is_end_stream(&upstream_body) {
+            return Ok(stream_through_plugins(ex, response, upstream_body));
+        }
+        // Nothing will come (a HEAD answer, a 204, gRPC's trailers-only answer): the end
+        // goes through the chunk hooks now. An empty result keeps the response without a
+        // body (HTTP/2: HEADERS with END_STREAM, which gRPC needs) and its headers as
+        // they are; bytes a plugin made become the body.
+        match ex.session.response_body_chunk(&mut ex.request, &mut response, Vec::new(), true).await {
+            Ok(out) if out.is_empty() => stream_body = Some(full(Bytes::new())),
+            Ok(out) => response.body = Some(out),
+            Err(action) => {
+                if let Some(resp) = ex.act(action).await? {
+                    return Ok(resp);
+                }
+            }
+        }
+    }
+    if response.body.is_none() && stream_body.is_none() && response.body_mode != flowgate_flow::BodyMode::Pass {
         match buffer(upstream_body.map_err(Into::into), &ctx.proxy.options).await {
-            Ok(Buffered::Whole(bytes)) => response.body = Some(bytes.to_vec()),
+            Ok(Buffered::Whole(bytes, trailers)) => {
+                response.body = Some(bytes.to_vec());
+                if let Some(t) = &trailers {
+                    response.trailers = to_headers(t);
+                }
+                response_trailers = trailers;
+            }
             Ok(Buffered::Streamed(stream)) => {
                 ex.session.flow.metadata.insert("flowgate.streamed".to_owned(), "response".to_owned());
                 stream_body = Some(stream);
             }
             Err(e) => return Ok(ex.fail(UpstreamError::Body(e.to_string())).await),
         }
-    } else if response.body.is_none() {
+    } else if response.body.is_none() && stream_body.is_none() {
         stream_body = Some(upstream_body.map_err(Into::into).boxed());
     }
     let action = ex.session.response(&mut ex.request, &mut response).await;
@@ -367,14 +400,19 @@ pub(crate) async fn handle(
         (None, Some(cl)) => cl.to_str().ok().and_then(|s| s.parse().ok()),
         (None, None) => None,
     };
+    // Trailers go after a chunked body (HTTP/1.1) or as a HEADERS frame (HTTP/2), so a
+    // body with trailers gets no content-length.
+    let has_trailers = response_trailers.is_some();
     let mut client_resp = hyper::Response::new(match (stream_body, response.body.clone()) {
-        (_, Some(bytes)) => full(bytes),
+        (_, Some(bytes)) => with_trailers(Bytes::from(bytes), response_trailers),
         (Some(stream), None) => stream,
         (None, None) => full(Bytes::new()),
     });
     *client_resp.status_mut() = hyper::StatusCode::from_u16(response.status).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
     fill_headers(client_resp.headers_mut(), &response.headers);
-    if let Some(bytes) = &response.body {
+    if let Some(bytes) = &response.body
+        && !has_trailers
+    {
         client_resp.headers_mut().insert("content-length", bytes.len().into());
     }
     ex.record(Outcome::Response { status: response.status, reason: response.reason.clone(), size, local: false });
