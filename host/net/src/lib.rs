@@ -9,7 +9,8 @@
 //! sessions, and every flow's one outcome is reported to a [`FlowSink`].
 
 /// Implements `AsyncWrite` for an IO wrapper that only looks at what it reads, by
-/// forwarding every write to its `inner` field.
+/// forwarding every write to its `inner` field (vectored writes too, so hyper keeps
+/// writing head and body with one writev where the stream supports it).
 macro_rules! forward_async_write {
     ($wrapper:ident) => {
         impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for $wrapper<IO> {
@@ -19,6 +20,16 @@ macro_rules! forward_async_write {
                 data: &[u8],
             ) -> std::task::Poll<std::io::Result<usize>> {
                 std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+            }
+            fn poll_write_vectored(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                bufs: &[std::io::IoSlice<'_>],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+            }
+            fn is_write_vectored(&self) -> bool {
+                self.inner.is_write_vectored()
             }
             fn poll_flush(
                 mut self: std::pin::Pin<&mut Self>,
