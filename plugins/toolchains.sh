@@ -8,7 +8,12 @@
 #               plugins/node_modules (Node finds it from every plugin directory below)
 # Exports FLOWGATE_COMPONENTIZE_PY for `flowgate plugin build`. Leaves the caller's shell
 # options as they were.
-_fg_opts="$(set +o)"
+# Saved from $- and [[ -o ]], not from $(set +o): a command substitution runs with errexit
+# off, so restoring what it printed would turn the caller's `set -e` off.
+_fg_opts="set +euo pipefail"
+[[ $- == *e* ]] && _fg_opts+="; set -e"
+[[ $- == *u* ]] && _fg_opts+="; set -u"
+[[ -o pipefail ]] && _fg_opts+="; set -o pipefail"
 set -euo pipefail
 _fg_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -37,7 +42,7 @@ export FLOWGATE_COMPONENTIZE_PY="$_fg_venv/bin/componentize-py"
 if ! cmp -s "$_fg_root/plugins/package-lock.json" "$_fg_root/plugins/node_modules/.package-lock.json.installed" 2>/dev/null; then
     echo "plugins/toolchains.sh: installing componentize-js" >&2
     (cd "$_fg_root/plugins" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) ||
-        { echo "plugins/toolchains.sh: npm install failed" >&2; eval "$_fg_opts"; return 1 2>/dev/null || exit 1; }
+        { echo "plugins/toolchains.sh: npm ci failed" >&2; eval "$_fg_opts"; return 1 2>/dev/null || exit 1; }
     cp "$_fg_root/plugins/package-lock.json" "$_fg_root/plugins/node_modules/.package-lock.json.installed"
 fi
 eval "$_fg_opts"

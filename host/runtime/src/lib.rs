@@ -20,6 +20,6 @@ pub use plugin::{Compiled, Plugin, PluginStats};
 pub use runtime::{LoadError, Runtime, RuntimeConfig};
 pub use session::{
     Chain, ConnectionSession, DataAction, DataFlowSession, DnsAction, DnsFlowSession, HttpAction, HttpFlowSession,
-    TlsSide, WebSocketAction, WebSocketFlowSession,
+    TlsSide, WebSocketAction, WebSocketClose, WebSocketFlowSession,
 };
 pub use stderr::STDERR_TAIL_BYTES;

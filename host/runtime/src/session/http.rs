@@ -1,0 +1,200 @@
+//! The HTTP hook group: one exchange's hooks, body modes and verdicts.
+
+use std::ops::ControlFlow;
+
+use super::{Call, HttpAction, Lent, Slots, borrow, convert_verdict};
+use flowgate_flow::{BodyMode, FlowInfo, Hook, PluginFailure, Request, Response, Verdict};
+
+use crate::bindings::imports::types;
+
+/// The session of one HTTP exchange: runs the HTTP hooks and records what went wrong.
+pub struct HttpFlowSession {
+    pub(super) slots: Slots,
+    /// The flow; plugins read it and annotate its metadata.
+    pub flow: FlowInfo,
+    pub(super) request_modes: Vec<BodyMode>,
+    pub(super) response_modes: Vec<BodyMode>,
+}
+
+impl HttpFlowSession {
+    /// Plugin failures recorded on this flow, in order.
+    pub fn failures(&self) -> &[PluginFailure] {
+        &self.slots.failures
+    }
+
+    /// Log lines dropped because a plugin went over its log cap.
+    pub fn log_dropped(&self) -> u64 {
+        self.slots.log_dropped
+    }
+
+    /// Whether any plugin exports the HTTP group (if not, the fast path needs no calls).
+    pub fn has_http_plugins(&self) -> bool {
+        self.slots.chain.iter().any(|p| p.groups.http.is_some())
+    }
+
+    async fn chain(&mut self, hook: Hook, request: &mut Request, mut response: Option<&mut Response>) -> HttpAction {
+        let flow = &mut self.flow;
+        let flow_id = flow.id;
+        let modes = match hook {
+            Hook::RequestHeaders => Some(&mut self.request_modes),
+            Hook::ResponseHeaders => Some(&mut self.response_modes),
+            _ => None,
+        };
+        let mut modes = modes;
+        let action = run_chain!(
+            self.slots,
+            hook,
+            Some(flow_id),
+            |_, p| p.groups.http.is_some(),
+            async |store, groups| {
+                let Some(g) = &groups.http else { return Ok(types::Verdict::Continue) };
+                let has_resp = response.is_some();
+                let lent = Lent::new(store, Some(&mut *flow), None, Some(&mut *request), response.as_deref_mut())?;
+                let (f, r) = (borrow(&lent.flow)?, borrow(&lent.request)?);
+                let out = match hook {
+                    Hook::RequestHeaders => g.call_request_headers(&mut *store, f, r).await,
+                    Hook::Request => g.call_request(&mut *store, f, r).await,
+                    Hook::HttpConnect => g.call_http_connect(&mut *store, f, r).await,
+                    Hook::ResponseHeaders if has_resp => {
+                        g.call_response_headers(&mut *store, f, r, borrow(&lent.response)?).await
+                    }
+                    _ if has_resp => g.call_response(&mut *store, f, r, borrow(&lent.response)?).await,
+                    _ => Err(wasmtime::format_err!("{hook} needs a response")),
+                };
+                lent.restore(store, Some(&mut *flow), None, Some(&mut *request), response.as_deref_mut());
+                // The body mode a plugin chose here: the strongest of them applies.
+                if out.is_ok()
+                    && let Some(mode) = store.data().call.body_mode
+                {
+                    match (hook, response.as_deref_mut()) {
+                        (Hook::RequestHeaders, _) => request.body_mode = request.body_mode.max(mode),
+                        (Hook::ResponseHeaders, Some(resp)) => resp.body_mode = resp.body_mode.max(mode),
+                        _ => {}
+                    }
+                }
+                out
+            },
+            |slots, i, call| match call {
+                Call::Skipped => ControlFlow::Continue(()),
+                Call::Failed(f) if slots.fail_closed(i) => ControlFlow::Break(HttpAction::Fail(f)),
+                Call::Failed(_) => ControlFlow::Continue(()),
+                Call::Done(verdict, report) => {
+                    if let (Some(modes), Some(mode)) = (modes.as_deref_mut(), report.body_mode) {
+                        modes[i] = mode;
+                    }
+                    match convert_verdict(verdict) {
+                        Ok(Verdict::Continue) => ControlFlow::Continue(()),
+                        Ok(Verdict::Respond(local)) => ControlFlow::Break(HttpAction::Respond(local)),
+                        Ok(Verdict::Kill) => ControlFlow::Break(HttpAction::Kill),
+                        Err(message) => slots.refused(i, hook, message).map_break(HttpAction::Fail),
+                    }
+                }
+            },
+        );
+        action.unwrap_or(HttpAction::Continue)
+    }
+
+    /// `http-connect`: an explicit proxy received CONNECT.
+    pub async fn http_connect(&mut self, request: &mut Request) -> HttpAction {
+        self.chain(Hook::HttpConnect, request, None).await
+    }
+
+    /// `request-headers`: plugins may choose a body mode; `request.body_mode` becomes the
+    /// strongest any of them chose.
+    pub async fn request_headers(&mut self, request: &mut Request) -> HttpAction {
+        self.chain(Hook::RequestHeaders, request, None).await
+    }
+
+    /// `request`: the whole request (its body in `request.body` if buffered).
+    pub async fn request(&mut self, request: &mut Request) -> HttpAction {
+        self.chain(Hook::Request, request, None).await
+    }
+
+    /// `response-headers`.
+    pub async fn response_headers(&mut self, request: &mut Request, response: &mut Response) -> HttpAction {
+        self.chain(Hook::ResponseHeaders, request, Some(response)).await
+    }
+
+    /// `response`: the whole response (its body in `response.body` if buffered).
+    pub async fn response(&mut self, request: &mut Request, response: &mut Response) -> HttpAction {
+        self.chain(Hook::Response, request, Some(response)).await
+    }
+
+    /// Passes a request body chunk through every plugin that chose `stream`.
+    pub async fn request_body_chunk(
+        &mut self,
+        request: &mut Request,
+        chunk: Vec<u8>,
+        end: bool,
+    ) -> Result<Vec<u8>, HttpAction> {
+        self.body_chunk(Hook::RequestBodyChunk, request, None, chunk, end).await
+    }
+
+    /// Passes a response body chunk through every plugin that chose `stream`.
+    pub async fn response_body_chunk(
+        &mut self,
+        request: &mut Request,
+        response: &mut Response,
+        chunk: Vec<u8>,
+        end: bool,
+    ) -> Result<Vec<u8>, HttpAction> {
+        self.body_chunk(Hook::ResponseBodyChunk, request, Some(response), chunk, end).await
+    }
+
+    async fn body_chunk(
+        &mut self,
+        hook: Hook,
+        request: &mut Request,
+        mut response: Option<&mut Response>,
+        mut chunk: Vec<u8>,
+        end: bool,
+    ) -> Result<Vec<u8>, HttpAction> {
+        let modes = if hook == Hook::RequestBodyChunk { &self.request_modes } else { &self.response_modes };
+        let flow = &mut self.flow;
+        let flow_id = flow.id;
+        let data = &mut chunk;
+        let failed = run_chain!(
+            self.slots,
+            hook,
+            Some(flow_id),
+            |i, _| modes[i] == BodyMode::Stream,
+            async |store, groups| {
+                let Some(g) = &groups.http else { return Ok(()) };
+                let lent = Lent::new(store, Some(&mut *flow), None, Some(&mut *request), response.as_deref_mut())?;
+                let (f, r) = (borrow(&lent.flow)?, borrow(&lent.request)?);
+                let out = match &lent.response {
+                    Some(_) => g.call_response_body_chunk(&mut *store, f, r, borrow(&lent.response)?, data, end).await,
+                    None => g.call_request_body_chunk(&mut *store, f, r, data, end).await,
+                };
+                lent.restore(store, Some(&mut *flow), None, Some(&mut *request), response.as_deref_mut());
+                // Each plugin gets what the one before it made.
+                out.map(|replacement| *data = replacement)
+            },
+            |slots, i, call| slots.stop_if_fail_closed(i, call),
+        );
+        match failed {
+            Some(f) => Err(HttpAction::Fail(f)),
+            None => Ok(chunk),
+        }
+    }
+
+    /// `error`: the flow failed; informational.
+    pub async fn error(&mut self, request: &mut Request, message: &str) {
+        let flow = &mut self.flow;
+        let flow_id = flow.id;
+        run_chain!(
+            self.slots,
+            Hook::Error,
+            Some(flow_id),
+            |_, p| p.groups.http.is_some(),
+            async |store, groups| {
+                let Some(g) = &groups.http else { return Ok(()) };
+                let lent = Lent::new(store, Some(&mut *flow), None, Some(&mut *request), None)?;
+                let out = g.call_error(&mut *store, borrow(&lent.flow)?, borrow(&lent.request)?, message).await;
+                lent.restore(store, Some(&mut *flow), None, Some(&mut *request), None);
+                out
+            },
+            |_, _, _| ControlFlow::<()>::Continue(()),
+        );
+    }
+}
