@@ -212,12 +212,7 @@ fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> 
                 Some((plugin, config_key)) => {
                     plugin_config.push((plugin.to_owned(), config_key.to_owned(), value.to_owned()))
                 }
-                None => bail!(
-                    "--set {other}: unknown option (known: ignore_hosts, allow_hosts, body_size_limit, stream_large_bodies, max_headers, header_read_timeout, body_read_timeout, connect_timeout, \
-                     server_first_timeout, tcp_timeout, rawtcp, \
-                     ssl_insecure, http2, http2_max_concurrent_streams, http2_max_header_list_size, http2_header_table_size, \
-                     http2_max_reset_streams, http2_max_error_reset_streams, plugin_fuel, plugin_max_instances, plugin_cache_dir, PLUGIN.KEY)"
-                ),
+                None => bail!("--set {other}: unknown option (known: {})", known_options()),
             },
         }
     }
@@ -225,6 +220,13 @@ fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> 
         bail!("--mode reverse:h2c://... speaks HTTP/2 to the upstream, but --set http2=false turns HTTP/2 off");
     }
     Ok(Settings { proxy, runtime, plugin_config })
+}
+
+/// The `--set` option names, as `--help` lists them in [`OPTIONS_HELP`].
+fn known_options() -> String {
+    let names: Vec<&str> =
+        OPTIONS_HELP.lines().skip(1).filter_map(|line| line.split_whitespace().next()?.split('=').next()).collect();
+    names.join(", ")
 }
 
 /// A duration as options take it: a number with a unit (`500ms`, `2s`, `5m`, `1h`), or a
@@ -439,6 +441,15 @@ fn ca_command(confdir: &std::path::Path, ca: &CertificateAuthority, action: &CaA
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn every_set_option_is_in_the_help() {
+        let known = known_options();
+        for name in ["ignore_hosts", "header_read_timeout", "rawtcp", "tcp_timeout", "plugin_cache_dir", "PLUGIN.KEY"] {
+            assert!(known.split(", ").any(|k| k == name), "{name} missing from {known}");
+        }
+        assert_eq!(known.split(", ").count(), OPTIONS_HELP.lines().count() - 1);
+    }
 
     #[test]
     fn durations_take_units() {

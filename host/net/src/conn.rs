@@ -78,14 +78,20 @@ impl ConnCtx {
 
     /// Starts the plugin session of a new HTTP flow on this connection.
     pub async fn http_flow(&self) -> HttpFlowSession {
-        let flow = FlowInfo {
+        let flow = self.flow_info(FlowKind::Http);
+        self.session.lock().await.http_flow(flow)
+    }
+
+    /// The facts of a new flow of `kind` on this connection: a fresh id, the connection's
+    /// id and the client's address.
+    pub fn flow_info(&self, kind: FlowKind) -> FlowInfo {
+        FlowInfo {
             id: self.proxy.next_id(),
-            kind: FlowKind::Http,
+            kind,
             connection_id: self.conn_id,
             client_address: self.client.to_string(),
             ..FlowInfo::default()
-        };
-        self.session.lock().await.http_flow(flow)
+        }
     }
 
     /// Runs the plugins' server-connect hooks for `address`; false if one refused.

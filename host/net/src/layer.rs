@@ -160,10 +160,7 @@ pub(crate) fn next_layer(mode: &Mode, stage: &Stage, seen: Seen<'_>, options: &P
                     let target =
                         Target { scheme: *scheme, host: host.clone(), port: *port, prior_knowledge: *prior_knowledge };
                     match start {
-                        Start::Is(Detected::TlsClientHello(hello)) => {
-                            let names = hello_names(hello, &target);
-                            tls(target, hello, false, seen.verdict, options, names)
-                        }
+                        Start::Is(Detected::TlsClientHello(hello)) => tls(target, hello, false, seen.verdict, options),
                         Start::Is(Detected::TlsInvalid(reason)) => {
                             Decision::Run(Layer::TlsFailed { reason: reason.clone() })
                         }
@@ -180,8 +177,7 @@ pub(crate) fn next_layer(mode: &Mode, stage: &Stage, seen: Seen<'_>, options: &P
             match start {
                 Start::Is(Detected::TlsClientHello(hello)) => {
                     let target = Target::new(Scheme::Https, host.clone(), *port);
-                    let names = hello_names(hello, &target);
-                    tls(target, hello, true, seen.verdict, options, names)
+                    tls(target, hello, true, seen.verdict, options)
                 }
                 Start::Is(Detected::TlsInvalid(reason)) => Decision::Run(Layer::TlsFailed { reason: reason.clone() }),
                 // A client speaking HTTP/2 with prior knowledge inside a tunnel knows the origin does.
@@ -235,8 +231,8 @@ fn tls(
     in_tunnel: bool,
     verdict: Option<TlsVerdict>,
     options: &ProxyOptions,
-    names: Vec<String>,
 ) -> Decision {
+    let names = hello_names(hello, &target);
     let ignored = options.ignore_hosts.as_ref().is_some_and(|r| names.iter().any(|n| r.is_match(n)))
         || options.allow_hosts.as_ref().is_some_and(|r| !names.iter().any(|n| r.is_match(n)));
     let passthrough = |target: Target| {

@@ -29,14 +29,7 @@ const RELAY_BUFFER: usize = 16 << 10;
 pub(crate) async fn run(ctx: &Arc<ConnCtx>, io: Prefixed<BoxIo>, target: Target, relay: Relay) -> Next {
     let began = Instant::now();
     let server = format!("{}:{}", target.host, target.port);
-    let info = FlowInfo {
-        id: ctx.proxy.next_id(),
-        kind: FlowKind::Tcp,
-        connection_id: ctx.conn_id,
-        client_address: ctx.client.to_string(),
-        server_address: Some(server.clone()),
-        ..FlowInfo::default()
-    };
+    let info = FlowInfo { server_address: Some(server.clone()), ..ctx.flow_info(FlowKind::Tcp) };
     let mut session = ctx.session.lock().await.tcp_flow(info);
     let record = |session: &DataFlowSession, totals: Totals| {
         let kind = Kind::Tcp {
@@ -104,6 +97,23 @@ struct Idle {
     between: Duration,
 }
 
+impl Idle {
+    /// How long the relay may stay quiet now, given whether anything was said yet.
+    fn limit(&self, said: bool) -> Duration {
+        if said { self.between } else { self.before_any }
+    }
+
+    /// Why a relay that stayed quiet for [`Idle::limit`] was closed.
+    fn timed_out(&self, said: bool) -> String {
+        let limit = self.limit(said);
+        if said {
+            format!("idle for {limit:?} (tcp_timeout)")
+        } else {
+            format!("neither side sent anything for {limit:?} (header_read_timeout)")
+        }
+    }
+}
+
 /// What a relay carried.
 #[derive(Debug, Default)]
 struct Totals {
@@ -134,15 +144,9 @@ where
     let watchdog = async {
         loop {
             let said = from_client.load(Ordering::Relaxed) + from_server.load(Ordering::Relaxed) > 0;
-            let (limit, option) =
-                if said { (idle.between, "tcp_timeout") } else { (idle.before_any, "header_read_timeout") };
-            let deadline = began + Duration::from_millis(last.load(Ordering::Relaxed)) + limit;
+            let deadline = began + Duration::from_millis(last.load(Ordering::Relaxed)) + idle.limit(said);
             if Instant::now() >= deadline {
-                return if said {
-                    format!("idle for {limit:?} ({option})")
-                } else {
-                    format!("neither side sent anything for {limit:?} ({option})")
-                };
+                return idle.timed_out(said);
             }
             tokio::time::sleep_until(deadline).await;
         }
@@ -174,17 +178,11 @@ where
     let mut last = Instant::now();
     while client_open || server_open {
         let said = totals.client + totals.server > 0;
-        let (limit, option) =
-            if said { (idle.between, "tcp_timeout") } else { (idle.before_any, "header_read_timeout") };
         let read = tokio::select! {
             read = client.read(&mut from_client), if client_open => (true, read),
             read = server.read(&mut from_server), if server_open => (false, read),
-            () = tokio::time::sleep_until(last + limit) => {
-                totals.error = Some(if said {
-                    format!("idle for {limit:?} ({option})")
-                } else {
-                    format!("neither side sent anything for {limit:?} ({option})")
-                });
+            () = tokio::time::sleep_until(last + idle.limit(said)) => {
+                totals.error = Some(idle.timed_out(said));
                 return totals;
             }
         };
