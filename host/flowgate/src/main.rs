@@ -21,7 +21,7 @@ const OPTIONS_HELP: &str = "Options for --set KEY=VALUE (default in brackets):
   allow_hosts=REGEX                intercept only matching hosts, pass the rest through []
   body_size_limit=SIZE             largest body buffered for plugins [16MiB]
   stream_large_bodies=SIZE         bodies larger than this stream untouched []
-  max_headers=N                    most header fields in a head [100]
+  max_headers=N                    most header fields in a head (heads also ≤ 64 KiB) [500]
   header_read_timeout=DURATION     for a request head, a stream's first bytes, a TLS handshake [30s]
   body_read_timeout=DURATION       between pieces of a request body [60s]
   connect_timeout=DURATION         to connect (and TLS-handshake) to an upstream [10s]

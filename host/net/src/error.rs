@@ -61,6 +61,10 @@ pub enum UpstreamError {
     /// Sending the request or reading the response head failed.
     #[error("upstream failed: {0}")]
     Request(#[source] hyper::Error),
+    /// The HTTP/1 exchange with the upstream failed (a closed connection, a malformed
+    /// response).
+    #[error("upstream failed: {0}")]
+    Wire(String),
     /// The response body failed or exceeded a limit.
     #[error("response {0}")]
     Body(String),

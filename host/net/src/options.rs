@@ -18,7 +18,8 @@ pub struct ProxyOptions {
     pub ignore_hosts: Option<regex::Regex>,
     /// If set, only these hosts are intercepted; all others pass through (`allow_hosts`).
     pub allow_hosts: Option<regex::Regex>,
-    /// Most header fields in a request or response head (`max_headers`, default 100).
+    /// Most header fields in a request or response head (`max_headers`, default 500); a
+    /// request head is also bounded by size (64 KiB), and past either it gets 431.
     pub max_headers: usize,
     /// Time a client may take to send a request head (`header_read_timeout`, default 30 s).
     pub header_read_timeout: Duration,
@@ -70,7 +71,7 @@ impl Default for ProxyOptions {
             stream_large_bodies: None,
             ignore_hosts: None,
             allow_hosts: None,
-            max_headers: 100,
+            max_headers: 500,
             header_read_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(60),

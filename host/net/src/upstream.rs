@@ -8,14 +8,18 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use flowgate_flow::Scheme;
 use http_body_util::combinators::BoxBody;
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use flowgate_flow::Response;
+use http_body_util::BodyExt;
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::error::UpstreamError;
+use crate::http::exchange::{fill_headers, to_headers, version_of};
+use crate::http::h1::client::Client;
+pub(crate) use crate::http::h1::client::Outbound;
 use crate::{Mode, Proxy};
 
 /// A body sent upstream or to the client.
@@ -43,8 +47,8 @@ impl Target {
 
 /// One upstream connection's request side.
 pub(crate) enum Sender {
-    /// HTTP/1.1: one request at a time.
-    H1(http1::SendRequest<Body>),
+    /// HTTP/1.1 (flowgate's own): one request at a time.
+    H1(Client),
     /// HTTP/2: any number of concurrent streams (clones share the connection).
     H2(http2::SendRequest<Body>),
 }
@@ -63,11 +67,41 @@ impl Sender {
         }
     }
 
-    /// Sends a request; the response head comes back.
-    pub async fn send(&mut self, request: hyper::Request<Body>) -> hyper::Result<hyper::Response<Incoming>> {
+    /// Sends a request; the response head comes back, the body as it arrives.
+    pub async fn send(
+        &mut self,
+        out: Outbound<'_>,
+        options: &crate::ProxyOptions,
+    ) -> Result<(Response, Body), UpstreamError> {
         match self {
-            Sender::H1(s) => s.send_request(request).await,
-            Sender::H2(s) => s.send_request(request).await,
+            Sender::H1(client) => client.send(out, options).await,
+            Sender::H2(sender) => {
+                // HTTP/2 takes the authority as `:authority` in an absolute URI.
+                let request = out.request;
+                let authority = request
+                    .headers
+                    .get_str("host")
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| request.scheme.authority(&request.host, request.port));
+                let uri = format!("{}://{authority}{}", request.scheme.as_str(), request.path);
+                let mut upstream_req = hyper::Request::new(out.body);
+                *upstream_req.method_mut() = hyper::Method::from_bytes(request.method.as_bytes())
+                    .map_err(|_| UpstreamError::Wire(format!("invalid method {:?}", request.method)))?;
+                *upstream_req.version_mut() = hyper::Version::HTTP_2;
+                *upstream_req.uri_mut() =
+                    uri.parse().map_err(|e| UpstreamError::Wire(format!("invalid request target {uri:?}: {e}")))?;
+                fill_headers(upstream_req.headers_mut(), &request.headers);
+                upstream_req.headers_mut().remove("host");
+                let resp = sender.send_request(upstream_req).await.map_err(UpstreamError::Request)?;
+                let (parts, body) = resp.into_parts();
+                let response = Response {
+                    status: parts.status.as_u16(),
+                    version: version_of(parts.version),
+                    headers: to_headers(&parts.headers),
+                    ..Response::default()
+                };
+                Ok((response, body.map_err(Into::into).boxed()))
+            }
         }
     }
 }
@@ -276,7 +310,7 @@ pub(crate) async fn connect(proxy: &Proxy, mode: &Mode, target: &Target) -> Resu
     let sender = if opened.h2 || (target.scheme == Scheme::Http && target.prior_knowledge) {
         handshake_h2(opened.io, &proxy.options).await?
     } else {
-        handshake(opened.io).await?
+        handshake(opened.io)
     };
     Ok(Connected { sender, sans: opened.sans })
 }
@@ -310,18 +344,8 @@ async fn tunnel(tcp: &mut TcpStream, host: &str, port: u16) -> Result<(), Upstre
     Ok(())
 }
 
-async fn handshake<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: IO) -> Result<Sender, UpstreamError> {
-    let (sender, conn) = http1::Builder::new()
-        .preserve_header_case(true)
-        .handshake(TokioIo::new(io))
-        .await
-        .map_err(UpstreamError::Handshake)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!("upstream connection ended: {e}");
-        }
-    });
-    Ok(Sender::H1(sender))
+fn handshake(io: UpstreamIo) -> Sender {
+    Sender::H1(Client::new(io))
 }
 
 async fn handshake_h2<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(

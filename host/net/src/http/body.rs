@@ -7,9 +7,7 @@ use bytes::Bytes;
 use flowgate_flow::{Request, Response};
 use flowgate_runtime::HttpFlowSession;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
-
-use super::exchange::{Exchange, fill_headers, to_headers};
+use super::exchange::{Exchange, Reply, to_headers};
 use crate::error::ClientError;
 use crate::record::Outcome;
 use crate::upstream::{Body, BoxError};
@@ -181,7 +179,14 @@ impl futures_core::Stream for Frames {
 }
 
 /// Frames of a body produced by a task, with backpressure (a bounded channel).
-struct ChannelBody(tokio::sync::mpsc::Receiver<Result<hyper::body::Frame<Bytes>, BoxError>>);
+pub(crate) struct ChannelBody(tokio::sync::mpsc::Receiver<Result<hyper::body::Frame<Bytes>, BoxError>>);
+
+impl ChannelBody {
+    /// A body of the frames sent into the channel; it ends when every sender is gone.
+    pub fn boxed(rx: tokio::sync::mpsc::Receiver<Result<hyper::body::Frame<Bytes>, BoxError>>) -> Body {
+        http_body_util::StreamBody::new(ChannelBody(rx)).boxed()
+    }
+}
 
 impl futures_core::Stream for ChannelBody {
     type Item = Result<hyper::body::Frame<Bytes>, BoxError>;
@@ -251,14 +256,15 @@ where
 pub(crate) fn stream_through_plugins(
     mut ex: Exchange,
     mut response: Response,
-    mut upstream: Incoming,
-) -> hyper::Response<Body> {
+    mut upstream: Body,
+) -> Reply {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut client_resp = hyper::Response::new(http_body_util::StreamBody::new(ChannelBody(rx)).boxed());
-    *client_resp.status_mut() = hyper::StatusCode::from_u16(response.status).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
-    fill_headers(client_resp.headers_mut(), &response.headers);
     // Chunks may change size: the length is no longer known.
-    client_resp.headers_mut().remove("content-length");
+    response.headers.remove("content-length");
+    let reply = Reply {
+        response: response.clone(),
+        body: http_body_util::StreamBody::new(ChannelBody(rx)).boxed(),
+    };
     tokio::spawn(async move {
         let mut size = 0u64;
         let mut trailers = None;
@@ -310,5 +316,5 @@ pub(crate) fn stream_through_plugins(
             }
         }
     });
-    client_resp
+    reply
 }

@@ -4,15 +4,15 @@
 /// Hosts that serve flowgate's CA certificate to clients going through the proxy.
 use bytes::Bytes;
 
-use super::exchange::status_response;
-use super::full;
+use flowgate_flow::Headers;
+
+use super::exchange::{Reply, status_response};
 use crate::conn::ConnCtx;
-use crate::upstream::Body;
 
 pub(crate) const CERT_HOSTS: &[&str] = &["flowgate.it", "mitm.it"];
 
 /// The page special hosts serve: the CA certificate with install hints.
-pub(crate) fn cert_page(ctx: &ConnCtx, path: &str) -> hyper::Response<Body> {
+pub(crate) fn cert_page(ctx: &ConnCtx, path: &str) -> Reply {
     let ca = &ctx.proxy.ca;
     let (content_type, body, disposition): (&str, Bytes, Option<&str>) = match path {
         "/cert/pem" => {
@@ -24,14 +24,12 @@ pub(crate) fn cert_page(ctx: &ConnCtx, path: &str) -> hyper::Response<Body> {
         "/" => ("text/html; charset=utf-8", Bytes::from_static(CERT_HTML.as_bytes()), None),
         _ => return status_response(404, "not found: try /, /cert/pem, /cert/cer or /cert/p12"),
     };
-    let mut resp = hyper::Response::new(full(body));
-    resp.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static(content_type));
-    if let Some(name) = disposition
-        && let Ok(v) = hyper::header::HeaderValue::from_str(&format!("attachment; filename=\"{name}\""))
-    {
-        resp.headers_mut().insert("content-disposition", v);
+    let mut headers = Headers::new();
+    let _ = headers.append("content-type", content_type.as_bytes());
+    if let Some(name) = disposition {
+        let _ = headers.append("content-disposition", format!("attachment; filename=\"{name}\"").as_bytes());
     }
-    resp
+    Reply::whole(200, headers, body)
 }
 
 const CERT_HTML: &str = "<!doctype html>

@@ -1,49 +1,32 @@
 //! CONNECT in regular and upstream mode: the http-connect hook, then 200 and a switch to
-//! the tunnel stage, where `next_layer` looks at what the client sends.
+//! the tunnel stage, where `next_layer` looks at what the client sends. The client's
+//! layer writes the answer and hands its stream on.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-use flowgate_flow::{Headers, Request, Scheme};
-use hyper::body::Incoming;
+use flowgate_flow::Request;
 
-use super::exchange::{Exchange, status_response, to_headers, version_of};
-use super::{Handoff, Killed, full};
-use crate::conn::{ConnCtx, PendingSwitch};
+use super::Killed;
+use super::exchange::{Exchange, Reply};
+use crate::conn::ConnCtx;
 use crate::layer::Stage;
-use crate::upstream::Body;
 
-/// Answers a CONNECT: the http-connect hooks may answer or kill it; else 200 and the
-/// connection (or, over HTTP/2, the stream) goes on as a tunnel to `host:port`.
-pub(crate) async fn connect(
-    ctx: Arc<ConnCtx>,
-    mut req: hyper::Request<Incoming>,
-    wire: Option<Headers>,
-    handoff: Handoff,
-) -> Result<hyper::Response<Body>, Killed> {
-    let Some(authority) = req.uri().authority().cloned() else {
-        return Ok(status_response(400, "CONNECT needs host:port"));
-    };
-    let host = authority.host().to_ascii_lowercase();
-    let port = authority.port_u16().unwrap_or(443);
+/// What becomes of a CONNECT.
+pub(crate) enum Answer {
+    /// 200: the stream goes on as a tunnel at this stage.
+    Tunnel(Stage),
+    /// A plugin answered it.
+    Reply(Reply),
+}
+
+/// Runs a CONNECT request (`host` and `port` filled in) through the http-connect hooks.
+pub(crate) async fn connect(ctx: &Arc<ConnCtx>, request: Request) -> Result<Answer, Killed> {
     let session = ctx.http_flow().await;
-    let request = Request {
-        method: "CONNECT".to_owned(),
-        scheme: Scheme::Https,
-        host: host.clone(),
-        port,
-        path: "/".to_owned(),
-        version: version_of(req.version()),
-        headers: wire.unwrap_or_else(|| to_headers(req.headers())),
-        ..Request::default()
-    };
     let mut ex = Exchange { ctx: ctx.clone(), session, request, start: Instant::now() };
     let action = ex.session.http_connect(&mut ex.request).await;
-    if let Some(resp) = ex.act(action).await? {
-        return Ok(resp);
+    if let Some(reply) = ex.act(action).await? {
+        return Ok(Answer::Reply(reply));
     }
-    let upgrade = hyper::upgrade::on(&mut req);
-    handoff.hand(&ctx, PendingSwitch { stage: Stage::Tunnel { host, port }, upgrade });
-    Ok(hyper::Response::new(full(Bytes::new())))
+    Ok(Answer::Tunnel(Stage::Tunnel { host: ex.request.host.clone(), port: ex.request.port }))
 }

@@ -1,46 +1,77 @@
 //! One HTTP exchange, whatever the versions on either side: the hooks in order
 //! (request-headers, [buffer], request, upstream, response-headers, [buffer or stream
 //! through chunk hooks], response) and exactly one recorded outcome.
+//!
+//! It works on the flow model ([`Request`], [`Response`]) and [`Body`], never on a
+//! connection: the HTTP/1 and HTTP/2 layers hand it an [`Inbound`] and write the
+//! [`Reply`] back in their own framing, so HTTP/3 and replay can drive it too.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use flowgate_flow::{FlowInfo, Headers, HttpVersion, LocalResponse, Request, Response, Scheme};
+use flowgate_flow::{BodyMode, FlowInfo, Headers, HttpVersion, LocalResponse, Request, Response, Scheme};
 use flowgate_runtime::{HttpAction, HttpFlowSession};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use super::body::{Buffered, ProgressTimeout, buffer, stream_request_body, stream_through_plugins, with_trailers};
 use super::cert::{CERT_HOSTS, cert_page};
-use super::{HOP_BY_HOP, Handoff, Killed, full};
+use super::{Killed, full};
 use crate::Mode;
 use crate::conn::ConnCtx;
-use crate::error::{ClientError, Error, UpstreamError};
+use crate::error::{Error, UpstreamError};
 use crate::record::{FlowRecord, Kind, Outcome};
-use crate::upstream::{self, Body, Target};
+use crate::upstream::{self, Body, Outbound, Target};
 
-pub(crate) fn status_response(status: u16, message: &str) -> hyper::Response<Body> {
-    let mut resp = hyper::Response::new(full(format!("{message}\n")));
-    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
-    resp.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"));
-    resp
+/// A request as a client layer received it.
+pub(crate) struct Inbound {
+    /// Method, path, version and header fields as received (scheme, host and port are
+    /// filled in by the exchange).
+    pub request: Request,
+    /// The scheme the request named (absolute form, HTTP/2's `:scheme`).
+    pub scheme: Option<String>,
+    /// The authority the request named (absolute form, HTTP/2's `:authority`); it
+    /// replaces the Host header (RFC 9112 section 3.2.2).
+    pub authority: Option<String>,
+    /// The body.
+    pub body: Body,
 }
 
-pub(crate) fn local_response(local: LocalResponse) -> hyper::Response<Body> {
-    let mut resp = hyper::Response::new(full(local.body));
-    *resp.status_mut() = hyper::StatusCode::from_u16(local.status).unwrap_or(hyper::StatusCode::OK);
-    for (name, value) in local.headers.iter() {
-        if let (Ok(n), Ok(v)) =
-            (hyper::header::HeaderName::from_bytes(name.as_bytes()), hyper::header::HeaderValue::from_bytes(value))
-        {
-            resp.headers_mut().append(n, v);
-        }
+/// What goes back to the client.
+pub(crate) struct Reply {
+    /// Status, reason and header fields.
+    pub response: Response,
+    /// The body.
+    pub body: Body,
+}
+
+/// Where interim (1xx) responses from the upstream go, for layers that can send them.
+pub(crate) type Interim = tokio::sync::mpsc::Sender<Response>;
+
+impl Reply {
+    /// A reply with a whole body.
+    pub fn whole(status: u16, headers: Headers, body: impl Into<Bytes>) -> Reply {
+        let response = Response { status, reason: canonical_reason(status), headers, ..Response::default() };
+        Reply { response, body: full(body) }
     }
-    resp.headers_mut().remove("content-length");
-    resp
 }
 
+/// A plain-text reply flowgate makes itself (errors, refusals).
+pub(crate) fn status_response(status: u16, message: &str) -> Reply {
+    let mut headers = Headers::new();
+    let _ = headers.append("content-type", b"text/plain; charset=utf-8");
+    Reply::whole(status, headers, format!("{message}\n"))
+}
+
+/// A plugin's local answer.
+pub(crate) fn local_response(local: LocalResponse) -> Reply {
+    let mut headers = local.headers;
+    // The layer that writes it frames the body.
+    headers.remove("content-length");
+    Reply::whole(local.status, headers, local.body)
+}
+
+/// The fields of a hyper header map, in its order.
 pub(crate) fn to_headers(map: &hyper::HeaderMap) -> Headers {
     let mut headers = Headers::new();
     for (name, value) in map {
@@ -50,11 +81,13 @@ pub(crate) fn to_headers(map: &hyper::HeaderMap) -> Headers {
     headers
 }
 
+/// Adds the end-to-end fields of `headers` to a hyper map (HTTP/2: names lowercase).
 pub(crate) fn fill_headers(map: &mut hyper::HeaderMap, headers: &Headers) {
+    let connection = super::h1::codec::connection_tokens(headers);
     for (name, value) in headers.iter() {
         // `TE: trailers` is hop-by-hop but must reach the upstream for it to send trailers.
         let te_trailers = name.eq_ignore_ascii_case("te") && value.eq_ignore_ascii_case(b"trailers");
-        if !te_trailers && HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+        if !te_trailers && super::h1::codec::is_hop_by_hop(name, &connection) {
             continue;
         }
         if let (Ok(n), Ok(v)) =
@@ -103,7 +136,7 @@ impl Exchange {
 
     /// Fails the flow: the error hooks run, the error is recorded, the client gets the
     /// error's status.
-    pub async fn fail(&mut self, error: impl Into<Error>) -> hyper::Response<Body> {
+    pub async fn fail(&mut self, error: impl Into<Error>) -> Reply {
         let error = error.into();
         let message = error.to_string();
         self.session.error(&mut self.request, &message).await;
@@ -111,7 +144,7 @@ impl Exchange {
         status_response(error.status(), &message)
     }
 
-    fn local(&self, local: LocalResponse) -> hyper::Response<Body> {
+    fn local(&self, local: LocalResponse) -> Reply {
         self.record(Outcome::Response {
             status: local.status,
             reason: canonical_reason(local.status),
@@ -122,7 +155,7 @@ impl Exchange {
     }
 
     /// Applies an action from a hook; `Ok(None)` means go on.
-    pub async fn act(&mut self, action: HttpAction) -> Result<Option<hyper::Response<Body>>, Killed> {
+    pub async fn act(&mut self, action: HttpAction) -> Result<Option<Reply>, Killed> {
         match action {
             HttpAction::Continue => Ok(None),
             HttpAction::Respond(local) => Ok(Some(self.local(local))),
@@ -141,57 +174,50 @@ pub(crate) fn canonical_reason(status: u16) -> String {
     hyper::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("").to_owned()
 }
 
-/// `wire` holds the request's header fields as they were on the wire, when known.
+/// Where a request goes: the layer's fixed target (reverse mode, inside a tunnel), or
+/// the scheme and authority it named.
+fn target_of(inbound: &Inbound, fixed: Option<&Target>) -> Result<Target, Reply> {
+    if let Some(t) = fixed {
+        return Ok(t.clone());
+    }
+    let scheme = match inbound.scheme.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        Some("http") => Scheme::Http,
+        Some("https") => Scheme::Https,
+        _ => return Err(status_response(400, "flowgate is a proxy: send absolute-form requests (http://host/path)")),
+    };
+    let authority = inbound.authority.as_deref().unwrap_or_default();
+    let url = flowgate_flow::Url::parse(&format!("{}://{authority}/", scheme.as_str()))
+        .map_err(|_| status_response(400, "request URL has no valid host"))?;
+    Ok(Target::new(scheme, url.host, url.port))
+}
+
+/// Runs one exchange. `interim` takes the upstream's 1xx responses, where the client's
+/// layer can forward them.
 pub(crate) async fn handle(
     ctx: Arc<ConnCtx>,
-    req: hyper::Request<Incoming>,
+    inbound: Inbound,
     fixed: Option<Target>,
-    wire: Option<Headers>,
-    handoff: Handoff,
-) -> Result<hyper::Response<Body>, Killed> {
+    interim: Option<Interim>,
+) -> Result<Reply, Killed> {
     let start = Instant::now();
-    if req.method() == hyper::Method::CONNECT && fixed.is_none() {
-        return super::connect::connect(ctx, req, wire, handoff).await;
-    }
-    let target = match &fixed {
-        Some(t) => t.clone(),
-        None => {
-            let uri = req.uri();
-            let scheme = match uri.scheme_str() {
-                Some("http") => Scheme::Http,
-                Some("https") => Scheme::Https,
-                _ => {
-                    return Ok(status_response(
-                        400,
-                        "flowgate is a proxy: send absolute-form requests (http://host/path)",
-                    ));
-                }
-            };
-            let Some(host) = uri.host() else { return Ok(status_response(400, "request URL has no host")) };
-            Target::new(scheme, host.to_ascii_lowercase(), uri.port_u16().unwrap_or(scheme.default_port()))
-        }
+    let target = match target_of(&inbound, fixed.as_ref()) {
+        Ok(t) => t,
+        Err(reply) => return Ok(reply),
     };
     if fixed.is_none() && CERT_HOSTS.contains(&target.host.as_str()) {
-        return Ok(cert_page(&ctx, req.uri().path()));
+        return Ok(cert_page(&ctx, inbound.request.path.split('?').next().unwrap_or("/")));
     }
-    let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".to_owned());
-    let mut request = Request {
-        method: req.method().as_str().to_owned(),
-        scheme: target.scheme,
-        host: target.host.clone(),
-        port: target.port,
-        path,
-        version: version_of(req.version()),
-        headers: wire.unwrap_or_else(|| to_headers(req.headers())),
-        ..Request::default()
-    };
+    let Inbound { mut request, authority, body: incoming, .. } = inbound;
+    request.scheme = target.scheme;
+    request.host = target.host.clone();
+    request.port = target.port;
     if let Mode::Reverse { host, port, scheme, .. } = &*ctx.mode {
         let _ = request.headers.set("host", scheme.authority(host, *port).as_bytes());
-    } else if request.headers.get("host").is_none()
-        && let Some(authority) = req.uri().authority()
-    {
-        // HTTP/2 carries the authority in `:authority`; plugins see it as Host, as in HTTP/1.1.
-        let _ = request.headers.set("host", authority.as_str().as_bytes());
+    } else if let Some(authority) = authority {
+        // An absolute-form target or `:authority` is the Host (RFC 9112 section 3.2.2);
+        // plugins see it as Host whatever the version.
+        let name = request.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("host")).map(|(n, _)| n.to_owned());
+        let _ = request.headers.set(name.as_deref().unwrap_or("Host"), authority.as_bytes());
     }
     let session = ctx.http_flow().await;
     let mut ex = Exchange { ctx: ctx.clone(), session, request, start };
@@ -200,14 +226,13 @@ pub(crate) async fn handle(
     if let Some(resp) = ex.act(action).await? {
         return Ok(resp);
     }
-    let (_parts, incoming) = req.into_parts();
     let incoming = ProgressTimeout::new(incoming, ctx.proxy.options.body_read_timeout);
     let mut body: Option<Body> = None;
     let mut request_trailers = None;
     let mut stream_source = None;
     match (&ex.request.body, ex.request.body_mode) {
         (Some(_), _) => {}
-        (None, flowgate_flow::BodyMode::Buffer) => match buffer(incoming, &ctx.proxy.options).await {
+        (None, BodyMode::Buffer) => match buffer(incoming, &ctx.proxy.options).await {
             Ok(Buffered::Whole(bytes, trailers)) => {
                 ex.request.body = Some(bytes.to_vec());
                 if let Some(t) = &trailers {
@@ -221,8 +246,8 @@ pub(crate) async fn handle(
             }
             Err(e) => return Ok(ex.fail(e.of_request()).await),
         },
-        (None, flowgate_flow::BodyMode::Stream) => stream_source = Some(incoming),
-        (None, flowgate_flow::BodyMode::Pass) => body = Some(incoming.boxed()),
+        (None, BodyMode::Stream) => stream_source = Some(incoming),
+        (None, BodyMode::Pass) => body = Some(incoming.boxed()),
     }
     let action = ex.session.request(&mut ex.request).await;
     if let Some(resp) = ex.act(action).await? {
@@ -240,35 +265,24 @@ pub(crate) async fn handle(
         pump = Some(returned);
     }
 
-    // To the upstream.
+    // To the upstream. What goes out is what the flow holds: framing fields follow the
+    // body the plugins left.
     let prior_knowledge = fixed.as_ref().is_some_and(|f| f.prior_knowledge) && ex.request.scheme == Scheme::Http;
     let target =
         Target { scheme: ex.request.scheme, host: ex.request.host.clone(), port: ex.request.port, prior_knowledge };
-    let method = match hyper::Method::from_bytes(ex.request.method.as_bytes()) {
-        Ok(m) => m,
-        Err(_) => {
-            let error = ClientError::BadRequest(format!("invalid method {:?}", ex.request.method));
-            return Ok(ex.fail(error).await);
-        }
-    };
-    let mut headers = hyper::HeaderMap::new();
-    fill_headers(&mut headers, &ex.request.headers);
     if pump.is_some() {
         // Chunk hooks may change sizes: the body goes chunked.
-        headers.remove("content-length");
+        ex.request.headers.remove("content-length");
     }
     if let Some(bytes) = &ex.request.body {
         if request_trailers.is_some() {
-            headers.remove("content-length");
+            ex.request.headers.remove("content-length");
+        } else if bytes.is_empty() && !ex.request.headers.contains("content-length") && !method_has_body(&ex.request) {
+            // A GET stays without a length.
         } else {
-            headers.insert("content-length", bytes.len().into());
+            let _ = ex.request.headers.set("content-length", bytes.len().to_string().as_bytes());
         }
     }
-    let authority = headers
-        .get("host")
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .unwrap_or_else(|| target.scheme.authority(&target.host, target.port));
     let open = ctx.upstreams.lock().await.take(&target);
     let mut sender = match open {
         Some(sender) => sender,
@@ -286,76 +300,39 @@ pub(crate) async fn handle(
             }
         }
     };
-    // HTTP/2 upstreams take the authority as `:authority` in an absolute URI; HTTP/1.1
-    // ones a Host header and origin-form (absolute-form to an upstream proxy).
-    let (uri, version) = if sender.is_h2() {
-        headers.remove("host");
-        (format!("{}://{authority}{}", target.scheme.as_str(), ex.request.path), hyper::Version::HTTP_2)
-    } else {
-        if let Ok(v) = hyper::header::HeaderValue::from_str(&authority) {
-            headers.insert("host", v);
-        }
-        if ex.request.version == flowgate_flow::HttpVersion::Http2 {
-            // An HTTP/2 client always takes trailers; an HTTP/1.1 upstream sends them only
-            // when asked.
-            headers.insert("te", hyper::header::HeaderValue::from_static("trailers"));
-        }
-        let uri = if matches!(*ctx.mode, Mode::Upstream { .. }) && target.scheme == Scheme::Http {
-            ex.request.url()
-        } else {
-            ex.request.path.clone()
-        };
-        (uri, hyper::Version::HTTP_11)
-    };
-    let mut upstream_req = hyper::Request::new(match (body, ex.request.body.clone()) {
+    let upstream_body = match (body, ex.request.body.clone()) {
         (_, Some(bytes)) => with_trailers(Bytes::from(bytes), request_trailers),
         (Some(stream), None) => stream,
         (None, None) => full(Bytes::new()),
-    });
-    *upstream_req.method_mut() = method;
-    *upstream_req.version_mut() = version;
-    *upstream_req.headers_mut() = headers;
-    *upstream_req.uri_mut() = match uri.parse() {
-        Ok(u) => u,
-        Err(e) => {
-            let error = ClientError::BadRequest(format!("invalid request target {uri:?}: {e}"));
-            return Ok(ex.fail(error).await);
-        }
     };
+    // HTTP/1.1 to an upstream proxy takes plain-HTTP requests in absolute form.
+    let absolute = matches!(*ctx.mode, Mode::Upstream { .. }) && target.scheme == Scheme::Http;
     ex.session.flow.server_address = Some(format!("{}:{}", target.host, target.port));
-    let sent = sender.send(upstream_req).await;
+    let outbound = Outbound { request: &ex.request, absolute, body: upstream_body, interim };
+    let sent = sender.send(outbound, &ctx.proxy.options).await;
     if let Some(returned) = pump
         && let Ok(session) = returned.await
     {
         ex.session = session;
     }
-    let upstream_resp = match sent {
+    let (mut response, upstream_body) = match sent {
         Ok(r) => r,
-        Err(e) => return Ok(ex.fail(UpstreamError::Request(e)).await),
+        Err(e) => return Ok(ex.fail(e).await),
     };
     ctx.upstreams.lock().await.put(target, sender);
 
     // Back to the client.
-    let (parts, upstream_body) = upstream_resp.into_parts();
-    let reason = parts
-        .extensions
-        .get::<hyper::ext::ReasonPhrase>()
-        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
-        .unwrap_or_else(|| canonical_reason(parts.status.as_u16()));
-    let mut response = Response {
-        status: parts.status.as_u16(),
-        reason,
-        version: version_of(parts.version),
-        headers: to_headers(&parts.headers),
-        ..Response::default()
-    };
+    if response.reason.is_empty() {
+        response.reason = canonical_reason(response.status);
+    }
+    let upstream_length = response.headers.get_str("content-length").and_then(|s| s.trim().parse().ok());
     let action = ex.session.response_headers(&mut ex.request, &mut response).await;
     if let Some(resp) = ex.act(action).await? {
         return Ok(resp);
     }
     let mut stream_body = None;
     let mut response_trailers = None;
-    if response.body.is_none() && response.body_mode == flowgate_flow::BodyMode::Stream {
+    if response.body.is_none() && response.body_mode == BodyMode::Stream {
         if !hyper::body::Body::is_end_stream(&upstream_body) {
             return Ok(stream_through_plugins(ex, response, upstream_body));
         }
@@ -373,10 +350,16 @@ pub(crate) async fn handle(
             }
         }
     }
-    if response.body.is_none() && stream_body.is_none() && response.body_mode != flowgate_flow::BodyMode::Pass {
-        match buffer(upstream_body.map_err(Into::into), &ctx.proxy.options).await {
+    let no_body = ex.request.method == "HEAD" || matches!(response.status, 100..=199 | 204 | 304);
+    if response.body.is_none() && stream_body.is_none() && response.body_mode != BodyMode::Pass {
+        match buffer(upstream_body, &ctx.proxy.options).await {
             Ok(Buffered::Whole(bytes, trailers)) => {
-                response.body = Some(bytes.to_vec());
+                // A HEAD answer's length is the one a GET would have had: it stays.
+                if !no_body {
+                    response.body = Some(bytes.to_vec());
+                } else {
+                    stream_body = Some(full(Bytes::new()));
+                }
                 if let Some(t) = &trailers {
                     response.trailers = to_headers(t);
                 }
@@ -389,32 +372,36 @@ pub(crate) async fn handle(
             Err(e) => return Ok(ex.fail(UpstreamError::Body(e.to_string())).await),
         }
     } else if response.body.is_none() && stream_body.is_none() {
-        stream_body = Some(upstream_body.map_err(Into::into).boxed());
+        stream_body = Some(upstream_body);
     }
     let action = ex.session.response(&mut ex.request, &mut response).await;
     if let Some(resp) = ex.act(action).await? {
         return Ok(resp);
     }
-    let size = match (&response.body, parts.headers.get("content-length")) {
-        (Some(b), _) => Some(b.len() as u64),
-        (None, Some(cl)) => cl.to_str().ok().and_then(|s| s.parse().ok()),
-        (None, None) => None,
+    let size = match &response.body {
+        Some(b) => Some(b.len() as u64),
+        None => upstream_length,
     };
     // Trailers go after a chunked body (HTTP/1.1) or as a HEADERS frame (HTTP/2), so a
     // body with trailers gets no content-length.
-    let has_trailers = response_trailers.is_some();
-    let mut client_resp = hyper::Response::new(match (stream_body, response.body.clone()) {
+    if let Some(bytes) = &response.body {
+        if response_trailers.is_some() {
+            response.headers.remove("content-length");
+        } else {
+            let _ = response.headers.set("content-length", bytes.len().to_string().as_bytes());
+        }
+    }
+    let client_body = match (stream_body, response.body.clone()) {
         (_, Some(bytes)) => with_trailers(Bytes::from(bytes), response_trailers),
         (Some(stream), None) => stream,
         (None, None) => full(Bytes::new()),
-    });
-    *client_resp.status_mut() = hyper::StatusCode::from_u16(response.status).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
-    fill_headers(client_resp.headers_mut(), &response.headers);
-    if let Some(bytes) = &response.body
-        && !has_trailers
-    {
-        client_resp.headers_mut().insert("content-length", bytes.len().into());
-    }
+    };
     ex.record(Outcome::Response { status: response.status, reason: response.reason.clone(), size, local: false });
-    Ok(client_resp)
+    Ok(Reply { response, body: client_body })
+}
+
+/// Whether a request's method carries a body by convention, so an empty one is sent
+/// with `Content-Length: 0`.
+fn method_has_body(request: &Request) -> bool {
+    matches!(request.method.as_str(), "POST" | "PUT" | "PATCH")
 }

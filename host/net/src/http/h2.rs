@@ -3,7 +3,10 @@
 //! settings that carry the limits. Sans-IO; the prior-knowledge preface is recognised
 //! by `detect`.
 
+use flowgate_flow::Headers;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::h1::codec::{connection_tokens, is_hop_by_hop};
 
 use crate::ProxyOptions;
 use crate::detect::H2_PREFACE as PREFACE;
@@ -24,25 +27,45 @@ pub(crate) fn server_builder(options: &ProxyOptions) -> hyper::server::conn::htt
 /// Whether an HTTP/1.1 request asks to upgrade its connection to h2c (RFC 7540 section
 /// 3.2): `Upgrade: h2c`, `HTTP2-Settings` and both named in `Connection`. Requests with a
 /// body are not upgraded (the upgrade stays optional for a server), so the body never
-/// has to be replayed as DATA.
-pub(crate) fn wants_h2c_upgrade(headers: &hyper::HeaderMap) -> bool {
-    let tokens = |name: &str| {
-        headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|t| t.trim().to_ascii_lowercase())
-            .collect::<Vec<_>>()
-    };
-    let connection = tokens("connection");
-    let has_body = headers.get("content-length").is_some_and(|v| v.as_bytes() != b"0")
-        || headers.contains_key("transfer-encoding");
-    tokens("upgrade").iter().any(|t| t == "h2c")
-        && headers.contains_key("http2-settings")
+/// has to be replayed as DATA; the caller checks that.
+pub(crate) fn wants_h2c_upgrade(headers: &Headers) -> bool {
+    let connection = connection_tokens(headers);
+    let upgrade = headers
+        .get_all("upgrade")
+        .flat_map(|v| String::from_utf8_lossy(v).split(',').map(|t| t.trim().to_ascii_lowercase()).collect::<Vec<_>>())
+        .any(|t| t == "h2c");
+    upgrade
+        && headers.contains("http2-settings")
         && connection.iter().any(|t| t == "upgrade")
         && connection.iter().any(|t| t == "http2-settings")
-        && !has_body
+}
+
+/// The fields of the upgrading request as stream 1 carries them: the pseudo-header
+/// fields, then every end-to-end field (Host becomes `:authority`).
+pub(crate) fn stream_one_fields(
+    method: &str,
+    scheme: &str,
+    authority: &str,
+    path: &str,
+    headers: &Headers,
+) -> Vec<(String, Vec<u8>)> {
+    let mut fields = vec![
+        (":method".to_owned(), method.as_bytes().to_vec()),
+        (":scheme".to_owned(), scheme.as_bytes().to_vec()),
+        (":authority".to_owned(), authority.as_bytes().to_vec()),
+        (":path".to_owned(), path.as_bytes().to_vec()),
+    ];
+    let connection = connection_tokens(headers);
+    for (name, value) in headers.iter() {
+        if name.eq_ignore_ascii_case("host")
+            || name.eq_ignore_ascii_case("http2-settings")
+            || is_hop_by_hop(name, &connection)
+        {
+            continue;
+        }
+        fields.push((name.to_ascii_lowercase(), value.to_vec()));
+    }
+    fields
 }
 
 /// Why the bytes after a `101 Switching Protocols` are not an HTTP/2 client's start.

@@ -1,13 +1,14 @@
-//! The HTTP layers on the client side: hyper's HTTP/1.1 and HTTP/2 servers, the h2c
-//! upgrade, and what hands a stream on (a 2xx CONNECT, a 101). Each request becomes one
-//! [`exchange`]; bodies are in [`body`]; the CA download host is [`cert`]. The HTTP/2
-//! pieces flowgate owns are [`h2`], strict HTTP/1 request framing is [`h1guard`].
+//! The HTTP layers: HTTP/1.x of flowgate's own ([`h1`], both sides) and hyper's HTTP/2
+//! (client side here, upstream in `upstream`), the h2c upgrade, and what hands a stream
+//! on (a 2xx CONNECT, a 101). Each request becomes one version-free [`exchange`]; bodies
+//! are in [`body`]; the CA download host is [`cert`]; the HTTP/2 pieces flowgate owns
+//! are in [`h2`].
 
 mod body;
 mod cert;
-mod connect;
-mod exchange;
-pub(crate) mod h1guard;
+pub(crate) mod connect;
+pub(crate) mod exchange;
+pub(crate) mod h1;
 pub(crate) mod h2;
 
 use std::convert::Infallible;
@@ -15,29 +16,16 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use crate::conn::{ConnCtx, Next, PendingSwitch};
-use crate::layer::Stage;
 use crate::tls::Prefixed;
 use crate::upstream::{Body, Target};
 
-pub(crate) use exchange::handle;
-
-/// Header fields that describe one hop and are not forwarded.
-pub(crate) const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "transfer-encoding",
-    "upgrade",
-];
+pub(crate) use body::ChannelBody;
+pub(crate) use h1::server::serve as serve_h1;
 
 /// The service closes the client connection when a plugin kills the flow.
 #[derive(Debug)]
@@ -55,28 +43,6 @@ pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).map_err(|never: Infallible| match never {}).boxed()
 }
 
-/// Where a request hands its stream on (CONNECT 2xx, a 101 upgrade).
-#[derive(Clone)]
-pub(crate) enum Handoff {
-    /// HTTP/1.x: the connection itself switches once hyper has written the response, so
-    /// the switch waits in this slot for the layer to return it.
-    Connection(Arc<std::sync::Mutex<Option<PendingSwitch>>>),
-    /// HTTP/2: the stream is a tunnel of its own, run beside the connection's other streams.
-    Stream,
-}
-
-impl Handoff {
-    /// Hands `pending` on.
-    pub(crate) fn hand(&self, ctx: &Arc<ConnCtx>, pending: PendingSwitch) {
-        match self {
-            Handoff::Connection(slot) => {
-                *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(pending);
-            }
-            Handoff::Stream => crate::conn::spawn_switch(ctx.clone(), pending),
-        }
-    }
-}
-
 /// The HTTP/2 layer: each stream is a flow, handled in its own task.
 pub(crate) async fn serve_h2<IO>(ctx: Arc<ConnCtx>, io: IO, fixed: Option<Target>) -> Next
 where
@@ -86,7 +52,7 @@ where
     let service = service_fn(move |req| {
         let ctx = service_ctx.clone();
         let fixed = fixed.clone();
-        async move { handle(ctx, req, fixed, None, Handoff::Stream).await }
+        async move { h2_stream(ctx, req, fixed).await }
     });
     let builder = h2::server_builder(&ctx.proxy.options);
     if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
@@ -95,90 +61,54 @@ where
     Next::Done
 }
 
-/// The HTTP/1.x layer, one request at a time; it ends with a switch when a request
-/// handed the connection on.
-pub(crate) async fn serve_h1<IO>(ctx: Arc<ConnCtx>, io: IO, fixed: Option<Target>) -> Next
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let opts = &ctx.proxy.options;
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(opts.header_read_timeout)
-        .max_headers(opts.max_headers)
-        .preserve_header_case(true);
-    let io = h1guard::Guarded::new(io);
-    let heads = io.heads();
-    let slot = Arc::new(std::sync::Mutex::new(None));
-    let handoff = Handoff::Connection(slot.clone());
-    let service_ctx = ctx.clone();
-    let service = service_fn(move |req| {
-        let ctx = service_ctx.clone();
-        let fixed = fixed.clone();
-        let wire = heads.next();
-        let handoff = handoff.clone();
-        async move {
-            if ctx.proxy.options.http2 && h2::wants_h2c_upgrade(req.headers()) {
-                return Ok(upgrade_h2c(&ctx, req, fixed, &handoff));
+/// One HTTP/2 stream: a CONNECT becomes a tunnel of its own beside the connection's
+/// other streams; any other request an exchange, translated from and to hyper's types.
+async fn h2_stream(
+    ctx: Arc<ConnCtx>,
+    mut req: hyper::Request<hyper::body::Incoming>,
+    fixed: Option<Target>,
+) -> Result<hyper::Response<Body>, Killed> {
+    let headers = exchange::to_headers(req.headers());
+    let version = exchange::version_of(req.version());
+    if req.method() == hyper::Method::CONNECT && fixed.is_none() {
+        let Some(authority) = req.uri().authority().cloned() else {
+            return Ok(to_hyper(exchange::status_response(400, "CONNECT needs host:port")));
+        };
+        let request = flowgate_flow::Request {
+            method: "CONNECT".to_owned(),
+            scheme: flowgate_flow::Scheme::Https,
+            host: authority.host().to_ascii_lowercase(),
+            port: authority.port_u16().unwrap_or(443),
+            path: "/".to_owned(),
+            version,
+            headers,
+            ..flowgate_flow::Request::default()
+        };
+        return match connect::connect(&ctx, request).await? {
+            connect::Answer::Reply(reply) => Ok(to_hyper(reply)),
+            connect::Answer::Tunnel(stage) => {
+                let upgrade = hyper::upgrade::on(&mut req);
+                crate::conn::spawn_switch(ctx, PendingSwitch { stage, upgrade });
+                Ok(hyper::Response::new(full(Bytes::new())))
             }
-            handle(ctx, req, fixed, wire, handoff).await
-        }
-    });
-    if let Err(e) = builder.serve_connection(TokioIo::new(io), service).with_upgrades().await {
-        tracing::debug!("client {}: {e}", ctx.client);
+        };
     }
-    let pending = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-    let Some(pending) = pending else { return Next::Done };
-    match pending.upgrade.await {
-        Ok(upgraded) => Next::Switch(pending.stage, Box::new(TokioIo::new(upgraded))),
-        Err(e) => {
-            tracing::debug!("{}: upgrade failed: {e}", ctx.client);
-            Next::Done
-        }
-    }
+    let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".to_owned());
+    let request = flowgate_flow::Request { method: req.method().as_str().to_owned(), path, version, headers, ..Default::default() };
+    let inbound = exchange::Inbound {
+        request,
+        scheme: req.uri().scheme_str().map(str::to_owned),
+        authority: req.uri().authority().map(|a| a.as_str().to_owned()),
+        body: req.into_body().map_err(Into::into).boxed(),
+    };
+    exchange::handle(ctx, inbound, fixed, None).await.map(to_hyper)
 }
 
-/// Answers `Upgrade: h2c` with 101 and hands the connection on to HTTP/2; the upgrading
-/// request becomes stream 1 (RFC 7540 section 3.2), handled as any other.
-fn upgrade_h2c(
-    ctx: &Arc<ConnCtx>,
-    mut req: hyper::Request<Incoming>,
-    fixed: Option<Target>,
-    handoff: &Handoff,
-) -> hyper::Response<Body> {
-    let scheme = match (&fixed, req.uri().scheme_str()) {
-        (Some(target), _) => target.scheme.as_str().to_owned(),
-        (None, Some(scheme)) => scheme.to_owned(),
-        (None, None) => "http".to_owned(),
-    };
-    let authority = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| req.headers().get("host").and_then(|h| h.to_str().ok()).map(str::to_owned))
-        .or_else(|| fixed.as_ref().map(|t| t.scheme.authority(&t.host, t.port)))
-        .unwrap_or_default();
-    let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".to_owned());
-    let mut fields = vec![
-        (":method".to_owned(), req.method().as_str().as_bytes().to_vec()),
-        (":scheme".to_owned(), scheme.into_bytes()),
-        (":authority".to_owned(), authority.into_bytes()),
-        (":path".to_owned(), path.into_bytes()),
-    ];
-    for (name, value) in req.headers() {
-        let name = name.as_str();
-        if name == "host" || name == "http2-settings" || HOP_BY_HOP.contains(&name) {
-            continue;
-        }
-        fields.push((name.to_owned(), value.as_bytes().to_vec()));
-    }
-    let upgrade = hyper::upgrade::on(&mut req);
-    handoff.hand(ctx, PendingSwitch { stage: Stage::UpgradedH2c { fields, fixed }, upgrade });
-    let mut resp = hyper::Response::new(full(Bytes::new()));
-    *resp.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
-    resp.headers_mut().insert("connection", hyper::header::HeaderValue::from_static("upgrade"));
-    resp.headers_mut().insert("upgrade", hyper::header::HeaderValue::from_static("h2c"));
+/// A reply as hyper's HTTP/2 server writes it (names lowercase, hop-by-hop fields gone).
+fn to_hyper(reply: exchange::Reply) -> hyper::Response<Body> {
+    let mut resp = hyper::Response::new(reply.body);
+    *resp.status_mut() = hyper::StatusCode::from_u16(reply.response.status).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
+    exchange::fill_headers(resp.headers_mut(), &reply.response.headers);
     resp
 }
 

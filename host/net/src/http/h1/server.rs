@@ -1,0 +1,379 @@
+//! The HTTP/1.x layer on the client side, on [`codec`](super::codec): one request at a
+//! time (pipelined ones wait their turn), each an [`exchange`](crate::http::exchange);
+//! its body is read from the connection while the exchange runs and while the response
+//! is written, interim responses are written as they come, and the layer ends with a
+//! switch when a CONNECT or an `Upgrade: h2c` hands the connection on.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use flowgate_flow::{HttpVersion, Request, Response, Scheme};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+
+use super::client::{header_map, write_body};
+use super::codec::{self, Decoder, Framing, Limits, Piece, RequestHead};
+use crate::conn::{BoxIo, ConnCtx, Next};
+use crate::http::connect::{self, Answer};
+use crate::http::exchange::{self, Inbound, Reply, canonical_reason, status_response};
+use crate::http::{ChannelBody, full, h2};
+use crate::layer::Stage;
+use crate::tls::Prefixed;
+use crate::upstream::{Body, BoxError, Target};
+
+/// The largest request head accepted (a larger one gets 431).
+pub(crate) const MAX_HEAD_BYTES: usize = 64 << 10;
+
+/// Serves HTTP/1.x requests on `io` until the client leaves, an error closes the
+/// connection, or a request hands the connection on.
+pub(crate) async fn serve<IO>(ctx: Arc<ConnCtx>, io: IO, fixed: Option<Target>) -> Next
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io: BoxIo = Box::new(io);
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let mut buf = BytesMut::with_capacity(8 << 10);
+    let opts = &ctx.proxy.options;
+    let limits = Limits { max_headers: opts.max_headers, max_head_bytes: MAX_HEAD_BYTES };
+    loop {
+        let head = match tokio::time::timeout(opts.header_read_timeout, read_head(&mut rd, &mut buf, limits)).await {
+            Err(_) => {
+                tracing::debug!("{}: no request head within {:?} (header_read_timeout)", ctx.client, opts.header_read_timeout);
+                return Next::Done;
+            }
+            Ok(Ok(Some(head))) => head,
+            Ok(Ok(None)) => return Next::Done,
+            Ok(Err(e)) => {
+                tracing::debug!("{}: refused request: {e}", ctx.client);
+                let _ = write_reply(&mut wr, status_response(e.status(), &e.to_string()), "GET", true).await;
+                return Next::Done;
+            }
+        };
+        let RequestHead { method, target, version, mut headers, framing } = head;
+        let keep_alive = codec::keeps_alive(version, &headers);
+        if method == "CONNECT" && fixed.is_none() {
+            let Some((host, port)) = authority_of(&target) else {
+                let _ = write_reply(&mut wr, status_response(400, "CONNECT needs host:port"), &method, true).await;
+                return Next::Done;
+            };
+            let request = Request {
+                method: method.clone(),
+                scheme: Scheme::Https,
+                host,
+                port,
+                path: "/".to_owned(),
+                version,
+                headers,
+                ..Request::default()
+            };
+            match connect::connect(&ctx, request).await {
+                Err(_killed) => return Next::Done,
+                Ok(Answer::Tunnel(stage)) => {
+                    if wr.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await.is_err()
+                        || wr.flush().await.is_err()
+                    {
+                        return Next::Done;
+                    }
+                    return switch(stage, rd, wr, buf);
+                }
+                Ok(Answer::Reply(reply)) => match write_reply(&mut wr, reply, &method, !keep_alive).await {
+                    Ok(true) if keep_alive => continue,
+                    _ => return Next::Done,
+                },
+            }
+        }
+        let (scheme, authority, path) = match request_target(&method, &target) {
+            Ok(parts) => parts,
+            Err(message) => {
+                let _ = write_reply(&mut wr, status_response(400, &message), &method, true).await;
+                return Next::Done;
+            }
+        };
+        if opts.http2 && framing == Framing::None && h2::wants_h2c_upgrade(&headers) {
+            let authority = authority
+                .clone()
+                .or_else(|| headers.get_str("host").map(str::to_owned))
+                .or_else(|| fixed.as_ref().map(|t| t.scheme.authority(&t.host, t.port)))
+                .unwrap_or_default();
+            let scheme = match (&fixed, &scheme) {
+                (Some(t), _) => t.scheme.as_str().to_owned(),
+                (None, Some(s)) => s.to_ascii_lowercase(),
+                (None, None) => "http".to_owned(),
+            };
+            let fields = h2::stream_one_fields(&method, &scheme, &authority, &path, &headers);
+            let upgraded = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n";
+            if wr.write_all(upgraded).await.is_err() || wr.flush().await.is_err() {
+                return Next::Done;
+            }
+            return switch(Stage::UpgradedH2c { fields, fixed }, rd, wr, buf);
+        }
+        // Expect: 100-continue is answered here, so plugins see the body before the
+        // upstream does (as mitmproxy does).
+        if framing != Framing::None
+            && headers.get("expect").is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"))
+            && version == HttpVersion::Http11
+        {
+            headers.remove("expect");
+            if wr.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() || wr.flush().await.is_err() {
+                return Next::Done;
+            }
+        }
+        let (body, mut feeder) = Feeder::new(framing);
+        let request = Request { method: method.clone(), path, version, headers, ..Request::default() };
+        let inbound = Inbound { request, scheme, authority, body };
+        // 1xx responses go to HTTP/1.1 clients only (RFC 9110 section 15.2).
+        let (interim_tx, mut interim_rx) = tokio::sync::mpsc::channel::<Response>(8);
+        let interim = (version == HttpVersion::Http11).then_some(interim_tx);
+        let exchange = exchange::handle(ctx.clone(), inbound, fixed.clone(), interim);
+        let mut exchange = std::pin::pin!(exchange);
+        let reply = loop {
+            tokio::select! {
+                reply = &mut exchange => break reply,
+                Some(interim) = interim_rx.recv() => {
+                    if write_interim(&mut wr, &interim).await.is_err() {
+                        return Next::Done;
+                    }
+                }
+                () = feeder.step(&mut rd, &mut buf), if feeder.wants() => {}
+            }
+        };
+        // Interim responses that came just before the final one still go first.
+        while let Ok(interim) = interim_rx.try_recv() {
+            if write_interim(&mut wr, &interim).await.is_err() {
+                return Next::Done;
+            }
+        }
+        let Ok(reply) = reply else { return Next::Done };
+        let close = !keep_alive || feeder.failed;
+        // The rest of the request body keeps coming while the response goes out.
+        let write = write_reply(&mut wr, reply, &method, close);
+        let mut write = std::pin::pin!(write);
+        let wrote = loop {
+            tokio::select! {
+                wrote = &mut write => break wrote,
+                () = feeder.step(&mut rd, &mut buf), if feeder.wants() => {}
+            }
+        };
+        let reusable = matches!(wrote, Ok(true)) && !close && feeder.drain(&mut buf);
+        if !reusable {
+            return Next::Done;
+        }
+    }
+}
+
+/// The connection goes on at `stage`, with what was read past the request.
+fn switch(stage: Stage, rd: ReadHalf<BoxIo>, wr: WriteHalf<BoxIo>, buf: BytesMut) -> Next {
+    Next::Switch(stage, Box::new(Prefixed::new(buf.to_vec(), rd.unsplit(wr))))
+}
+
+/// Reads the next request head: `None` if the client closed the connection between
+/// requests.
+async fn read_head(
+    rd: &mut ReadHalf<BoxIo>,
+    buf: &mut BytesMut,
+    limits: Limits,
+) -> Result<Option<RequestHead>, codec::WireError> {
+    loop {
+        // RFC 9112 section 2.2: empty lines before a request line are ignored.
+        while buf.starts_with(b"\r\n") {
+            let _ = buf.split_to(2);
+        }
+        if !buf.is_empty()
+            && let Some((head, len)) = codec::parse_request(buf, limits)?
+        {
+            let _ = buf.split_to(len);
+            return Ok(Some(head));
+        }
+        match rd.read_buf(buf).await {
+            Ok(0) if buf.is_empty() => return Ok(None),
+            Ok(0) => {
+                return Err(codec::WireError::Malformed {
+                    what: "request head",
+                    detail: "the client closed the connection mid-head".into(),
+                });
+            }
+            Ok(_) => {}
+            Err(_) => return Ok(None),
+        }
+    }
+}
+
+/// Splits a request target (RFC 9112 section 3.2) into scheme, authority and path:
+/// origin form, absolute form (`OPTIONS http://host` means `OPTIONS *`), or `*`.
+fn request_target(method: &str, target: &str) -> Result<(Option<String>, Option<String>, String), String> {
+    if target.starts_with('/') {
+        return Ok((None, None, target.to_owned()));
+    }
+    if target == "*" {
+        if method == "OPTIONS" {
+            return Ok((None, None, target.to_owned()));
+        }
+        return Err(format!("{method} * is not a request (only OPTIONS takes *)"));
+    }
+    let Some((scheme, rest)) = target.split_once("://") else {
+        return Err(format!("invalid request target {target:?}"));
+    };
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return Err(format!("unsupported scheme in {target:?}"));
+    }
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    if authority.is_empty() {
+        return Err(format!("request target {target:?} has no host"));
+    }
+    let path = match path {
+        "" if method == "OPTIONS" => "*".to_owned(),
+        "" => "/".to_owned(),
+        p if p.starts_with('?') => format!("/{p}"),
+        p => p.to_owned(),
+    };
+    Ok((Some(scheme.to_owned()), Some(authority.to_owned()), path))
+}
+
+/// `host:port` of a CONNECT target.
+fn authority_of(target: &str) -> Option<(String, u16)> {
+    let (host, port) = target.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    let url = flowgate_flow::Url::parse(&format!("https://{host}:{port}/")).ok()?;
+    Some((url.host, port))
+}
+
+/// A reason phrase that is safe to write (a plugin may have set anything).
+fn reason(response: &Response) -> String {
+    let ok = response.reason.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f));
+    if ok && !response.reason.is_empty() { response.reason.clone() } else { canonical_reason(response.status) }
+}
+
+async fn write_interim(wr: &mut WriteHalf<BoxIo>, interim: &Response) -> std::io::Result<()> {
+    let mut out = format!("HTTP/1.1 {} {}\r\n", interim.status, reason(interim)).into_bytes();
+    codec::put_fields(&mut out, &interim.headers, false);
+    out.extend_from_slice(b"\r\n");
+    wr.write_all(&out).await?;
+    wr.flush().await
+}
+
+/// Writes a reply in HTTP/1.1 framing; `Ok(true)` if the connection can carry another
+/// request after it.
+async fn write_reply(wr: &mut WriteHalf<BoxIo>, reply: Reply, method: &str, close: bool) -> Result<bool, BoxError> {
+    let Reply { response, body } = reply;
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", response.status, reason(&response)).as_bytes());
+    codec::put_fields(&mut out, &response.headers, false);
+    let no_body = method == "HEAD" || matches!(response.status, 100..=199 | 204 | 304);
+    let framing = if no_body {
+        Framing::None
+    } else {
+        match codec::response_framing(method, response.status, &response.headers) {
+            Ok(Framing::Length(n)) => Framing::Length(n),
+            _ if response.headers.contains("content-length") => Framing::None,
+            _ if hyper::body::Body::is_end_stream(&body) => {
+                codec::put_field(&mut out, "content-length", b"0");
+                Framing::None
+            }
+            _ => match hyper::body::Body::size_hint(&body).exact() {
+                Some(n) => {
+                    codec::put_field(&mut out, "content-length", n.to_string().as_bytes());
+                    Framing::Length(n)
+                }
+                None => {
+                    codec::put_field(&mut out, "transfer-encoding", b"chunked");
+                    Framing::Chunked
+                }
+            },
+        }
+    };
+    if close {
+        codec::put_field(&mut out, "connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+    if no_body || framing == Framing::None {
+        wr.write_all(&out).await?;
+        wr.flush().await?;
+        return Ok(true);
+    }
+    write_body(wr, out, body, framing).await?;
+    Ok(true)
+}
+
+/// Reads a request body off the connection into the exchange's [`Body`], one frame at a
+/// time, with backpressure. Every step is cancel-safe: the layer polls it beside the
+/// exchange and the response write.
+struct Feeder {
+    decoder: Decoder,
+    tx: Option<tokio::sync::mpsc::Sender<Result<hyper::body::Frame<bytes::Bytes>, BoxError>>>,
+    pending: Option<hyper::body::Frame<bytes::Bytes>>,
+    eof: bool,
+    /// The body was malformed or cut off; the connection cannot carry another request.
+    failed: bool,
+}
+
+impl Feeder {
+    fn new(framing: Framing) -> (Body, Feeder) {
+        let decoder = Decoder::new(framing);
+        if decoder.is_done() {
+            let feeder = Feeder { decoder, tx: None, pending: None, eof: false, failed: false };
+            return (full(bytes::Bytes::new()), feeder);
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let feeder = Feeder { decoder, tx: Some(tx), pending: None, eof: false, failed: false };
+        (ChannelBody::boxed(rx), feeder)
+    }
+
+    /// Whether there is more to read and someone to read it.
+    fn wants(&self) -> bool {
+        self.tx.is_some() && !self.failed
+    }
+
+    /// Moves the body on by one step: hands over a decoded frame, decodes one, or reads.
+    async fn step(&mut self, rd: &mut ReadHalf<BoxIo>, buf: &mut BytesMut) {
+        let Some(tx) = &self.tx else { return };
+        if let Some(frame) = self.pending.take() {
+            let gone = match tx.reserve().await {
+                Ok(permit) => {
+                    permit.send(Ok(frame));
+                    false
+                }
+                Err(_) => true,
+            };
+            if gone {
+                // The exchange no longer reads it: the rest is drained or the connection closed.
+                self.tx = None;
+            }
+            return;
+        }
+        match self.decoder.decode(buf, self.eof) {
+            Ok(Some(Piece::Data(data))) => self.pending = Some(hyper::body::Frame::data(data)),
+            Ok(Some(Piece::Trailers(t))) => self.pending = Some(hyper::body::Frame::trailers(header_map(&t))),
+            Ok(Some(Piece::End)) => self.tx = None,
+            Ok(None) => match rd.read_buf(buf).await {
+                Ok(0) => self.eof = true,
+                Ok(_) => {}
+                Err(e) => self.fail(format!("reading the request body failed: {e}")),
+            },
+            Err(e) => self.fail(format!("request body: {e}")),
+        }
+    }
+
+    fn fail(&mut self, message: String) {
+        self.failed = true;
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.try_send(Err(message.into()));
+        }
+    }
+
+    /// After the response: skips what is left of the body if it was already read off
+    /// the connection. True if the next request can be read.
+    fn drain(&mut self, buf: &mut BytesMut) -> bool {
+        if self.failed {
+            return false;
+        }
+        self.tx = None;
+        self.pending = None;
+        loop {
+            match self.decoder.decode(buf, false) {
+                Ok(Some(Piece::End)) => return true,
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return false,
+            }
+        }
+    }
+}
