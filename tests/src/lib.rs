@@ -92,7 +92,7 @@ pub fn response(body: &[u8]) -> Response {
     let mut r = Response { status: 200, reason: "OK".to_owned(), ..Response::default() };
     r.headers.append("Content-Type", b"text/html; charset=utf-8").expect("valid");
     r.headers.append("Content-Length", body.len().to_string().as_bytes()).expect("valid");
-    r.body = Some(body.to_vec());
+    r.body = Some(bytes::Bytes::copy_from_slice(body));
     r
 }
 

@@ -92,7 +92,7 @@ async fn block_list() {
     match conn.http_flow(flow(1, 1)).request_headers(&mut req).await {
         HttpAction::Respond(local) => {
             assert_eq!(local.status, 403);
-            assert_eq!(local.body, b"nope\n");
+            assert_eq!(local.body, &b"nope\n"[..]);
             assert_eq!(local.headers.get_str("content-type"), Some("text/plain; charset=utf-8"));
         }
         other => panic!("expected a local 403, got {other:?}"),
@@ -118,14 +118,14 @@ async fn rewrite_body() {
     let mut req = request("http://example.test/", 0);
     session.request_headers(&mut req).await;
     assert_eq!(req.body_mode, BodyMode::Buffer, "the plugin asked for the body at headers time");
-    req.body = Some(b"q=Example Domain".to_vec());
+    req.body = Some(bytes::Bytes::from_static(b"q=Example Domain"));
     session.request(&mut req).await;
     assert_eq!(req.body.as_deref(), Some(&b"q=Flowgate Domain"[..]));
     let mut resp = response(b"");
     resp.body = None;
     session.response_headers(&mut req, &mut resp).await;
     assert_eq!(resp.body_mode, BodyMode::Buffer);
-    resp.body = Some(b"<h1>Example Domain</h1>".to_vec());
+    resp.body = Some(bytes::Bytes::from_static(b"<h1>Example Domain</h1>"));
     session.response(&mut req, &mut resp).await;
     assert_eq!(resp.body.as_deref(), Some(&b"<h1>Flowgate Domain</h1>"[..]));
     assert!(session.failures().is_empty(), "{:?}", session.failures());
@@ -157,7 +157,7 @@ async fn rewrite_body() {
     let mut req = request("http://example.test/", 0);
     let mut resp = response(b"");
     session.response_headers(&mut req, &mut resp).await;
-    resp.body = Some(b"banana".to_vec());
+    resp.body = Some(bytes::Bytes::from_static(b"banana"));
     session.response(&mut req, &mut resp).await;
     assert_eq!(resp.body.as_deref(), Some(&b"banana"[..]));
     let messages = logs.messages("rb");
@@ -630,7 +630,7 @@ async fn tcp_rewrite() {
     assert_eq!(tcp.start().await, DataAction::Forward(Vec::new()));
     assert_eq!(tcp.flow.metadata.get("tcp-rewrite.started").map(String::as_str), Some("yes"));
     // tcp-start injected the notice toward the client.
-    assert_eq!(tcp.take_injected(), [Injected::Data { to_client: true, data: b"hi".to_vec() }]);
+    assert_eq!(tcp.take_injected(), [Injected::Data { to_client: true, data: bytes::Bytes::from_static(b"hi") }]);
     assert!(tcp.take_injected().is_empty());
     // The server's banner is rewritten, the client's bytes are not (side = server).
     let banner = b"SSH-2.0-OpenSSH_9.2\r\n".to_vec();

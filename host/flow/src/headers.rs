@@ -1,5 +1,10 @@
 //! Ordered header fields that keep case and duplicates, with validated edits.
+//! Serialized as a list of `[name, value]` pairs (values as bytes); deserializing checks
+//! every field as [`Headers::append`] does.
 
+use bytes::Bytes;
+use serde::ser::SerializeSeq;
+use serde::{Deserialize, Serialize, Serializer};
 use thiserror::Error;
 
 /// Why a header field was rejected.
@@ -14,7 +19,8 @@ pub enum FieldError {
 }
 
 /// Header fields in wire order, with the case and duplicates they had.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "Vec<(String, Bytes)>")]
 pub struct Headers {
     fields: Vec<(String, Vec<u8>)>,
 }
@@ -33,13 +39,14 @@ fn check_name(name: &str) -> Result<(), FieldError> {
     if check_token(name) { Ok(()) } else { Err(FieldError::InvalidName(name.to_owned())) }
 }
 
+/// Whether `text` has only visible characters, SP, HTAB and obs-text (never CR, LF, NUL
+/// or another control byte): an RFC 9110 field value, or an RFC 9112 reason phrase.
+pub(crate) fn is_field_text(text: &[u8]) -> bool {
+    text.iter().all(|&b| b == b'\t' || b >= 0x20 && b != 0x7f)
+}
+
 fn check_value(name: &str, value: &[u8]) -> Result<(), FieldError> {
-    // RFC 9110 field-value: visible characters, SP, HTAB and obs-text; never CR, LF or NUL.
-    if value.iter().all(|&b| b == b'\t' || b >= 0x20 && b != 0x7f) {
-        Ok(())
-    } else {
-        Err(FieldError::InvalidValue(name.to_owned()))
-    }
+    if is_field_text(value) { Ok(()) } else { Err(FieldError::InvalidValue(name.to_owned())) }
 }
 
 /// Decodes a header value for display to a plugin: UTF-8 if it is, Latin-1 otherwise.
@@ -142,6 +149,34 @@ impl Headers {
     }
 }
 
+impl TryFrom<Vec<(String, Bytes)>> for Headers {
+    type Error = FieldError;
+
+    /// Builds a list from `(name, value)` pairs, validating each (as [`Headers::from_pairs`]).
+    fn try_from(pairs: Vec<(String, Bytes)>) -> Result<Headers, FieldError> {
+        Headers::from_pairs(pairs)
+    }
+}
+
+/// A header value serialized as bytes (a `Vec<u8>` would be a sequence of numbers).
+struct ValueBytes<'a>(&'a [u8]);
+
+impl Serialize for ValueBytes<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.0)
+    }
+}
+
+impl Serialize for Headers {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(self.fields.len()))?;
+        for (name, value) in &self.fields {
+            seq.serialize_element(&(name, ValueBytes(value)))?;
+        }
+        seq.end()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +206,20 @@ mod tests {
         assert_eq!(h.set("Bad Name", b"x"), Err(FieldError::InvalidName("Bad Name".into())));
         assert_eq!(h.set("", b"x"), Err(FieldError::InvalidName(String::new())));
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn serde_keeps_order_case_and_bytes_and_refuses_injection() {
+        let h = Headers::from_pairs([("X-A", &b"caf\xe9"[..]), ("x-a", b"2")]).expect("valid fixture");
+        let json = serde_json::to_string(&h).expect("serializes");
+        assert_eq!(json, r#"[["X-A",[99,97,102,233]],["x-a",[50]]]"#);
+        assert_eq!(serde_json::from_str::<Headers>(&json).expect("reads back"), h);
+        for bad in [r#"[["X-A",[120,13,10,69]]]"#, r#"[["X-A","x\r\nEvil: 1"]]"#, r#"[["X-A",[0]]]"#] {
+            let err = serde_json::from_str::<Headers>(bad).expect_err(bad);
+            assert!(err.to_string().contains("invalid value for header \"X-A\""), "{bad}: {err}");
+        }
+        let err = serde_json::from_str::<Headers>(r#"[["Bad Name",[120]]]"#).expect_err("bad name");
+        assert!(err.to_string().contains("invalid header name"), "{err}");
     }
 
     #[test]

@@ -1,14 +1,20 @@
-//! HTTP requests and responses, and the flow and connection they belong to.
+//! HTTP requests and responses, and the facts about their flow and connection that hooks
+//! see. Deserializing a request or a response checks its method, host, port, path, status
+//! and reason as the setters do.
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
+use serde::{Deserialize, Deserializer, Serialize, de};
 use thiserror::Error;
 
-use crate::headers::{Headers, check_token};
+use crate::headers::{Headers, check_token, is_field_text};
 use crate::id::Uuid;
+use crate::time::Timestamp;
 
 /// `http` or `https`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Scheme {
     /// Plain HTTP.
     #[default]
@@ -40,17 +46,21 @@ impl Scheme {
     }
 }
 
-/// The HTTP version a message was received with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// The HTTP version a message was received with; serialized as [`HttpVersion::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum HttpVersion {
     /// HTTP/1.0
+    #[serde(rename = "HTTP/1.0")]
     Http10,
     /// HTTP/1.1
     #[default]
+    #[serde(rename = "HTTP/1.1")]
     Http11,
     /// HTTP/2
+    #[serde(rename = "HTTP/2.0")]
     Http2,
     /// HTTP/3
+    #[serde(rename = "HTTP/3")]
     Http3,
 }
 
@@ -67,7 +77,8 @@ impl HttpVersion {
 }
 
 /// How a message body reaches a plugin; chosen at headers time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum BodyMode {
     /// Streams through untouched, never entering a plugin.
     #[default]
@@ -98,12 +109,31 @@ pub enum UrlError {
     Method(String),
 }
 
+/// Why a response's status or reason was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ResponseError {
+    /// The status is outside 100..=999.
+    #[error("status {0} is outside 100..=999")]
+    Status(u16),
+    /// The reason phrase has CR, LF, NUL or another control byte other than tab.
+    #[error("invalid reason phrase {0:?}")]
+    Reason(String),
+}
+
+fn check_status(status: u16) -> Result<(), ResponseError> {
+    if (100..=999).contains(&status) { Ok(()) } else { Err(ResponseError::Status(status)) }
+}
+
+fn check_reason(reason: &str) -> Result<(), ResponseError> {
+    if is_field_text(reason.as_bytes()) { Ok(()) } else { Err(ResponseError::Reason(reason.to_owned())) }
+}
+
 fn check_path(path: &str) -> Result<(), UrlError> {
     let ok = (path.starts_with('/') || path == "*") && path.bytes().all(|b| b > 0x20 && b != 0x7f);
     if ok { Ok(()) } else { Err(UrlError::Path(path.to_owned())) }
 }
 
-fn check_host(host: &str) -> bool {
+pub(crate) fn check_host(host: &str) -> bool {
     // A registered name, an IPv4 address or a bracketed IPv6 literal.
     if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         return inner.parse::<std::net::Ipv6Addr>().is_ok();
@@ -159,28 +189,37 @@ impl Url {
 }
 
 /// An HTTP request.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     /// Method, an HTTP token.
+    #[serde(deserialize_with = "method")]
     pub method: String,
     /// Scheme of the target.
     pub scheme: Scheme,
-    /// Host of the target, without port.
+    /// Host of the target, without port: a registered name, an IPv4 address or a bracketed
+    /// IPv6 literal.
+    #[serde(deserialize_with = "host")]
     pub host: String,
-    /// Port of the target.
+    /// Port of the target, 1..=65535 once set.
+    #[serde(deserialize_with = "port")]
     pub port: u16,
     /// Path and query (or `*`).
+    #[serde(deserialize_with = "path")]
     pub path: String,
     /// Version received from the client.
     pub version: HttpVersion,
     /// Header fields.
     pub headers: Headers,
     /// The whole body, once buffered or replaced by a plugin.
-    pub body: Option<Vec<u8>>,
-    /// Trailer fields, once the body has ended.
+    pub body: Option<Bytes>,
+    /// Trailer fields, once the body has ended (kept when the body is buffered too).
     pub trailers: Headers,
     /// How the body is handled (the strongest any plugin asked for).
     pub body_mode: BodyMode,
+    /// When its first byte was read.
+    pub timestamp_start: Option<Timestamp>,
+    /// When its last byte (the end of the body, or the trailers) was read.
+    pub timestamp_end: Option<Timestamp>,
 }
 
 impl Request {
@@ -225,26 +264,94 @@ impl Request {
 }
 
 /// An HTTP response.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
     /// Status code, 100..=999.
+    #[serde(deserialize_with = "status")]
     pub status: u16,
-    /// Reason phrase (empty for HTTP/2 and HTTP/3).
+    /// Reason phrase (empty for HTTP/2 and HTTP/3); no control bytes but tab.
+    #[serde(deserialize_with = "reason")]
     pub reason: String,
     /// Version received from the upstream.
     pub version: HttpVersion,
     /// Header fields.
     pub headers: Headers,
     /// The whole body, once buffered or replaced by a plugin.
-    pub body: Option<Vec<u8>>,
-    /// Trailer fields, once the body has ended.
+    pub body: Option<Bytes>,
+    /// Trailer fields, once the body has ended (kept when the body is buffered too).
     pub trailers: Headers,
     /// How the body is handled (the strongest any plugin asked for).
     pub body_mode: BodyMode,
+    /// When its first byte was read.
+    pub timestamp_start: Option<Timestamp>,
+    /// When its last byte (the end of the body, or the trailers) was read.
+    pub timestamp_end: Option<Timestamp>,
+}
+
+impl Response {
+    /// A response with `status` and `reason`, no headers and no body.
+    pub fn new(status: u16, reason: &str) -> Result<Response, ResponseError> {
+        let mut response = Response::default();
+        response.set_status(status)?;
+        response.set_reason(reason)?;
+        Ok(response)
+    }
+
+    /// Changes the status; it must be in 100..=999.
+    pub fn set_status(&mut self, status: u16) -> Result<(), ResponseError> {
+        check_status(status)?;
+        self.status = status;
+        Ok(())
+    }
+
+    /// Changes the reason phrase; it must have no control bytes but tab.
+    pub fn set_reason(&mut self, reason: &str) -> Result<(), ResponseError> {
+        check_reason(reason)?;
+        reason.clone_into(&mut self.reason);
+        Ok(())
+    }
+}
+
+// Field checks for deserializing, the same as the setters'.
+
+fn method<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let method = String::deserialize(d)?;
+    if check_token(&method) { Ok(method) } else { Err(de::Error::custom(UrlError::Method(method))) }
+}
+
+fn host<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let host = String::deserialize(d)?;
+    if check_host(&host) { Ok(host) } else { Err(de::Error::custom(UrlError::Host(host))) }
+}
+
+fn port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    match u16::deserialize(d)? {
+        0 => Err(de::Error::custom(UrlError::Port("0".to_owned()))),
+        port => Ok(port),
+    }
+}
+
+fn path<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let path = String::deserialize(d)?;
+    check_path(&path).map_err(de::Error::custom)?;
+    Ok(path)
+}
+
+fn status<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    let status = u16::deserialize(d)?;
+    check_status(status).map_err(de::Error::custom)?;
+    Ok(status)
+}
+
+fn reason<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let reason = String::deserialize(d)?;
+    check_reason(&reason).map_err(de::Error::custom)?;
+    Ok(reason)
 }
 
 /// What protocol a flow carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum FlowKind {
     /// An HTTP request and its response.
     #[default]
@@ -259,8 +366,9 @@ pub enum FlowKind {
     Dns,
 }
 
-/// Facts about one flow, and the annotations plugins put on it.
-#[derive(Debug, Clone, Default)]
+/// Facts about one flow, and the annotations plugins put on it: what a hook sees of a
+/// [`Flow`](crate::Flow) (see [`Flow::info`](crate::Flow::info)).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowInfo {
     /// Its id (a random UUID, kept when the flow is saved and loaded).
     pub id: Uuid,
@@ -276,8 +384,10 @@ pub struct FlowInfo {
     pub metadata: BTreeMap<String, String>,
 }
 
-/// Facts about a client connection and its upstream.
-#[derive(Debug, Clone, Default)]
+/// Facts about a client connection and its upstream: what a hook sees of a flow's
+/// [`Client`](crate::Client) and [`Server`](crate::Server) (see
+/// [`Flow::connection_info`](crate::Flow::connection_info)).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnectionInfo {
     /// Its id (a random UUID).
     pub id: Uuid,

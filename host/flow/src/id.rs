@@ -1,10 +1,12 @@
 //! Flow and connection ids: random (version 4) UUIDs, RFC 9562 section 5.4, written as
 //! mitmproxy writes them (`8-4-4-4-12` lowercase hex), so ids stay the same when flows are
 //! saved, loaded, exported and replayed. The randomness comes from the caller: this crate
-//! does no IO.
+//! does no IO. Serialized as that string, and parsed back with the same checks.
 
 use std::fmt;
 use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A flow's or a connection's id.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -71,9 +73,32 @@ impl FromStr for Uuid {
     }
 }
 
+impl Serialize for Uuid {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Uuid {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Uuid, D::Error> {
+        String::deserialize(deserializer)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serde_uses_the_string_form_and_refuses_bad_ids() {
+        let id = Uuid::from_random_bytes([0xab; 16]);
+        let json = serde_json::to_string(&id).expect("serializes");
+        assert_eq!(json, r#""abababab-abab-4bab-abab-abababababab""#);
+        assert_eq!(serde_json::from_str::<Uuid>(&json).expect("reads back"), id);
+        for bad in [r#""abababab""#, r#""abababab-abab-4bab-abab-ababababab\r\n""#, "42", "null"] {
+            assert!(serde_json::from_str::<Uuid>(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn formats_parses_and_sets_the_version() {

@@ -1,12 +1,20 @@
 //! Messages of the non-HTTP flows: DNS messages (RFC 1035 section 4.1, decoded into
 //! questions and records; RDATA kept in wire format) and WebSocket messages (RFC 6455
 //! section 5.6, reassembled). Validation is here so that nothing a plugin returns is used
-//! before it is checked; encoding to and from the wire is the network layer's.
+//! before it is checked, and so that nothing deserialized is used unchecked either:
+//! deserializing runs the same checks as `validate` (with no size limit, which is a
+//! runtime setting). Encoding to and from the wire is the network layer's.
+
+use bytes::Bytes;
+use serde::{Deserialize, Deserializer, Serialize, de};
+
+use crate::time::Timestamp;
 
 /// A DNS question.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Question {
     /// The name asked for, dotted (`example.com`).
+    #[serde(deserialize_with = "dns_name")]
     pub name: String,
     /// RR type (1 A, 28 AAAA, ...).
     pub record_type: u16,
@@ -15,9 +23,10 @@ pub struct Question {
 }
 
 /// A DNS resource record.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ResourceRecord {
     /// Owner name, dotted.
+    #[serde(deserialize_with = "dns_name")]
     pub name: String,
     /// RR type.
     pub record_type: u16,
@@ -25,24 +34,29 @@ pub struct ResourceRecord {
     pub class: u16,
     /// Time to live, seconds.
     pub ttl: u32,
-    /// RDATA in wire format (4 bytes for A, 16 for AAAA, ...).
+    /// RDATA in wire format (4 bytes for A, 16 for AAAA, ...), at most 65535 bytes.
+    #[serde(deserialize_with = "rdata")]
     pub data: Vec<u8>,
 }
 
 /// A DNS message.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct DnsMessage {
     /// Transaction id.
     pub id: u16,
     /// The header flags word (QR, opcode, AA, TC, RD, RA, rcode).
     pub flags: u16,
     /// Questions.
+    #[serde(deserialize_with = "section")]
     pub questions: Vec<Question>,
     /// Answers.
+    #[serde(deserialize_with = "section")]
     pub answers: Vec<ResourceRecord>,
     /// Authority records.
+    #[serde(deserialize_with = "section")]
     pub authorities: Vec<ResourceRecord>,
     /// Additional records.
+    #[serde(deserialize_with = "section")]
     pub additionals: Vec<ResourceRecord>,
 }
 
@@ -91,32 +105,55 @@ fn check_name(name: &str) -> Result<(), DnsError> {
     Ok(())
 }
 
+fn check_data(data: &[u8]) -> Result<(), DnsError> {
+    if data.len() > usize::from(u16::MAX) { Err(DnsError::Data(data.len())) } else { Ok(()) }
+}
+
+fn check_count<T>(section: &[T]) -> Result<(), DnsError> {
+    if section.len() > MAX_RECORDS { Err(DnsError::Count(section.len())) } else { Ok(()) }
+}
+
 impl DnsMessage {
     /// Checks that the message can be encoded: valid names, RDATA sizes and counts.
     pub fn validate(&self) -> Result<(), DnsError> {
-        if self.questions.len() > MAX_RECORDS {
-            return Err(DnsError::Count(self.questions.len()));
-        }
+        check_count(&self.questions)?;
         for q in &self.questions {
             check_name(&q.name)?;
         }
         for section in [&self.answers, &self.authorities, &self.additionals] {
-            if section.len() > MAX_RECORDS {
-                return Err(DnsError::Count(section.len()));
-            }
+            check_count(section)?;
             for rr in section {
                 check_name(&rr.name)?;
-                if rr.data.len() > usize::from(u16::MAX) {
-                    return Err(DnsError::Data(rr.data.len()));
-                }
+                check_data(&rr.data)?;
             }
         }
         Ok(())
     }
 }
 
+// Deserializing checks each field as `validate` does.
+
+fn dns_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let name = String::deserialize(d)?;
+    check_name(&name).map_err(de::Error::custom)?;
+    Ok(name)
+}
+
+fn rdata<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    let data = Vec::<u8>::deserialize(d)?;
+    check_data(&data).map_err(de::Error::custom)?;
+    Ok(data)
+}
+
+fn section<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    let section = Vec::<T>::deserialize(d)?;
+    check_count(&section).map_err(de::Error::custom)?;
+    Ok(section)
+}
+
 /// What a WebSocket message is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum MessageKind {
     /// UTF-8 text.
     #[default]
@@ -132,14 +169,34 @@ pub enum MessageKind {
 }
 
 /// One WebSocket message, reassembled from its frames.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct WebSocketMessage {
     /// Sent by the client (else by the server).
     pub from_client: bool,
     /// Its kind.
     pub kind: MessageKind,
     /// Its payload.
-    pub data: Vec<u8>,
+    pub data: Bytes,
+    /// When it was received, or sent if a plugin injected it (the epoch if not recorded).
+    pub timestamp: Timestamp,
+}
+
+/// A [`WebSocketMessage`] as read, before [`WebSocketMessage::validate`].
+#[derive(Deserialize)]
+struct WebSocketFields {
+    from_client: bool,
+    kind: MessageKind,
+    data: Bytes,
+    timestamp: Timestamp,
+}
+
+impl<'de> Deserialize<'de> for WebSocketMessage {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<WebSocketMessage, D::Error> {
+        let WebSocketFields { from_client, kind, data, timestamp } = WebSocketFields::deserialize(d)?;
+        let message = WebSocketMessage { from_client, kind, data, timestamp };
+        message.validate(usize::MAX).map_err(de::Error::custom)?;
+        Ok(message)
+    }
 }
 
 /// Why a WebSocket message cannot be sent.
@@ -186,7 +243,7 @@ pub enum Injected {
         /// Toward the client (else toward the server).
         to_client: bool,
         /// The bytes.
-        data: Vec<u8>,
+        data: Bytes,
     },
     /// A WebSocket message; `from_client` says which way it goes (true: to the server).
     WebSocket(WebSocketMessage),
@@ -217,7 +274,12 @@ mod tests {
 
     #[test]
     fn websocket_messages_are_validated() {
-        let m = |kind, data: &[u8]| WebSocketMessage { from_client: true, kind, data: data.to_vec() };
+        let m = |kind, data: &[u8]| WebSocketMessage {
+            from_client: true,
+            kind,
+            data: Bytes::copy_from_slice(data),
+            timestamp: Timestamp::EPOCH,
+        };
         assert_eq!(m(MessageKind::Text, "héllo".as_bytes()).validate(100), Ok(()));
         assert_eq!(m(MessageKind::Text, b"\xff\xfe").validate(100), Err(MessageError::Utf8));
         assert_eq!(m(MessageKind::Binary, b"\xff\xfe").validate(100), Ok(()));

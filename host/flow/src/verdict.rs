@@ -1,5 +1,7 @@
 //! What hooks decide.
 
+use bytes::Bytes;
+
 use crate::headers::Headers;
 
 /// A response made by a plugin instead of the upstream's.
@@ -10,7 +12,7 @@ pub struct LocalResponse {
     /// Header fields, validated.
     pub headers: Headers,
     /// Body.
-    pub body: Vec<u8>,
+    pub body: Bytes,
 }
 
 /// The decision of an HTTP hook.
@@ -42,7 +44,7 @@ pub enum DataVerdict {
     #[default]
     Continue,
     /// Forward these bytes instead.
-    Replace(Vec<u8>),
+    Replace(Bytes),
     /// Close the flow.
     Kill,
 }

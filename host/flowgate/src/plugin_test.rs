@@ -223,9 +223,7 @@ async fn run_case(plugin: Arc<Plugin>, case: &Case, id: u64) -> anyhow::Result<b
         version: HttpVersion::Http11,
         headers: Headers::from_pairs(case.response.headers.iter().map(|(n, v)| (n, v)))
             .map_err(|e| anyhow::anyhow!("response headers: {e}"))?,
-        body: None,
-        trailers: Headers::new(),
-        body_mode: BodyMode::Pass,
+        ..Response::default()
     };
     let original_response = response.clone();
     let response_body = case.response.body.as_bytes().to_vec();
@@ -261,7 +259,7 @@ async fn run_case(plugin: Arc<Plugin>, case: &Case, id: u64) -> anyhow::Result<b
         println!("  ~ {} {}", request.method, request.url());
     }
     print_header_diff(&original_request.headers, &request.headers);
-    let sent_body = request.body.clone().unwrap_or(request_body.clone());
+    let sent_body = request.body.clone().unwrap_or_else(|| request_body.clone().into());
     print_body_diff(&request_body, &sent_body);
     let (status, final_headers, final_body) = match (&outcome, &local) {
         (Outcome::Respond, Some(local)) => {
@@ -276,17 +274,17 @@ async fn run_case(plugin: Arc<Plugin>, case: &Case, id: u64) -> anyhow::Result<b
                 println!("  ~ status {}", response.status);
             }
             print_header_diff(&original_response.headers, &response.headers);
-            let body = response.body.clone().unwrap_or(response_body.clone());
+            let body = response.body.clone().unwrap_or_else(|| response_body.clone().into());
             print_body_diff(&response_body, &body);
             (Some(response.status), response.headers.clone(), body)
         }
         (Outcome::Fail, _) => {
             println!("fail     the client gets 502 (a fail-closed plugin failed)");
-            (Some(502), Headers::new(), Vec::new())
+            (Some(502), Headers::new(), bytes::Bytes::new())
         }
         _ => {
             println!("kill     the client connection is closed without a response");
-            (None, Headers::new(), Vec::new())
+            (None, Headers::new(), bytes::Bytes::new())
         }
     };
     for (key, value) in &session.flow.metadata {
@@ -366,9 +364,9 @@ async fn exchange(
     if request.body.is_none() {
         match request.body_mode {
             BodyMode::Pass => {}
-            BodyMode::Buffer => request.body = Some(request_body),
+            BodyMode::Buffer => request.body = Some(request_body.into()),
             BodyMode::Stream => match session.request_body_chunk(request, request_body, true).await {
-                Ok(chunk) => request.body = Some(chunk),
+                Ok(chunk) => request.body = Some(chunk.into()),
                 Err(action) => return stop(action).unwrap_or((Outcome::Fail, None)),
             },
         }
@@ -382,9 +380,9 @@ async fn exchange(
     if response.body.is_none() {
         match response.body_mode {
             BodyMode::Pass => {}
-            BodyMode::Buffer => response.body = Some(response_body),
+            BodyMode::Buffer => response.body = Some(response_body.into()),
             BodyMode::Stream => match session.response_body_chunk(request, response, response_body, true).await {
-                Ok(chunk) => response.body = Some(chunk),
+                Ok(chunk) => response.body = Some(chunk.into()),
                 Err(action) => return stop(action).unwrap_or((Outcome::Fail, None)),
             },
         }

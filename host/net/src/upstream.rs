@@ -6,10 +6,10 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use flowgate_flow::Scheme;
-use http_body_util::combinators::BoxBody;
 use flowgate_flow::Response;
+use flowgate_flow::Scheme;
 use http_body_util::BodyExt;
+use http_body_util::combinators::BoxBody;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;

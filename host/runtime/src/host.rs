@@ -247,9 +247,9 @@ impl StoreState {
     }
 }
 
-fn body_of(body: &Option<Vec<u8>>, hook: Hook, whole_in: Hook) -> Result<Vec<u8>, WitError> {
+fn body_of(body: &Option<bytes::Bytes>, hook: Hook, whole_in: Hook) -> Result<Vec<u8>, WitError> {
     match body {
-        Some(b) => Ok(b.clone()),
+        Some(b) => Ok(b.to_vec()),
         None if hook == whole_in => Err(WitError::InvalidState(
             "the body is not buffered: call set-body-mode(buffer) in the headers hook".to_owned(),
         )),
@@ -317,7 +317,7 @@ impl types::HostFlow for StoreState {
                 self.call.hook
             ))));
         }
-        Ok(self.inject(data.len(), Injected::Data { to_client, data }))
+        Ok(self.inject(data.len(), Injected::Data { to_client, data: data.into() }))
     }
     fn inject_websocket(
         &mut self,
@@ -340,7 +340,8 @@ impl types::HostFlow for StoreState {
             types::WebsocketMessageKind::Pong => MessageKind::Pong,
             types::WebsocketMessageKind::Close => MessageKind::Close,
         };
-        let message = WebSocketMessage { from_client: !to_client, kind, data };
+        let message =
+            WebSocketMessage { from_client: !to_client, kind, data: data.into(), ..WebSocketMessage::default() };
         if let Err(e) = message.validate(usize::MAX) {
             return Ok(Err(WitError::InvalidArgument(e.to_string())));
         }
@@ -465,7 +466,7 @@ impl types::HostRequest for StoreState {
         if let Err(e) = self.check_body_size(body.len()) {
             return Ok(Err(e));
         }
-        Ok(self.request_mut(&r)?.map(|req| req.body = Some(body)))
+        Ok(self.request_mut(&r)?.map(|req| req.body = Some(body.into())))
     }
     fn trailers(&mut self, r: Resource<RequestRes>) -> wasmtime::Result<Vec<types::Header>> {
         Ok(to_wit_headers(&self.request(&r)?.trailers))
@@ -550,7 +551,7 @@ impl types::HostResponse for StoreState {
         if let Err(e) = self.check_body_size(body.len()) {
             return Ok(Err(e));
         }
-        Ok(self.response_mut(&r)?.map(|resp| resp.body = Some(body)))
+        Ok(self.response_mut(&r)?.map(|resp| resp.body = Some(body.into())))
     }
     fn trailers(&mut self, r: Resource<ResponseRes>) -> wasmtime::Result<Vec<types::Header>> {
         Ok(to_wit_headers(&self.response(&r)?.trailers))

@@ -3,14 +3,14 @@
 
 use std::future::Future;
 
-use bytes::Bytes;
-use flowgate_flow::{Request, Response};
-use flowgate_runtime::HttpFlowSession;
-use http_body_util::BodyExt;
 use super::exchange::{Exchange, Reply, to_headers};
 use crate::error::ClientError;
 use crate::record::Outcome;
 use crate::upstream::{Body, BoxError};
+use bytes::Bytes;
+use flowgate_flow::{Request, Response};
+use flowgate_runtime::HttpFlowSession;
+use http_body_util::BodyExt;
 
 /// A body that fails if the next frame takes longer than `timeout` to arrive.
 pub(crate) struct ProgressTimeout<B> {
@@ -253,18 +253,11 @@ where
 
 /// Streams a response body chunk by chunk through the plugins that chose `stream`; the
 /// `response` hook runs and the flow is recorded when the body ends.
-pub(crate) fn stream_through_plugins(
-    mut ex: Exchange,
-    mut response: Response,
-    mut upstream: Body,
-) -> Reply {
+pub(crate) fn stream_through_plugins(mut ex: Exchange, mut response: Response, mut upstream: Body) -> Reply {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     // Chunks may change size: the length is no longer known.
     response.headers.remove("content-length");
-    let reply = Reply {
-        response: response.clone(),
-        body: http_body_util::StreamBody::new(ChannelBody(rx)).boxed(),
-    };
+    let reply = Reply { response: response.clone(), body: http_body_util::StreamBody::new(ChannelBody(rx)).boxed() };
     tokio::spawn(async move {
         let mut size = 0u64;
         let mut trailers = None;

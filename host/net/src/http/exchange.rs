@@ -83,11 +83,11 @@ pub(crate) fn to_headers(map: &hyper::HeaderMap) -> Headers {
 
 /// Adds the end-to-end fields of `headers` to a hyper map (HTTP/2: names lowercase).
 pub(crate) fn fill_headers(map: &mut hyper::HeaderMap, headers: &Headers) {
-    let connection = super::h1::codec::connection_tokens(headers);
+    let connection = flowgate_h1::connection_tokens(headers);
     for (name, value) in headers.iter() {
         // `TE: trailers` is hop-by-hop but must reach the upstream for it to send trailers.
         let te_trailers = name.eq_ignore_ascii_case("te") && value.eq_ignore_ascii_case(b"trailers");
-        if !te_trailers && super::h1::codec::is_hop_by_hop(name, &connection) {
+        if !te_trailers && flowgate_h1::is_hop_by_hop(name, &connection) {
             continue;
         }
         if let (Ok(n), Ok(v)) =
@@ -176,18 +176,18 @@ pub(crate) fn canonical_reason(status: u16) -> String {
 
 /// Where a request goes: the layer's fixed target (reverse mode, inside a tunnel), or
 /// the scheme and authority it named.
-fn target_of(inbound: &Inbound, fixed: Option<&Target>) -> Result<Target, Reply> {
+fn target_of(inbound: &Inbound, fixed: Option<&Target>) -> Result<Target, &'static str> {
     if let Some(t) = fixed {
         return Ok(t.clone());
     }
     let scheme = match inbound.scheme.as_deref().map(str::to_ascii_lowercase).as_deref() {
         Some("http") => Scheme::Http,
         Some("https") => Scheme::Https,
-        _ => return Err(status_response(400, "flowgate is a proxy: send absolute-form requests (http://host/path)")),
+        _ => return Err("flowgate is a proxy: send absolute-form requests (http://host/path)"),
     };
     let authority = inbound.authority.as_deref().unwrap_or_default();
     let url = flowgate_flow::Url::parse(&format!("{}://{authority}/", scheme.as_str()))
-        .map_err(|_| status_response(400, "request URL has no valid host"))?;
+        .map_err(|_| "request URL has no valid host")?;
     Ok(Target::new(scheme, url.host, url.port))
 }
 
@@ -202,7 +202,7 @@ pub(crate) async fn handle(
     let start = Instant::now();
     let target = match target_of(&inbound, fixed.as_ref()) {
         Ok(t) => t,
-        Err(reply) => return Ok(reply),
+        Err(message) => return Ok(status_response(400, message)),
     };
     if fixed.is_none() && CERT_HOSTS.contains(&target.host.as_str()) {
         return Ok(cert_page(&ctx, inbound.request.path.split('?').next().unwrap_or("/")));
@@ -234,7 +234,7 @@ pub(crate) async fn handle(
         (Some(_), _) => {}
         (None, BodyMode::Buffer) => match buffer(incoming, &ctx.proxy.options).await {
             Ok(Buffered::Whole(bytes, trailers)) => {
-                ex.request.body = Some(bytes.to_vec());
+                ex.request.body = Some(bytes);
                 if let Some(t) = &trailers {
                     ex.request.trailers = to_headers(t);
                 }
@@ -301,7 +301,7 @@ pub(crate) async fn handle(
         }
     };
     let upstream_body = match (body, ex.request.body.clone()) {
-        (_, Some(bytes)) => with_trailers(Bytes::from(bytes), request_trailers),
+        (_, Some(bytes)) => with_trailers(bytes, request_trailers),
         (Some(stream), None) => stream,
         (None, None) => full(Bytes::new()),
     };
@@ -342,7 +342,7 @@ pub(crate) async fn handle(
         // they are; bytes a plugin made become the body.
         match ex.session.response_body_chunk(&mut ex.request, &mut response, Vec::new(), true).await {
             Ok(out) if out.is_empty() => stream_body = Some(full(Bytes::new())),
-            Ok(out) => response.body = Some(out),
+            Ok(out) => response.body = Some(out.into()),
             Err(action) => {
                 if let Some(resp) = ex.act(action).await? {
                     return Ok(resp);
@@ -356,7 +356,7 @@ pub(crate) async fn handle(
             Ok(Buffered::Whole(bytes, trailers)) => {
                 // A HEAD answer's length is the one a GET would have had: it stays.
                 if !no_body {
-                    response.body = Some(bytes.to_vec());
+                    response.body = Some(bytes);
                 } else {
                     stream_body = Some(full(Bytes::new()));
                 }
@@ -392,7 +392,7 @@ pub(crate) async fn handle(
         }
     }
     let client_body = match (stream_body, response.body.clone()) {
-        (_, Some(bytes)) => with_trailers(Bytes::from(bytes), response_trailers),
+        (_, Some(bytes)) => with_trailers(bytes, response_trailers),
         (Some(stream), None) => stream,
         (None, None) => full(Bytes::new()),
     };

@@ -6,7 +6,7 @@
 use flowgate_flow::Headers;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::h1::codec::{connection_tokens, is_hop_by_hop};
+use flowgate_h1::{connection_tokens, is_hop_by_hop};
 
 use crate::ProxyOptions;
 use crate::detect::H2_PREFACE as PREFACE;

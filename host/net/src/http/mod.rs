@@ -94,7 +94,13 @@ async fn h2_stream(
         };
     }
     let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".to_owned());
-    let request = flowgate_flow::Request { method: req.method().as_str().to_owned(), path, version, headers, ..Default::default() };
+    let request = flowgate_flow::Request {
+        method: req.method().as_str().to_owned(),
+        path,
+        version,
+        headers,
+        ..Default::default()
+    };
     let inbound = exchange::Inbound {
         request,
         scheme: req.uri().scheme_str().map(str::to_owned),

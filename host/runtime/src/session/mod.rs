@@ -365,7 +365,7 @@ fn convert_verdict(v: types::Verdict) -> Result<Verdict, String> {
                 return Err(format!("local response status {} is outside 100..=999", local.status));
             }
             let headers = from_wit_headers(&local.headers).map_err(|e| format!("local response: {e}"))?;
-            Verdict::Respond(LocalResponse { status: local.status, headers, body: local.body })
+            Verdict::Respond(LocalResponse { status: local.status, headers, body: local.body.into() })
         }
     })
 }

@@ -158,7 +158,7 @@ fn to_wit_message(m: &WebSocketMessage) -> hooks::websocket::Message {
         MessageKind::Pong => K::Pong,
         MessageKind::Close => K::Close,
     };
-    hooks::websocket::Message { from_client: m.from_client, kind, data: m.data.clone() }
+    hooks::websocket::Message { from_client: m.from_client, kind, data: m.data.to_vec() }
 }
 
 fn from_wit_message(m: hooks::websocket::Message) -> WebSocketMessage {
@@ -170,5 +170,5 @@ fn from_wit_message(m: hooks::websocket::Message) -> WebSocketMessage {
         K::Pong => MessageKind::Pong,
         K::Close => MessageKind::Close,
     };
-    WebSocketMessage { from_client: m.from_client, kind, data: m.data }
+    WebSocketMessage { from_client: m.from_client, kind, data: m.data.into(), ..WebSocketMessage::default() }
 }

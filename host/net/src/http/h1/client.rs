@@ -11,10 +11,10 @@ use flowgate_flow::{Headers, HttpVersion, Request, Response};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 
-use super::codec::{self, Decoder, Framing, Limits, Piece, WireError};
 use crate::error::UpstreamError;
 use crate::http::exchange::Interim;
 use crate::upstream::{Body, BoxError, UpstreamIo};
+use flowgate_h1::{self as codec, Decoder, Framing, Limits, Piece, WireError};
 
 /// The largest response head read from an upstream.
 const MAX_HEAD_BYTES: usize = 256 << 10;
@@ -169,6 +169,7 @@ impl Client {
             eof: false,
             keep_alive: keep_alive && head.status != 101,
             slot: self.slot.clone(),
+            read_size: FIRST_READ,
         };
         if body.decoder.is_done() {
             body.finish();
@@ -273,7 +274,11 @@ pub(crate) async fn write_body<W: tokio::io::AsyncWrite + Unpin>(
 }
 
 /// Appends small data to `out`; writes `out` and then large data directly.
-async fn put_data<W: tokio::io::AsyncWrite + Unpin>(wr: &mut W, out: &mut Vec<u8>, data: &Bytes) -> std::io::Result<()> {
+async fn put_data<W: tokio::io::AsyncWrite + Unpin>(
+    wr: &mut W,
+    out: &mut Vec<u8>,
+    data: &Bytes,
+) -> std::io::Result<()> {
     if data.len() <= 16 << 10 {
         out.extend_from_slice(data);
         return Ok(());
@@ -303,7 +308,13 @@ struct ResponseBody {
     eof: bool,
     keep_alive: bool,
     slot: Arc<Mutex<Slot>>,
+    /// How much the next read may take.
+    read_size: usize,
 }
+
+/// The first read of a response body, and the most a read grows to.
+const FIRST_READ: usize = 16 << 10;
+const MAX_READ: usize = 512 << 10;
 
 impl ResponseBody {
     /// The body has ended: the connection is idle again if it can be reused.
@@ -314,7 +325,10 @@ impl ResponseBody {
             Writer::Running(mut rx) => rx.try_recv().ok().flatten(),
         };
         let next = match wr {
-            Some(wr) if self.keep_alive && !self.eof => Slot::Idle(Conn { io: rd.unsplit(wr), buf }),
+            // An idle connection keeps no read buffer (most of a busy proxy's are idle).
+            Some(wr) if self.keep_alive && !self.eof && buf.is_empty() => {
+                Slot::Idle(Conn { io: rd.unsplit(wr), buf: BytesMut::new() })
+            }
             _ => Slot::Closed,
         };
         *self.slot.lock().unwrap_or_else(PoisonError::into_inner) = next;
@@ -361,14 +375,21 @@ impl hyper::body::Body for ResponseBody {
                     return Poll::Ready(Some(Err(wire(e))));
                 }
             }
-            if reading.buf.capacity() - reading.buf.len() < 8 << 10 {
-                reading.buf.reserve(64 << 10);
+            // Reads grow while they fill what they are given (a large body moves in large
+            // reads) and start small again for each response.
+            if reading.buf.capacity() - reading.buf.len() < this.read_size / 2 {
+                reading.buf.reserve(this.read_size);
             }
+            let spare = reading.buf.capacity() - reading.buf.len();
             let read = std::pin::pin!(reading.rd.read_buf(&mut reading.buf)).poll(cx);
             match read {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) => this.eof = true,
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok(n)) => {
+                    if n == spare {
+                        this.read_size = (this.read_size * 2).min(MAX_READ);
+                    }
+                }
                 Poll::Ready(Err(e)) => {
                     this.reading = None;
                     *this.slot.lock().unwrap_or_else(PoisonError::into_inner) = Slot::Closed;

@@ -11,7 +11,6 @@ use flowgate_flow::{HttpVersion, Request, Response, Scheme};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 
 use super::client::{header_map, write_body};
-use super::codec::{self, Decoder, Framing, Limits, Piece, RequestHead};
 use crate::conn::{BoxIo, ConnCtx, Next};
 use crate::http::connect::{self, Answer};
 use crate::http::exchange::{self, Inbound, Reply, canonical_reason, status_response};
@@ -19,6 +18,7 @@ use crate::http::{ChannelBody, full, h2};
 use crate::layer::Stage;
 use crate::tls::Prefixed;
 use crate::upstream::{Body, BoxError, Target};
+use flowgate_h1::{self as codec, Decoder, Framing, Limits, Piece, RequestHead};
 
 /// The largest request head accepted (a larger one gets 431).
 pub(crate) const MAX_HEAD_BYTES: usize = 64 << 10;
@@ -35,9 +35,17 @@ where
     let opts = &ctx.proxy.options;
     let limits = Limits { max_headers: opts.max_headers, max_head_bytes: MAX_HEAD_BYTES };
     loop {
+        if buf.is_empty() && buf.capacity() > 16 << 10 {
+            // Between requests an idle connection keeps a small buffer only.
+            buf = BytesMut::with_capacity(8 << 10);
+        }
         let head = match tokio::time::timeout(opts.header_read_timeout, read_head(&mut rd, &mut buf, limits)).await {
             Err(_) => {
-                tracing::debug!("{}: no request head within {:?} (header_read_timeout)", ctx.client, opts.header_read_timeout);
+                tracing::debug!(
+                    "{}: no request head within {:?} (header_read_timeout)",
+                    ctx.client,
+                    opts.header_read_timeout
+                );
                 return Next::Done;
             }
             Ok(Ok(Some(head))) => head,
@@ -182,6 +190,9 @@ async fn read_head(
         {
             let _ = buf.split_to(len);
             return Ok(Some(head));
+        }
+        if buf.capacity() - buf.len() < 4 << 10 {
+            buf.reserve(8 << 10);
         }
         match rd.read_buf(buf).await {
             Ok(0) if buf.is_empty() => return Ok(None),
@@ -344,11 +355,16 @@ impl Feeder {
             Ok(Some(Piece::Data(data))) => self.pending = Some(hyper::body::Frame::data(data)),
             Ok(Some(Piece::Trailers(t))) => self.pending = Some(hyper::body::Frame::trailers(header_map(&t))),
             Ok(Some(Piece::End)) => self.tx = None,
-            Ok(None) => match rd.read_buf(buf).await {
-                Ok(0) => self.eof = true,
-                Ok(_) => {}
-                Err(e) => self.fail(format!("reading the request body failed: {e}")),
-            },
+            Ok(None) => {
+                if buf.capacity() - buf.len() < 8 << 10 {
+                    buf.reserve(64 << 10);
+                }
+                match rd.read_buf(buf).await {
+                    Ok(0) => self.eof = true,
+                    Ok(_) => {}
+                    Err(e) => self.fail(format!("reading the request body failed: {e}")),
+                }
+            }
             Err(e) => self.fail(format!("request body: {e}")),
         }
     }

@@ -1,15 +1,17 @@
-//! The HTTP/1 wire format, sans-IO: request and response heads parsed with httparse and
-//! kept as they were (field order, case, duplicates, the reason phrase), message framing
-//! decided by RFC 9112 section 6.3 (strictly for requests, so no request is smuggled past
-//! an upstream that frames differently), chunked bodies decoded and encoded, and heads
-//! written back from the flow model.
+//! flowgate's HTTP/1 wire format, sans-IO: request and response heads parsed with
+//! httparse and kept as they were (field order, case, duplicates, the reason phrase),
+//! message framing decided by RFC 9112 section 6.3 (strictly for requests, so no request
+//! is smuggled past an upstream that frames differently), chunked bodies decoded and
+//! encoded, and fields written back from the flow model. No IO: the network layer feeds
+//! bytes in and writes what comes out. A crate of its own so the fuzzer (`fuzz/`) builds
+//! it without the rest of the proxy.
 
 use bytes::{Buf, Bytes, BytesMut};
 use flowgate_flow::{Headers, HttpVersion};
 
 /// Limits on a head.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Limits {
+pub struct Limits {
     /// Most header fields.
     pub max_headers: usize,
     /// Most bytes of the whole head (start line, fields, the empty line).
@@ -18,7 +20,7 @@ pub(crate) struct Limits {
 
 /// Why a head or a body is not acceptable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum WireError {
+pub enum WireError {
     /// Not HTTP/1 syntax.
     #[error("malformed {what}: {detail}")]
     Malformed {
@@ -50,7 +52,7 @@ impl WireError {
 
 /// How a message body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Framing {
+pub enum Framing {
     /// No body.
     None,
     /// `Content-Length` bytes.
@@ -63,7 +65,7 @@ pub(crate) enum Framing {
 
 /// A parsed request head.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct RequestHead {
+pub struct RequestHead {
     /// The method, a token.
     pub method: String,
     /// The request target as sent (origin, absolute, authority or asterisk form).
@@ -78,7 +80,7 @@ pub(crate) struct RequestHead {
 
 /// A parsed response head.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ResponseHead {
+pub struct ResponseHead {
     /// Status code.
     pub status: u16,
     /// Reason phrase as sent (may be empty).
@@ -108,7 +110,7 @@ fn to_headers(what: &'static str, fields: &[httparse::Header<'_>]) -> Result<Hea
 
 /// Parses a request head at the start of `buf`: `Ok(None)` if more bytes are needed,
 /// else the head and its length in bytes.
-pub(crate) fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<(RequestHead, usize)>, WireError> {
+pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<(RequestHead, usize)>, WireError> {
     let mut stack = [httparse::EMPTY_HEADER; STACK_FIELDS];
     match parse_request_in(buf, limits, &mut stack) {
         Err(WireError::TooManyFields(_)) if limits.max_headers > STACK_FIELDS => {
@@ -148,11 +150,7 @@ fn parse_request_in<'b>(
 
 /// Parses a response head at the start of `buf`; `method` is the request's (a HEAD
 /// answer has no body).
-pub(crate) fn parse_response(
-    buf: &[u8],
-    limits: Limits,
-    method: &str,
-) -> Result<Option<(ResponseHead, usize)>, WireError> {
+pub fn parse_response(buf: &[u8], limits: Limits, method: &str) -> Result<Option<(ResponseHead, usize)>, WireError> {
     let mut stack = [httparse::EMPTY_HEADER; STACK_FIELDS];
     match parse_response_in(buf, limits, method, &mut stack) {
         Err(WireError::TooManyFields(_)) if limits.max_headers > STACK_FIELDS => {
@@ -234,23 +232,21 @@ fn ends_in_chunked(codings: &str) -> bool {
 /// A request's framing (RFC 9112 section 6.3), strictly: both `Content-Length` and
 /// `Transfer-Encoding`, lengths that disagree, or codings that do not end in `chunked`
 /// are refused, as a proxy in front of a server that frames differently smuggles them.
-pub(crate) fn request_framing(method: &str, headers: &Headers) -> Result<Framing, WireError> {
+pub fn request_framing(method: &str, headers: &Headers) -> Result<Framing, WireError> {
     let length = content_length(headers)?;
     match (transfer_encoding(headers), length) {
         (Some(_), Some(_)) => Err(WireError::Framing("both Content-Length and Transfer-Encoding".into())),
         (Some(te), None) if ends_in_chunked(&te) => Ok(Framing::Chunked),
         (Some(te), None) => Err(WireError::Framing(format!("Transfer-Encoding {te:?} does not end in chunked"))),
         (None, Some(0)) | (None, None) => Ok(Framing::None),
-        (None, Some(n)) if method == "CONNECT" => {
-            Err(WireError::Framing(format!("CONNECT with a body of {n} bytes")))
-        }
+        (None, Some(n)) if method == "CONNECT" => Err(WireError::Framing(format!("CONNECT with a body of {n} bytes"))),
         (None, Some(n)) => Ok(Framing::Length(n)),
     }
 }
 
 /// A response's framing (RFC 9112 section 6.3): none for HEAD, 1xx, 204 and 304;
 /// chunked, a length, or until close.
-pub(crate) fn response_framing(method: &str, status: u16, headers: &Headers) -> Result<Framing, WireError> {
+pub fn response_framing(method: &str, status: u16, headers: &Headers) -> Result<Framing, WireError> {
     if method == "HEAD" || (100..200).contains(&status) || status == 204 || status == 304 {
         return Ok(Framing::None);
     }
@@ -266,7 +262,7 @@ pub(crate) fn response_framing(method: &str, status: u16, headers: &Headers) -> 
 
 /// What a body decoder produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Piece {
+pub enum Piece {
     /// Body bytes.
     Data(Bytes),
     /// The trailer fields after a chunked body (never empty).
@@ -293,11 +289,12 @@ enum State {
 
 /// Decodes a body of a given framing from bytes as they arrive.
 #[derive(Debug, Clone)]
-pub(crate) struct Decoder {
+pub struct Decoder {
     state: State,
 }
 
 impl Decoder {
+    /// A decoder for a body of `framing`.
     pub fn new(framing: Framing) -> Decoder {
         let state = match framing {
             Framing::None | Framing::Length(0) => State::Done,
@@ -418,7 +415,7 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, WireError> {
 
 /// Header fields that describe one hop and are not forwarded: RFC 9110 section 7.6.1's,
 /// the proxy ones, and the framing fields (each hop frames for itself).
-pub(crate) const HOP_BY_HOP: &[&str] = &[
+pub const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -430,12 +427,12 @@ pub(crate) const HOP_BY_HOP: &[&str] = &[
 ];
 
 /// Whether a field is hop-by-hop: in [`HOP_BY_HOP`] or named by `Connection`.
-pub(crate) fn is_hop_by_hop(name: &str, connection: &[String]) -> bool {
+pub fn is_hop_by_hop(name: &str, connection: &[String]) -> bool {
     HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) || connection.iter().any(|c| name.eq_ignore_ascii_case(c))
 }
 
 /// The lowercase tokens of every `Connection` field.
-pub(crate) fn connection_tokens(headers: &Headers) -> Vec<String> {
+pub fn connection_tokens(headers: &Headers) -> Vec<String> {
     headers
         .get_all("connection")
         .flat_map(|v| String::from_utf8_lossy(v).split(',').map(|t| t.trim().to_ascii_lowercase()).collect::<Vec<_>>())
@@ -444,7 +441,7 @@ pub(crate) fn connection_tokens(headers: &Headers) -> Vec<String> {
 }
 
 /// Whether a peer asked to keep the connection after this message.
-pub(crate) fn keeps_alive(version: HttpVersion, headers: &Headers) -> bool {
+pub fn keeps_alive(version: HttpVersion, headers: &Headers) -> bool {
     let tokens = connection_tokens(headers);
     match version {
         HttpVersion::Http10 => tokens.iter().any(|t| t == "keep-alive"),
@@ -453,7 +450,7 @@ pub(crate) fn keeps_alive(version: HttpVersion, headers: &Headers) -> bool {
 }
 
 /// Appends `name: value\r\n`.
-pub(crate) fn put_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+pub fn put_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
@@ -463,7 +460,7 @@ pub(crate) fn put_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 /// Appends the end-to-end fields of `headers` in order, as they are (hop-by-hop ones
 /// left out). With `join_cookies` the `cookie` fields become one, joined by `; ` at the
 /// first one's place (RFC 9113 section 8.2.3: HTTP/2 and HTTP/3 split them).
-pub(crate) fn put_fields(out: &mut Vec<u8>, headers: &Headers, join_cookies: bool) {
+pub fn put_fields(out: &mut Vec<u8>, headers: &Headers, join_cookies: bool) {
     let connection = connection_tokens(headers);
     let mut cookies_done = false;
     for (name, value) in headers.iter() {
@@ -483,12 +480,12 @@ pub(crate) fn put_fields(out: &mut Vec<u8>, headers: &Headers, join_cookies: boo
 }
 
 /// Appends one chunk of a chunked body.
-pub(crate) fn put_chunk_header(out: &mut Vec<u8>, len: usize) {
+pub fn put_chunk_header(out: &mut Vec<u8>, len: usize) {
     out.extend_from_slice(format!("{len:x}\r\n").as_bytes());
 }
 
 /// Appends the last chunk, the trailer fields and the end of the body.
-pub(crate) fn put_last_chunk(out: &mut Vec<u8>, trailers: Option<&Headers>) {
+pub fn put_last_chunk(out: &mut Vec<u8>, trailers: Option<&Headers>) {
     out.extend_from_slice(b"0\r\n");
     if let Some(trailers) = trailers {
         for (name, value) in trailers.iter() {
@@ -605,7 +602,10 @@ mod tests {
     fn response_heads_keep_the_reason_and_framing_follows_status_and_method() {
         let raw = b"HTTP/1.1 299 Fidelity Custom Reason\r\nX-B: 1\r\nSet-Cookie: a\r\nx-a: 2\r\nSet-Cookie: b\r\nContent-Length: 3\r\n\r\nabc";
         let (head, len) = parse_response(raw, LIMITS, "GET").expect("valid").expect("complete");
-        assert_eq!((head.status, head.reason.as_str(), head.framing), (299, "Fidelity Custom Reason", Framing::Length(3)));
+        assert_eq!(
+            (head.status, head.reason.as_str(), head.framing),
+            (299, "Fidelity Custom Reason", Framing::Length(3))
+        );
         assert_eq!(len, raw.len() - 3);
         assert_eq!(fields(&head.headers)[1], ("Set-Cookie".to_owned(), "a".to_owned()));
         let (head, _) = parse_response(raw, LIMITS, "HEAD").expect("valid").expect("complete");
@@ -705,5 +705,93 @@ mod tests {
         assert!(!keeps_alive(HttpVersion::Http10, &Headers::new()));
         assert!(keeps_alive(HttpVersion::Http10, &Headers::from_pairs([("Connection", "Keep-Alive")]).expect("v")));
         assert!(!keeps_alive(HttpVersion::Http11, &Headers::from_pairs([("connection", "Close")]).expect("v")));
+    }
+
+    /// Feeds `input` cut at `cuts` through the head parser and the body decoder, as the
+    /// network layer does: a head, its body, then the next head.
+    fn drive(input: &[u8], cuts: &[usize]) -> (RequestHead, Vec<u8>, Option<Headers>, RequestHead) {
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+        cuts.sort_unstable();
+        cuts.push(input.len());
+        let mut pieces = Vec::new();
+        let mut at = 0;
+        for cut in cuts {
+            pieces.push(&input[at..cut]);
+            at = cut;
+        }
+        let mut pieces = pieces.into_iter();
+        let mut buf = BytesMut::new();
+        let mut more = |buf: &mut BytesMut| match pieces.next() {
+            Some(piece) => {
+                buf.extend_from_slice(piece);
+                true
+            }
+            None => false,
+        };
+        let next_head = |buf: &mut BytesMut, more: &mut dyn FnMut(&mut BytesMut) -> bool| loop {
+            if let Some((head, len)) = parse_request(buf, LIMITS).expect("valid head") {
+                let _ = buf.split_to(len);
+                return head;
+            }
+            assert!(more(buf), "input ended inside a head");
+        };
+        let first = next_head(&mut buf, &mut more);
+        let mut decoder = Decoder::new(first.framing);
+        let (mut body, mut trailers) = (Vec::new(), None);
+        loop {
+            match decoder.decode(&mut buf, false).expect("valid body") {
+                Some(Piece::Data(d)) => body.extend_from_slice(&d),
+                Some(Piece::Trailers(t)) => trailers = Some(t),
+                Some(Piece::End) => break,
+                None => assert!(more(&mut buf), "input ended inside the body"),
+            }
+        }
+        let second = next_head(&mut buf, &mut more);
+        (first, body, trailers, second)
+    }
+
+    fn field() -> impl proptest::strategy::Strategy<Value = (String, String)> {
+        use proptest::prelude::*;
+        ("[A-Za-z][A-Za-z0-9-]{0,12}", "[!-~]([ -~]{0,20}[!-~])?")
+            .prop_filter("framing fields are the test's own", |(n, _)| {
+                !["content-length", "transfer-encoding"].contains(&n.to_ascii_lowercase().as_str())
+            })
+    }
+
+    proptest::proptest! {
+        /// A chunked request with trailers, then the next request, cut anywhere: the
+        /// fields come out in order and case, the body and trailers whole, and the next
+        /// head is found where it starts.
+        #[test]
+        fn chunked_requests_survive_any_split(
+            fields in proptest::collection::vec(field(), 0..40),
+            chunks in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 1..200), 0..6),
+            trailers in proptest::collection::vec(field(), 0..3),
+            cuts in proptest::collection::vec(proptest::prelude::any::<usize>(), 0..12),
+        ) {
+            let headers = Headers::from_pairs(fields.iter().map(|(n, v)| (n.as_str(), v.as_bytes()))).expect("valid");
+            let trailers = Headers::from_pairs(trailers.iter().map(|(n, v)| (n.as_str(), v.as_bytes()))).expect("valid");
+            let mut raw = b"POST /p?q HTTP/1.1\r\n".to_vec();
+            for (name, value) in headers.iter() {
+                put_field(&mut raw, name, value);
+            }
+            put_field(&mut raw, "Transfer-Encoding", b"chunked");
+            raw.extend_from_slice(b"\r\n");
+            for chunk in &chunks {
+                put_chunk_header(&mut raw, chunk.len());
+                raw.extend_from_slice(chunk);
+                raw.extend_from_slice(b"\r\n");
+            }
+            put_last_chunk(&mut raw, (!trailers.is_empty()).then_some(&trailers));
+            raw.extend_from_slice(b"GET /next HTTP/1.1\r\n\r\n");
+            let (first, body, got_trailers, second) = drive(&raw, &cuts);
+            let mut want = headers.clone();
+            want.append("Transfer-Encoding", b"chunked").expect("valid");
+            proptest::prop_assert_eq!(first.headers, want);
+            proptest::prop_assert_eq!(first.framing, Framing::Chunked);
+            proptest::prop_assert_eq!(body, chunks.concat());
+            proptest::prop_assert_eq!(got_trailers.unwrap_or_default(), trailers);
+            proptest::prop_assert_eq!((second.method.as_str(), second.target.as_str()), ("GET", "/next"));
+        }
     }
 }
