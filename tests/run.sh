@@ -3,7 +3,8 @@
 # openssl, nghttp/h2load, headless Chromium from Debian; Python's h2 and grpcio, pinned in
 # tests/e2e/requirements.txt, in a virtualenv), the plugin toolchains (plugins/toolchains.sh)
 # and the wasm32-wasip2 target, then runs the whole cargo test suite (which builds the
-# example plugins once).
+# example plugins once). Without arguments it then runs the HTTP/1 codec's fuzz targets
+# briefly (host/h1/fuzz/smoke.sh); with arguments they go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,4 +53,8 @@ set -e
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i == "passed;") p += $(i-1); if ($i == "failed;") f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 rm -f "$log"
+# The whole run (no arguments, as CI calls it) also fuzzes the HTTP/1 codec briefly.
+if [ "$#" -eq 0 ]; then
+    bash host/h1/fuzz/smoke.sh || status=1
+fi
 exit "$status"

@@ -173,7 +173,8 @@ class Proxy:
         self.confdir = work / f"conf-{name}"
         self.confdir.mkdir(exist_ok=True)
         if kind == "flowgate":
-            cmd = [args.flowgate, "-q", "-k", "--confdir", str(self.confdir), "--listen-host", "127.0.0.1",
+            binary = args.baseline if name.startswith("baseline") else args.flowgate
+            cmd = [binary, "-q", "-k", "--confdir", str(self.confdir), "--listen-host", "127.0.0.1",
                    "-p", str(self.port), "--mode", mode]
             plugin = plugin_of(args, name)
             if plugin:
@@ -319,7 +320,7 @@ def plugin_of(args, name):
 
 
 def kind_of(target):
-    """Which program a target runs."""
+    """Which program a target runs (`baseline` is flowgate too, another build of it)."""
     return "mitmdump" if target == "mitmdump" else "flowgate"
 
 
@@ -357,6 +358,8 @@ def run(args):
                "scenarios": {}}
     try:
         extra_targets = [f"flowgate+{n}" for n, _ in args.extra_plugins]
+        # Another flowgate build, measured in the same rotating rounds (before/after).
+        extra_targets += ["baseline"] if args.baseline else []
         for t in TARGETS[1:] + extra_targets:
             if t != "mitmdump" or args.mitmdump:
                 procs[t] = Proxy(kind_of(t), args, work, t)
@@ -365,6 +368,8 @@ def run(args):
         load_targets = targets + extra_targets
 
         for name, desc, url, extra, conns, tls in load_scenarios(origin):
+            if args.only and name not in args.only:
+                continue
             def request(t, url=url, extra=extra, conns=conns, tls=tls):
                 if t == "direct":
                     return url, extra + (["--cacert", str(origin.ca)] if tls else []), conns, None
@@ -374,47 +379,51 @@ def run(args):
             results["scenarios"][name] = summarize(desc, measure(args, name, load_targets, request))
 
         # Reverse mode: each proxy in front of the cleartext origin.
-        for t in extra_targets:
-            procs.pop(t).stop()
-        for t in load_targets[1:]:
-            procs[f"{t}-reverse"] = Proxy(kind_of(t), args, work, f"{t}-reverse",
-                                          mode=f"reverse:http://127.0.0.1:{origin.http}")
+        if not args.only or "reverse" in args.only:
+            for t in extra_targets:
+                procs.pop(t).stop()
+            for t in load_targets[1:]:
+                procs[f"{t}-reverse"] = Proxy(kind_of(t), args, work, f"{t}-reverse",
+                                              mode=f"reverse:http://127.0.0.1:{origin.http}")
 
-        def reverse_request(t):
-            p = procs.get(f"{t}-reverse")
-            return f"http://127.0.0.1:{p.port if p else origin.http}/small", [], 10, p
+            def reverse_request(t):
+                p = procs.get(f"{t}-reverse")
+                return f"http://127.0.0.1:{p.port if p else origin.http}/small", [], 10, p
 
-        runs = measure(args, "reverse", load_targets, reverse_request)
-        results["scenarios"]["reverse"] = summarize("reverse mode, HTTP/1.1 client, cleartext origin", runs)
-        for t in load_targets[1:]:
-            procs.pop(f"{t}-reverse").stop()
+            runs = measure(args, "reverse", load_targets, reverse_request)
+            results["scenarios"]["reverse"] = summarize("reverse mode, HTTP/1.1 client, cleartext origin", runs)
+            for t in load_targets[1:]:
+                procs.pop(f"{t}-reverse").stop()
+        else:
+            for t in extra_targets:
+                procs.pop(t).stop()
+        if not args.only:
+            # A streamed body: a fresh proxy each, so its peak RSS is the body's.
+            body = {}
+            for t in targets:
+                p = None if t == "direct" else Proxy(kind_of(t), args, work, f"{t}-body")
+                url = f"http://127.0.0.1:{origin.http}/big"
+                code, size, total = stream_body(url, p.url if p else None, args.body_timeout)
+                peak = rss_kib(p.proc.pid, "VmHWM") if p else None
+                body[t] = {"status": code, "bytes": size, "seconds": total,
+                           "mb_per_s": (size / total / 1e6) if total else 0.0, "peak_rss_kib": peak,
+                           "complete": code == 200 and size == big}
+                log(f"body {t}: {body[t]['mb_per_s']:.0f} MB/s, peak RSS {peak} KiB")
+                if p:
+                    p.stop()
+            results["scenarios"]["body"] = {"description": f"a {big >> 20} MiB body streamed through (curl)",
+                                            "targets": body}
 
-        # A streamed body: a fresh proxy each, so its peak RSS is the body's.
-        body = {}
-        for t in targets:
-            p = None if t == "direct" else Proxy(kind_of(t), args, work, f"{t}-body")
-            url = f"http://127.0.0.1:{origin.http}/big"
-            code, size, total = stream_body(url, p.url if p else None, args.body_timeout)
-            peak = rss_kib(p.proc.pid, "VmHWM") if p else None
-            body[t] = {"status": code, "bytes": size, "seconds": total,
-                       "mb_per_s": (size / total / 1e6) if total else 0.0, "peak_rss_kib": peak,
-                       "complete": code == 200 and size == big}
-            log(f"body {t}: {body[t]['mb_per_s']:.0f} MB/s, peak RSS {peak} KiB")
-            if p:
+            # Idle intercepted TLS connections: RSS per connection.
+            idle = {}
+            for t in targets[1:]:
+                count = args.idle_mitmdump if t == "mitmdump" else args.idle
+                p = Proxy(kind_of(t), args, work, f"{t}-idle")
+                idle[t] = idle_tls(p, origin, count)
+                log(f"idle {t}: {idle[t]}")
                 p.stop()
-        results["scenarios"]["body"] = {"description": f"a {big >> 20} MiB body streamed through (curl)",
-                                        "targets": body}
-
-        # Idle intercepted TLS connections: RSS per connection.
-        idle = {}
-        for t in targets[1:]:
-            count = args.idle_mitmdump if t == "mitmdump" else args.idle
-            p = Proxy(kind_of(t), args, work, f"{t}-idle")
-            idle[t] = idle_tls(p, origin, count)
-            log(f"idle {t}: {idle[t]}")
-            p.stop()
-        results["scenarios"]["idle-tls"] = {"description": "idle intercepted TLS connections (after one request each)",
-                                            "targets": idle}
+            results["scenarios"]["idle-tls"] = {"description": "idle intercepted TLS connections (after one request each)",
+                                                "targets": idle}
     finally:
         for p in procs.values():
             p.stop()
@@ -469,6 +478,8 @@ def ratios(results):
                      "flowgate/mitmdump": ratio("flowgate", "mitmdump"),
                      "flowgate+plugin/mitmdump": ratio("flowgate+plugin", "mitmdump"),
                      "plugin/no-plugin": ratio("flowgate+plugin", "flowgate")}
+        if "baseline" in t:
+            out[name]["flowgate/baseline"] = ratio("flowgate", "baseline")
         for target in t:
             if target.startswith("flowgate+") and target != "flowgate+plugin":
                 out[name][f"{target.removeprefix('flowgate+')}/no-plugin"] = ratio(target, "flowgate")
@@ -503,7 +514,8 @@ def table(results):
     for name, r in results["ratios"].items():
         lines.append(f"| {name} | {fmt(r['flowgate/direct'], '.2f')} | {fmt(r['flowgate+plugin/direct'], '.2f')} | "
                      f"{fmt(r['flowgate/mitmdump'], '.1f')} | {fmt(r['plugin/no-plugin'], '.2f')} |")
-    extra = sorted({k for r in results["ratios"].values() for k in r if k.endswith("/no-plugin") and k != "plugin/no-plugin"})
+    extra = sorted({k for r in results["ratios"].values() for k in r
+                    if (k.endswith("/no-plugin") and k != "plugin/no-plugin") or k == "flowgate/baseline"})
     if extra:
         lines += ["", "| scenario | " + " | ".join(extra) + " |", "|---|" + "---:|" * len(extra)]
         for name, r in results["ratios"].items():
@@ -522,6 +534,11 @@ def main():
     p.add_argument("--oha", default=shutil.which("oha") or "oha")
     p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
     p.add_argument("--mitmdump", default=shutil.which("mitmdump"), help="omit to skip mitmdump")
+    p.add_argument("--baseline", help="another flowgate binary (say, main's) measured beside --flowgate "
+                   "in the load scenarios and reverse mode, as target 'baseline'")
+    p.add_argument("--only", type=lambda s: s.split(","), default=None,
+                   help="comma-separated load scenarios to run (h1-plain,h1-https,h2-https,new-tls,reverse); "
+                   "body and idle-tls are skipped with it")
     p.add_argument("--rounds", type=int)
     p.add_argument("--seconds", type=float)
     p.add_argument("--body-size", type=int)
