@@ -94,6 +94,10 @@ cases! {
     request_fields_300: regular, reverse, connect;
     response_fields_300: regular, reverse, connect;
     huge_head_431: regular, reverse, connect;
+    upstream_cl_te: regular, reverse, connect;
+    head_keeps_length: regular, reverse, connect;
+    codings_kept: regular, reverse, connect;
+    duplicate_host_400: regular, reverse, connect;
     h2_cookies_joined: regular, reverse;
     h2_repeats_kept: regular, reverse;
     h2_te_listed_in_connection: regular, reverse;

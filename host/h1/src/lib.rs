@@ -144,6 +144,10 @@ fn parse_request_in<'b>(
     let target = request.path.unwrap_or_default().to_owned();
     let version = version_of(request.version);
     let headers = to_headers("request head", request.headers)?;
+    // RFC 9112 section 3.2: a server answers 400 to a request with more than one Host.
+    if headers.get_all("host").nth(1).is_some() {
+        return Err(WireError::Framing("more than one Host field".into()));
+    }
     let framing = request_framing(&method, &headers)?;
     Ok(Some((RequestHead { method, target, version, headers, framing }, len)))
 }
@@ -223,6 +227,23 @@ fn transfer_encoding(headers: &Headers) -> Option<String> {
         });
     }
     all
+}
+
+/// The transfer codings of a message other than its final `chunked` (`gzip` for
+/// `gzip, chunked`; empty for `chunked`), if it has any `Transfer-Encoding`: a proxy
+/// re-chunks the body for the next hop and keeps the other codings' label.
+pub fn transfer_codings(headers: &Headers) -> Option<String> {
+    let all = transfer_encoding(headers)?;
+    let mut codings: Vec<&str> = all.split(',').map(str::trim).filter(|c| !c.is_empty()).collect();
+    if codings.last() == Some(&"chunked") {
+        codings.pop();
+    }
+    Some(codings.join(", "))
+}
+
+/// The `Transfer-Encoding` value for a body that goes out chunked with `codings`.
+pub fn chunked_with(codings: &str) -> Vec<u8> {
+    if codings.is_empty() { b"chunked".to_vec() } else { format!("{codings}, chunked").into_bytes() }
 }
 
 fn ends_in_chunked(codings: &str) -> bool {
@@ -458,13 +479,15 @@ pub fn put_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 }
 
 /// Appends the end-to-end fields of `headers` in order, as they are (hop-by-hop ones
-/// left out). With `join_cookies` the `cookie` fields become one, joined by `; ` at the
-/// first one's place (RFC 9113 section 8.2.3: HTTP/2 and HTTP/3 split them).
+/// left out, and `Content-Length` when there is a `Transfer-Encoding`: RFC 9112 section
+/// 6.3 has a proxy remove it). With `join_cookies` the `cookie` fields become one, joined
+/// by `; ` at the first one's place (RFC 9113 section 8.2.3: HTTP/2 and HTTP/3 split them).
 pub fn put_fields(out: &mut Vec<u8>, headers: &Headers, join_cookies: bool) {
     let connection = connection_tokens(headers);
+    let coded = headers.contains("transfer-encoding");
     let mut cookies_done = false;
     for (name, value) in headers.iter() {
-        if is_hop_by_hop(name, &connection) {
+        if is_hop_by_hop(name, &connection) || (coded && name.eq_ignore_ascii_case("content-length")) {
             continue;
         }
         if join_cookies && name.eq_ignore_ascii_case("cookie") {
@@ -705,6 +728,145 @@ mod tests {
         assert!(!keeps_alive(HttpVersion::Http10, &Headers::new()));
         assert!(keeps_alive(HttpVersion::Http10, &Headers::from_pairs([("Connection", "Keep-Alive")]).expect("v")));
         assert!(!keeps_alive(HttpVersion::Http11, &Headers::from_pairs([("connection", "Close")]).expect("v")));
+    }
+
+    /// RFC 9112's MUST cases and the usual smuggling obfuscations (CL.TE, TE.CL, TE.TE,
+    /// bare CR and LF, NUL, space before the colon, chunk extensions and sizes). Each is
+    /// refused with a status, or read as exactly one request with the framing shown and
+    /// the next request found right after it: what goes upstream is written again from
+    /// that, so a strict parser there reads the same one request.
+    #[test]
+    fn compliance_corpus() {
+        enum Want {
+            Refused(u16),
+            One(Framing, &'static [u8]),
+        }
+        use Want::*;
+        const NEXT: &[u8] = b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n";
+        let cases: &[(&str, &[u8], Want)] = &[
+            (
+                "CL.TE",
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nX",
+                Refused(400),
+            ),
+            (
+                "TE.CL",
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+                Refused(400),
+            ),
+            ("TE xchunked", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n", Refused(400)),
+            ("TE quoted", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: \"chunked\"\r\n\r\n", Refused(400)),
+            (
+                "TE then another",
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: x\r\n\r\n",
+                Refused(400),
+            ),
+            (
+                "TE chunked, identity",
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+                Refused(400),
+            ),
+            (
+                "TE space before colon",
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n",
+                Refused(400),
+            ),
+            ("TE folded", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\n chunked\r\n\r\n", Refused(400)),
+            (
+                "TE leading space line",
+                b"POST / HTTP/1.1\r\n Transfer-Encoding: chunked\r\nHost: x\r\n\r\n",
+                Refused(400),
+            ),
+            (
+                "TE tab",
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\tchunked\r\n\r\n0\r\n\r\n",
+                One(Framing::Chunked, b""),
+            ),
+            (
+                "TE uppercase",
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: CHUNKED\r\n\r\n1\r\na\r\n0\r\n\r\n",
+                One(Framing::Chunked, b"a"),
+            ),
+            (
+                "TE gzip, chunked",
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n",
+                One(Framing::Chunked, b"ab"),
+            ),
+            (
+                "TE_ is another field",
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer_Encoding: chunked\r\n\r\n",
+                One(Framing::None, b""),
+            ),
+            (
+                "CL leading zero",
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 01\r\n\r\na",
+                One(Framing::Length(1), b"a"),
+            ),
+            (
+                "CL list agreeing",
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1, 1\r\n\r\na",
+                One(Framing::Length(1), b"a"),
+            ),
+            ("CL list differing", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1, 2\r\n\r\nab", Refused(400)),
+            (
+                "CL twice differing",
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+                Refused(400),
+            ),
+            ("CL negative", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", Refused(400)),
+            ("CL hex", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0x5\r\n\r\n", Refused(400)),
+            ("CL with space", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1 2\r\n\r\n", Refused(400)),
+            ("CL empty", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length:\r\n\r\n", Refused(400)),
+            (
+                "CONNECT with a body",
+                b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\nContent-Length: 3\r\n\r\nabc",
+                Refused(400),
+            ),
+            ("two Hosts", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", Refused(400)),
+            ("space before colon", b"GET / HTTP/1.1\r\nHost : x\r\n\r\n", Refused(400)),
+            ("bare CR in a value", b"GET / HTTP/1.1\r\nHost: x\r\nX: a\rb\r\n\r\n", Refused(400)),
+            ("NUL in a value", b"GET / HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n", Refused(400)),
+            ("bare CR in the request line", b"GET /\r HTTP/1.1\r\nHost: x\r\n\r\n", Refused(400)),
+            ("two spaces in the request line", b"GET  / HTTP/1.1\r\nHost: x\r\n\r\n", Refused(400)),
+            ("HTTP/1.2", b"GET / HTTP/1.2\r\nHost: x\r\n\r\n", Refused(400)),
+            ("bare LF line ends", b"GET / HTTP/1.1\nHost: x\n\n", One(Framing::None, b"")),
+            (
+                "chunk extension",
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;a=\"q;r\"\r\nhello\r\n0;z\r\n\r\n",
+                One(Framing::Chunked, b"hello"),
+            ),
+            (
+                "chunk size leading zeros",
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0005\r\nhello\r\n0\r\n\r\n",
+                One(Framing::Chunked, b"hello"),
+            ),
+        ];
+        for (what, raw, want) in cases {
+            let mut input = raw.to_vec();
+            input.extend_from_slice(NEXT);
+            match (parse_request(&input, LIMITS), want) {
+                (Err(e), Refused(status)) => assert_eq!(e.status(), *status, "{what}: {e}"),
+                (Ok(Some((head, len))), One(framing, body)) => {
+                    assert_eq!(head.framing, *framing, "{what}");
+                    let (got, _, left) = decode_all(head.framing, &input[len..], 1).expect(what);
+                    assert_eq!(got.as_slice(), *body, "{what}: body");
+                    let rest = &input[input.len() - left..];
+                    let next = parse_request(rest, LIMITS).expect(what).expect(what);
+                    assert_eq!(
+                        (next.0.target.as_str(), next.1),
+                        ("/next", NEXT.len()),
+                        "{what}: one request, then the next"
+                    );
+                }
+                (got, Refused(status)) => panic!("{what}: want {status}, got {got:?}"),
+                (got, One(..)) => panic!("{what}: want one request, got {got:?}"),
+            }
+        }
+        let bad_chunks: &[&[u8]] =
+            &[b"+5\r\nhello\r\n0\r\n\r\n", b"5\nhello\r\n0\r\n\r\n", b"ffffffffffffffff\r\n", b"5\r\nhello0\r\n\r\n"];
+        for chunk in bad_chunks {
+            assert!(decode_all(Framing::Chunked, chunk, 1).is_err(), "{:?}", String::from_utf8_lossy(chunk));
+        }
     }
 
     /// Feeds `input` cut at `cuts` through the head parser and the body decoder, as the

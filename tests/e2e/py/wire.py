@@ -303,6 +303,14 @@ def answer(path: str, close: bool) -> bytes:
         return early + response("200 OK", [("Content-Type", "text/plain")], b"early\n", close)
     if path == "/fields":
         return response("200 OK", MANY_FIELDS, b"fields\n", close)
+    if path == "/cl-te":
+        # A hostile upstream: a length beside a chunked body (RFC 9112 6.3: TE wins).
+        head = "HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n"
+        head += "Connection: close\r\n" if close else ""
+        return (head + "\r\n5\r\nhello\r\n0\r\n\r\n").encode("latin-1")
+    if path == "/head-length":
+        # The answer to a HEAD: the length a GET would have, and no body.
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n" + (b"Connection: close\r\n" if close else b"") + b"\r\n"
     return response("200 OK", [("Content-Type", "text/plain")], b"ok\n", close)
 
 
@@ -641,6 +649,55 @@ def huge_head_431(wire: Wire) -> None:
     got = wire.control("seen")
     if got["heads"] or got["bytes"]:
         raise Mismatch(f"the client got 431, but the origin received {got['bytes']} bytes, {len(got['heads'])} heads")
+
+
+@case(*ALL_MODES)
+def upstream_cl_te(wire: Wire) -> None:
+    """A hostile upstream's Content-Length beside Transfer-Encoding never reaches the
+    client: the body is chunked again, without the length."""
+    heads, body = wire.exchange(request("GET", wire.target("/cl-te"), wire.host(), []))
+    head = final(heads, body)
+    if values(head, "content-length") or body != b"hello":
+        raise Mismatch(f"the origin sent Content-Length 100 beside a chunked 'hello'; the client got\n{show(head)}\n  body {body!r}")
+
+
+@case(*ALL_MODES)
+def head_keeps_length(wire: Wire) -> None:
+    """The answer to a HEAD keeps its Content-Length and has no body; the connection
+    carries the next request."""
+    conn = wire.connect()
+    try:
+        conn.send(request("HEAD", wire.target("/head-length"), wire.host(), []))
+        heads, body = conn.read_response("HEAD")
+        if values(final(heads, body), "content-length") != ["1234"] or body:
+            raise Mismatch(f"the origin answered HEAD with Content-Length 1234; the client got\n{show(heads[-1])}")
+        conn.send(request("GET", wire.target("/after-head"), wire.host(), []))
+        final(*conn.read_response())
+    finally:
+        conn.close()
+
+
+@case(*ALL_MODES)
+def codings_kept(wire: Wire) -> None:
+    """A request body coded `gzip, chunked` reaches the origin chunked with its gzip
+    label (the proxy re-chunks, it does not decode gzip), and without a length."""
+    raw = request("POST", wire.target("/coded"), wire.host(), [("Transfer-Encoding", "gzip, chunked")])
+    raw += b"4\r\n\x1f\x8b\x08\x00\r\n0\r\n\r\n"
+    final(*wire.exchange(raw))
+    head = wire.one_seen("/coded")
+    codings = ", ".join(values(head, "transfer-encoding")).lower().replace(" ", "")
+    if codings != "gzip,chunked" or values(head, "content-length"):
+        raise Mismatch(f"sent Transfer-Encoding: gzip, chunked; the origin got\n{show(head)}")
+
+
+@case(*ALL_MODES)
+def duplicate_host_400(wire: Wire) -> None:
+    """A request with two Host fields gets 400 (RFC 9112 3.2) and never reaches the origin."""
+    raw = request("GET", wire.target("/two-hosts"), wire.host(), [("Host", "other.example")])
+    heads, body = wire.exchange(raw)
+    final(heads, body, 400)
+    if wire.seen():
+        raise Mismatch("two Host fields: the client got 400, but a request reached the origin")
 
 
 @case(*H2_MODES)

@@ -275,7 +275,8 @@ pub(crate) async fn handle(
         ex.request.headers.remove("content-length");
     }
     if let Some(bytes) = &ex.request.body {
-        if request_trailers.is_some() {
+        // A body with trailers or transfer codings goes chunked: no length.
+        if request_trailers.is_some() || ex.request.headers.contains("transfer-encoding") {
             ex.request.headers.remove("content-length");
         } else if bytes.is_empty() && !ex.request.headers.contains("content-length") && !method_has_body(&ex.request) {
             // A GET stays without a length.
@@ -385,7 +386,7 @@ pub(crate) async fn handle(
     // Trailers go after a chunked body (HTTP/1.1) or as a HEADERS frame (HTTP/2), so a
     // body with trailers gets no content-length.
     if let Some(bytes) = &response.body {
-        if response_trailers.is_some() {
+        if response_trailers.is_some() || response.headers.contains("transfer-encoding") {
             response.headers.remove("content-length");
         } else {
             let _ = response.headers.set("content-length", bytes.len().to_string().as_bytes());

@@ -201,6 +201,12 @@ fn request_head(request: &Request, absolute: bool, body: &Body) -> Result<(Vec<u
         codec::put_field(&mut head, "Connection", b"TE");
     }
     let framing = match codec::request_framing(&request.method, headers) {
+        // Chunked again for this hop, with the other codings' label kept.
+        Ok(Framing::Chunked) => {
+            let codings = codec::transfer_codings(headers).unwrap_or_default();
+            codec::put_field(&mut head, "Transfer-Encoding", &codec::chunked_with(&codings));
+            Framing::Chunked
+        }
         Ok(Framing::Length(n)) => Framing::Length(n),
         Ok(_) if headers.contains("content-length") => Framing::None,
         Ok(_) if hyper::body::Body::is_end_stream(body) => Framing::None,

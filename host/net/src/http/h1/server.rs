@@ -52,7 +52,7 @@ where
             Ok(Ok(None)) => return Next::Done,
             Ok(Err(e)) => {
                 tracing::debug!("{}: refused request: {e}", ctx.client);
-                let _ = write_reply(&mut wr, status_response(e.status(), &e.to_string()), "GET", true).await;
+                let _ = write_reply(&mut wr, status_response(e.status(), &e.to_string()), To::closing("GET")).await;
                 return Next::Done;
             }
         };
@@ -60,7 +60,8 @@ where
         let keep_alive = codec::keeps_alive(version, &headers);
         if method == "CONNECT" && fixed.is_none() {
             let Some((host, port)) = authority_of(&target) else {
-                let _ = write_reply(&mut wr, status_response(400, "CONNECT needs host:port"), &method, true).await;
+                let _ =
+                    write_reply(&mut wr, status_response(400, "CONNECT needs host:port"), To::closing(&method)).await;
                 return Next::Done;
             };
             let request = Request {
@@ -83,16 +84,18 @@ where
                     }
                     return switch(stage, rd, wr, buf);
                 }
-                Ok(Answer::Reply(reply)) => match write_reply(&mut wr, reply, &method, !keep_alive).await {
-                    Ok(true) if keep_alive => continue,
-                    _ => return Next::Done,
-                },
+                Ok(Answer::Reply(reply)) => {
+                    match write_reply(&mut wr, reply, To { method: &method, version, close: !keep_alive }).await {
+                        Ok(true) if keep_alive => continue,
+                        _ => return Next::Done,
+                    }
+                }
             }
         }
         let (scheme, authority, path) = match request_target(&method, &target) {
             Ok(parts) => parts,
             Err(message) => {
-                let _ = write_reply(&mut wr, status_response(400, &message), &method, true).await;
+                let _ = write_reply(&mut wr, status_response(400, &message), To::closing(&method)).await;
                 return Next::Done;
             }
         };
@@ -153,7 +156,7 @@ where
         let Ok(reply) = reply else { return Next::Done };
         let close = !keep_alive || feeder.failed;
         // The rest of the request body keeps coming while the response goes out.
-        let write = write_reply(&mut wr, reply, &method, close);
+        let write = write_reply(&mut wr, reply, To { method: &method, version, close });
         let mut write = std::pin::pin!(write);
         let wrote = loop {
             tokio::select! {
@@ -262,18 +265,47 @@ async fn write_interim(wr: &mut WriteHalf<BoxIo>, interim: &Response) -> std::io
     wr.flush().await
 }
 
+/// Who a reply goes to: the request's method and version, and whether the connection
+/// closes after it.
+#[derive(Clone, Copy)]
+struct To<'a> {
+    method: &'a str,
+    version: HttpVersion,
+    close: bool,
+}
+
+impl<'a> To<'a> {
+    /// A reply after which the connection closes (errors, refusals).
+    fn closing(method: &'a str) -> To<'a> {
+        To { method, version: HttpVersion::Http11, close: true }
+    }
+}
+
 /// Writes a reply in HTTP/1.1 framing; `Ok(true)` if the connection can carry another
 /// request after it.
-async fn write_reply(wr: &mut WriteHalf<BoxIo>, reply: Reply, method: &str, close: bool) -> Result<bool, BoxError> {
+async fn write_reply(wr: &mut WriteHalf<BoxIo>, reply: Reply, to: To<'_>) -> Result<bool, BoxError> {
     let Reply { response, body } = reply;
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", response.status, reason(&response)).as_bytes());
     codec::put_fields(&mut out, &response.headers, false);
-    let no_body = method == "HEAD" || matches!(response.status, 100..=199 | 204 | 304);
+    let no_body = to.method == "HEAD" || matches!(response.status, 100..=199 | 204 | 304);
+    // An HTTP/1.0 client takes no chunked body: one of unknown length ends with the connection.
+    let unknown_length = |out: &mut Vec<u8>, codings: &str| {
+        if to.version == HttpVersion::Http10 {
+            Framing::Close
+        } else {
+            codec::put_field(out, "Transfer-Encoding", &codec::chunked_with(codings));
+            Framing::Chunked
+        }
+    };
     let framing = if no_body {
         Framing::None
+    } else if let Some(codings) = codec::transfer_codings(&response.headers) {
+        // Coded by the upstream (a hostile one's Content-Length beside it was left out):
+        // chunked again, with the other codings' label kept.
+        unknown_length(&mut out, &codings)
     } else {
-        match codec::response_framing(method, response.status, &response.headers) {
+        match codec::response_framing(to.method, response.status, &response.headers) {
             Ok(Framing::Length(n)) => Framing::Length(n),
             _ if response.headers.contains("content-length") => Framing::None,
             _ if hyper::body::Body::is_end_stream(&body) => {
@@ -285,24 +317,24 @@ async fn write_reply(wr: &mut WriteHalf<BoxIo>, reply: Reply, method: &str, clos
                     codec::put_field(&mut out, "content-length", n.to_string().as_bytes());
                     Framing::Length(n)
                 }
-                None => {
-                    codec::put_field(&mut out, "transfer-encoding", b"chunked");
-                    Framing::Chunked
-                }
+                None => unknown_length(&mut out, ""),
             },
         }
     };
+    let close = to.close || framing == Framing::Close;
     if close {
         codec::put_field(&mut out, "connection", b"close");
+    } else if to.version == HttpVersion::Http10 {
+        codec::put_field(&mut out, "connection", b"keep-alive");
     }
     out.extend_from_slice(b"\r\n");
-    if no_body || framing == Framing::None {
+    if framing == Framing::None {
         wr.write_all(&out).await?;
         wr.flush().await?;
-        return Ok(true);
+    } else {
+        write_body(wr, out, body, framing).await?;
     }
-    write_body(wr, out, body, framing).await?;
-    Ok(true)
+    Ok(!close)
 }
 
 /// Reads a request body off the connection into the exchange's [`Body`], one frame at a
