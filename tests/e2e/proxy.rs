@@ -670,3 +670,20 @@ fn client_disconnected_fires_when_the_client_leaves_not_when_a_tunnel_opens() {
     }
     assert_eq!(fg.count_logs(&needle), 1, "exactly once");
 }
+
+#[test]
+fn a_stuck_stdout_drops_flow_lines_and_never_stalls_traffic() {
+    let origin = Origin::start(false);
+    let fg = Flowgate::start_with_stuck_stdout(&[]);
+    // Far more lines than a pipe (64 KiB) and the output queue hold.
+    let request = format!("GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", origin.url("http", "/stuck"));
+    for i in 0..3000 {
+        let reply = raw(fg.port, request.as_bytes());
+        assert!(reply.starts_with("HTTP/1.1 200"), "request {i} with stdout stuck: {reply:?}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fg.count_logs("flow lines dropped so far") < 2 {
+        assert!(Instant::now() < deadline, "no drop report on stderr: {:?}", fg.logs.lock().expect("logs"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -304,6 +304,16 @@ impl Flowgate {
     /// Starts flowgate with extra environment variables (e.g. `FLOWGATE_LOG`). Its stdout
     /// and stderr lines are kept apart (stderr is also passed on, for failing tests).
     pub fn start_with(confdir: PathBuf, env: &[(&str, &str)], args: &[&str]) -> Flowgate {
+        Flowgate::spawn(confdir, env, args, false)
+    }
+
+    /// Starts flowgate and stops reading its stdout once it has started: a pipe nobody
+    /// reads, as a paused terminal is.
+    pub fn start_with_stuck_stdout(args: &[&str]) -> Flowgate {
+        Flowgate::spawn(confdir(), &[], args, true)
+    }
+
+    fn spawn(confdir: PathBuf, env: &[(&str, &str)], args: &[&str], stuck: bool) -> Flowgate {
         let mut child = Command::new(env!("CARGO_BIN_EXE_flowgate"))
             .args(["--listen-host", "127.0.0.1", "-p", "0", "--confdir"])
             .arg(&confdir)
@@ -321,6 +331,12 @@ impl Flowgate {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(port) = line.split("listening at 127.0.0.1:").nth(1) {
                     let _ = tx.send(port.trim().parse::<u16>().unwrap_or(0));
+                    if stuck {
+                        // Holds the pipe open, unread, until the test process ends.
+                        loop {
+                            std::thread::park();
+                        }
+                    }
                 }
                 sink.lock().expect("lines lock").push(line);
             }

@@ -1,6 +1,7 @@
 //! The `flowgate` command: runs the proxy with mitmdump's flags, `flowgate ca` for the
 //! certificate authority and `flowgate plugin new|build|test` for plugin authors.
 
+mod output;
 mod plugin_build;
 mod plugin_new;
 mod plugin_test;
@@ -341,11 +342,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 
     let quiet = cli.quiet;
+    let output = Arc::new(output::Output::start());
+    let lines = output.clone();
     let sink = Arc::new(move |record: &FlowRecord| {
         if !quiet {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{record}");
-            let _ = out.flush();
+            lines.line(record.to_string());
         }
     });
     let proxy = Proxy::new(chain.clone(), Arc::new(ca), settings.proxy, sink);
@@ -364,6 +365,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     for failure in chain.done().await {
         eprintln!("flowgate: {failure}");
+    }
+    if output.dropped() > 0 {
+        eprintln!("flowgate: {} flow lines were dropped in all (stdout was not keeping up)", output.dropped());
     }
     Ok(())
 }

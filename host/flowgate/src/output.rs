@@ -1,0 +1,57 @@
+//! Where flow lines go: stdout, written by a thread of its own from a bounded queue. A
+//! slow or stuck stdout (a paused terminal, a pipe nobody reads) drops lines, counted and
+//! reported on stderr (at 1, 10, 100... and at exit), and never stalls a proxy worker.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+
+/// Lines queued for stdout at most; past it they are dropped.
+const QUEUED_LINES: usize = 1024;
+
+/// The queue to the writer thread.
+pub struct Output {
+    tx: SyncSender<String>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Output {
+    /// Starts the writer thread.
+    pub fn start() -> Output {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<String>(QUEUED_LINES);
+        std::thread::Builder::new()
+            .name("flowgate-output".to_owned())
+            .spawn(move || {
+                let mut broken = false;
+                for line in rx {
+                    if !broken {
+                        let mut out = std::io::stdout().lock();
+                        // A closed stdout (EPIPE) ends the output, not the proxy.
+                        broken = writeln!(out, "{line}").and_then(|()| out.flush()).is_err();
+                    }
+                }
+            })
+            .ok();
+        Output { tx, dropped: Arc::new(AtomicU64::new(0)) }
+    }
+
+    /// Queues a line; drops it (counted) if the queue is full.
+    pub fn line(&self, line: String) {
+        match self.tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                // Reported at 1, 10, 100... so a stuck stdout is known without a flood.
+                let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.to_string().trim_start_matches('1').bytes().all(|b| b == b'0') {
+                    eprintln!("flowgate: {n} flow lines dropped so far: stdout is not keeping up");
+                }
+            }
+        }
+    }
+
+    /// Lines dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
