@@ -103,6 +103,19 @@ async fn block_list() {
     assert_eq!(conn.http_flow(flow(3, 1)).request_headers(&mut req).await, HttpAction::Kill);
     let mut req = request("http://shop.test/cart", 0);
     assert_eq!(conn.http_flow(flow(4, 1)).request_headers(&mut req).await, HttpAction::Continue);
+
+    // A local answer must be final: 101 (or any 1xx) is refused as invalid output, and the
+    // plugin's failure policy (fail-open by default) lets the request go on.
+    for status in ["101", "103", "199"] {
+        let interim = manifest(BLOCK_LIST, &format!("[config]\nhosts = \"any.test\"\nstatus = \"{status}\"\n"));
+        let chain = chain_of(&rt, &[interim]).await;
+        let mut session = chain.connection(connection(2, "127.0.0.1:5001")).http_flow(flow(5, 2));
+        let mut req = request("http://any.test/", 0);
+        assert_eq!(session.request_headers(&mut req).await, HttpAction::Continue, "status {status}");
+        let failures = session.failures();
+        assert_eq!(failures.len(), 1, "status {status}: {failures:?}");
+        assert!(failures[0].to_string().contains("not a final status"), "{}", failures[0]);
+    }
 }
 
 #[tokio::test]

@@ -482,8 +482,9 @@ impl types::HostResponse for StoreState {
         Ok(self.response(&r)?.status)
     }
     fn set_status(&mut self, r: Resource<ResponseRes>, status: u16) -> wasmtime::Result<Result<(), WitError>> {
-        if !(100..=999).contains(&status) {
-            return Ok(Err(WitError::InvalidArgument(format!("status {status} is outside 100..=999"))));
+        // The response is a final one: a 1xx or 101 here would frame the exchange wrongly.
+        if !(200..=999).contains(&status) {
+            return Ok(Err(WitError::InvalidArgument(format!("status {status} is not a final status (200..=999)"))));
         }
         Ok(self.response_mut(&r)?.map(|resp| resp.status = status))
     }

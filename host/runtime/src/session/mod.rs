@@ -361,8 +361,9 @@ fn convert_verdict(v: types::Verdict) -> Result<Verdict, String> {
         types::Verdict::Continue => Verdict::Continue,
         types::Verdict::Kill => Verdict::Kill,
         types::Verdict::Respond(local) => {
-            if !(100..=999).contains(&local.status) {
-                return Err(format!("local response status {} is outside 100..=999", local.status));
+            // A local response is final: no 1xx, no 101 (nothing was upgraded).
+            if !(200..=999).contains(&local.status) {
+                return Err(format!("local response status {} is not a final status (200..=999)", local.status));
             }
             let headers = from_wit_headers(&local.headers).map_err(|e| format!("local response: {e}"))?;
             Verdict::Respond(LocalResponse { status: local.status, headers, body: local.body.into() })
