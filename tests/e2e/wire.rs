@@ -97,6 +97,7 @@ cases! {
     upstream_cl_te: regular, reverse, connect;
     head_keeps_length: regular, reverse, connect;
     codings_kept: regular, reverse, connect;
+    connection_cannot_unframe: regular, reverse, connect;
     duplicate_host_400: regular, reverse, connect;
     h2_cookies_joined: regular, reverse;
     h2_repeats_kept: regular, reverse;

@@ -233,7 +233,9 @@ impl Request {
 
     /// The full URL; the port is omitted when it is the scheme's default.
     pub fn url(&self) -> String {
-        format!("{}://{}{}", self.scheme.as_str(), self.scheme.authority(&self.host, self.port), self.path)
+        // `OPTIONS *` names the server itself: its URL has no path (RFC 9112 section 3.2.4).
+        let path = if self.path == "*" { "" } else { self.path.as_str() };
+        format!("{}://{}{path}", self.scheme.as_str(), self.scheme.authority(&self.host, self.port))
     }
 
     /// Changes the method.

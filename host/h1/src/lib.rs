@@ -108,6 +108,15 @@ fn to_headers(what: &'static str, fields: &[httparse::Header<'_>]) -> Result<Hea
     Headers::from_pairs(fields.iter().map(|h| (h.name, h.value))).map_err(|e| malformed(what, e))
 }
 
+/// Whether `buf` holds the end of a head (an empty line, CRLF or bare LF), looking only
+/// from `from` on (less 2 bytes, for an end split across reads): callers remember how far
+/// they looked, so a head that arrives a byte at a time is not parsed again per byte.
+pub fn has_head_end(buf: &[u8], from: usize) -> bool {
+    let start = from.saturating_sub(2);
+    let tail = &buf[start.min(buf.len())..];
+    tail.windows(2).any(|w| w == b"\n\n") || tail.windows(3).any(|w| w == b"\n\r\n")
+}
+
 /// Parses a request head at the start of `buf`: `Ok(None)` if more bytes are needed,
 /// else the head and its length in bytes.
 pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<(RequestHead, usize)>, WireError> {
@@ -257,6 +266,7 @@ pub fn request_framing(method: &str, headers: &Headers) -> Result<Framing, WireE
     let length = content_length(headers)?;
     match (transfer_encoding(headers), length) {
         (Some(_), Some(_)) => Err(WireError::Framing("both Content-Length and Transfer-Encoding".into())),
+        (Some(_), None) if method == "CONNECT" => Err(WireError::Framing("CONNECT with a body".into())),
         (Some(te), None) if ends_in_chunked(&te) => Ok(Framing::Chunked),
         (Some(te), None) => Err(WireError::Framing(format!("Transfer-Encoding {te:?} does not end in chunked"))),
         (None, Some(0)) | (None, None) => Ok(Framing::None),
@@ -447,9 +457,17 @@ pub const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-/// Whether a field is hop-by-hop: in [`HOP_BY_HOP`] or named by `Connection`.
+/// Fields a `Connection` token cannot make hop-by-hop: the ones that frame the message
+/// and name its target. (`Connection: content-length` would otherwise send a body with
+/// no length: a request smuggled inside it.)
+const NEVER_HOP: &[&str] = &["host", "content-length"];
+
+/// Whether a field is hop-by-hop: in [`HOP_BY_HOP`] or named by `Connection` (never
+/// Host or Content-Length).
 pub fn is_hop_by_hop(name: &str, connection: &[String]) -> bool {
-    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) || connection.iter().any(|c| name.eq_ignore_ascii_case(c))
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || (connection.iter().any(|c| name.eq_ignore_ascii_case(c))
+            && !NEVER_HOP.iter().any(|n| name.eq_ignore_ascii_case(n)))
 }
 
 /// The lowercase tokens of every `Connection` field.
@@ -511,8 +529,13 @@ pub fn put_chunk_header(out: &mut Vec<u8>, len: usize) {
 pub fn put_last_chunk(out: &mut Vec<u8>, trailers: Option<&Headers>) {
     out.extend_from_slice(b"0\r\n");
     if let Some(trailers) = trailers {
+        // RFC 9110 section 6.5.1: no framing, routing or hop-by-hop fields in a trailer.
+        let connection = connection_tokens(trailers);
         for (name, value) in trailers.iter() {
-            put_field(out, name, value);
+            let banned = ["host", "content-length", "trailer"].iter().any(|n| name.eq_ignore_ascii_case(n));
+            if !banned && !is_hop_by_hop(name, &connection) {
+                put_field(out, name, value);
+            }
         }
     }
     out.extend_from_slice(b"\r\n");
@@ -720,6 +743,19 @@ mod tests {
         let mut out = Vec::new();
         put_fields(&mut out, &headers, true);
         assert_eq!(String::from_utf8_lossy(&out), "Host: a\r\ncookie: a=1; b=2\r\nX-Dup: 1\r\nX-Dup: 2\r\n");
+        // Connection cannot unframe a message or drop its target.
+        let sneaky =
+            Headers::from_pairs([("Host", "a"), ("Connection", "content-length, host"), ("Content-Length", "3")])
+                .expect("valid");
+        let mut out = Vec::new();
+        put_fields(&mut out, &sneaky, false);
+        assert_eq!(String::from_utf8_lossy(&out), "Host: a\r\nContent-Length: 3\r\n");
+        let trailers = Headers::from_pairs([("x-sum", "1"), ("Content-Length", "9"), ("Host", "b")]).expect("valid");
+        let mut out = Vec::new();
+        put_last_chunk(&mut out, Some(&trailers));
+        assert_eq!(out, b"0\r\nx-sum: 1\r\n\r\n");
+        assert!(has_head_end(b"GET / HTTP/1.1\r\n\r\n", 15) && has_head_end(b"GET /\n\n", 6));
+        assert!(!has_head_end(b"GET / HTTP/1.1\r\nHost: x\r\n", 0));
         let mut out = Vec::new();
         put_chunk_header(&mut out, 26);
         put_last_chunk(&mut out, Some(&Headers::from_pairs([("grpc-status", "0")]).expect("valid")));
@@ -820,6 +856,11 @@ mod tests {
             (
                 "CONNECT with a body",
                 b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\nContent-Length: 3\r\n\r\nabc",
+                Refused(400),
+            ),
+            (
+                "CONNECT chunked",
+                b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\nTransfer-Encoding: chunked\r\n\r\n",
                 Refused(400),
             ),
             ("two Hosts", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", Refused(400)),

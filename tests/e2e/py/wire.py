@@ -691,6 +691,19 @@ def codings_kept(wire: Wire) -> None:
 
 
 @case(*ALL_MODES)
+def connection_cannot_unframe(wire: Wire) -> None:
+    """`Connection: content-length, host` cannot strip the length or the Host: a body that
+    holds a request stays a body (one request reaches the origin, with its length)."""
+    smuggled = request("GET", "/smuggled", wire.origin_authority(), [])
+    raw = request("POST", wire.target("/carrier"), wire.host(),
+                  [("Connection", "content-length, host"), ("Content-Length", str(len(smuggled)))]) + smuggled
+    final(*wire.exchange(raw))
+    head = wire.one_seen("/carrier")
+    if values(head, "content-length") != [str(len(smuggled))] or not values(head, "host"):
+        raise Mismatch(f"Connection named Content-Length and Host; the origin got\n{show(head)}")
+
+
+@case(*ALL_MODES)
 def duplicate_host_400(wire: Wire) -> None:
     """A request with two Host fields gets 400 (RFC 9112 3.2) and never reaches the origin."""
     raw = request("GET", wire.target("/two-hosts"), wire.host(), [("Host", "other.example")])

@@ -179,14 +179,7 @@ impl futures_core::Stream for Frames {
 }
 
 /// Frames of a body produced by a task, with backpressure (a bounded channel).
-pub(crate) struct ChannelBody(tokio::sync::mpsc::Receiver<Result<hyper::body::Frame<Bytes>, BoxError>>);
-
-impl ChannelBody {
-    /// A body of the frames sent into the channel; it ends when every sender is gone.
-    pub fn boxed(rx: tokio::sync::mpsc::Receiver<Result<hyper::body::Frame<Bytes>, BoxError>>) -> Body {
-        http_body_util::StreamBody::new(ChannelBody(rx)).boxed()
-    }
-}
+struct ChannelBody(tokio::sync::mpsc::Receiver<Result<hyper::body::Frame<Bytes>, BoxError>>);
 
 impl futures_core::Stream for ChannelBody {
     type Item = Result<hyper::body::Frame<Bytes>, BoxError>;

@@ -24,7 +24,6 @@ use crate::conn::{ConnCtx, Next, PendingSwitch};
 use crate::tls::Prefixed;
 use crate::upstream::{Body, Target};
 
-pub(crate) use body::ChannelBody;
 pub(crate) use h1::server::serve as serve_h1;
 
 /// The service closes the client connection when a plugin kills the flow.

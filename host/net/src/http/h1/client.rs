@@ -105,12 +105,16 @@ impl Client {
         // The body is written beside the response read (a server may answer early);
         // the write half comes back when it is done.
         let writer = if hyper::body::Body::is_end_stream(&body) {
+            if let Framing::Length(n @ 1..) = framing {
+                // A plugin gave a bodiless request a length: the upstream would wait for it.
+                return Err(UpstreamError::Wire(format!("Content-Length {n} on a request without a body")));
+            }
             wr.write_all(&head).await.map_err(closed)?;
             wr.flush().await.map_err(closed)?;
             Writer::Done(wr)
         } else {
             let (tx, rx) = tokio::sync::oneshot::channel();
-            tokio::spawn(async move {
+            let task = tokio::spawn(async move {
                 let result = write_body(&mut wr, head, body, framing).await;
                 if let Err(e) = &result {
                     tracing::debug!("upstream request body: {e}");
@@ -118,13 +122,22 @@ impl Client {
                 }
                 let _ = tx.send(result.ok().map(|()| wr));
             });
-            Writer::Running(rx)
+            Writer::Running(rx, task)
         };
         let limits = Limits { max_headers: options.max_headers.max(100), max_head_bytes: MAX_HEAD_BYTES };
+        // How far the end of a head was looked for (a head a byte at a time is parsed once).
+        let mut scanned = 0;
         let head = loop {
-            match codec::parse_response(&buf, limits, &request.method) {
+            let parsed = if codec::has_head_end(&buf, scanned) || buf.len() > MAX_HEAD_BYTES {
+                codec::parse_response(&buf, limits, &request.method)
+            } else {
+                Ok(None)
+            };
+            scanned = buf.len();
+            match parsed {
                 Ok(Some((head, len))) => {
                     let _ = buf.split_to(len);
+                    scanned = 0;
                     if (100..200).contains(&head.status) && head.status != 101 {
                         // 100 is for the Expect flowgate answered itself; others go on.
                         if head.status != 100
@@ -294,11 +307,16 @@ async fn put_data<W: tokio::io::AsyncWrite + Unpin>(
     wr.write_all(data).await
 }
 
-/// The write half, once the request is written.
+/// The write half, once the request is written; or the task still writing the body,
+/// which hands it back.
 enum Writer {
     Done(WriteHalf<UpstreamIo>),
-    Running(tokio::sync::oneshot::Receiver<Option<WriteHalf<UpstreamIo>>>),
+    Running(tokio::sync::oneshot::Receiver<Option<WriteHalf<UpstreamIo>>>, tokio::task::JoinHandle<()>),
 }
+
+/// How long a finished response waits for its request body to finish being written
+/// before the connection is given up (an upstream that answered early and stopped reading).
+const WRITER_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 struct Reading {
     rd: ReadHalf<UpstreamIo>,
@@ -326,25 +344,60 @@ impl ResponseBody {
     /// The body has ended: the connection is idle again if it can be reused.
     fn finish(&mut self) {
         let Some(Reading { rd, buf, writer }) = self.reading.take() else { return };
-        let wr = match writer {
-            Writer::Done(wr) => Some(wr),
-            Writer::Running(mut rx) => rx.try_recv().ok().flatten(),
+        let reusable = self.keep_alive && !self.eof && buf.is_empty();
+        let slot = self.slot.clone();
+        let settle = move |wr: Option<WriteHalf<UpstreamIo>>| {
+            let next = match wr {
+                // An idle connection keeps no read buffer (most of a busy proxy's are idle).
+                Some(wr) if reusable => Slot::Idle(Conn { io: rd.unsplit(wr), buf: BytesMut::new() }),
+                _ => Slot::Closed,
+            };
+            *slot.lock().unwrap_or_else(PoisonError::into_inner) = next;
         };
-        let next = match wr {
-            // An idle connection keeps no read buffer (most of a busy proxy's are idle).
-            Some(wr) if self.keep_alive && !self.eof && buf.is_empty() => {
-                Slot::Idle(Conn { io: rd.unsplit(wr), buf: BytesMut::new() })
-            }
-            _ => Slot::Closed,
-        };
-        *self.slot.lock().unwrap_or_else(PoisonError::into_inner) = next;
+        match writer {
+            Writer::Done(wr) => settle(Some(wr)),
+            Writer::Running(mut rx, task) => match rx.try_recv() {
+                Ok(wr) => settle(wr),
+                // The request body is still going out (a POST answered 204 while its last
+                // bytes are written): the connection stays busy until it is done.
+                Err(_) if reusable => {
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(WRITER_GRACE, rx).await {
+                            Ok(Ok(wr)) => settle(wr),
+                            _ => {
+                                task.abort();
+                                settle(None);
+                            }
+                        }
+                    });
+                }
+                Err(_) => {
+                    task.abort();
+                    settle(None);
+                }
+            },
+        }
+    }
+}
+
+impl ResponseBody {
+    /// The connection broke mid-body: it is closed, and its writer stopped.
+    fn close(&mut self) {
+        if let Some(Reading { writer: Writer::Running(_, task), .. }) = self.reading.take() {
+            task.abort();
+        }
+        *self.slot.lock().unwrap_or_else(PoisonError::into_inner) = Slot::Closed;
     }
 }
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        if self.reading.take().is_some() {
-            // Not read to its end: the connection is in the middle of a message.
+        if let Some(reading) = self.reading.take() {
+            // Not read to its end: the connection is in the middle of a message, and a
+            // request body still being written goes nowhere.
+            if let Writer::Running(_, task) = reading.writer {
+                task.abort();
+            }
             *self.slot.lock().unwrap_or_else(PoisonError::into_inner) = Slot::Closed;
         }
     }
@@ -376,8 +429,7 @@ impl hyper::body::Body for ResponseBody {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    this.reading = None;
-                    *this.slot.lock().unwrap_or_else(PoisonError::into_inner) = Slot::Closed;
+                    this.close();
                     return Poll::Ready(Some(Err(wire(e))));
                 }
             }
@@ -397,8 +449,7 @@ impl hyper::body::Body for ResponseBody {
                     }
                 }
                 Poll::Ready(Err(e)) => {
-                    this.reading = None;
-                    *this.slot.lock().unwrap_or_else(PoisonError::into_inner) = Slot::Closed;
+                    this.close();
                     return Poll::Ready(Some(Err(e.into())));
                 }
             }

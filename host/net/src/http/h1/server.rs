@@ -5,6 +5,7 @@
 //! switch when a CONNECT or an `Upgrade: h2c` hands the connection on.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::BytesMut;
 use flowgate_flow::{HttpVersion, Request, Response, Scheme};
@@ -14,7 +15,7 @@ use super::client::{header_map, write_body};
 use crate::conn::{BoxIo, ConnCtx, Next};
 use crate::http::connect::{self, Answer};
 use crate::http::exchange::{self, Inbound, Reply, canonical_reason, status_response};
-use crate::http::{ChannelBody, full, h2};
+use crate::http::{full, h2};
 use crate::layer::Stage;
 use crate::tls::Prefixed;
 use crate::upstream::{Body, BoxError, Target};
@@ -183,17 +184,24 @@ async fn read_head(
     buf: &mut BytesMut,
     limits: Limits,
 ) -> Result<Option<RequestHead>, codec::WireError> {
+    // How far the end of the head was looked for: a head that arrives a byte at a time
+    // is parsed once it is complete, not once per byte.
+    let mut scanned = 0;
     loop {
         // RFC 9112 section 2.2: empty lines before a request line are ignored.
-        while buf.starts_with(b"\r\n") {
-            let _ = buf.split_to(2);
+        while buf.starts_with(b"\r\n") || buf.starts_with(b"\n") {
+            let n = if buf.starts_with(b"\n") { 1 } else { 2 };
+            let _ = buf.split_to(n);
+            scanned = 0;
         }
         if !buf.is_empty()
+            && (codec::has_head_end(buf, scanned) || buf.len() > limits.max_head_bytes)
             && let Some((head, len)) = codec::parse_request(buf, limits)?
         {
             let _ = buf.split_to(len);
             return Ok(Some(head));
         }
+        scanned = buf.len();
         if buf.capacity() - buf.len() < 4 << 10 {
             buf.reserve(8 << 10);
         }
@@ -337,13 +345,20 @@ async fn write_reply(wr: &mut WriteHalf<BoxIo>, reply: Reply, to: To<'_>) -> Res
     Ok(!close)
 }
 
+type Item = Result<hyper::body::Frame<bytes::Bytes>, BoxError>;
+
 /// Reads a request body off the connection into the exchange's [`Body`], one frame at a
-/// time, with backpressure. Every step is cancel-safe: the layer polls it beside the
-/// exchange and the response write.
+/// time, with backpressure. Every step is cancel-safe (the layer polls it beside the
+/// exchange and the response write, and drops it when another branch wins): a decoded
+/// frame waits in `pending` until the channel has room for it.
 struct Feeder {
     decoder: Decoder,
-    tx: Option<tokio::sync::mpsc::Sender<Result<hyper::body::Frame<bytes::Bytes>, BoxError>>>,
-    pending: Option<hyper::body::Frame<bytes::Bytes>>,
+    tx: Option<tokio::sync::mpsc::Sender<Item>>,
+    /// A frame, or the body's error, to hand over next.
+    pending: Option<Item>,
+    /// Set once the body ended as it was framed; a body whose feeder is gone without it
+    /// was cut off, and its reader gets an error rather than a clean end.
+    complete: Arc<AtomicBool>,
     eof: bool,
     /// The body was malformed or cut off; the connection cannot carry another request.
     failed: bool,
@@ -352,41 +367,54 @@ struct Feeder {
 impl Feeder {
     fn new(framing: Framing) -> (Body, Feeder) {
         let decoder = Decoder::new(framing);
+        let complete = Arc::new(AtomicBool::new(false));
+        let feeder = |tx| Feeder {
+            decoder: decoder.clone(),
+            tx,
+            pending: None,
+            complete: complete.clone(),
+            eof: false,
+            failed: false,
+        };
         if decoder.is_done() {
-            let feeder = Feeder { decoder, tx: None, pending: None, eof: false, failed: false };
-            return (full(bytes::Bytes::new()), feeder);
+            return (full(bytes::Bytes::new()), feeder(None));
         }
         let (tx, rx) = tokio::sync::mpsc::channel(2);
-        let feeder = Feeder { decoder, tx: Some(tx), pending: None, eof: false, failed: false };
-        (ChannelBody::boxed(rx), feeder)
+        let body = RequestBody { rx, complete: complete.clone(), ended: false };
+        (http_body_util::BodyExt::boxed(body), feeder(Some(tx)))
     }
 
-    /// Whether there is more to read and someone to read it.
+    /// Whether there is more to read (or an error to hand over) and someone to read it.
     fn wants(&self) -> bool {
-        self.tx.is_some() && !self.failed
+        self.tx.is_some()
     }
 
     /// Moves the body on by one step: hands over a decoded frame, decodes one, or reads.
     async fn step(&mut self, rd: &mut ReadHalf<BoxIo>, buf: &mut BytesMut) {
         let Some(tx) = &self.tx else { return };
-        if let Some(frame) = self.pending.take() {
-            let gone = match tx.reserve().await {
+        if self.pending.is_some() {
+            let close = match tx.reserve().await {
                 Ok(permit) => {
-                    permit.send(Ok(frame));
-                    false
+                    if let Some(item) = self.pending.take() {
+                        permit.send(item);
+                    }
+                    self.failed
                 }
+                // The exchange no longer reads it: the rest is drained or the connection closed.
                 Err(_) => true,
             };
-            if gone {
-                // The exchange no longer reads it: the rest is drained or the connection closed.
+            if close {
                 self.tx = None;
             }
             return;
         }
         match self.decoder.decode(buf, self.eof) {
-            Ok(Some(Piece::Data(data))) => self.pending = Some(hyper::body::Frame::data(data)),
-            Ok(Some(Piece::Trailers(t))) => self.pending = Some(hyper::body::Frame::trailers(header_map(&t))),
-            Ok(Some(Piece::End)) => self.tx = None,
+            Ok(Some(Piece::Data(data))) => self.pending = Some(Ok(hyper::body::Frame::data(data))),
+            Ok(Some(Piece::Trailers(t))) => self.pending = Some(Ok(hyper::body::Frame::trailers(header_map(&t)))),
+            Ok(Some(Piece::End)) => {
+                self.complete.store(true, Ordering::Release);
+                self.tx = None;
+            }
             Ok(None) => {
                 if buf.capacity() - buf.len() < 8 << 10 {
                     buf.reserve(64 << 10);
@@ -401,27 +429,58 @@ impl Feeder {
         }
     }
 
+    /// The body failed: the error goes to its reader next (never lost to a full channel).
     fn fail(&mut self, message: String) {
         self.failed = true;
-        if let Some(tx) = self.tx.take() {
-            let _ = tx.try_send(Err(message.into()));
-        }
+        self.pending = Some(Err(message.into()));
     }
 
     /// After the response: skips what is left of the body if it was already read off
     /// the connection. True if the next request can be read.
     fn drain(&mut self, buf: &mut BytesMut) -> bool {
-        if self.failed {
+        if self.failed || self.pending.is_some() {
             return false;
         }
         self.tx = None;
-        self.pending = None;
         loop {
             match self.decoder.decode(buf, false) {
                 Ok(Some(Piece::End)) => return true,
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => return false,
             }
+        }
+    }
+}
+
+/// A request body as the exchange reads it: the frames the [`Feeder`] sends, then its end
+/// — or an error if the feeder went away before the body was complete.
+struct RequestBody {
+    rx: tokio::sync::mpsc::Receiver<Item>,
+    complete: Arc<AtomicBool>,
+    ended: bool,
+}
+
+impl hyper::body::Body for RequestBody {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Item>> {
+        if self.ended {
+            return std::task::Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            std::task::Poll::Ready(None) => {
+                self.ended = true;
+                if self.complete.load(Ordering::Acquire) {
+                    std::task::Poll::Ready(None)
+                } else {
+                    std::task::Poll::Ready(Some(Err("the request body was cut off".into())))
+                }
+            }
+            other => other,
         }
     }
 }
