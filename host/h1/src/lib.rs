@@ -93,6 +93,19 @@ pub struct ResponseHead {
     pub framing: Framing,
 }
 
+impl ResponseHead {
+    /// The flow model's response for this head (no body yet).
+    pub fn into_response(self) -> flowgate_flow::Response {
+        flowgate_flow::Response {
+            status: self.status,
+            reason: self.reason,
+            version: self.version,
+            headers: self.headers,
+            ..flowgate_flow::Response::default()
+        }
+    }
+}
+
 /// Header slots tried on the stack before a head with more fields gets a heap array.
 const STACK_FIELDS: usize = 64;
 

@@ -143,14 +143,7 @@ impl Client {
                         if head.status != 100
                             && let Some(interim) = &interim
                         {
-                            let response = Response {
-                                status: head.status,
-                                reason: head.reason,
-                                version: head.version,
-                                headers: head.headers,
-                                ..Response::default()
-                            };
-                            let _ = interim.try_send(response);
+                            let _ = interim.try_send(head.into_response());
                         }
                         continue;
                     }
@@ -169,18 +162,13 @@ impl Client {
             }
         };
         let keep_alive = codec::keeps_alive(head.version, &head.headers) && head.framing != Framing::Close;
-        let response = Response {
-            status: head.status,
-            reason: head.reason,
-            version: head.version,
-            headers: head.headers,
-            ..Response::default()
-        };
+        let framing = head.framing;
+        let response = head.into_response();
         let mut body = ResponseBody {
-            decoder: Decoder::new(head.framing),
+            decoder: Decoder::new(framing),
             reading: Some(Reading { rd, buf, writer }),
             eof: false,
-            keep_alive: keep_alive && head.status != 101,
+            keep_alive: keep_alive && response.status != 101,
             slot: self.slot.clone(),
             read_size: FIRST_READ,
         };
