@@ -571,7 +571,8 @@ impl log::Host for StoreState {
             self.call.log_dropped += 1;
             return Ok(());
         }
-        let mut message = message;
+        // What a plugin logs reaches a terminal: no escape sequences, no control bytes.
+        let mut message = printable(&message);
         if message.len() > room {
             let mut cut = room;
             while !message.is_char_boundary(cut) {
@@ -598,6 +599,42 @@ impl log::Host for StoreState {
         (self.plugin.log_sink)(&record);
         Ok(())
     }
+}
+
+/// `text` without terminal escape sequences (CSI `ESC [ ... final`, OSC `ESC ] ... BEL`
+/// or `ESC \\`, and two-byte `ESC x`) and without control characters; line breaks and tabs
+/// become spaces, so one log call is one line.
+fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => match chars.next() {
+                Some('[') => {
+                    // Parameters and intermediates, then one final byte in @..~.
+                    while let Some(&n) = chars.peek() {
+                        chars.next();
+                        if ('@'..='~').contains(&n) {
+                            break;
+                        }
+                    }
+                }
+                Some(']') => {
+                    while let Some(n) = chars.next() {
+                        if n == '\u{7}' || (n == '\u{1b}' && chars.next_if_eq(&'\\').is_some()) {
+                            break;
+                        }
+                    }
+                }
+                _ => {}
+            },
+            '\n' | '\r' | '\t' => out.push(' '),
+            // C0, DEL and C1 controls (U+0080..U+009F include the 8-bit CSI).
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 impl config::Host for StoreState {
@@ -706,7 +743,24 @@ impl outbound_http::Host for StoreState {
 
 #[cfg(test)]
 mod tests {
-    use super::outbound_allowed;
+    use super::{outbound_allowed, printable};
+
+    #[test]
+    fn log_text_is_printable() {
+        let cases = [
+            ("plain café", "plain café"),
+            ("\u{1b}[31mred\u{1b}[0m", "red"),
+            ("\u{1b}[2J\u{1b}[1;1Hcleared", "cleared"),
+            ("title\u{1b}]0;pwned\u{7}here", "titlehere"),
+            ("osc\u{1b}]8;;http://x\u{1b}\\link", "osclink"),
+            ("two\nlines\r\tand a tab", "two lines  and a tab"),
+            ("bell\u{7} nul\u{0} del\u{7f} c1\u{9b}31m", "bell nul del c131m"),
+            ("trailing escape \u{1b}", "trailing escape "),
+        ];
+        for (input, want) in cases {
+            assert_eq!(printable(input), want, "{input:?}");
+        }
+    }
 
     #[test]
     fn outbound_allow_list() {
