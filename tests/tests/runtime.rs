@@ -175,6 +175,26 @@ async fn rewrite_body() {
     assert_eq!(resp.body.as_deref(), Some(&b"banana"[..]));
     let messages = logs.messages("rb");
     assert!(messages.iter().any(|m| m.contains("max_body_bytes")), "{messages:?}");
+
+    // The same in a chunk hook: a chunk made larger than max_body_bytes is refused (an
+    // invalid output, recorded) and the chunk goes on as it was.
+    let m = manifest(
+        REWRITE_BODY,
+        "name = \"rbs\"\n[limits]\nmax_body_bytes = 16\n[config]\npattern = \"a\"\nreplacement = \"aaaaaaaa\"\nstream = true\n",
+    );
+    let chain = chain_of(&rt2, &[m]).await;
+    let mut session = chain.connection(connection(4, "127.0.0.1:5003")).http_flow(flow(4, 4));
+    let mut req = request("http://example.test/", 0);
+    let mut resp = response(b"");
+    session.request_headers(&mut req).await;
+    session.response_headers(&mut req, &mut resp).await;
+    assert_eq!(resp.body_mode, BodyMode::Stream);
+    let small = session.response_body_chunk(&mut req, &mut resp, b"ab".to_vec(), false).await;
+    assert_eq!(small.as_deref(), Ok(&b"aaaaaaaab"[..]), "within the limit the plugin's chunk goes on");
+    let big = session.response_body_chunk(&mut req, &mut resp, b"banana".to_vec(), true).await;
+    assert_eq!(big.as_deref(), Ok(&b"banana"[..]), "over the limit the chunk is kept as it was");
+    let failures = session.failures();
+    assert!(failures.iter().any(|f| f.to_string().contains("max_body_bytes")), "{failures:?}");
 }
 
 #[tokio::test]

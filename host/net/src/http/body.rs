@@ -9,7 +9,7 @@ use crate::record::Outcome;
 use crate::upstream::{Body, BoxError};
 use bytes::Bytes;
 use flowgate_flow::{Request, Response};
-use flowgate_runtime::HttpFlowSession;
+use flowgate_runtime::{HttpAction, HttpFlowSession};
 use http_body_util::BodyExt;
 
 /// A body that fails if the next frame takes longer than `timeout` to arrive.
@@ -192,12 +192,13 @@ impl futures_core::Stream for ChannelBody {
 }
 
 /// Streams a request body through the chunk hooks of the plugins that chose `stream`; the
-/// session comes back through the returned channel when the body has ended.
+/// session, and the request as the chunk hooks left it (their edits land on the flow),
+/// come back through the returned channel when the body has ended.
 pub(crate) fn stream_request_body<B>(
     mut session: HttpFlowSession,
     mut request: Request,
     mut source: B,
-) -> (Body, tokio::sync::oneshot::Receiver<HttpFlowSession>)
+) -> (Body, tokio::sync::oneshot::Receiver<(HttpFlowSession, Request)>)
 where
     B: hyper::body::Body<Data = Bytes, Error = BoxError> + Unpin + Send + 'static,
 {
@@ -211,6 +212,10 @@ where
                     Ok(data) => (data.to_vec(), false),
                     Err(frame) => {
                         trailers = frame.into_trailers().ok();
+                        if let Some(t) = &trailers {
+                            // The last chunk hook, and the flow, see them.
+                            request.trailers = to_headers(t);
+                        }
                         continue;
                     }
                 },
@@ -239,7 +244,7 @@ where
             }
         }
         drop(tx);
-        let _ = done_tx.send(session);
+        let _ = done_tx.send((session, request));
     });
     (http_body_util::StreamBody::new(ChannelBody(rx)).boxed(), done_rx)
 }
@@ -286,13 +291,32 @@ pub(crate) fn stream_through_plugins(mut ex: Exchange, mut response: Response, m
                 ex.record(Outcome::Error(message));
             }
             None => {
-                if let Some(trailers) = trailers {
+                if let Some(trailers) = &trailers {
                     // The response hook, below, sees them (gRPC's status lives there).
-                    response.trailers = to_headers(&trailers);
+                    response.trailers = to_headers(trailers);
+                }
+                // The response hook runs before the body's end goes out, so its verdict
+                // counts: a kill or a fail-closed failure aborts the stream (the client
+                // sees it cut off); a local answer cannot replace what was already sent.
+                let stop = match ex.session.response(&mut ex.request, &mut response).await {
+                    HttpAction::Kill => Some("killed by a plugin".to_owned()),
+                    HttpAction::Fail(failure) => Some(failure.to_string()),
+                    HttpAction::Respond(_) => {
+                        tracing::debug!("a plugin answered a streamed response locally: the body was already sent");
+                        None
+                    }
+                    HttpAction::Continue => None,
+                };
+                if let Some(message) = stop {
+                    let _ = tx.send(Err(message.clone().into())).await;
+                    ex.session.error(&mut ex.request, &message).await;
+                    ex.record(Outcome::Error(message));
+                    return;
+                }
+                if let Some(trailers) = trailers {
                     let _ = tx.send(Ok(hyper::body::Frame::trailers(trailers))).await;
                 }
                 drop(tx);
-                let _ = ex.session.response(&mut ex.request, &mut response).await;
                 ex.record(Outcome::Response {
                     status: response.status,
                     reason: response.reason.clone(),

@@ -312,9 +312,11 @@ pub(crate) async fn handle(
     let outbound = Outbound { request: &ex.request, absolute, body: upstream_body, interim };
     let sent = sender.send(outbound, &ctx.proxy.options).await;
     if let Some(returned) = pump
-        && let Ok(session) = returned.await
+        && let Ok((session, request)) = returned.await
     {
         ex.session = session;
+        // The chunk hooks' edits (and the trailers) land on the flow itself.
+        ex.request = request;
     }
     let (mut response, upstream_body) = match sent {
         Ok(r) => r,

@@ -2,7 +2,7 @@
 
 use std::ops::ControlFlow;
 
-use super::{Call, HttpAction, Lent, Slots, borrow, convert_verdict};
+use super::{Applied, Call, HttpAction, Lent, Slots, borrow, convert_verdict};
 use flowgate_flow::{BodyMode, FlowInfo, Hook, PluginFailure, Request, Response, Verdict};
 
 use crate::bindings::imports::types;
@@ -82,7 +82,8 @@ impl HttpFlowSession {
                     if let (Some(modes), Some(mode)) = (modes.as_deref_mut(), report.body_mode) {
                         modes[i] = mode;
                     }
-                    match convert_verdict(verdict) {
+                    let max_body = slots.chain[i].manifest().limits.max_body_bytes;
+                    match convert_verdict(verdict, max_body) {
                         Ok(Verdict::Continue) => ControlFlow::Continue(()),
                         Ok(Verdict::Respond(local)) => ControlFlow::Break(HttpAction::Respond(local)),
                         Ok(Verdict::Kill) => ControlFlow::Break(HttpAction::Kill),
@@ -159,7 +160,7 @@ impl HttpFlowSession {
             Some(flow_id),
             |i, _| modes[i] == BodyMode::Stream,
             async |store, groups| {
-                let Some(g) = &groups.http else { return Ok(()) };
+                let Some(g) = &groups.http else { return Ok(Applied::Kept) };
                 let lent = Lent::new(store, Some(&mut *flow), None, Some(&mut *request), response.as_deref_mut())?;
                 let (f, r) = (borrow(&lent.flow)?, borrow(&lent.request)?);
                 let out = match &lent.response {
@@ -167,10 +168,23 @@ impl HttpFlowSession {
                     None => g.call_request_body_chunk(&mut *store, f, r, data, end).await,
                 };
                 lent.restore(store, Some(&mut *flow), None, Some(&mut *request), response.as_deref_mut());
-                // Each plugin gets what the one before it made.
-                out.map(|replacement| *data = replacement)
+                // Each plugin gets what the one before it made, within its max_body_bytes.
+                let limit = store.data().plugin.manifest.limits.max_body_bytes;
+                out.map(|replacement| {
+                    if replacement.len() > limit {
+                        return Applied::Refused(format!(
+                            "a chunk of {} bytes is over limits.max_body_bytes ({limit})",
+                            replacement.len()
+                        ));
+                    }
+                    *data = replacement;
+                    Applied::Kept
+                })
             },
-            |slots, i, call| slots.stop_if_fail_closed(i, call),
+            |slots, i, call| match call {
+                Call::Done(Applied::Refused(message), _) => slots.refused(i, hook, message),
+                other => slots.stop_if_fail_closed(i, other),
+            },
         );
         match failed {
             Some(f) => Err(HttpAction::Fail(f)),

@@ -355,8 +355,9 @@ impl Lent {
     }
 }
 
-/// Validates a verdict a plugin returned.
-fn convert_verdict(v: types::Verdict) -> Result<Verdict, String> {
+/// Validates a verdict a plugin returned; a local response's body is capped at the
+/// plugin's `max_body_bytes`.
+fn convert_verdict(v: types::Verdict, max_body: usize) -> Result<Verdict, String> {
     Ok(match v {
         types::Verdict::Continue => Verdict::Continue,
         types::Verdict::Kill => Verdict::Kill,
@@ -364,6 +365,12 @@ fn convert_verdict(v: types::Verdict) -> Result<Verdict, String> {
             // A local response is final: no 1xx, no 101 (nothing was upgraded).
             if !(200..=999).contains(&local.status) {
                 return Err(format!("local response status {} is not a final status (200..=999)", local.status));
+            }
+            if local.body.len() > max_body {
+                return Err(format!(
+                    "a local response body of {} bytes is over limits.max_body_bytes ({max_body})",
+                    local.body.len()
+                ));
             }
             let headers = from_wit_headers(&local.headers).map_err(|e| format!("local response: {e}"))?;
             Verdict::Respond(LocalResponse { status: local.status, headers, body: local.body.into() })
