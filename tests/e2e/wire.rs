@@ -98,6 +98,7 @@ cases! {
     head_keeps_length: regular, reverse, connect;
     codings_kept: regular, reverse, connect;
     connection_cannot_unframe: regular, reverse, connect;
+    http10_chunked_closes: regular, reverse, connect;
     duplicate_host_400: regular, reverse, connect;
     h2_cookies_joined: regular, reverse;
     h2_repeats_kept: regular, reverse;

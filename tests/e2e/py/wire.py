@@ -704,6 +704,18 @@ def connection_cannot_unframe(wire: Wire) -> None:
 
 
 @case(*ALL_MODES)
+def http10_chunked_closes(wire: Wire) -> None:
+    """An HTTP/1.0 request with Transfer-Encoding is answered, then its connection closes,
+    keep-alive or not (RFC 9112 6.1)."""
+    raw = request("POST", wire.target("/old"), wire.host(), [("Connection", "keep-alive"), ("Transfer-Encoding", "chunked")])
+    raw = raw.replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", 1) + b"2\r\nhi\r\n0\r\n\r\n"
+    heads, body = wire.exchange(raw)
+    head = final(heads, body)
+    if "close" not in ", ".join(values(head, "connection")).lower():
+        raise Mismatch(f"HTTP/1.0 with Transfer-Encoding: the connection should close; the client got\n{show(head)}")
+
+
+@case(*ALL_MODES)
 def duplicate_host_400(wire: Wire) -> None:
     """A request with two Host fields gets 400 (RFC 9112 3.2) and never reaches the origin."""
     raw = request("GET", wire.target("/two-hosts"), wire.host(), [("Host", "other.example")])

@@ -58,7 +58,10 @@ where
             }
         };
         let RequestHead { method, target, version, mut headers, framing } = head;
-        let keep_alive = codec::keeps_alive(version, &headers);
+        // RFC 9112 section 6.1: an HTTP/1.0 message with Transfer-Encoding is framed in
+        // doubt; the connection closes after it.
+        let keep_alive = codec::keeps_alive(version, &headers)
+            && !(version == HttpVersion::Http10 && headers.contains("transfer-encoding"));
         if method == "CONNECT" && fixed.is_none() {
             let Some((host, port)) = authority_of(&target) else {
                 let _ =
