@@ -133,89 +133,77 @@ pub fn has_head_end(buf: &[u8], from: usize) -> bool {
 /// Parses a request head at the start of `buf`: `Ok(None)` if more bytes are needed,
 /// else the head and its length in bytes.
 pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<(RequestHead, usize)>, WireError> {
-    let mut stack = [httparse::EMPTY_HEADER; STACK_FIELDS];
-    match parse_request_in(buf, limits, &mut stack) {
-        Err(WireError::TooManyFields(_)) if limits.max_headers > STACK_FIELDS => {
-            let mut heap = vec![httparse::EMPTY_HEADER; limits.max_headers];
-            parse_request_in(buf, limits, &mut heap)
+    with_fields(limits, |fields| {
+        let mut request = httparse::Request::new(fields);
+        let Some(len) = head_len(request.parse(buf), buf, limits, "request head")? else { return Ok(None) };
+        let method = request.method.unwrap_or_default().to_owned();
+        let target = request.path.unwrap_or_default().to_owned();
+        let version = version_of(request.version);
+        let headers = to_headers("request head", request.headers)?;
+        // RFC 9112 section 3.2: a server answers 400 to a request with more than one Host.
+        if headers.get_all("host").nth(1).is_some() {
+            return Err(WireError::Framing("more than one Host field".into()));
         }
-        other => other,
-    }
-}
-
-fn parse_request_in<'b>(
-    buf: &'b [u8],
-    limits: Limits,
-    fields: &mut [httparse::Header<'b>],
-) -> Result<Option<(RequestHead, usize)>, WireError> {
-    let slots = fields.len().min(limits.max_headers);
-    let mut request = httparse::Request::new(&mut fields[..slots]);
-    let len = match request.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() > limits.max_head_bytes => {
-            return Err(WireError::HeadTooLarge(limits.max_head_bytes));
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(WireError::TooManyFields(limits.max_headers)),
-        Err(e) => return Err(malformed("request head", e)),
-    };
-    if len > limits.max_head_bytes {
-        return Err(WireError::HeadTooLarge(limits.max_head_bytes));
-    }
-    let method = request.method.unwrap_or_default().to_owned();
-    let target = request.path.unwrap_or_default().to_owned();
-    let version = version_of(request.version);
-    let headers = to_headers("request head", request.headers)?;
-    // RFC 9112 section 3.2: a server answers 400 to a request with more than one Host.
-    if headers.get_all("host").nth(1).is_some() {
-        return Err(WireError::Framing("more than one Host field".into()));
-    }
-    let framing = request_framing(&method, &headers)?;
-    Ok(Some((RequestHead { method, target, version, headers, framing }, len)))
+        let framing = request_framing(&method, &headers)?;
+        Ok(Some((RequestHead { method, target, version, headers, framing }, len)))
+    })
 }
 
 /// Parses a response head at the start of `buf`; `method` is the request's (a HEAD
 /// answer has no body).
 pub fn parse_response(buf: &[u8], limits: Limits, method: &str) -> Result<Option<(ResponseHead, usize)>, WireError> {
+    with_fields(limits, |fields| {
+        let mut response = httparse::Response::new(fields);
+        // Robust to what servers send in the wild: a space before the colon.
+        let mut config = httparse::ParserConfig::default();
+        config.allow_spaces_after_header_name_in_responses(true);
+        let parsed = config.parse_response(&mut response, buf);
+        let Some(len) = head_len(parsed, buf, limits, "response head")? else { return Ok(None) };
+        let status = response.code.unwrap_or_default();
+        let reason = response.reason.unwrap_or_default().to_owned();
+        let version = version_of(response.version);
+        let headers = to_headers("response head", response.headers)?;
+        let framing = response_framing(method, status, &headers)?;
+        Ok(Some((ResponseHead { status, reason, version, headers, framing }, len)))
+    })
+}
+
+/// Runs `parse` with header slots on the stack, and again with `max_headers` slots on the
+/// heap if the head has more fields than the stack holds.
+fn with_fields<'b, T>(
+    limits: Limits,
+    mut parse: impl FnMut(&mut [httparse::Header<'b>]) -> Result<T, WireError>,
+) -> Result<T, WireError> {
     let mut stack = [httparse::EMPTY_HEADER; STACK_FIELDS];
-    match parse_response_in(buf, limits, method, &mut stack) {
+    let slots = STACK_FIELDS.min(limits.max_headers);
+    match parse(&mut stack[..slots]) {
         Err(WireError::TooManyFields(_)) if limits.max_headers > STACK_FIELDS => {
-            let mut heap = vec![httparse::EMPTY_HEADER; limits.max_headers];
-            parse_response_in(buf, limits, method, &mut heap)
+            parse(&mut vec![httparse::EMPTY_HEADER; limits.max_headers])
         }
         other => other,
     }
 }
 
-fn parse_response_in<'b>(
-    buf: &'b [u8],
+/// What httparse said of a head, with the limits applied: its length once complete,
+/// `None` while more may come, and 431's errors past `max_headers` or `max_head_bytes`.
+fn head_len(
+    parsed: httparse::Result<usize>,
+    buf: &[u8],
     limits: Limits,
-    method: &str,
-    fields: &mut [httparse::Header<'b>],
-) -> Result<Option<(ResponseHead, usize)>, WireError> {
-    let slots = fields.len().min(limits.max_headers);
-    let mut response = httparse::Response::new(&mut fields[..slots]);
-    // Robust to what servers send in the wild: a space before the colon.
-    let mut config = httparse::ParserConfig::default();
-    config.allow_spaces_after_header_name_in_responses(true);
-    let len = match config.parse_response(&mut response, buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() > limits.max_head_bytes => {
-            return Err(WireError::HeadTooLarge(limits.max_head_bytes));
+    what: &'static str,
+) -> Result<Option<usize>, WireError> {
+    match parsed {
+        Ok(httparse::Status::Complete(len)) if len > limits.max_head_bytes => {
+            Err(WireError::HeadTooLarge(limits.max_head_bytes))
         }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(WireError::TooManyFields(limits.max_headers)),
-        Err(e) => return Err(malformed("response head", e)),
-    };
-    if len > limits.max_head_bytes {
-        return Err(WireError::HeadTooLarge(limits.max_head_bytes));
+        Ok(httparse::Status::Complete(len)) => Ok(Some(len)),
+        Ok(httparse::Status::Partial) if buf.len() > limits.max_head_bytes => {
+            Err(WireError::HeadTooLarge(limits.max_head_bytes))
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(WireError::TooManyFields(limits.max_headers)),
+        Err(e) => Err(malformed(what, e)),
     }
-    let status = response.code.unwrap_or_default();
-    let reason = response.reason.unwrap_or_default().to_owned();
-    let version = version_of(response.version);
-    let headers = to_headers("response head", response.headers)?;
-    let framing = response_framing(method, status, &headers)?;
-    Ok(Some((ResponseHead { status, reason, version, headers, framing }, len)))
 }
 
 /// The value of every `Content-Length` field, if they agree (`1, 1` is one length).
