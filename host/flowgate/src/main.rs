@@ -25,6 +25,10 @@ const OPTIONS_HELP: &str = "Options for --set KEY=VALUE (default in brackets):
   max_headers=N                    most header fields in a head (heads also ≤ 64 KiB) [500]
   header_read_timeout=DURATION     for a request head, a stream's first bytes, a TLS handshake [30s]
   body_read_timeout=DURATION       between pieces of a request body [60s]
+  send_timeout=DURATION            a client that reads none of its response for this long is cut off [60s]
+  upstream_timeout=DURATION        upstream stalls: response head, response body, taking the request (504) [60s]
+  max_connections=N                client connections at once; more are closed on accept [10000]
+  max_handshakes=N                 client TLS handshakes in progress at once; more wait [256]
   connect_timeout=DURATION         to connect (and TLS-handshake) to an upstream [10s]
   rawtcp=BOOL                      relay unrecognised bytes in tunnels as raw TCP flows [true]
   server_first_timeout=DURATION    wait in a tunnel for the client before the server may speak first [1s]
@@ -35,6 +39,8 @@ const OPTIONS_HELP: &str = "Options for --set KEY=VALUE (default in brackets):
   http2_header_table_size=SIZE     [4KiB]
   http2_max_reset_streams=N        [20]
   http2_max_error_reset_streams=N  [1024]
+  http2_ping_keepalive=DURATION    PING an idle HTTP/2 connection, close it if unanswered; 0 off [58s]
+  http2_idle_timeout=DURATION      close a client's HTTP/2 connection without streams; 0 off [300s]
   ssl_insecure=BOOL                as -k [false]
   plugin_fuel=BOOL                 enable fuel metering for limits.fuel [false]
   plugin_max_instances=N           [1000]
@@ -185,6 +191,12 @@ fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> 
             "header_read_timeout" => proxy.header_read_timeout = parse_duration(value).map_err(|e| bad(&e))?,
             "body_read_timeout" => proxy.body_read_timeout = parse_duration(value).map_err(|e| bad(&e))?,
             "connect_timeout" => proxy.connect_timeout = parse_duration(value).map_err(|e| bad(&e))?,
+            "send_timeout" => proxy.send_timeout = parse_duration(value).map_err(|e| bad(&e))?,
+            "upstream_timeout" => proxy.upstream_timeout = parse_duration(value).map_err(|e| bad(&e))?,
+            "max_connections" => proxy.max_connections = at_least_one(value).map_err(|e| bad(&e))?,
+            "max_handshakes" => proxy.max_handshakes = at_least_one(value).map_err(|e| bad(&e))?,
+            "http2_ping_keepalive" => proxy.http2_ping_keepalive = parse_duration(value).map_err(|e| bad(&e))?,
+            "http2_idle_timeout" => proxy.http2_idle_timeout = parse_duration(value).map_err(|e| bad(&e))?,
             "server_first_timeout" => proxy.server_first_timeout = parse_duration(value).map_err(|e| bad(&e))?,
             "tcp_timeout" => proxy.tcp_timeout = parse_duration(value).map_err(|e| bad(&e))?,
             "rawtcp" => proxy.rawtcp = value.parse().map_err(|e| bad(&e))?,
@@ -228,6 +240,15 @@ fn known_options() -> String {
     let names: Vec<&str> =
         OPTIONS_HELP.lines().skip(1).filter_map(|line| line.split_whitespace().next()?.split('=').next()).collect();
     names.join(", ")
+}
+
+/// A count that must be at least 1.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// A duration as options take it: a number with a unit (`500ms`, `2s`, `5m`, `1h`), or a

@@ -41,6 +41,9 @@ pub(crate) struct PendingSwitch {
     pub stage: Stage,
     /// Resolves to the stream.
     pub upgrade: hyper::upgrade::OnUpgrade,
+    /// Held until the switched stream's stack ends (an HTTP/2 connection counts the
+    /// stream as open meanwhile).
+    pub hold: Option<crate::http::OpenStream>,
 }
 
 /// What a client connection shares between its flows and layers.
@@ -130,6 +133,8 @@ pub(crate) async fn serve_connection(proxy: Arc<Proxy>, mode: Arc<Mode>, stream:
         upstreams: Mutex::new(Upstreams::default()),
         users: AtomicUsize::new(1),
     });
+    // Every write to the client, whatever layer makes it, is held to send_timeout.
+    let stream = crate::stall::WriteStall::new(stream, ctx.proxy.options.send_timeout, "send_timeout");
     run_stack(&ctx, Stage::Accepted, Box::new(stream)).await;
     ctx.release().await;
 }
@@ -143,6 +148,7 @@ pub(crate) fn spawn_switch(ctx: Arc<ConnCtx>, pending: PendingSwitch) {
             Ok(upgraded) => run_stack(&ctx, pending.stage, Box::new(hyper_util::rt::TokioIo::new(upgraded))).await,
             Err(e) => tracing::debug!("{}: upgrade failed: {e}", ctx.client),
         }
+        drop(pending.hold);
         ctx.release().await;
     });
 }

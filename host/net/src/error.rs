@@ -31,6 +31,16 @@ pub enum UpstreamError {
         /// The timeout.
         after: Duration,
     },
+    /// The upstream (or the upstream proxy) stalled past a deadline.
+    #[error("{what}: nothing for {after:?} ({option})")]
+    Timeout {
+        /// What was waited for.
+        what: &'static str,
+        /// The deadline.
+        after: Duration,
+        /// The option that set it.
+        option: &'static str,
+    },
     /// The TCP connection failed.
     #[error("cannot connect to {addr}: {source}")]
     Connect {
@@ -77,7 +87,7 @@ impl UpstreamError {
     /// Whether a deadline passed (answered 504, not 502).
     pub fn is_timeout(&self) -> bool {
         match self {
-            UpstreamError::ConnectTimeout { .. } => true,
+            UpstreamError::ConnectTimeout { .. } | UpstreamError::Timeout { .. } => true,
             UpstreamError::Connect { source, .. } | UpstreamError::Tls { source, .. } => {
                 source.kind() == std::io::ErrorKind::TimedOut
             }
@@ -130,6 +140,15 @@ mod tests {
             (ClientError::BadRequest("x".into()).into(), 400),
             (ClientError::BodyRead("x".into()).into(), 400),
             (timeout.into(), 504),
+            (
+                UpstreamError::Timeout {
+                    what: "response head",
+                    after: Duration::from_secs(1),
+                    option: "upstream_timeout",
+                }
+                .into(),
+                504,
+            ),
             (UpstreamError::Connect { addr: "x:1".into(), source: refused }.into(), 502),
             (UpstreamError::Refused("x:1".into()).into(), 502),
             (Error::Plugin("trap".into()), 502),

@@ -56,6 +56,7 @@ mod listen;
 mod mode;
 mod options;
 mod record;
+mod stall;
 mod tcp;
 mod tls;
 mod upstream;
@@ -81,6 +82,12 @@ pub struct Proxy {
     pub(crate) tls_client: Arc<rustls::ClientConfig>,
     pub(crate) tls_client_raw: Arc<rustls::ClientConfig>,
     pub(crate) tls_server: tls::ServerShared,
+    /// Client connections open now, up to `max_connections`.
+    connections: Arc<tokio::sync::Semaphore>,
+    /// Connections closed on accept because `max_connections` were open.
+    refused: std::sync::atomic::AtomicU64,
+    /// Client TLS handshakes in progress, up to `max_handshakes`.
+    pub(crate) handshakes: tokio::sync::Semaphore,
 }
 
 impl Proxy {
@@ -89,7 +96,20 @@ impl Proxy {
         let tls_client = tls::client_config(&options);
         let tls_client_raw = tls::client_config_raw(&options);
         let tls_server = tls::ServerShared::new();
-        Arc::new(Proxy { chain, ca, options, sink, tls_client, tls_client_raw, tls_server })
+        let connections = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
+        let handshakes = tokio::sync::Semaphore::new(options.max_handshakes);
+        Arc::new(Proxy {
+            chain,
+            ca,
+            options,
+            sink,
+            tls_client,
+            tls_client_raw,
+            tls_server,
+            connections,
+            refused: std::sync::atomic::AtomicU64::new(0),
+            handshakes,
+        })
     }
 
     /// A new flow or connection id (a random UUID).
@@ -110,11 +130,25 @@ impl Proxy {
                     continue;
                 }
             };
+            let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+                // Closed at once: the client learns now, not after a timeout, and an open
+                // connection costs nothing more.
+                let refused = self.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                if refused.is_power_of_two() {
+                    tracing::warn!(
+                        "{client}: refused, {} client connections are open (max_connections); {refused} refused so far",
+                        self.options.max_connections
+                    );
+                }
+                drop(stream);
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let proxy = self.clone();
             let mode = mode.clone();
             tokio::spawn(async move {
                 conn::serve_connection(proxy, mode, stream, client).await;
+                drop(permit);
             });
         }
     }

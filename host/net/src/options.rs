@@ -27,6 +27,19 @@ pub struct ProxyOptions {
     pub connect_timeout: Duration,
     /// Longest wait for the next piece of a request body (`body_read_timeout`, default 60 s).
     pub body_read_timeout: Duration,
+    /// Longest a client may leave a response unread: a write to it that makes no progress
+    /// for this long closes the connection (`send_timeout`, default 60 s; slow-read attacks).
+    pub send_timeout: Duration,
+    /// Longest the upstream may stall: its response head after it took the request, the
+    /// next piece of its response body, or taking the next piece of the request
+    /// (`upstream_timeout`, default 60 s). Before the response head it is answered 504.
+    pub upstream_timeout: Duration,
+    /// Most client connections open at once (`max_connections`, default 10,000); one more
+    /// is closed as soon as it is accepted, and counted.
+    pub max_connections: usize,
+    /// Most client TLS handshakes in progress at once (`max_handshakes`, default 256); more
+    /// wait for a slot within their own deadline (`header_read_timeout`).
+    pub max_handshakes: usize,
     /// Speak HTTP/2 (`http2`, default true): offered by ALPN, accepted with prior knowledge
     /// and `Upgrade: h2c`, and used upstream when the upstream offers it. Off: HTTP/1.1 only.
     pub http2: bool,
@@ -49,6 +62,13 @@ pub struct ProxyOptions {
     /// Streams flowgate may reset because of a client's protocol errors on one connection
     /// (`http2_max_error_reset_streams`, default 1024); past it, GOAWAY (CVE-2025-8671).
     pub http2_max_error_reset_streams: usize,
+    /// An HTTP/2 connection (either side) idle for this long gets a PING, and is closed if
+    /// the PING is not answered within 20 s (`http2_ping_keepalive`, default 58 s as in
+    /// mitmproxy; 0 turns it off).
+    pub http2_ping_keepalive: Duration,
+    /// A client's HTTP/2 connection with no open stream for this long is closed with GOAWAY
+    /// (`http2_idle_timeout`, default 300 s; 0 turns it off).
+    pub http2_idle_timeout: Duration,
     /// Relay streams no other layer claims as raw TCP flows (`rawtcp`, default true, as
     /// in mitmproxy): bytes inside a CONNECT tunnel that are neither TLS nor HTTP (SSH,
     /// a binary protocol), or a tunnel whose server speaks first. Off: such tunnels close.
@@ -75,12 +95,18 @@ impl Default for ProxyOptions {
             header_read_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
+            upstream_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            max_handshakes: 256,
             http2: true,
             http2_max_concurrent_streams: 100,
             http2_max_header_list_size: 64 << 10,
             http2_header_table_size: 4096,
             http2_max_reset_streams: 20,
             http2_max_error_reset_streams: 1024,
+            http2_ping_keepalive: Duration::from_secs(58),
+            http2_idle_timeout: Duration::from_secs(300),
             rawtcp: true,
             server_first_timeout: Duration::from_secs(1),
             tcp_timeout: Duration::from_secs(600),

@@ -271,9 +271,13 @@ pub(crate) async fn open(proxy: &Proxy, mode: &Mode, target: &Target, alpn: Alpn
     let mut tcp = tcp;
     // Plain HTTP goes to an upstream proxy in absolute form; everything else is tunneled.
     if via_proxy && (target.scheme == Scheme::Https || alpn == Alpn::None) {
-        tokio::time::timeout(timeout, tunnel(&mut tcp, &target.host, target.port))
-            .await
-            .map_err(|_| UpstreamError::Proxy(format!("no CONNECT answer within {timeout:?} (connect_timeout)")))??;
+        tokio::time::timeout(timeout, tunnel(&mut tcp, &target.host, target.port)).await.map_err(|_| {
+            UpstreamError::Timeout {
+                what: "CONNECT answer from the upstream proxy",
+                after: timeout,
+                option: "connect_timeout",
+            }
+        })??;
     }
     if target.scheme == Scheme::Http {
         return Ok(Opened { io: UpstreamIo::Tcp(tcp), h2: false, sans: Vec::new() });
@@ -307,10 +311,12 @@ pub(crate) enum Alpn {
 /// Opens a new HTTP connection to `target`.
 pub(crate) async fn connect(proxy: &Proxy, mode: &Mode, target: &Target) -> Result<Connected, UpstreamError> {
     let opened = open(proxy, mode, target, Alpn::Http).await?;
+    // An upstream that takes no more of a request fails it after upstream_timeout.
+    let io = crate::stall::WriteStall::new(opened.io, proxy.options.upstream_timeout, "upstream_timeout");
     let sender = if opened.h2 || (target.scheme == Scheme::Http && target.prior_knowledge) {
-        handshake_h2(opened.io, &proxy.options).await?
+        handshake_h2(io, &proxy.options).await?
     } else {
-        handshake(opened.io)
+        handshake(io)
     };
     Ok(Connected { sender, sans: opened.sans })
 }
@@ -344,7 +350,7 @@ async fn tunnel(tcp: &mut TcpStream, host: &str, port: u16) -> Result<(), Upstre
     Ok(())
 }
 
-fn handshake(io: UpstreamIo) -> Sender {
+fn handshake(io: crate::stall::WriteStall<UpstreamIo>) -> Sender {
     Sender::H1(Client::new(io))
 }
 
@@ -352,13 +358,18 @@ async fn handshake_h2<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     io: IO,
     options: &crate::ProxyOptions,
 ) -> Result<Sender, UpstreamError> {
-    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
         .timer(TokioTimer::new())
         .max_header_list_size(options.http2_max_header_list_size)
-        .header_table_size(options.http2_header_table_size)
-        .handshake(TokioIo::new(io))
-        .await
-        .map_err(UpstreamError::Handshake)?;
+        .header_table_size(options.http2_header_table_size);
+    if !options.http2_ping_keepalive.is_zero() {
+        builder
+            .keep_alive_interval(options.http2_ping_keepalive)
+            .keep_alive_timeout(crate::http::h2::PING_ANSWER_TIMEOUT)
+            .keep_alive_while_idle(true);
+    }
+    let (sender, conn) = builder.handshake(TokioIo::new(io)).await.map_err(UpstreamError::Handshake)?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!("upstream HTTP/2 connection ended: {e}");

@@ -2,9 +2,13 @@
 //! (with `stream_large_bodies` and `body_size_limit`), and streaming through chunk hooks.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use super::exchange::{Exchange, Reply, to_headers};
-use crate::error::ClientError;
+use crate::error::{ClientError, UpstreamError};
 use crate::record::Outcome;
 use crate::upstream::{Body, BoxError};
 use bytes::Bytes;
@@ -12,16 +16,33 @@ use flowgate_flow::{Request, Response};
 use flowgate_runtime::{HttpAction, HttpFlowSession};
 use http_body_util::BodyExt;
 
-/// A body that fails if the next frame takes longer than `timeout` to arrive.
+/// A deadline on a body's progress: what it is, how long, and the option that sets it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stall {
+    pub what: &'static str,
+    pub after: Duration,
+    pub option: &'static str,
+}
+
+impl std::fmt::Display for Stall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no {} for {:?} ({})", self.what, self.after, self.option)
+    }
+}
+
+/// A body that fails if its next frame takes longer than its [`Stall`] deadline to come,
+/// counted from when its reader asks for it (a reader that is slow to ask — a plugin, a
+/// client with a full window — is not the body's fault).
 pub(crate) struct ProgressTimeout<B> {
     inner: B,
-    timeout: std::time::Duration,
-    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    stall: Stall,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    waiting: bool,
 }
 
 impl<B> ProgressTimeout<B> {
-    pub fn new(inner: B, timeout: std::time::Duration) -> Self {
-        ProgressTimeout { inner, timeout, sleep: Box::pin(tokio::time::sleep(timeout)) }
+    pub fn new(inner: B, stall: Stall) -> Self {
+        ProgressTimeout { inner, stall, sleep: Box::pin(tokio::time::sleep(stall.after)), waiting: false }
     }
 }
 
@@ -34,25 +55,110 @@ where
     type Error = BoxError;
 
     fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
-        use std::task::Poll;
-        match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                let deadline = tokio::time::Instant::now() + self.timeout;
-                self.sleep.as_mut().reset(deadline);
+                self.waiting = false;
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
-            Poll::Pending => match self.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    Poll::Ready(Some(Err(
-                        format!("no request body data for {:?} (body_read_timeout)", self.timeout).into()
-                    )))
+            Poll::Pending => {
+                if !self.waiting {
+                    self.waiting = true;
+                    let deadline = tokio::time::Instant::now() + self.stall.after;
+                    self.sleep.as_mut().reset(deadline);
                 }
-                Poll::Pending => Poll::Pending,
-            },
+                match self.sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(self.stall.to_string().into()))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Whose turn it is while a request goes upstream, and since when: the upstream's (to
+/// take the request and answer it), or the client's (the request body's next piece is
+/// not there yet). Only the upstream's turn counts against `upstream_timeout`.
+pub(crate) struct Turn(std::sync::Mutex<(bool, Instant)>);
+
+impl Turn {
+    /// The upstream's turn, from now.
+    pub fn new() -> Arc<Turn> {
+        Arc::new(Turn(std::sync::Mutex::new((false, Instant::now()))))
+    }
+
+    fn set(&self, client: bool) {
+        let mut turn = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if client != turn.0 || !client {
+            *turn = (client, Instant::now());
+        }
+    }
+
+    /// When the upstream's turn runs out, or `None` while it is the client's.
+    fn deadline(&self, after: Duration) -> Option<Instant> {
+        let turn = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (!turn.0).then(|| turn.1 + after)
+    }
+
+    /// Runs `send` (a request going up and its response head coming back) under `stall`:
+    /// it fails once the upstream's turn has lasted `stall.after`.
+    pub async fn bound<T>(
+        &self,
+        send: impl Future<Output = Result<T, UpstreamError>>,
+        stall: Stall,
+    ) -> Result<T, UpstreamError> {
+        let mut send = std::pin::pin!(send);
+        loop {
+            // While it is the client's turn, look again later (its turn may end any time).
+            let wake = self.deadline(stall.after).unwrap_or_else(|| Instant::now() + stall.after);
+            tokio::select! {
+                result = &mut send => return result,
+                () = tokio::time::sleep_until(wake.into()) => {
+                    if self.deadline(stall.after).is_some_and(|d| d <= Instant::now()) {
+                        return Err(UpstreamError::Timeout { what: stall.what, after: stall.after, option: stall.option });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A body going upstream that tells its [`Turn`] when it waits for the client.
+pub(crate) struct Watched<B> {
+    inner: B,
+    turn: Arc<Turn>,
+}
+
+impl<B> Watched<B> {
+    pub fn new(inner: B, turn: Arc<Turn>) -> Self {
+        Watched { inner, turn }
+    }
+}
+
+impl<B> hyper::body::Body for Watched<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        self.turn.set(polled.is_pending());
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

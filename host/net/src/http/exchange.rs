@@ -14,7 +14,9 @@ use flowgate_flow::{BodyMode, FlowInfo, Headers, HttpVersion, LocalResponse, Req
 use flowgate_runtime::{HttpAction, HttpFlowSession};
 use http_body_util::BodyExt;
 
-use super::body::{Buffered, ProgressTimeout, buffer, stream_request_body, stream_through_plugins, with_trailers};
+use super::body::{
+    Buffered, ProgressTimeout, Stall, Turn, Watched, buffer, stream_request_body, stream_through_plugins, with_trailers,
+};
 use super::cert::{CERT_HOSTS, cert_page};
 use super::{Killed, full};
 use crate::Mode;
@@ -226,7 +228,11 @@ pub(crate) async fn handle(
     if let Some(resp) = ex.act(action).await? {
         return Ok(resp);
     }
-    let incoming = ProgressTimeout::new(incoming, ctx.proxy.options.body_read_timeout);
+    let opts = &ctx.proxy.options;
+    let incoming = ProgressTimeout::new(
+        incoming,
+        Stall { what: "request body data", after: opts.body_read_timeout, option: "body_read_timeout" },
+    );
     let mut body: Option<Body> = None;
     let mut request_trailers = None;
     let mut stream_source = None;
@@ -309,8 +315,14 @@ pub(crate) async fn handle(
     // HTTP/1.1 to an upstream proxy takes plain-HTTP requests in absolute form.
     let absolute = matches!(*ctx.mode, Mode::Upstream { .. }) && target.scheme == Scheme::Http;
     ex.session.flow.server_address = Some(format!("{}:{}", target.host, target.port));
+    // The upstream's stalls are bounded; the request body's waits for the client are not
+    // its (body_read_timeout bounds those).
+    let turn = Turn::new();
+    let upstream_body = Watched::new(upstream_body, turn.clone()).boxed();
     let outbound = Outbound { request: &ex.request, absolute, body: upstream_body, interim };
-    let sent = sender.send(outbound, &ctx.proxy.options).await;
+    let head_stall =
+        Stall { what: "response head from the upstream", after: opts.upstream_timeout, option: "upstream_timeout" };
+    let sent = turn.bound(sender.send(outbound, opts), head_stall).await;
     if let Some(returned) = pump
         && let Ok((session, request)) = returned.await
     {
@@ -322,6 +334,12 @@ pub(crate) async fn handle(
         Ok(r) => r,
         Err(e) => return Ok(ex.fail(e).await),
     };
+    let body_stall = Stall {
+        what: "response body data from the upstream",
+        after: opts.upstream_timeout,
+        option: "upstream_timeout",
+    };
+    let upstream_body = ProgressTimeout::new(upstream_body, body_stall).boxed();
     ctx.upstreams.lock().await.put(target, sender);
 
     // Back to the client.

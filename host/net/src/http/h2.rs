@@ -11,6 +11,9 @@ use flowgate_h1::{connection_tokens, is_hop_by_hop};
 use crate::ProxyOptions;
 use crate::detect::H2_PREFACE as PREFACE;
 
+/// How long a keep-alive PING may go unanswered before the connection is closed.
+pub(crate) const PING_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// The HTTP/2 server for client connections, with flowgate's limits.
 pub(crate) fn server_builder(options: &ProxyOptions) -> hyper::server::conn::http2::Builder<TokioExecutor> {
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -21,6 +24,9 @@ pub(crate) fn server_builder(options: &ProxyOptions) -> hyper::server::conn::htt
         .header_table_size(options.http2_header_table_size)
         .max_pending_accept_reset_streams(options.http2_max_reset_streams)
         .max_local_error_reset_streams(options.http2_max_error_reset_streams);
+    if !options.http2_ping_keepalive.is_zero() {
+        builder.keep_alive_interval(options.http2_ping_keepalive).keep_alive_timeout(PING_ANSWER_TIMEOUT);
+    }
     builder
 }
 

@@ -48,16 +48,112 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service_ctx = ctx.clone();
+    let streams = Arc::new(Streams::default());
+    let service_streams = streams.clone();
     let service = service_fn(move |req| {
         let ctx = service_ctx.clone();
         let fixed = fixed.clone();
-        async move { h2_stream(ctx, req, fixed).await }
+        let open = OpenStream::new(&service_streams);
+        async move { h2_stream(ctx, req, fixed, open).await }
     });
     let builder = h2::server_builder(&ctx.proxy.options);
-    if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let mut conn = std::pin::pin!(conn);
+    let idle_timeout = ctx.proxy.options.http2_idle_timeout;
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        () = streams.idle_for(idle_timeout) => {
+            tracing::debug!("{}: HTTP/2 connection idle for {idle_timeout:?} (http2_idle_timeout)", ctx.client);
+            conn.as_mut().graceful_shutdown();
+            // GOAWAY, then a short grace for the client's answer to its PING.
+            match tokio::time::timeout(IDLE_CLOSE_GRACE, conn).await {
+                Ok(ended) => ended,
+                Err(_) => Ok(()),
+            }
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!("client {} (HTTP/2): {e}", ctx.client);
     }
     Next::Done
+}
+
+/// How long an idle HTTP/2 connection that got GOAWAY may take to close cleanly.
+const IDLE_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The open streams of one HTTP/2 client connection, for `http2_idle_timeout`.
+#[derive(Default)]
+pub(crate) struct Streams {
+    open: std::sync::atomic::AtomicUsize,
+    changed: tokio::sync::Notify,
+}
+
+impl Streams {
+    /// Returns once no stream has been open for `timeout`.
+    async fn idle_for(&self, timeout: std::time::Duration) {
+        use std::sync::atomic::Ordering;
+        if timeout.is_zero() {
+            return std::future::pending().await;
+        }
+        loop {
+            let changed = self.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
+            if self.open.load(Ordering::Acquire) == 0 {
+                tokio::select! {
+                    () = tokio::time::sleep(timeout) => return,
+                    () = changed => {}
+                }
+            } else {
+                changed.await;
+            }
+        }
+    }
+}
+
+/// One open stream: counted from its request until its response body (or its tunnel)
+/// is done.
+pub(crate) struct OpenStream(Arc<Streams>);
+
+impl OpenStream {
+    fn new(streams: &Arc<Streams>) -> OpenStream {
+        streams.open.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        streams.changed.notify_waiters();
+        OpenStream(streams.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.0.changed.notify_waiters();
+    }
+}
+
+/// A response body that keeps its stream counted as open until it is dropped.
+struct Holding {
+    body: Body,
+    _open: OpenStream,
+}
+
+impl hyper::body::Body for Holding {
+    type Data = Bytes;
+    type Error = crate::upstream::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// One HTTP/2 stream: a CONNECT becomes a tunnel of its own beside the connection's
@@ -66,12 +162,13 @@ async fn h2_stream(
     ctx: Arc<ConnCtx>,
     mut req: hyper::Request<hyper::body::Incoming>,
     fixed: Option<Target>,
+    open: OpenStream,
 ) -> Result<hyper::Response<Body>, Killed> {
     let headers = exchange::to_headers(req.headers());
     let version = exchange::version_of(req.version());
     if req.method() == hyper::Method::CONNECT && fixed.is_none() {
         let Some(authority) = req.uri().authority().cloned() else {
-            return Ok(to_hyper(exchange::status_response(400, "CONNECT needs host:port")));
+            return Ok(to_hyper(exchange::status_response(400, "CONNECT needs host:port"), open));
         };
         let request = flowgate_flow::Request {
             method: "CONNECT".to_owned(),
@@ -84,10 +181,10 @@ async fn h2_stream(
             ..flowgate_flow::Request::default()
         };
         return match connect::connect(&ctx, request).await? {
-            connect::Answer::Reply(reply) => Ok(to_hyper(reply)),
+            connect::Answer::Reply(reply) => Ok(to_hyper(reply, open)),
             connect::Answer::Tunnel(stage) => {
                 let upgrade = hyper::upgrade::on(&mut req);
-                crate::conn::spawn_switch(ctx, PendingSwitch { stage, upgrade });
+                crate::conn::spawn_switch(ctx, PendingSwitch { stage, upgrade, hold: Some(open) });
                 Ok(hyper::Response::new(full(Bytes::new())))
             }
         };
@@ -106,12 +203,12 @@ async fn h2_stream(
         authority: req.uri().authority().map(|a| a.as_str().to_owned()),
         body: req.into_body().map_err(Into::into).boxed(),
     };
-    exchange::handle(ctx, inbound, fixed, None).await.map(to_hyper)
+    exchange::handle(ctx, inbound, fixed, None).await.map(|reply| to_hyper(reply, open))
 }
 
 /// A reply as hyper's HTTP/2 server writes it (names lowercase, hop-by-hop fields gone).
-fn to_hyper(reply: exchange::Reply) -> hyper::Response<Body> {
-    let mut resp = hyper::Response::new(reply.body);
+fn to_hyper(reply: exchange::Reply, open: OpenStream) -> hyper::Response<Body> {
+    let mut resp = hyper::Response::new(Holding { body: reply.body, _open: open }.boxed());
     *resp.status_mut() = hyper::StatusCode::from_u16(reply.response.status).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
     exchange::fill_headers(resp.headers_mut(), &reply.response.headers);
     resp

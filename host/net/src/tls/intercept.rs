@@ -61,6 +61,11 @@ pub(crate) async fn run(
             Err(e) => Err(e),
         }
     };
+    // At most max_handshakes at once; waiting for a slot counts against the deadline.
+    let handshake = async {
+        let _slot = ctx.proxy.handshakes.acquire().await;
+        handshake.await
+    };
     let timeout = ctx.proxy.options.header_read_timeout;
     let handshake = match tokio::time::timeout(timeout, handshake).await {
         Ok(result) => result.map_err(|e| e.to_string()),

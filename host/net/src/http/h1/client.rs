@@ -14,6 +14,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use crate::error::UpstreamError;
 use crate::http::exchange::Interim;
 use crate::upstream::{Body, BoxError, UpstreamIo};
+
+/// An upstream connection as HTTP/1 uses it: writes held to `upstream_timeout`.
+type Stream = crate::stall::WriteStall<UpstreamIo>;
 use flowgate_h1::{self as codec, Decoder, Framing, Limits, Piece, WireError};
 
 /// The largest response head read from an upstream.
@@ -21,7 +24,7 @@ const MAX_HEAD_BYTES: usize = 256 << 10;
 
 /// An idle connection and what was read past its last response.
 struct Conn {
-    io: UpstreamIo,
+    io: Stream,
     buf: BytesMut,
 }
 
@@ -55,7 +58,7 @@ pub(crate) struct Outbound<'a> {
 
 impl Client {
     /// A client on a new connection.
-    pub fn new(io: UpstreamIo) -> Client {
+    pub fn new(io: Stream) -> Client {
         Client { slot: Arc::new(Mutex::new(Slot::Idle(Conn { io, buf: BytesMut::new() }))) }
     }
 
@@ -298,8 +301,8 @@ async fn put_data<W: tokio::io::AsyncWrite + Unpin>(
 /// The write half, once the request is written; or the task still writing the body,
 /// which hands it back.
 enum Writer {
-    Done(WriteHalf<UpstreamIo>),
-    Running(tokio::sync::oneshot::Receiver<Option<WriteHalf<UpstreamIo>>>, tokio::task::JoinHandle<()>),
+    Done(WriteHalf<Stream>),
+    Running(tokio::sync::oneshot::Receiver<Option<WriteHalf<Stream>>>, tokio::task::JoinHandle<()>),
 }
 
 /// How long a finished response waits for its request body to finish being written
@@ -307,7 +310,7 @@ enum Writer {
 const WRITER_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 struct Reading {
-    rd: ReadHalf<UpstreamIo>,
+    rd: ReadHalf<Stream>,
     buf: BytesMut,
     writer: Writer,
 }
@@ -334,7 +337,7 @@ impl ResponseBody {
         let Some(Reading { rd, buf, writer }) = self.reading.take() else { return };
         let reusable = self.keep_alive && !self.eof && buf.is_empty();
         let slot = self.slot.clone();
-        let settle = move |wr: Option<WriteHalf<UpstreamIo>>| {
+        let settle = move |wr: Option<WriteHalf<Stream>>| {
             let next = match wr {
                 // An idle connection keeps no read buffer (most of a busy proxy's are idle).
                 Some(wr) if reusable => Slot::Idle(Conn { io: rd.unsplit(wr), buf: BytesMut::new() }),

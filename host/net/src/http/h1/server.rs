@@ -168,6 +168,9 @@ where
                 () = feeder.step(&mut rd, &mut buf), if feeder.wants() => {}
             }
         };
+        if let Err(e) = &wrote {
+            tracing::debug!("{}: writing the response failed: {e}", ctx.client);
+        }
         let reusable = matches!(wrote, Ok(true)) && !close && feeder.drain(&mut buf);
         if !reusable {
             return Next::Done;
