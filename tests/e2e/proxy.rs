@@ -687,3 +687,107 @@ fn a_stuck_stdout_drops_flow_lines_and_never_stalls_traffic() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A TLS origin whose certificate (from a CA of its own) names only `localhost`; it
+/// answers each request with the SNI it was sent. Returns its port and its CA's PEM.
+fn sni_origin() -> (u16, String) {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "sni test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("CA");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("params")
+        .signed_by(&key, &issuer)
+        .expect("leaf");
+    let config =
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .expect("config");
+    let config = std::sync::Arc::new(config);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let Ok(conn) = rustls::ServerConnection::new(config) else { return };
+                let mut tls = rustls::StreamOwned::new(conn, stream);
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match tls.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let body = format!("sni={}", tls.conn.server_name().unwrap_or("(none)"));
+                let reply =
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                let _ = tls.write_all(reply.as_bytes());
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            });
+        }
+    });
+    (port, ca_cert.pem())
+}
+
+/// CONNECT 127.0.0.1:`port` through flowgate, then TLS with SNI `localhost` (trusting
+/// flowgate's CA) and one GET: the response as text.
+fn connect_ip_with_sni(fg: &Flowgate, port: u16) -> String {
+    let program = r#"
+import socket, ssl, sys
+proxy, port, ca = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+s = socket.create_connection(("127.0.0.1", proxy), timeout=10)
+s.sendall(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+head = b""
+while not head.endswith(b"\r\n\r\n"):
+    head += s.recv(1)
+tls = ssl.create_default_context(cafile=ca).wrap_socket(s, server_hostname="localhost")
+tls.sendall(b"GET /sni HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+out = b""
+while chunk := tls.recv(65536):
+    out += chunk
+sys.stdout.write(out.decode("latin-1"))
+"#;
+    let out = Command::new(python())
+        .args(["-c", program, &fg.port.to_string(), &port.to_string(), fg.ca().to_str().expect("utf-8")])
+        .output()
+        .expect("python runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_clients_sni_is_sent_upstream_and_verified_with_ssl_verify_upstream_trusted_ca() {
+    let (port, ca_pem) = sni_origin();
+    let dir = confdir();
+    std::fs::create_dir_all(&dir).expect("confdir");
+    let ca_file = dir.join("origin-ca.pem");
+    std::fs::write(&ca_file, ca_pem).expect("write CA");
+    let trusted = format!("ssl_verify_upstream_trusted_ca={}", ca_file.display());
+    // CONNECT to an IP address with SNI localhost: verified against localhost, with
+    // verification on, and the origin sees the SNI.
+    let fg = Flowgate::start(&["--set", &trusted]);
+    let reply = connect_ip_with_sni(&fg, port);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.ends_with("sni=localhost"), "{reply}");
+    // Without the origin's CA the same origin fails verification (no -k, no trust).
+    let untrusted = Flowgate::start(&[]);
+    let reply = connect_ip_with_sni(&untrusted, port);
+    assert!(reply.starts_with("HTTP/1.1 502"), "{reply}");
+    // A file without a certificate is refused at start, by name.
+    let empty = dir.join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").expect("write");
+    fails_with(&["--set", &format!("ssl_verify_upstream_trusted_ca={}", empty.display())], &dir, "no PEM certificate");
+}

@@ -42,6 +42,7 @@ const OPTIONS_HELP: &str = "Options for --set KEY=VALUE (default in brackets):
   http2_ping_keepalive=DURATION    PING an idle HTTP/2 connection, close it if unanswered; 0 off [58s]
   http2_idle_timeout=DURATION      close a client's HTTP/2 connection without streams; 0 off [300s]
   ssl_insecure=BOOL                as -k [false]
+  ssl_verify_upstream_trusted_ca=PEM  also trust these CAs upstream (beside the OS store and webpki roots) []
   plugin_fuel=BOOL                 enable fuel metering for limits.fuel [false]
   plugin_max_instances=N           [1000]
   plugin_cache_dir=DIR             compiled components; empty turns the cache off [CONFDIR/cache]
@@ -201,6 +202,10 @@ fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> 
             "tcp_timeout" => proxy.tcp_timeout = parse_duration(value).map_err(|e| bad(&e))?,
             "rawtcp" => proxy.rawtcp = value.parse().map_err(|e| bad(&e))?,
             "ssl_insecure" => proxy.ssl_insecure = value.parse().map_err(|e| bad(&e))?,
+            "ssl_verify_upstream_trusted_ca" => {
+                proxy.upstream_trusted_ca =
+                    flowgate_net::load_trusted_ca(std::path::Path::new(value)).map_err(|e| bad(&e))?
+            }
             "http2" => proxy.http2 = value.parse().map_err(|e| bad(&e))?,
             "http2_max_concurrent_streams" => {
                 proxy.http2_max_concurrent_streams = value.parse().map_err(|e| bad(&e))?

@@ -157,8 +157,13 @@ pub(crate) fn next_layer(mode: &Mode, stage: &Stage, seen: Seen<'_>, options: &P
                     other => quiet(other, head),
                 }),
                 Mode::Reverse { scheme, prior_knowledge, host, port } => {
-                    let target =
-                        Target { scheme: *scheme, host: host.clone(), port: *port, prior_knowledge: *prior_knowledge };
+                    let target = Target {
+                        scheme: *scheme,
+                        host: host.clone(),
+                        port: *port,
+                        prior_knowledge: *prior_knowledge,
+                        sni: None,
+                    };
                     match start {
                         Start::Is(Detected::TlsClientHello(hello)) => tls(target, hello, false, seen.verdict, options),
                         Start::Is(Detected::TlsInvalid(reason)) => {
@@ -336,7 +341,8 @@ mod tests {
         let (up, rv) = (upstream(), reverse());
         let plain = Some(target(Scheme::Http, "example.com", 443));
         let https = target(Scheme::Https, "example.com", 443);
-        let rev = Target { scheme: Scheme::Https, host: "origin.test".into(), port: 8443, prior_knowledge: false };
+        let rev =
+            Target { scheme: Scheme::Https, host: "origin.test".into(), port: 8443, prior_knowledge: false, sni: None };
         let intercept =
             |target: Target, in_tunnel| run(Layer::TlsIntercept { target, hello: hello("example.com"), in_tunnel });
         let decided = Some(TlsVerdict::Decided(TlsDecision::Intercept));

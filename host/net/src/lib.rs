@@ -72,6 +72,7 @@ pub use listen::{Bound, Listener};
 pub use mode::{Mode, ModeError};
 pub use options::ProxyOptions;
 pub use record::{FlowRecord, FlowSink, Kind, Outcome};
+pub use tls::load_trusted_ca;
 
 /// The proxy: plugins, CA, options and where flows are reported.
 pub struct Proxy {

@@ -7,6 +7,10 @@ use std::time::Duration;
 pub struct ProxyOptions {
     /// Skip verification of upstream certificates (`-k`, `ssl_insecure`).
     pub ssl_insecure: bool,
+    /// Certificates upstreams are verified against besides the OS store and webpki's
+    /// roots: those of `ssl_verify_upstream_trusted_ca` (a PEM file; see
+    /// [`load_trusted_ca`](crate::load_trusted_ca)).
+    pub upstream_trusted_ca: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// Largest body buffered for plugins (`body_size_limit`, default 16 MiB); a larger one
     /// fails the flow (413 for requests, 502 for responses).
     pub body_size_limit: usize,
@@ -87,6 +91,7 @@ impl Default for ProxyOptions {
     fn default() -> Self {
         ProxyOptions {
             ssl_insecure: false,
+            upstream_trusted_ca: Vec::new(),
             body_size_limit: 16 << 20,
             stream_large_bodies: None,
             ignore_hosts: None,

@@ -36,12 +36,16 @@ pub(crate) struct Target {
     /// Speak HTTP/2 without negotiation over cleartext (the client used prior knowledge
     /// inside a CONNECT tunnel, or the mode is `reverse:h2c://`).
     pub prior_knowledge: bool,
+    /// The TLS server name sent upstream and verified, when it is not `host`: the
+    /// client's SNI inside a CONNECT tunnel (mitmproxy's rule), so a client that CONNECTs
+    /// to an IP address with SNI `example.com` reaches, and verifies, `example.com`.
+    pub sni: Option<String>,
 }
 
 impl Target {
     /// A target reached with HTTP/1.1 over cleartext, or whatever ALPN picks over TLS.
     pub fn new(scheme: Scheme, host: String, port: u16) -> Target {
-        Target { scheme, host, port, prior_knowledge: false }
+        Target { scheme, host, port, prior_knowledge: false, sni: None }
     }
 }
 
@@ -282,8 +286,9 @@ pub(crate) async fn open(proxy: &Proxy, mode: &Mode, target: &Target, alpn: Alpn
     if target.scheme == Scheme::Http {
         return Ok(Opened { io: UpstreamIo::Tcp(tcp), h2: false, sans: Vec::new() });
     }
-    let bare = target.host.trim_start_matches('[').trim_end_matches(']').to_owned();
-    let name = ServerName::try_from(bare).map_err(|_| UpstreamError::ServerName(target.host.clone()))?;
+    let server_name = target.sni.as_deref().unwrap_or(&target.host);
+    let bare = server_name.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let name = ServerName::try_from(bare).map_err(|_| UpstreamError::ServerName(server_name.to_owned()))?;
     let config = match alpn {
         Alpn::Http => proxy.tls_client.clone(),
         Alpn::None => proxy.tls_client_raw.clone(),

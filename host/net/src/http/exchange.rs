@@ -274,8 +274,18 @@ pub(crate) async fn handle(
     // To the upstream. What goes out is what the flow holds: framing fields follow the
     // body the plugins left.
     let prior_knowledge = fixed.as_ref().is_some_and(|f| f.prior_knowledge) && ex.request.scheme == Scheme::Http;
-    let target =
-        Target { scheme: ex.request.scheme, host: ex.request.host.clone(), port: ex.request.port, prior_knowledge };
+    // The client's SNI stays the server name unless a plugin sent the request elsewhere.
+    let sni = fixed
+        .as_ref()
+        .filter(|f| f.host == ex.request.host && f.port == ex.request.port && f.scheme == ex.request.scheme)
+        .and_then(|f| f.sni.clone());
+    let target = Target {
+        scheme: ex.request.scheme,
+        host: ex.request.host.clone(),
+        port: ex.request.port,
+        prior_knowledge,
+        sni,
+    };
     if pump.is_some() {
         // Chunk hooks may change sizes: the body goes chunked.
         ex.request.headers.remove("content-length");

@@ -23,6 +23,12 @@ pub(crate) async fn run(
     hello: Hello,
     in_tunnel: bool,
 ) -> Next {
+    // In a tunnel the client's SNI is the upstream's server name too (mitmproxy's rule);
+    // in reverse mode the mode's host is.
+    let mut target = target;
+    if in_tunnel && hello.sni.as_ref().is_some_and(|sni| !sni.eq_ignore_ascii_case(&target.host)) {
+        target.sni = hello.sni.clone();
+    }
     let name = hello.sni.clone().unwrap_or_else(|| target.host.clone());
     let mut names = vec![name];
     let mut upstream_h2 = false;

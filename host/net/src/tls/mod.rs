@@ -159,12 +159,43 @@ pub(crate) fn client_config(options: &crate::ProxyOptions) -> Arc<rustls::Client
             .with_custom_certificate_verifier(Arc::new(DangerAcceptAnyCertificate(provider)))
             .with_no_client_auth()
     } else {
-        let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-        builder.with_root_certificates(roots).with_no_client_auth()
+        builder.with_root_certificates(upstream_roots(options)).with_no_client_auth()
     };
     config.alpn_protocols =
         if options.http2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
     Arc::new(config)
+}
+
+/// What upstream certificates are verified against: webpki's roots, the OS store
+/// (rustls-native-certs; what cannot be read is logged and skipped), and the
+/// certificates of `ssl_verify_upstream_trusted_ca`.
+fn upstream_roots(options: &crate::ProxyOptions) -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    let native = rustls_native_certs::load_native_certs();
+    for error in &native.errors {
+        tracing::debug!("OS certificate store: {error}");
+    }
+    let (added, skipped) = roots.add_parsable_certificates(native.certs);
+    tracing::debug!("{added} certificates from the OS store ({skipped} unusable)");
+    for cert in &options.upstream_trusted_ca {
+        if let Err(e) = roots.add(cert.clone()) {
+            tracing::warn!("ssl_verify_upstream_trusted_ca: a certificate is unusable as a root: {e}");
+        }
+    }
+    roots
+}
+
+/// Reads the PEM certificates of `ssl_verify_upstream_trusted_ca`; an unreadable file, or
+/// one without a certificate, is an error.
+pub fn load_trusted_ca(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .and_then(Iterator::collect)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate in it", path.display()));
+    }
+    Ok(certs)
 }
 
 /// The upstream config for raw TCP over TLS: as [`client_config`], without ALPN.
