@@ -691,6 +691,37 @@ fn a_stuck_stdout_drops_flow_lines_and_never_stalls_traffic() {
 /// A TLS origin whose certificate (from a CA of its own) names only `localhost`; it
 /// answers each request with the SNI it was sent. Returns its port and its CA's PEM.
 fn sni_origin() -> (u16, String) {
+    sni_origin_with(None)
+}
+
+/// A CA of the test's own that signs leaves; each leaf comes as one PEM with its key.
+struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    cert: rcgen::Certificate,
+}
+
+impl TestCa {
+    fn new(name: &str) -> TestCa {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).expect("CA");
+        TestCa { issuer: rcgen::Issuer::new(params, key), cert }
+    }
+
+    /// A leaf for `name`: its certificate and key in one PEM.
+    fn leaf_pem(&self, name: &str) -> String {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).expect("params");
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let leaf = params.signed_by(&key, &self.issuer).expect("leaf");
+        format!("{}{}", leaf.pem(), key.serialize_pem())
+    }
+}
+
+/// As [`sni_origin`]; with `client_ca`, the origin requires a client certificate from it.
+fn sni_origin_with(client_ca: Option<&TestCa>) -> (u16, String) {
     let ca_key = rcgen::KeyPair::generate().expect("key");
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -702,16 +733,24 @@ fn sni_origin() -> (u16, String) {
         .expect("params")
         .signed_by(&key, &issuer)
         .expect("leaf");
-    let config =
-        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![leaf.der().clone()],
-                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-            )
-            .expect("config");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("versions");
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.cert.der().clone()).expect("client CA");
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                .build()
+                .expect("verifier");
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder
+        .with_single_cert(vec![leaf.der().clone()], rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+        .expect("config");
     let config = std::sync::Arc::new(config);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
@@ -790,4 +829,72 @@ fn the_clients_sni_is_sent_upstream_and_verified_with_ssl_verify_upstream_truste
     let empty = dir.join("empty.pem");
     std::fs::write(&empty, "not a certificate\n").expect("write");
     fails_with(&["--set", &format!("ssl_verify_upstream_trusted_ca={}", empty.display())], &dir, "no PEM certificate");
+}
+
+/// `openssl s_client` through flowgate's CONNECT to `localhost:port` with SNI `name` and
+/// one TLS version flag: its output, and whether the handshake verified.
+fn s_client(fg: &Flowgate, port: u16, name: &str, version: &str) -> (bool, String) {
+    let out = Command::new("openssl")
+        .args(["s_client", "-proxy", &format!("127.0.0.1:{}", fg.port), "-connect", &format!("localhost:{port}")])
+        .args(["-servername", name, version, "-CAfile", fg.ca().to_str().expect("utf-8")])
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success() && text.contains("Verify return code: 0"), text)
+}
+
+#[test]
+fn tls_versions_given_certs_and_client_certs_as_mitmproxy_sets_them() {
+    let dir = confdir();
+    std::fs::create_dir_all(&dir).expect("confdir");
+    // client_certs: an origin that requires a client certificate from its own CA.
+    let client_ca = TestCa::new("client CA");
+    let (port, origin_ca) = sni_origin_with(Some(&client_ca));
+    let origin_ca_file = dir.join("origin-ca.pem");
+    std::fs::write(&origin_ca_file, origin_ca).expect("write");
+    let client_pem = dir.join("client.pem");
+    std::fs::write(&client_pem, client_ca.leaf_pem("flowgate client")).expect("write");
+    let trusted = format!("ssl_verify_upstream_trusted_ca={}", origin_ca_file.display());
+    let with_cert = Flowgate::start(&["--set", &trusted, "--set", &format!("client_certs={}", client_pem.display())]);
+    let reply = connect_ip_with_sni(&with_cert, port);
+    assert!(reply.starts_with("HTTP/1.1 200"), "with client_certs: {reply}");
+    let without = Flowgate::start(&["--set", &trusted]);
+    let reply = connect_ip_with_sni(&without, port);
+    assert!(reply.starts_with("HTTP/1.1 502"), "without client_certs: {reply}");
+    // A directory of HOST.pem: localhost.pem is sent to localhost.
+    let certs_dir = dir.join("client-certs");
+    std::fs::create_dir_all(&certs_dir).expect("dir");
+    std::fs::copy(&client_pem, certs_dir.join("localhost.pem")).expect("copy");
+    let by_dir = Flowgate::start(&["--set", &trusted, "--set", &format!("client_certs={}", certs_dir.display())]);
+    let reply = connect_ip_with_sni(&by_dir, port);
+    assert!(reply.starts_with("HTTP/1.1 200"), "client_certs directory: {reply}");
+
+    // certs: a given certificate is served for its names instead of a minted one, and
+    // tls_version_client_min=TLS1_3 refuses TLS 1.2 clients.
+    let given_ca = TestCa::new("given CA");
+    let given = dir.join("given.pem");
+    std::fs::write(&given, given_ca.leaf_pem("www.given.test")).expect("write");
+    let fg = Flowgate::start(&[
+        "--certs",
+        &format!("*.given.test={}", given.display()),
+        "--set",
+        "tls_version_client_min=TLS1_3",
+        "--set",
+        &trusted,
+    ]);
+    let (ok, text) = s_client(&fg, port, "www.given.test", "-tls1_3");
+    assert!(!ok && text.contains("given CA"), "the given certificate (not one from flowgate's CA) is served: {text}");
+    let (ok, text) = s_client(&fg, port, "localhost", "-tls1_3");
+    assert!(ok, "a minted certificate for other names: {text}");
+    let (ok, text) = s_client(&fg, port, "localhost", "-tls1_2");
+    assert!(!ok, "TLS 1.2 refused: {text}");
+    // Bad values fail at start, by name.
+    fails_with(&["--set", "tls_version_client_min=TLS1_1"], &dir, "TLS 1.2 and 1.3 only");
+    fails_with(
+        &["--set", "tls_version_server_min=TLS1_3", "--set", "tls_version_server_max=TLS1_2"],
+        &dir,
+        "no TLS version",
+    );
+    fails_with(&["--certs", &origin_ca_file.display().to_string()], &dir, "no private key");
 }

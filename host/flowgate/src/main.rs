@@ -13,7 +13,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use flowgate_ca::CertificateAuthority;
-use flowgate_net::{FlowRecord, Mode, Proxy, ProxyOptions};
+use flowgate_net::{FlowRecord, Mode, Proxy, ProxyOptions, TlsVersion};
 use flowgate_runtime::{Chain, Runtime, RuntimeConfig};
 
 /// The `--set` options, with their defaults (durations take units: 500ms, 2s, 5m).
@@ -43,6 +43,12 @@ const OPTIONS_HELP: &str = "Options for --set KEY=VALUE (default in brackets):
   http2_idle_timeout=DURATION      close a client's HTTP/2 connection without streams; 0 off [300s]
   ssl_insecure=BOOL                as -k [false]
   ssl_verify_upstream_trusted_ca=PEM  also trust these CAs upstream (beside the OS store and webpki roots) []
+  certs=[DOMAIN=]PEM               serve this certificate (and key) for DOMAIN (*, *.x.com) instead of minting; as --certs []
+  client_certs=PEM|DIR             client certificate (and key) for upstreams that ask; a DIR holds HOST.pem files []
+  tls_version_client_min=VERSION   TLS1_2, TLS1_3 or UNBOUNDED, toward clients [TLS1_2]
+  tls_version_client_max=VERSION   [UNBOUNDED]
+  tls_version_server_min=VERSION   toward upstreams [TLS1_2]
+  tls_version_server_max=VERSION   [UNBOUNDED]
   plugin_fuel=BOOL                 enable fuel metering for limits.fuel [false]
   plugin_max_instances=N           [1000]
   plugin_cache_dir=DIR             compiled components; empty turns the cache off [CONFDIR/cache]
@@ -74,6 +80,11 @@ struct Cli {
     /// Configuration directory (the CA and the compile cache live here).
     #[arg(long, global = true)]
     confdir: Option<PathBuf>,
+    /// Serve this certificate for matching names instead of minting one: `[DOMAIN=]PEM`,
+    /// the PEM holding the certificate chain and its key (DOMAIN `*` or `*.example.com`).
+    /// Repeatable; the first match wins.
+    #[arg(long = "certs")]
+    certs: Vec<String>,
     /// Quiet: do not print flows.
     #[arg(long, short = 'q')]
     quiet: bool,
@@ -202,6 +213,12 @@ fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> 
             "tcp_timeout" => proxy.tcp_timeout = parse_duration(value).map_err(|e| bad(&e))?,
             "rawtcp" => proxy.rawtcp = value.parse().map_err(|e| bad(&e))?,
             "ssl_insecure" => proxy.ssl_insecure = value.parse().map_err(|e| bad(&e))?,
+            "certs" => proxy.certs.push(flowgate_net::GivenCert::parse(value).map_err(|e| bad(&e))?),
+            "client_certs" => proxy.client_certs = Some(flowgate_net::ClientCerts::parse(value).map_err(|e| bad(&e))?),
+            "tls_version_client_min" => proxy.tls_version_client_min = TlsVersion::parse(value).map_err(|e| bad(&e))?,
+            "tls_version_client_max" => proxy.tls_version_client_max = TlsVersion::parse(value).map_err(|e| bad(&e))?,
+            "tls_version_server_min" => proxy.tls_version_server_min = TlsVersion::parse(value).map_err(|e| bad(&e))?,
+            "tls_version_server_max" => proxy.tls_version_server_max = TlsVersion::parse(value).map_err(|e| bad(&e))?,
             "ssl_verify_upstream_trusted_ca" => {
                 proxy.upstream_trusted_ca =
                     flowgate_net::load_trusted_ca(std::path::Path::new(value)).map_err(|e| bad(&e))?
@@ -234,6 +251,13 @@ fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> 
             },
         }
     }
+    for spec in &cli.certs {
+        proxy.certs.push(flowgate_net::GivenCert::parse(spec).map_err(|e| anyhow::anyhow!("--certs: {e}"))?);
+    }
+    flowgate_net::tls_versions(proxy.tls_version_client_min, proxy.tls_version_client_max)
+        .map_err(|e| anyhow::anyhow!("tls_version_client_min/max: {e}"))?;
+    flowgate_net::tls_versions(proxy.tls_version_server_min, proxy.tls_version_server_max)
+        .map_err(|e| anyhow::anyhow!("tls_version_server_min/max: {e}"))?;
     if !proxy.http2 && cli.modes.iter().any(|m| m.starts_with("reverse:h2c://")) {
         bail!("--mode reverse:h2c://... speaks HTTP/2 to the upstream, but --set http2=false turns HTTP/2 off");
     }

@@ -72,6 +72,7 @@ pub use listen::{Bound, Listener};
 pub use mode::{Mode, ModeError};
 pub use options::ProxyOptions;
 pub use record::{FlowRecord, FlowSink, Kind, Outcome};
+pub use tls::given::{ClientCerts, GivenCert, TlsVersion, versions as tls_versions};
 pub use tls::load_trusted_ca;
 
 /// The proxy: plugins, CA, options and where flows are reported.
@@ -96,7 +97,7 @@ impl Proxy {
     pub fn new(chain: Chain, ca: Arc<CertificateAuthority>, options: ProxyOptions, sink: FlowSink) -> Arc<Proxy> {
         let tls_client = tls::client_config(&options);
         let tls_client_raw = tls::client_config_raw(&options);
-        let tls_server = tls::ServerShared::new();
+        let tls_server = tls::ServerShared::new(&options);
         let connections = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
         let handshakes = tokio::sync::Semaphore::new(options.max_handshakes);
         Arc::new(Proxy {

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::tls::given::{ClientCerts, GivenCert, TlsVersion};
+
 /// Settings of the proxy (mitmproxy's option names where they exist).
 #[derive(Debug, Clone)]
 pub struct ProxyOptions {
@@ -11,6 +13,20 @@ pub struct ProxyOptions {
     /// roots: those of `ssl_verify_upstream_trusted_ca` (a PEM file; see
     /// [`load_trusted_ca`](crate::load_trusted_ca)).
     pub upstream_trusted_ca: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// Lowest TLS version offered to clients (`tls_version_client_min`, default TLS1_2).
+    pub tls_version_client_min: TlsVersion,
+    /// Highest TLS version offered to clients (`tls_version_client_max`, default UNBOUNDED).
+    pub tls_version_client_max: TlsVersion,
+    /// Lowest TLS version spoken to upstreams (`tls_version_server_min`, default TLS1_2).
+    pub tls_version_server_min: TlsVersion,
+    /// Highest TLS version spoken to upstreams (`tls_version_server_max`, default UNBOUNDED).
+    pub tls_version_server_max: TlsVersion,
+    /// Certificates served instead of minted ones, for the names they match (`certs`,
+    /// mitmproxy's `[domain=]path`; the first match wins).
+    pub certs: Vec<GivenCert>,
+    /// Client certificates sent to upstreams that ask for one (`client_certs`: a PEM file
+    /// with certificate and key, or a directory of `HOST.pem`).
+    pub client_certs: Option<ClientCerts>,
     /// Largest body buffered for plugins (`body_size_limit`, default 16 MiB); a larger one
     /// fails the flow (413 for requests, 502 for responses).
     pub body_size_limit: usize,
@@ -92,6 +108,12 @@ impl Default for ProxyOptions {
         ProxyOptions {
             ssl_insecure: false,
             upstream_trusted_ca: Vec::new(),
+            tls_version_client_min: TlsVersion::Tls12,
+            tls_version_client_max: TlsVersion::Unbounded,
+            tls_version_server_min: TlsVersion::Tls12,
+            tls_version_server_max: TlsVersion::Unbounded,
+            certs: Vec::new(),
+            client_certs: None,
             body_size_limit: 16 << 20,
             stream_large_bodies: None,
             ignore_hosts: None,

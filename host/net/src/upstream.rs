@@ -289,10 +289,11 @@ pub(crate) async fn open(proxy: &Proxy, mode: &Mode, target: &Target, alpn: Alpn
     let server_name = target.sni.as_deref().unwrap_or(&target.host);
     let bare = server_name.trim_start_matches('[').trim_end_matches(']').to_owned();
     let name = ServerName::try_from(bare).map_err(|_| UpstreamError::ServerName(server_name.to_owned()))?;
-    let config = match alpn {
-        Alpn::Http => proxy.tls_client.clone(),
-        Alpn::None => proxy.tls_client_raw.clone(),
+    let base = match alpn {
+        Alpn::Http => &proxy.tls_client,
+        Alpn::None => &proxy.tls_client_raw,
     };
+    let config = crate::tls::with_client_cert(base, &proxy.options, server_name);
     let connector = tokio_rustls::TlsConnector::from(config);
     let tls_addr = format!("{}:{}", target.host, target.port);
     let tls = tokio::time::timeout(timeout, connector.connect(name, tcp))

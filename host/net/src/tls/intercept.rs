@@ -46,7 +46,9 @@ pub(crate) async fn run(
         }
         ctx.upstreams.lock().await.put(target.clone(), connected.sender);
     }
-    let leaf = match ctx.proxy.ca.leaf(&names) {
+    // A certificate given for the name (`certs`) is served instead of a minted one.
+    let given = ctx.proxy.options.certs.iter().find(|c| c.matches(&names[0])).map(|c| Ok(c.key.clone()));
+    let leaf = match given.unwrap_or_else(|| ctx.proxy.ca.leaf(&names)) {
         Ok(leaf) => leaf,
         Err(e) => {
             tracing::warn!("{e}");

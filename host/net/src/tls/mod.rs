@@ -2,6 +2,7 @@
 //! client config, and the replaying IO the layers hand streams on with. The ClientHello
 //! is read by `detect`; terminating the client's TLS is the `intercept` layer.
 
+pub mod given;
 pub(crate) mod intercept;
 
 use std::io;
@@ -72,6 +73,8 @@ pub(crate) enum Offer {
 /// which preallocates 256 entries: ~20 KiB for every idle connection.)
 pub(crate) struct ServerShared {
     provider: Arc<rustls::crypto::CryptoProvider>,
+    /// The TLS versions offered to clients (`tls_version_client_*`).
+    versions: Vec<&'static rustls::SupportedProtocolVersion>,
     sessions: Arc<rustls::server::ServerSessionMemoryCache>,
 }
 
@@ -79,9 +82,13 @@ pub(crate) struct ServerShared {
 const SESSION_CACHE_SIZE: usize = 4096;
 
 impl ServerShared {
-    pub fn new() -> ServerShared {
+    pub fn new(options: &crate::ProxyOptions) -> ServerShared {
+        // Checked at start (`flowgate` refuses empty bounds); the defaults otherwise.
+        let versions = given::versions(options.tls_version_client_min, options.tls_version_client_max)
+            .unwrap_or_else(|_| rustls::DEFAULT_VERSIONS.to_vec());
         ServerShared {
             provider: Arc::new(rustls::crypto::ring::default_provider()),
+            versions,
             sessions: rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_SIZE),
         }
     }
@@ -95,8 +102,8 @@ pub(crate) fn server_config(
     offer: Offer,
 ) -> Arc<rustls::ServerConfig> {
     let mut config = rustls::ServerConfig::builder_with_provider(shared.provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default TLS versions")
+        .with_protocol_versions(&shared.versions)
+        .expect("ring supports TLS 1.2 and 1.3")
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(Fixed(leaf)));
     config.session_storage = shared.sessions.clone();
@@ -150,9 +157,11 @@ impl ServerCertVerifier for DangerAcceptAnyCertificate {
 pub(crate) fn client_config(options: &crate::ProxyOptions) -> Arc<rustls::ClientConfig> {
     let ssl_insecure = options.ssl_insecure;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions = given::versions(options.tls_version_server_min, options.tls_version_server_max)
+        .unwrap_or_else(|_| rustls::DEFAULT_VERSIONS.to_vec());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default TLS versions");
+        .with_protocol_versions(&versions)
+        .expect("ring supports TLS 1.2 and 1.3");
     let mut config = if ssl_insecure {
         builder
             .dangerous()
@@ -196,6 +205,18 @@ pub fn load_trusted_ca(path: &std::path::Path) -> Result<Vec<CertificateDer<'sta
         return Err(format!("{}: no PEM certificate in it", path.display()));
     }
     Ok(certs)
+}
+
+/// `base` with the client certificate for `host` from `client_certs`, if there is one.
+pub(crate) fn with_client_cert(
+    base: &Arc<rustls::ClientConfig>,
+    options: &crate::ProxyOptions,
+    host: &str,
+) -> Arc<rustls::ClientConfig> {
+    let Some(key) = options.client_certs.as_ref().and_then(|c| c.for_host(host)) else { return base.clone() };
+    let mut config = (**base).clone();
+    config.client_auth_cert_resolver = Arc::new(given::SendCert(key));
+    Arc::new(config)
 }
 
 /// The upstream config for raw TCP over TLS: as [`client_config`], without ALPN.
