@@ -158,7 +158,7 @@ pub(crate) fn next_layer(mode: &Mode, stage: &Stage, seen: Seen<'_>, options: &P
                 }),
                 Mode::Reverse { scheme, prior_knowledge, host, port } => {
                     let target =
-                        Target { scheme: *scheme, host: host.clone(), port: *port, prior_knowledge: *prior_knowledge };
+                        Target { prior_knowledge: *prior_knowledge, ..Target::new(*scheme, host.clone(), *port) };
                     match start {
                         Start::Is(Detected::TlsClientHello(hello)) => tls(target, hello, false, seen.verdict, options),
                         Start::Is(Detected::TlsInvalid(reason)) => {
@@ -336,7 +336,7 @@ mod tests {
         let (up, rv) = (upstream(), reverse());
         let plain = Some(target(Scheme::Http, "example.com", 443));
         let https = target(Scheme::Https, "example.com", 443);
-        let rev = Target { scheme: Scheme::Https, host: "origin.test".into(), port: 8443, prior_knowledge: false };
+        let rev = Target::new(Scheme::Https, "origin.test".into(), 8443);
         let intercept =
             |target: Target, in_tunnel| run(Layer::TlsIntercept { target, hello: hello("example.com"), in_tunnel });
         let decided = Some(TlsVerdict::Decided(TlsDecision::Intercept));

@@ -8,7 +8,9 @@ use std::time::Instant;
 use flowgate_flow::Request;
 
 use super::Killed;
-use super::exchange::{Exchange, Reply};
+use super::exchange::{Exchange, Reply, rerouted};
+use crate::error::Error;
+use crate::upstream::Target;
 use crate::conn::ConnCtx;
 use crate::layer::Stage;
 
@@ -23,10 +25,18 @@ pub(crate) enum Answer {
 /// Runs a CONNECT request (`host` and `port` filled in) through the http-connect hooks.
 pub(crate) async fn connect(ctx: &Arc<ConnCtx>, request: Request) -> Result<Answer, Killed> {
     let session = ctx.http_flow().await;
+    let original = (request.host.clone(), request.port);
     let mut ex = Exchange { ctx: ctx.clone(), session, request, start: Instant::now() };
     let action = ex.session.http_connect(&mut ex.request).await;
     if let Some(reply) = ex.act(action).await? {
         return Ok(Answer::Reply(reply));
+    }
+    // A plugin that moved the tunnel needs the grant for where it now goes.
+    let moved = Target::new(ex.request.scheme, ex.request.host.clone(), ex.request.port);
+    if (moved.host.as_str(), moved.port) != (original.0.as_str(), original.1)
+        && let Err(message) = rerouted(ctx, ex.session.reroute(), &moved).await
+    {
+        return Ok(Answer::Reply(ex.fail(Error::Plugin(message)).await));
     }
     Ok(Answer::Tunnel(Stage::Tunnel { host: ex.request.host.clone(), port: ex.request.port }))
 }
