@@ -493,6 +493,53 @@ async fn webhook_notify() {
     assert!(messages[0].starts_with("webhook failed: unsupported: outbound HTTP is not available"), "{messages:?}");
 }
 
+#[tokio::test]
+async fn reroute() {
+    // The destination changes only with capabilities.allowed_upstream_hosts; the session
+    // says which plugin moved it and with what grant (the proxy checks that after DNS:
+    // tests/e2e/egress.rs).
+    let rt = runtime();
+    let respond_text = |action: HttpAction| match action {
+        HttpAction::Respond(local) => (local.status, String::from_utf8_lossy(&local.body).into_owned()),
+        other => panic!("expected a local answer, got {other:?}"),
+    };
+    let ungranted = chain_of(&rt, &[manifest(REROUTE, "name = \"reroute\"\n")]).await;
+    let conn = ungranted.connection(connection(1, "127.0.0.1:5000"));
+    for to in ["http://169.254.169.254/latest/meta-data/", "https://example.test/", "http://example.test:8080/"] {
+        let mut session = conn.http_flow(flow(1, 1));
+        let mut req = request("http://example.test/", 0);
+        let _ = req.headers.set("x-reroute-to", to.as_bytes());
+        let (status, body) = respond_text(session.request_headers(&mut req).await);
+        assert_eq!(status, 421, "{to}");
+        assert!(body.starts_with("reroute refused: denied: rerouting to"), "{to}: {body}");
+        assert_eq!(req.url(), "http://example.test/", "the request is unchanged");
+        assert_eq!(session.reroute(), None);
+    }
+    // Path and query stay free.
+    let mut session = conn.http_flow(flow(2, 1));
+    let mut req = request("http://example.test/", 0);
+    let _ = req.headers.set("x-reroute-to", b"http://example.test/elsewhere?x=1");
+    assert_eq!(session.request_headers(&mut req).await, HttpAction::Continue);
+    assert_eq!(req.path, "/elsewhere?x=1");
+    assert_eq!(session.reroute(), None, "the destination did not change");
+
+    let granted = manifest(REROUTE, "name = \"mover\"\n[capabilities]\nallowed_upstream_hosts = [\"*.example.test\"]\n");
+    let chain = chain_of(&rt, &[granted]).await;
+    let conn = chain.connection(connection(2, "127.0.0.1:5001"));
+    let mut session = conn.http_flow(flow(3, 2));
+    let mut req = request("http://example.test/", 0);
+    let _ = req.headers.set("x-reroute-to", b"https://api.example.test:8443/v1");
+    assert_eq!(session.request_headers(&mut req).await, HttpAction::Continue);
+    assert_eq!(req.url(), "https://api.example.test:8443/v1");
+    let moved = session.reroute().expect("the session knows who moved it");
+    assert_eq!(moved.plugin, "mover");
+    assert!(moved.allowed.allows_host("api.example.test") && !moved.allowed.allows_host("example.test"));
+    let mut session = conn.http_flow(flow(4, 2));
+    let mut req = request("http://example.test/", 0);
+    let _ = req.headers.set("x-reroute-to", b"http://example.test:81/");
+    assert_eq!(respond_text(session.request_headers(&mut req).await).0, 421, "only what is listed");
+}
+
 /// A runtime whose plugins' outbound HTTP is done by the network layer's client.
 fn networked(logs: &Logs, client: flowgate_net::OutboundClient) -> Runtime {
     let config = flowgate_runtime::RuntimeConfig { outbound: Some(std::sync::Arc::new(client)), ..logs.config() };
