@@ -523,7 +523,8 @@ async fn reroute() {
     assert_eq!(req.path, "/elsewhere?x=1");
     assert_eq!(session.reroute(), None, "the destination did not change");
 
-    let granted = manifest(REROUTE, "name = \"mover\"\n[capabilities]\nallowed_upstream_hosts = [\"*.example.test\"]\n");
+    let granted =
+        manifest(REROUTE, "name = \"mover\"\n[capabilities]\nallowed_upstream_hosts = [\"*.example.test\"]\n");
     let chain = chain_of(&rt, &[granted]).await;
     let conn = chain.connection(connection(2, "127.0.0.1:5001"));
     let mut session = conn.http_flow(flow(3, 2));
@@ -635,7 +636,10 @@ async fn outbound_http_through_the_network_layer() {
     let (said, _) =
         notify(&rt, &logs, "big", &url, &format!("{grant}\n[limits]\noutbound_max_response_bytes = \"1KiB\"")).await;
     assert_eq!(said.len(), 1);
-    assert!(said[0].contains("limit exceeded: outbound HTTP response is over limits.outbound_max_response_bytes"), "{said:?}");
+    assert!(
+        said[0].contains("limit exceeded: outbound HTTP response is over limits.outbound_max_response_bytes"),
+        "{said:?}"
+    );
 
     // Redirects are answers, not followed.
     let target = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -677,16 +681,18 @@ async fn outbound_http_through_the_network_layer() {
 async fn outbound_https_verifies_the_server() {
     // A TLS server whose certificate no webpki root signed.
     let key = rcgen::KeyPair::generate().expect("key");
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-        .expect("params")
-        .self_signed(&key)
-        .expect("cert");
-    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.der().clone()], rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))
-        .expect("server config");
+    let cert =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params").self_signed(&key).expect("cert");
+    let config =
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .expect("server config");
     let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();

@@ -152,8 +152,7 @@ where
     }));
     let body = request.body.clone().unwrap_or_default();
     let mut out = hyper::Request::new(Full::new(body));
-    *out.method_mut() =
-        hyper::Method::from_bytes(request.method.as_bytes()).map_err(|e| failed("method")(&e))?;
+    *out.method_mut() = hyper::Method::from_bytes(request.method.as_bytes()).map_err(|e| failed("method")(&e))?;
     *out.uri_mut() = request.path.parse().map_err(|e| failed("path")(&e))?;
     let authority = request.scheme.authority(&request.host, request.port);
     let host = hyper::header::HeaderValue::from_str(&authority).map_err(|e| failed("host")(&e))?;
@@ -171,4 +170,3 @@ where
     })?;
     Ok(OutboundResponse { status: parts.status.as_u16(), headers: to_headers(&parts.headers), body: body.to_bytes() })
 }
-

@@ -410,8 +410,8 @@ impl types::HostRequest for StoreState {
     }
     fn set_url(&mut self, r: Resource<RequestRes>, url: String) -> wasmtime::Result<Result<(), WitError>> {
         let hook = self.call.hook;
-        let allowed = &self.plugin.manifest.capabilities.allowed_upstream_hosts;
-        let allowed = allowed.clone();
+        let plugin = self.plugin.clone();
+        let allowed = &plugin.manifest.capabilities.allowed_upstream_hosts;
         Ok(self.request_mut(&r)?.and_then(|req| {
             let to = flowgate_flow::Url::parse(&url).map_err(url_error)?;
             let rerouted = (to.scheme, to.host.as_str(), to.port) != (req.scheme, req.host.as_str(), req.port);
@@ -747,8 +747,9 @@ impl StoreState {
     /// against `allowed_outbound_hosts` (its addresses are checked after DNS).
     fn outbound_request(&self, request: outbound_http::OutgoingRequest) -> Result<OutboundRequest, WitError> {
         let manifest = &self.plugin.manifest;
-        let mut checked = Request::new(&request.method, &request.url)
-            .map_err(|e| WitError::InvalidArgument(format!("outbound request {} {:?}: {e}", request.method, request.url)))?;
+        let mut checked = Request::new(&request.method, &request.url).map_err(|e| {
+            WitError::InvalidArgument(format!("outbound request {} {:?}: {e}", request.method, request.url))
+        })?;
         let allowed = &manifest.capabilities.allowed_outbound_hosts;
         if !allowed.allows_host(&checked.host) {
             return Err(WitError::Denied(format!(

@@ -16,12 +16,12 @@ mod session;
 mod stderr;
 
 pub use host::{LogLevel, LogRecord, LogSink};
-pub use outbound::{OutboundError, OutboundFuture, OutboundHttp, OutboundRequest, OutboundResponse};
 pub use manifest::{Capabilities, FailurePolicy, InstanceModel, Limits, Manifest, ManifestError};
+pub use outbound::{OutboundError, OutboundFuture, OutboundHttp, OutboundRequest, OutboundResponse};
 pub use plugin::{Compiled, Plugin, PluginStats};
 pub use runtime::{LoadError, Runtime, RuntimeConfig};
 pub use session::{
-    Chain, ConnectionSession, DataAction, DataFlowSession, DnsAction, DnsFlowSession, HttpAction, HttpFlowSession, Reroute,
-    TlsSide, WebSocketAction, WebSocketClose, WebSocketFlowSession,
+    Chain, ConnectionSession, DataAction, DataFlowSession, DnsAction, DnsFlowSession, HttpAction, HttpFlowSession,
+    Reroute, TlsSide, WebSocketAction, WebSocketClose, WebSocketFlowSession,
 };
 pub use stderr::STDERR_TAIL_BYTES;

@@ -9,10 +9,10 @@ use flowgate_flow::Request;
 
 use super::Killed;
 use super::exchange::{Exchange, Reply, rerouted};
-use crate::error::Error;
-use crate::upstream::Target;
 use crate::conn::ConnCtx;
+use crate::error::Error;
 use crate::layer::Stage;
+use crate::upstream::Target;
 
 /// What becomes of a CONNECT.
 pub(crate) enum Answer {
