@@ -221,3 +221,38 @@ fn webhook_notify_posts_to_a_local_server_and_refused_addresses_see_no_connectio
     refused.assert_untouched();
     assert_eq!(server.wait_for(1).len(), 1, "one note, from the granted plugin");
 }
+
+#[test]
+fn a_moved_connect_tunnel_needs_the_grant_and_goes_where_it_was_checked() {
+    let origin = Origin::start(false);
+    let elsewhere = Origin::start(false);
+    let connect = |fg: &Flowgate, to: &str| {
+        let bytes = format!(
+            "CONNECT 127.0.0.1:{0} HTTP/1.1\r\nHost: 127.0.0.1:{0}\r\nx-reroute-to: {to}\r\n\r\n\
+             GET /tunneled HTTP/1.1\r\nHost: 127.0.0.1:{0}\r\nConnection: close\r\n\r\n",
+            origin.addr.port()
+        );
+        support::raw(fg.port, bytes.as_bytes())
+    };
+    let to = format!("https://127.0.0.1:{}/", elsewhere.addr.port());
+
+    let ungranted = Flowgate::start(&["-s", &manifest(REROUTE, "name = \"reroute\"\n")]);
+    let answer = connect(&ungranted, &to);
+    assert!(answer.starts_with("HTTP/1.1 421"), "{answer}");
+    assert!(answer.contains("denied: rerouting to"), "{answer}");
+
+    let wildcard = manifest(REROUTE, "name = \"reroute\"\n[capabilities]\nallowed_upstream_hosts = [\"*\"]\n");
+    let fg = Flowgate::start(&["-s", &wildcard]);
+    let answer = connect(&fg, &to);
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    assert!(answer.contains("127.0.0.1 (loopback), which the allow-list does not name"), "{answer}");
+    assert!(origin.seen.paths().is_empty() && elsewhere.seen.paths().is_empty());
+
+    let granted = manifest(REROUTE, "name = \"reroute\"\n[capabilities]\nallowed_upstream_hosts = [\"127.0.0.1\"]\n");
+    let fg = Flowgate::start(&["-s", &granted]);
+    let answer = connect(&fg, &to);
+    assert!(answer.starts_with("HTTP/1.1 200 Connection established"), "{answer}");
+    assert!(answer.contains("path: /tunneled"), "{answer}");
+    assert_eq!(elsewhere.seen.paths(), ["/tunneled"]);
+    assert!(origin.seen.paths().is_empty());
+}

@@ -32,11 +32,14 @@ pub(crate) async fn connect(ctx: &Arc<ConnCtx>, request: Request) -> Result<Answ
         return Ok(Answer::Reply(reply));
     }
     // A plugin that moved the tunnel needs the grant for where it now goes.
+    // It connects to the address that was checked.
     let moved = Target::new(ex.request.scheme, ex.request.host.clone(), ex.request.port);
-    if (moved.host.as_str(), moved.port) != (original.0.as_str(), original.1)
-        && let Err(message) = rerouted(ctx, ex.session.reroute(), &moved).await
-    {
-        return Ok(Answer::Reply(ex.fail(Error::Plugin(message)).await));
+    let mut pinned = None;
+    if (moved.host.as_str(), moved.port) != (original.0.as_str(), original.1) {
+        match rerouted(ctx, ex.session.reroute(), &moved).await {
+            Ok(addr) => pinned = addr,
+            Err(message) => return Ok(Answer::Reply(ex.fail(Error::Plugin(message)).await)),
+        }
     }
-    Ok(Answer::Tunnel(Stage::Tunnel { host: ex.request.host.clone(), port: ex.request.port }))
+    Ok(Answer::Tunnel(Stage::Tunnel { host: ex.request.host.clone(), port: ex.request.port, pinned }))
 }

@@ -278,6 +278,9 @@ pub(crate) async fn handle(
             Ok(pinned) => target.pinned = pinned,
             Err(message) => return Ok(ex.fail(Error::Plugin(message)).await),
         }
+    } else {
+        // Inside a tunnel a plugin moved, the flows go where the tunnel was checked to go.
+        target.pinned = original.pinned;
     }
     if pump.is_some() {
         // Chunk hooks may change sizes: the body goes chunked.
