@@ -488,7 +488,242 @@ async fn webhook_notify() {
     conn.http_flow(flow(1, 1)).error(&mut request("http://example.test/", 0), "dead upstream").await;
     let messages = logs.messages("hook");
     assert_eq!(messages.len(), 1);
-    assert!(messages[0].starts_with("webhook failed: unsupported: outbound HTTP is not implemented"), "{messages:?}");
+    // A runtime nobody gave a network to answers `unsupported`; the proxy gives it one
+    // (tests below and tests/e2e/egress.rs).
+    assert!(messages[0].starts_with("webhook failed: unsupported: outbound HTTP is not available"), "{messages:?}");
+}
+
+#[tokio::test]
+async fn reroute() {
+    // The destination changes only with capabilities.allowed_upstream_hosts; the session
+    // says which plugin moved it and with what grant (the proxy checks that after DNS:
+    // tests/e2e/egress.rs).
+    let rt = runtime();
+    let respond_text = |action: HttpAction| match action {
+        HttpAction::Respond(local) => (local.status, String::from_utf8_lossy(&local.body).into_owned()),
+        other => panic!("expected a local answer, got {other:?}"),
+    };
+    let ungranted = chain_of(&rt, &[manifest(REROUTE, "name = \"reroute\"\n")]).await;
+    let conn = ungranted.connection(connection(1, "127.0.0.1:5000"));
+    for to in ["http://169.254.169.254/latest/meta-data/", "https://example.test/", "http://example.test:8080/"] {
+        let mut session = conn.http_flow(flow(1, 1));
+        let mut req = request("http://example.test/", 0);
+        let _ = req.headers.set("x-reroute-to", to.as_bytes());
+        let (status, body) = respond_text(session.request_headers(&mut req).await);
+        assert_eq!(status, 421, "{to}");
+        assert!(body.starts_with("reroute refused: denied: rerouting to"), "{to}: {body}");
+        assert_eq!(req.url(), "http://example.test/", "the request is unchanged");
+        assert_eq!(session.reroute(), None);
+    }
+    // Path and query stay free.
+    let mut session = conn.http_flow(flow(2, 1));
+    let mut req = request("http://example.test/", 0);
+    let _ = req.headers.set("x-reroute-to", b"http://example.test/elsewhere?x=1");
+    assert_eq!(session.request_headers(&mut req).await, HttpAction::Continue);
+    assert_eq!(req.path, "/elsewhere?x=1");
+    assert_eq!(session.reroute(), None, "the destination did not change");
+
+    let granted =
+        manifest(REROUTE, "name = \"mover\"\n[capabilities]\nallowed_upstream_hosts = [\"*.example.test\"]\n");
+    let chain = chain_of(&rt, &[granted]).await;
+    let conn = chain.connection(connection(2, "127.0.0.1:5001"));
+    let mut session = conn.http_flow(flow(3, 2));
+    let mut req = request("http://example.test/", 0);
+    let _ = req.headers.set("x-reroute-to", b"https://api.example.test:8443/v1");
+    assert_eq!(session.request_headers(&mut req).await, HttpAction::Continue);
+    assert_eq!(req.url(), "https://api.example.test:8443/v1");
+    let moved = session.reroute().expect("the session knows who moved it");
+    assert_eq!(moved.plugin, "mover");
+    assert!(moved.allowed.allows_host("api.example.test") && !moved.allowed.allows_host("example.test"));
+    let mut session = conn.http_flow(flow(4, 2));
+    let mut req = request("http://example.test/", 0);
+    let _ = req.headers.set("x-reroute-to", b"http://example.test:81/");
+    assert_eq!(respond_text(session.request_headers(&mut req).await).0, 421, "only what is listed");
+}
+
+/// A runtime whose plugins' outbound HTTP is done by the network layer's client.
+fn networked(logs: &Logs, client: flowgate_net::OutboundClient) -> Runtime {
+    let config = flowgate_runtime::RuntimeConfig { outbound: Some(std::sync::Arc::new(client)), ..logs.config() };
+    Runtime::new(config).expect("runtime")
+}
+
+/// Runs webhook-notify (manifest `extra` after its name and url) for one failed flow and
+/// returns what it logged and how long the hook took.
+async fn notify(rt: &Runtime, logs: &Logs, name: &str, url: &str, extra: &str) -> (Vec<String>, Duration) {
+    let m = manifest(WEBHOOK_NOTIFY, &format!("name = \"{name}\"\n{extra}\n[config]\nurl = \"{url}\"\n"));
+    let chain = chain_of(rt, &[m]).await;
+    let conn = chain.connection(connection(1, "127.0.0.1:5000"));
+    let mut session = conn.http_flow(flow(1, 1));
+    let started = Instant::now();
+    session.error(&mut request("http://example.test/", 0), "dead upstream").await;
+    let took = started.elapsed();
+    assert!(session.failures().is_empty(), "{:?}", session.failures());
+    (logs.messages(name), took)
+}
+
+/// A one-connection-at-a-time server: reads a request head and its Content-Length body,
+/// waits `delay`, answers `answer`; returns the requests it read.
+fn serve(answer: &'static [u8], delay: Duration) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    tokio::spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut data = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let text = String::from_utf8_lossy(&data).into_owned();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let length = head
+                        .to_ascii_lowercase()
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                        .unwrap_or(0);
+                    if body.len() >= length {
+                        break;
+                    }
+                }
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => data.extend_from_slice(&buf[..n]),
+                }
+            }
+            sink.lock().expect("lock").push(String::from_utf8_lossy(&data).into_owned());
+            // A slow server, not synchronisation: the answer comes after the hook's deadline.
+            tokio::time::sleep(delay).await;
+            let _ = stream.write_all(answer).await;
+        }
+    });
+    (port, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_http_through_the_network_layer() {
+    let logs = Logs::default();
+    let rt = networked(&logs, flowgate_net::OutboundClient::new());
+    let grant = "[capabilities]\nallowed_outbound_hosts = [\"127.0.0.1\"]";
+
+    // Delivered, and the 300 ms the server takes are not charged to the 50 ms hook deadline.
+    let (port, seen) = serve(b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok", Duration::from_millis(300));
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let (said, took) = notify(&rt, &logs, "slow", &url, &format!("{grant}\n[limits]\nhook_timeout_ms = 50")).await;
+    assert_eq!(said, ["webhook answered 201"]);
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    let requests = seen.lock().expect("lock").clone();
+    assert_eq!(requests.len(), 1);
+    assert!(requests[0].starts_with("POST /hook HTTP/1.1\r\n"), "{}", requests[0]);
+    assert!(requests[0].contains("\"error\":\"dead upstream\""), "{}", requests[0]);
+    assert!(requests[0].to_ascii_lowercase().contains(&format!("host: 127.0.0.1:{port}\r\n")), "{}", requests[0]);
+
+    // The wait is bounded by limits.outbound_timeout: an error value, not a trap.
+    let (port, _) = serve(b"", Duration::from_secs(3600));
+    let url = format!("http://127.0.0.1:{port}/never");
+    let (said, took) =
+        notify(&rt, &logs, "stuck", &url, &format!("{grant}\n[limits]\noutbound_timeout = \"200ms\"")).await;
+    assert_eq!(said.len(), 1);
+    assert!(said[0].starts_with("webhook failed: limit exceeded: outbound HTTP timed out after 200ms"), "{said:?}");
+    assert!(took >= Duration::from_millis(200) && took < Duration::from_secs(3), "{took:?}");
+
+    // The response is capped.
+    let big: &'static [u8] =
+        Box::leak(format!("HTTP/1.1 200 OK\r\ncontent-length: 4096\r\n\r\n{}", "x".repeat(4096)).into_bytes().into());
+    let (port, _) = serve(big, Duration::ZERO);
+    let url = format!("http://127.0.0.1:{port}/big");
+    let (said, _) =
+        notify(&rt, &logs, "big", &url, &format!("{grant}\n[limits]\noutbound_max_response_bytes = \"1KiB\"")).await;
+    assert_eq!(said.len(), 1);
+    assert!(
+        said[0].contains("limit exceeded: outbound HTTP response is over limits.outbound_max_response_bytes"),
+        "{said:?}"
+    );
+
+    // Redirects are answers, not followed.
+    let target = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    target.set_nonblocking(true).expect("nonblocking");
+    let location: &'static [u8] = Box::leak(
+        format!(
+            "HTTP/1.1 302 Found\r\nlocation: http://127.0.0.1:{}/followed\r\ncontent-length: 0\r\n\r\n",
+            target.local_addr().expect("addr").port()
+        )
+        .into_bytes()
+        .into(),
+    );
+    let (port, _) = serve(location, Duration::ZERO);
+    let (said, _) = notify(&rt, &logs, "redirected", &format!("http://127.0.0.1:{port}/r"), grant).await;
+    assert_eq!(said, ["webhook answered 302"]);
+    assert!(target.accept().is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock), "the redirect was followed");
+
+    // Aimed at addresses the grant does not name: an error value and no connection.
+    let untouched = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    untouched.set_nonblocking(true).expect("nonblocking");
+    let port = untouched.local_addr().expect("addr").port();
+    let wildcard = "[capabilities]\nallowed_outbound_hosts = [\"*\"]";
+    for (name, url) in [
+        ("loopback", format!("http://127.0.0.1:{port}/x")),
+        ("by-name", format!("http://localhost:{port}/x")),
+        ("mapped", format!("http://[::ffff:127.0.0.1]:{port}/x")),
+        ("metadata", "http://169.254.169.254/latest/meta-data/".to_owned()),
+    ] {
+        let (said, took) = notify(&rt, &logs, name, &url, wildcard).await;
+        assert_eq!(said.len(), 1, "{name}");
+        assert!(said[0].starts_with("webhook failed: denied: outbound HTTP refused:"), "{name}: {said:?}");
+        assert!(said[0].contains("which the allow-list does not name"), "{name}: {said:?}");
+        assert!(took < Duration::from_secs(2), "{name} took {took:?}");
+    }
+    assert!(untouched.accept().is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock), "a refused call connected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_https_verifies_the_server() {
+    // A TLS server whose certificate no webpki root signed.
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params").self_signed(&key).expect("cert");
+    let config =
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else { return };
+                let mut buf = vec![0u8; 8192];
+                let _ = tls.read(&mut buf).await;
+                let _ = tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    let url = format!("https://localhost:{port}/hook");
+    let grant = "[capabilities]\nallowed_outbound_hosts = [\"localhost\"]";
+
+    let logs = Logs::default();
+    let rt = networked(&logs, flowgate_net::OutboundClient::new());
+    let (said, _) = notify(&rt, &logs, "untrusted", &url, grant).await;
+    assert_eq!(said.len(), 1);
+    assert!(said[0].starts_with("webhook failed: error: outbound HTTP failed: TLS handshake"), "{said:?}");
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).expect("root");
+    let logs = Logs::default();
+    let rt = networked(&logs, flowgate_net::OutboundClient::with_roots(roots));
+    let (said, _) = notify(&rt, &logs, "trusted", &url, grant).await;
+    assert_eq!(said, ["webhook answered 200"]);
 }
 
 #[tokio::test]

@@ -15,6 +15,7 @@
 //! [`ConnectionInfo`] are what hooks see of a flow), and both record what happened.
 
 mod conn;
+pub mod egress;
 mod flow;
 mod headers;
 mod hook;

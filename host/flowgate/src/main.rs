@@ -280,22 +280,8 @@ fn at_least_one(text: &str) -> Result<usize, String> {
     }
 }
 
-/// A duration as options take it: a number with a unit (`500ms`, `2s`, `5m`, `1h`), or a
-/// bare number of seconds (`30`, `0.5`).
-fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration (e.g. 500ms, 2s, 5m)"))?;
-    let seconds = match unit.trim() {
-        "" | "s" => number,
-        "ms" => number / 1000.0,
-        "m" | "min" => number * 60.0,
-        "h" => number * 3600.0,
-        other => return Err(format!("unknown unit {other:?} in {text:?} (use ms, s, m or h)")),
-    };
-    std::time::Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
-}
+/// A duration as options take it (the same syntax as a manifest's durations).
+use flowgate_runtime::manifest::parse_duration;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -355,7 +341,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         listeners.push((mode, addr, bound));
     }
 
-    let plugin_runtime = Runtime::new(settings.runtime)?;
+    // Plugins' outbound HTTP is done by the network layer (`plugin test` stays offline).
+    let runtime_config =
+        RuntimeConfig { outbound: Some(Arc::new(flowgate_net::OutboundClient::new())), ..settings.runtime };
+    let plugin_runtime = Runtime::new(runtime_config)?;
     let mut plugins = Vec::new();
     for path in &cli.plugins {
         // `--set NAME.KEY=VALUE` targets the plugin by its manifest's name (or, for a bare

@@ -24,6 +24,9 @@ pub(crate) enum Stage {
         host: String,
         /// The CONNECT port.
         port: u16,
+        /// The address a plugin's reroute of the CONNECT was checked against, connected
+        /// to as it is (see `Target::pinned`).
+        pinned: Option<std::net::SocketAddr>,
     },
     /// The plaintext of TLS flowgate terminated.
     Decrypted {
@@ -157,13 +160,8 @@ pub(crate) fn next_layer(mode: &Mode, stage: &Stage, seen: Seen<'_>, options: &P
                     other => quiet(other, head),
                 }),
                 Mode::Reverse { scheme, prior_knowledge, host, port } => {
-                    let target = Target {
-                        scheme: *scheme,
-                        host: host.clone(),
-                        port: *port,
-                        prior_knowledge: *prior_knowledge,
-                        sni: None,
-                    };
+                    let target =
+                        Target { prior_knowledge: *prior_knowledge, ..Target::new(*scheme, host.clone(), *port) };
                     match start {
                         Start::Is(Detected::TlsClientHello(hello)) => tls(target, hello, false, seen.verdict, options),
                         Start::Is(Detected::TlsInvalid(reason)) => {
@@ -176,12 +174,12 @@ pub(crate) fn next_layer(mode: &Mode, stage: &Stage, seen: Seen<'_>, options: &P
                 }
             }
         }
-        Stage::Tunnel { host, port } => {
+        Stage::Tunnel { host, port, pinned } => {
             let Some(start) = seen.start else { return Decision::Read(tunnel) };
-            let plain = Target::new(Scheme::Http, host.clone(), *port);
+            let plain = Target { pinned: *pinned, ..Target::new(Scheme::Http, host.clone(), *port) };
             match start {
                 Start::Is(Detected::TlsClientHello(hello)) => {
-                    let target = Target::new(Scheme::Https, host.clone(), *port);
+                    let target = Target { pinned: *pinned, ..Target::new(Scheme::Https, host.clone(), *port) };
                     tls(target, hello, true, seen.verdict, options)
                 }
                 Start::Is(Detected::TlsInvalid(reason)) => Decision::Run(Layer::TlsFailed { reason: reason.clone() }),
@@ -292,7 +290,7 @@ mod tests {
     }
 
     fn tunnel() -> Stage {
-        Stage::Tunnel { host: "example.com".to_owned(), port: 443 }
+        Stage::Tunnel { host: "example.com".to_owned(), port: 443, pinned: None }
     }
 
     fn decrypted(alpn: Option<&[u8]>, in_tunnel: bool) -> Stage {
@@ -341,8 +339,7 @@ mod tests {
         let (up, rv) = (upstream(), reverse());
         let plain = Some(target(Scheme::Http, "example.com", 443));
         let https = target(Scheme::Https, "example.com", 443);
-        let rev =
-            Target { scheme: Scheme::Https, host: "origin.test".into(), port: 8443, prior_knowledge: false, sni: None };
+        let rev = Target::new(Scheme::Https, "origin.test".into(), 8443);
         let intercept =
             |target: Target, in_tunnel| run(Layer::TlsIntercept { target, hello: hello("example.com"), in_tunnel });
         let decided = Some(TlsVerdict::Decided(TlsDecision::Intercept));
@@ -492,7 +489,7 @@ mod tests {
             ..ProxyOptions::default()
         };
         let start = Some(is(Detected::TlsClientHello(hello("example.com"))));
-        let ip_tunnel = Stage::Tunnel { host: "10.0.0.1".into(), port: 443 };
+        let ip_tunnel = Stage::Tunnel { host: "10.0.0.1".into(), port: 443, pinned: None };
         assert_eq!(
             decide(&Mode::Regular, &ip_tunnel, start.clone(), None, &by_sni),
             raw("10.0.0.1", 443, Relay::Passthrough)

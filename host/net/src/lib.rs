@@ -49,6 +49,7 @@ macro_rules! forward_async_write {
 
 mod conn;
 mod detect;
+mod egress;
 mod error;
 mod http;
 mod layer;
@@ -67,6 +68,7 @@ use std::time::Duration;
 use flowgate_ca::CertificateAuthority;
 use flowgate_runtime::Chain;
 
+pub use egress::{CheckedError, OutboundClient, resolve_checked};
 pub use error::{ClientError, Error, UpstreamError};
 pub use listen::{Bound, Listener};
 pub use mode::{Mode, ModeError};

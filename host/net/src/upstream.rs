@@ -4,6 +4,7 @@
 //! connections one request at a time, an HTTP/2 connection shared by all its streams.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 
 use bytes::Bytes;
 use flowgate_flow::Response;
@@ -40,12 +41,16 @@ pub(crate) struct Target {
     /// client's SNI inside a CONNECT tunnel (mitmproxy's rule), so a client that CONNECTs
     /// to an IP address with SNI `example.com` reaches, and verifies, `example.com`.
     pub sni: Option<String>,
+    /// The address to connect to, already checked by the egress policy (a plugin
+    /// rerouted the flow): connected to as it is, never looked up again. `None`: the
+    /// host is resolved when the connection is opened.
+    pub pinned: Option<SocketAddr>,
 }
 
 impl Target {
     /// A target reached with HTTP/1.1 over cleartext, or whatever ALPN picks over TLS.
     pub fn new(scheme: Scheme, host: String, port: u16) -> Target {
-        Target { scheme, host, port, prior_knowledge: false, sni: None }
+        Target { scheme, host, port, prior_knowledge: false, sni: None, pinned: None }
     }
 }
 
@@ -267,7 +272,13 @@ pub(crate) async fn open(proxy: &Proxy, mode: &Mode, target: &Target, alpn: Alpn
     };
     let addr = format!("{addr_host}:{addr_port}");
     let connect_host = addr_host.trim_start_matches('[').trim_end_matches(']').to_owned();
-    let tcp = tokio::time::timeout(timeout, TcpStream::connect((connect_host.as_str(), addr_port)))
+    let connecting = async {
+        match target.pinned {
+            Some(pinned) if !via_proxy => TcpStream::connect(pinned).await,
+            _ => TcpStream::connect((connect_host.as_str(), addr_port)).await,
+        }
+    };
+    let tcp = tokio::time::timeout(timeout, connecting)
         .await
         .map_err(|_| UpstreamError::ConnectTimeout { addr: addr.clone(), after: timeout })?
         .map_err(|source| UpstreamError::Connect { addr: addr.clone(), source })?;

@@ -7,7 +7,8 @@
 wasmtime::component::bindgen!({
     world: "plugin",
     path: "../../wit",
-    imports: { default: trappable },
+    // Outbound HTTP waits on the network: the one import that is async.
+    imports: { default: trappable, "flowgate:plugin/outbound-http.send": async | trappable },
     exports: { default: async },
     with: {
         "flowgate:plugin/types.connection": crate::host::ConnectionRes,

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flowgate_flow::{
     BodyMode, ConnectionInfo, FieldError, FlowInfo, FlowKind, Headers, Hook, Injected, MessageKind, Request, Response,
@@ -18,6 +18,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::imports::{clock, config, key_value, log, outbound_http, random, types};
 use crate::manifest::Manifest;
+use crate::outbound::{OutboundError, OutboundHttp, OutboundRequest};
 
 type WitError = types::Error;
 
@@ -75,6 +76,8 @@ pub(crate) struct PluginShared {
     pub manifest: Manifest,
     pub kv: Mutex<KvState>,
     pub log_sink: LogSink,
+    /// Who does the plugin's outbound HTTP, if anyone.
+    pub outbound: Option<Arc<dyn OutboundHttp>>,
     pub started: Instant,
 }
 
@@ -90,6 +93,8 @@ pub(crate) struct CallState {
     /// Messages the plugin injected in this call, in order, and their total size.
     pub injected: Vec<Injected>,
     pub injected_bytes: usize,
+    /// What is left of this call's time for waiting on outbound HTTP.
+    pub outbound_left: Duration,
 }
 
 impl CallState {
@@ -103,6 +108,7 @@ impl CallState {
             body_mode: None,
             injected: Vec::new(),
             injected_bytes: 0,
+            outbound_left: Duration::ZERO,
         }
     }
 }
@@ -403,7 +409,31 @@ impl types::HostRequest for StoreState {
         Ok(self.request(&r)?.url())
     }
     fn set_url(&mut self, r: Resource<RequestRes>, url: String) -> wasmtime::Result<Result<(), WitError>> {
-        Ok(self.request_mut(&r)?.and_then(|req| req.set_url(&url).map_err(url_error)))
+        let hook = self.call.hook;
+        let plugin = self.plugin.clone();
+        let allowed = &plugin.manifest.capabilities.allowed_upstream_hosts;
+        Ok(self.request_mut(&r)?.and_then(|req| {
+            let to = flowgate_flow::Url::parse(&url).map_err(url_error)?;
+            let rerouted = (to.scheme, to.host.as_str(), to.port) != (req.scheme, req.host.as_str(), req.port);
+            if rerouted {
+                // Rerouting is a capability: the destination changes only to a listed host
+                // (checked again by the network layer against the addresses it resolves to).
+                if hook == Hook::RequestBodyChunk {
+                    return Err(WitError::InvalidState(
+                        "the upstream is already chosen in request-body-chunk: only the path may change".to_owned(),
+                    ));
+                }
+                if !allowed.allows_host(&to.host) {
+                    return Err(WitError::Denied(format!(
+                        "rerouting to {}://{}:{} is not granted: add the host to capabilities.allowed_upstream_hosts",
+                        to.scheme.as_str(),
+                        to.host,
+                        to.port
+                    )));
+                }
+            }
+            req.set_url(&url).map_err(url_error)
+        }))
     }
     fn http_version(&mut self, r: Resource<RequestRes>) -> wasmtime::Result<String> {
         Ok(self.request(&r)?.version.as_str().to_owned())
@@ -708,42 +738,92 @@ impl random::Host for StoreState {
     }
 }
 
-/// Whether `host` is in the manifest's allow list: an exact name (case-insensitive), a
-/// `*.example.com` wildcard for its subdomains, or `*` for any host.
-fn outbound_allowed(allowed: &[String], host: &str) -> bool {
-    allowed.iter().any(|pattern| {
-        pattern == "*"
-            || pattern.eq_ignore_ascii_case(host)
-            || pattern.strip_prefix("*.").is_some_and(|domain| {
-                host.len() > domain.len() + 1
-                    && host[host.len() - domain.len()..].eq_ignore_ascii_case(domain)
-                    && host.as_bytes()[host.len() - domain.len() - 1] == b'.'
-            })
-    })
+/// Request header fields the sender frames itself; a plugin's are dropped.
+const OUTBOUND_FRAMING: &[&str] =
+    &["host", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer", "upgrade"];
+
+impl StoreState {
+    /// Checks a plugin's outgoing request: the URL, method, fields, and the host's name
+    /// against `allowed_outbound_hosts` (its addresses are checked after DNS).
+    fn outbound_request(&self, request: outbound_http::OutgoingRequest) -> Result<OutboundRequest, WitError> {
+        let manifest = &self.plugin.manifest;
+        let mut checked = Request::new(&request.method, &request.url).map_err(|e| {
+            WitError::InvalidArgument(format!("outbound request {} {:?}: {e}", request.method, request.url))
+        })?;
+        let allowed = &manifest.capabilities.allowed_outbound_hosts;
+        if !allowed.allows_host(&checked.host) {
+            return Err(WitError::Denied(format!(
+                "outbound HTTP to {} is not granted: add it to capabilities.allowed_outbound_hosts",
+                checked.host
+            )));
+        }
+        let mut headers = from_wit_headers(&request.headers).map_err(field_error)?;
+        let connection = headers.get_all("connection").map(value_to_text).collect::<Vec<_>>().join(",");
+        for name in OUTBOUND_FRAMING.iter().copied().chain(connection.split(',').map(str::trim)) {
+            if !name.is_empty() {
+                headers.remove(name);
+            }
+        }
+        checked.headers = headers;
+        checked.body = Some(request.body.into());
+        Ok(OutboundRequest {
+            plugin: manifest.name.clone(),
+            request: checked,
+            allowed: allowed.clone(),
+            timeout: self.call.outbound_left,
+            max_response_bytes: manifest.limits.outbound_max_response_bytes,
+        })
+    }
 }
 
 impl outbound_http::Host for StoreState {
-    fn send(
+    async fn send(
         &mut self,
         request: outbound_http::OutgoingRequest,
     ) -> wasmtime::Result<Result<outbound_http::IncomingResponse, WitError>> {
-        let host = flowgate_flow::Url::parse(&request.url).map(|u| u.host);
-        let host = match host {
-            Ok(host) => host,
-            Err(e) => return Ok(Err(WitError::InvalidArgument(format!("url {:?}: {e}", request.url)))),
+        let request = match self.outbound_request(request) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
         };
-        if !outbound_allowed(&self.plugin.manifest.capabilities.allowed_outbound_hosts, &host) {
-            return Ok(Err(WitError::Denied(format!(
-                "outbound HTTP to {host} is not granted: add it to capabilities.allowed_outbound_hosts"
+        let Some(client) = self.plugin.outbound.clone() else {
+            return Ok(Err(WitError::Unsupported("outbound HTTP is not available in this host".to_owned())));
+        };
+        let left = request.timeout;
+        if left.is_zero() {
+            return Ok(Err(WitError::LimitExceeded(format!(
+                "this hook call has spent its limits.outbound_timeout ({:?}) waiting on outbound HTTP",
+                self.plugin.manifest.limits.outbound_timeout
             ))));
         }
-        Ok(Err(WitError::Unsupported("outbound HTTP is not implemented by this host yet".to_owned())))
+        let started = Instant::now();
+        // The client keeps the deadline; the runtime enforces it too, whoever the client is.
+        let result = match tokio::time::timeout(left, client.send(request)).await {
+            Ok(result) => result,
+            Err(_) => Err(OutboundError::Timeout(left)),
+        };
+        let waited = started.elapsed();
+        self.call.outbound_left = left.saturating_sub(waited);
+        // Waiting is not running: the hook's deadline moves by the time spent here, so
+        // `hook_timeout_ms` keeps bounding what the plugin itself computes.
+        self.call.deadline += waited;
+        Ok(match result {
+            Ok(response) => Ok(outbound_http::IncomingResponse {
+                status: response.status,
+                headers: to_wit_headers(&response.headers),
+                body: response.body.to_vec(),
+            }),
+            Err(e @ OutboundError::Denied(_)) => Err(WitError::Denied(e.to_string())),
+            Err(e @ (OutboundError::Timeout(_) | OutboundError::TooLarge(_))) => {
+                Err(WitError::LimitExceeded(e.to_string()))
+            }
+            Err(e @ OutboundError::Failed(_)) => Err(WitError::Other(e.to_string())),
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{outbound_allowed, printable};
+    use super::printable;
 
     #[test]
     fn log_text_is_printable() {
@@ -760,17 +840,5 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(printable(input), want, "{input:?}");
         }
-    }
-
-    #[test]
-    fn outbound_allow_list() {
-        let allowed = ["hooks.test".to_owned(), "*.example.com".to_owned()];
-        assert!(outbound_allowed(&allowed, "HOOKS.test"));
-        assert!(outbound_allowed(&allowed, "api.example.com"));
-        assert!(!outbound_allowed(&allowed, "example.com"));
-        assert!(!outbound_allowed(&allowed, "evil-example.com"));
-        assert!(!outbound_allowed(&allowed, "hooks.test.evil"));
-        assert!(!outbound_allowed(&[], "hooks.test"));
-        assert!(outbound_allowed(&["*".to_owned()], "anything"));
     }
 }

@@ -9,6 +9,7 @@
 mod bindings;
 mod host;
 pub mod manifest;
+mod outbound;
 mod plugin;
 mod runtime;
 mod session;
@@ -16,10 +17,11 @@ mod stderr;
 
 pub use host::{LogLevel, LogRecord, LogSink};
 pub use manifest::{Capabilities, FailurePolicy, InstanceModel, Limits, Manifest, ManifestError};
+pub use outbound::{OutboundError, OutboundFuture, OutboundHttp, OutboundRequest, OutboundResponse};
 pub use plugin::{Compiled, Plugin, PluginStats};
 pub use runtime::{LoadError, Runtime, RuntimeConfig};
 pub use session::{
     Chain, ConnectionSession, DataAction, DataFlowSession, DnsAction, DnsFlowSession, HttpAction, HttpFlowSession,
-    TlsSide, WebSocketAction, WebSocketClose, WebSocketFlowSession,
+    Reroute, TlsSide, WebSocketAction, WebSocketClose, WebSocketFlowSession,
 };
 pub use stderr::STDERR_TAIL_BYTES;

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use flowgate_flow::egress::AllowList;
 use serde::Deserialize;
 
 /// How instances of a plugin are created and reused.
@@ -73,6 +74,13 @@ pub struct Limits {
     /// those flows instantiate afresh; measured: h2 with 100 streams, request-id on every
     /// hook, 16 -> 128 gave +8% requests/s and a lower peak RSS, 39 instead of 57 MiB).
     pub pool_size: usize,
+    /// How long one hook call may wait on outbound HTTP, all its calls together
+    /// (`outbound_timeout`, default 5 s): each call's deadline is what is left of it. The
+    /// wait is not charged to `hook_timeout_ms`, which bounds the plugin's own running.
+    pub outbound_timeout: Duration,
+    /// Largest response body one outbound HTTP call may receive
+    /// (`outbound_max_response_bytes`, default 1 MiB); a larger one fails the call.
+    pub outbound_max_response_bytes: usize,
 }
 
 impl Default for Limits {
@@ -87,6 +95,8 @@ impl Default for Limits {
             max_body_bytes: 16 << 20,
             crash_budget: 5,
             pool_size: 128,
+            outbound_timeout: Duration::from_secs(5),
+            outbound_max_response_bytes: 1 << 20,
         }
     }
 }
@@ -94,8 +104,13 @@ impl Default for Limits {
 /// What a plugin is granted beyond the always-available host imports.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Capabilities {
-    /// Hosts outbound HTTP may reach (`allowed_outbound_hosts`, Spin's name).
-    pub allowed_outbound_hosts: Vec<String>,
+    /// Hosts outbound HTTP may reach (`allowed_outbound_hosts`, Spin's name; default
+    /// none). Patterns and the address rules: [`flowgate_flow::egress`].
+    pub allowed_outbound_hosts: AllowList,
+    /// Hosts the plugin may reroute a flow to by changing its request's scheme, host or
+    /// port (`allowed_upstream_hosts`, default none: path, query and header fields stay
+    /// free to change, the destination does not). Same patterns and address rules.
+    pub allowed_upstream_hosts: AllowList,
     /// Environment variables passed through (names; values come from flowgate's environment).
     pub env: Vec<String>,
     /// Whether the plugin's stdout and stderr go to flowgate's log (otherwise discarded).
@@ -163,6 +178,8 @@ struct RawLimits {
     max_body_bytes: Option<ByteSize>,
     crash_budget: Option<u32>,
     pool_size: Option<usize>,
+    outbound_timeout: Option<DurationText>,
+    outbound_max_response_bytes: Option<ByteSize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -170,6 +187,8 @@ struct RawLimits {
 struct RawCapabilities {
     #[serde(default)]
     allowed_outbound_hosts: Vec<String>,
+    #[serde(default)]
+    allowed_upstream_hosts: Vec<String>,
     #[serde(default)]
     env: Vec<String>,
     #[serde(default)]
@@ -193,6 +212,34 @@ impl<'de> Deserialize<'de> for ByteSize {
             Raw::Text(s) => parse_size(&s).map(ByteSize).map_err(serde::de::Error::custom),
         }
     }
+}
+
+/// A duration: a string like `"500ms"` or `"5s"` (see [`parse_duration`]).
+#[derive(Debug, Clone, Copy)]
+struct DurationText(Duration);
+
+impl<'de> Deserialize<'de> for DurationText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration(&text).map(DurationText).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A duration as options and manifests write it: a number with a unit (`500ms`, `2s`,
+/// `5m`, `1h`), or a bare number of seconds (`30`, `0.5`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration (e.g. 500ms, 2s, 5m)"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => number,
+        "ms" => number / 1000.0,
+        "m" | "min" => number * 60.0,
+        "h" => number * 3600.0,
+        other => return Err(format!("unknown unit {other:?} in {text:?} (use ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
 }
 
 /// Parses `"512"`, `"64KiB"`, `"16MiB"`, `"1GiB"` (also `KB`, `MB`, `GB` as powers of 1024).
@@ -297,8 +344,21 @@ impl Manifest {
         if let Some(n) = raw.limits.pool_size {
             l.pool_size = n;
         }
+        if let Some(DurationText(t)) = raw.limits.outbound_timeout {
+            if t.is_zero() || t > Duration::from_secs(300) {
+                return Err(ManifestError(format!("limits.outbound_timeout must be between 1ms and 5m, got {t:?}")));
+            }
+            l.outbound_timeout = t;
+        }
+        if let Some(ByteSize(n)) = raw.limits.outbound_max_response_bytes {
+            l.outbound_max_response_bytes = n;
+        }
+        let list = |name: &str, entries: &[String]| {
+            AllowList::parse(entries).map_err(|e| ManifestError(format!("capabilities.{name}: {e}")))
+        };
         manifest.capabilities = Capabilities {
-            allowed_outbound_hosts: raw.capabilities.allowed_outbound_hosts,
+            allowed_outbound_hosts: list("allowed_outbound_hosts", &raw.capabilities.allowed_outbound_hosts)?,
+            allowed_upstream_hosts: list("allowed_upstream_hosts", &raw.capabilities.allowed_upstream_hosts)?,
             env: raw.capabilities.env,
             stdio: raw.capabilities.stdio,
         };
@@ -342,8 +402,11 @@ mod tests {
             instantiate_timeout_ms = 300
             fuel = 1000000
             crash_budget = 3
+            outbound_timeout = "1500ms"
+            outbound_max_response_bytes = "64KiB"
             [capabilities]
             env = ["HOME"]
+            allowed_upstream_hosts = ["*.example.com", "10.0.0.5"]
             [config]
             header = "x-a: b"
             count = 3
@@ -356,6 +419,10 @@ mod tests {
         assert_eq!(m.limits.hook_timeout, Duration::from_millis(20));
         assert_eq!(m.limits.instantiate_timeout, Duration::from_millis(300));
         assert_eq!(m.limits.fuel, Some(1_000_000));
+        assert_eq!(m.limits.outbound_timeout, Duration::from_millis(1500));
+        assert_eq!(m.limits.outbound_max_response_bytes, 64 << 10);
+        assert!(m.capabilities.allowed_upstream_hosts.allows_host("a.example.com"));
+        assert!(m.capabilities.allowed_outbound_hosts.is_empty());
         assert_eq!(m.config.get("count").map(String::as_str), Some("3"));
     }
 
@@ -371,5 +438,9 @@ mod tests {
         assert!(e.0.contains("unknown variant"), "{e}");
         let e = parse("[config]\nx = [1]").expect_err("array config");
         assert!(e.0.contains("config.x"), "{e}");
+        let e = parse("[capabilities]\nallowed_upstream_hosts = [\"http://x\"]").expect_err("bad pattern");
+        assert!(e.0.contains("capabilities.allowed_upstream_hosts"), "{e}");
+        let e = parse("[limits]\noutbound_timeout = \"5 parsecs\"").expect_err("bad unit");
+        assert!(e.0.contains("unknown unit"), "{e}");
     }
 }

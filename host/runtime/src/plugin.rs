@@ -351,7 +351,9 @@ impl Plugin {
     ) -> Result<(R, CallReport), PluginFailure> {
         self.health.calls.fetch_add(1, Ordering::Relaxed);
         let limits = &self.shared.manifest.limits;
-        live.store.data_mut().call = CallState::new(hook, Instant::now() + limits.hook_timeout, flow_id);
+        let state = &mut live.store.data_mut().call;
+        *state = CallState::new(hook, Instant::now() + limits.hook_timeout, flow_id);
+        state.outbound_left = limits.outbound_timeout;
         live.store.data().stderr.clear();
         live.store.set_epoch_deadline(1);
         if let Some(fuel) = limits.fuel {

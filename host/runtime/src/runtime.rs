@@ -17,6 +17,7 @@ use wasmtime::{Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, P
 use crate::bindings::{self, hooks};
 use crate::host::{KvState, LogLevel, LogRecord, LogSink, PluginShared, StoreState};
 use crate::manifest::{MAX_MEMORY_BYTES, Manifest};
+use crate::outbound::OutboundHttp;
 use crate::plugin::{Compiled, GroupIndices, Health, Plugin};
 
 /// Settings of the plugin runtime as a whole. Per-plugin limits live in the manifest.
@@ -34,6 +35,9 @@ pub struct RuntimeConfig {
     pub epoch_tick: Duration,
     /// Where plugin log lines go.
     pub log_sink: LogSink,
+    /// Who does plugins' outbound HTTP (the network layer); `None`: every call answers
+    /// `unsupported`.
+    pub outbound: Option<Arc<dyn OutboundHttp>>,
 }
 
 impl Default for RuntimeConfig {
@@ -44,6 +48,7 @@ impl Default for RuntimeConfig {
             fuel: false,
             epoch_tick: Duration::from_millis(1),
             log_sink: Arc::new(tracing_sink),
+            outbound: None,
         }
     }
 }
@@ -308,6 +313,7 @@ impl Runtime {
             manifest,
             kv: Mutex::new(KvState::default()),
             log_sink: self.inner.config.log_sink.clone(),
+            outbound: self.inner.config.outbound.clone(),
             started: Instant::now(),
         });
         let plugin = Arc::new(Plugin {

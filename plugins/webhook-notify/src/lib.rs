@@ -1,6 +1,7 @@
 //! webhook-notify: POST a small JSON note to `config.url` when a flow fails. It imports
 //! `outbound-http`, so its manifest must list the webhook's host in
-//! `capabilities.allowed_outbound_hosts` or flowgate refuses to load it.
+//! `capabilities.allowed_outbound_hosts`, or its calls are denied (and an internal address
+//! must be named there as an IP literal; see README.md).
 
 use flowgate_sdk::outbound_http::{OutgoingRequest, send};
 use flowgate_sdk::{Flow, Header, HttpHooks, Request, config, export_plugin, log};

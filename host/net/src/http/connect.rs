@@ -8,9 +8,11 @@ use std::time::Instant;
 use flowgate_flow::Request;
 
 use super::Killed;
-use super::exchange::{Exchange, Reply};
+use super::exchange::{Exchange, Reply, rerouted};
 use crate::conn::ConnCtx;
+use crate::error::Error;
 use crate::layer::Stage;
+use crate::upstream::Target;
 
 /// What becomes of a CONNECT.
 pub(crate) enum Answer {
@@ -23,10 +25,21 @@ pub(crate) enum Answer {
 /// Runs a CONNECT request (`host` and `port` filled in) through the http-connect hooks.
 pub(crate) async fn connect(ctx: &Arc<ConnCtx>, request: Request) -> Result<Answer, Killed> {
     let session = ctx.http_flow().await;
+    let original = (request.host.clone(), request.port);
     let mut ex = Exchange { ctx: ctx.clone(), session, request, start: Instant::now() };
     let action = ex.session.http_connect(&mut ex.request).await;
     if let Some(reply) = ex.act(action).await? {
         return Ok(Answer::Reply(reply));
     }
-    Ok(Answer::Tunnel(Stage::Tunnel { host: ex.request.host.clone(), port: ex.request.port }))
+    // A plugin that moved the tunnel needs the grant for where it now goes.
+    // It connects to the address that was checked.
+    let moved = Target::new(ex.request.scheme, ex.request.host.clone(), ex.request.port);
+    let mut pinned = None;
+    if (moved.host.as_str(), moved.port) != (original.0.as_str(), original.1) {
+        match rerouted(ctx, ex.session.reroute(), &moved).await {
+            Ok(addr) => pinned = addr,
+            Err(message) => return Ok(Answer::Reply(ex.fail(Error::Plugin(message)).await)),
+        }
+    }
+    Ok(Answer::Tunnel(Stage::Tunnel { host: ex.request.host.clone(), port: ex.request.port, pinned }))
 }

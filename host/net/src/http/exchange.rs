@@ -6,12 +6,13 @@
 //! connection: the HTTP/1 and HTTP/2 layers hand it an [`Inbound`] and write the
 //! [`Reply`] back in their own framing, so HTTP/3 and replay can drive it too.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use flowgate_flow::{BodyMode, FlowInfo, Headers, HttpVersion, LocalResponse, Request, Response, Scheme};
-use flowgate_runtime::{HttpAction, HttpFlowSession};
+use flowgate_runtime::{HttpAction, HttpFlowSession, Reroute};
 use http_body_util::BodyExt;
 
 use super::body::{
@@ -21,6 +22,7 @@ use super::cert::{CERT_HOSTS, cert_page};
 use super::{Killed, full};
 use crate::Mode;
 use crate::conn::ConnCtx;
+use crate::egress::resolve_checked;
 use crate::error::{Error, UpstreamError};
 use crate::record::{FlowRecord, Kind, Outcome};
 use crate::upstream::{self, Body, Outbound, Target};
@@ -209,6 +211,7 @@ pub(crate) async fn handle(
     if fixed.is_none() && CERT_HOSTS.contains(&target.host.as_str()) {
         return Ok(cert_page(&ctx, inbound.request.path.split('?').next().unwrap_or("/")));
     }
+    let original = target.clone();
     let Inbound { mut request, authority, body: incoming, .. } = inbound;
     request.scheme = target.scheme;
     request.host = target.host.clone();
@@ -274,18 +277,19 @@ pub(crate) async fn handle(
     // To the upstream. What goes out is what the flow holds: framing fields follow the
     // body the plugins left.
     let prior_knowledge = fixed.as_ref().is_some_and(|f| f.prior_knowledge) && ex.request.scheme == Scheme::Http;
-    // The client's SNI stays the server name unless a plugin sent the request elsewhere.
-    let sni = fixed
-        .as_ref()
-        .filter(|f| f.host == ex.request.host && f.port == ex.request.port && f.scheme == ex.request.scheme)
-        .and_then(|f| f.sni.clone());
-    let target = Target {
-        scheme: ex.request.scheme,
-        host: ex.request.host.clone(),
-        port: ex.request.port,
-        prior_knowledge,
-        sni,
-    };
+    let mut target =
+        Target { prior_knowledge, ..Target::new(ex.request.scheme, ex.request.host.clone(), ex.request.port) };
+    if (target.scheme, &target.host, target.port) != (original.scheme, &original.host, original.port) {
+        match rerouted(&ctx, ex.session.reroute(), &target).await {
+            Ok(pinned) => target.pinned = pinned,
+            Err(message) => return Ok(ex.fail(Error::Plugin(message)).await),
+        }
+    } else {
+        // Inside a tunnel a plugin moved, the flows go where the tunnel was checked to go.
+        target.pinned = original.pinned;
+        // The client's SNI stays the server name unless a plugin sent the request elsewhere.
+        target.sni = original.sni.clone();
+    }
     if pump.is_some() {
         // Chunk hooks may change sizes: the body goes chunked.
         ex.request.headers.remove("content-length");
@@ -429,6 +433,44 @@ pub(crate) async fn handle(
     };
     ex.record(Outcome::Response { status: response.status, reason: response.reason.clone(), size, local: false });
     Ok(Reply { response, body: client_body })
+}
+
+/// Checks a destination a plugin rerouted the flow to, with that plugin's
+/// `allowed_upstream_hosts`, after DNS: the address to connect to, or why not. In
+/// upstream mode the upstream proxy resolves names, so a name is checked against the
+/// patterns and an IP literal against the address rules too.
+pub(crate) async fn rerouted(
+    ctx: &ConnCtx,
+    reroute: Option<&Reroute>,
+    target: &Target,
+) -> Result<Option<SocketAddr>, String> {
+    let url = format!("{}://{}", target.scheme.as_str(), target.scheme.authority(&target.host, target.port));
+    let Some(reroute) = reroute else {
+        return Err(format!("the flow was rerouted to {url} by no plugin's grant"));
+    };
+    let refused = |why: &dyn std::fmt::Display| {
+        format!(
+            "plugin {} rerouted the flow to {url}, which is refused: {why} (capabilities.allowed_upstream_hosts)",
+            reroute.plugin
+        )
+    };
+    if let Mode::Upstream { .. } = &*ctx.mode {
+        let bare = target.host.trim_start_matches('[').trim_end_matches(']');
+        return match bare.parse::<std::net::IpAddr>() {
+            Ok(ip) => {
+                reroute.allowed.check(&target.host, &[SocketAddr::new(ip, target.port)]).map_err(|e| refused(&e))?;
+                Ok(None)
+            }
+            Err(_) if reroute.allowed.allows_host(&target.host) => Ok(None),
+            Err(_) => Err(refused(&"the host is not in the allow-list")),
+        };
+    }
+    let timeout = ctx.proxy.options.connect_timeout;
+    match tokio::time::timeout(timeout, resolve_checked(&reroute.allowed, &target.host, target.port)).await {
+        Ok(Ok(addr)) => Ok(Some(addr)),
+        Ok(Err(e)) => Err(refused(&e)),
+        Err(_) => Err(refused(&format!("resolving took longer than {timeout:?} (connect_timeout)"))),
+    }
 }
 
 /// Whether a request's method carries a body by convention, so an empty one is sent

@@ -3,7 +3,8 @@
 use std::ops::ControlFlow;
 
 use super::{Applied, Call, HttpAction, Lent, Slots, borrow, convert_verdict};
-use flowgate_flow::{BodyMode, FlowInfo, Hook, PluginFailure, Request, Response, Verdict};
+use flowgate_flow::egress::AllowList;
+use flowgate_flow::{BodyMode, FlowInfo, Hook, PluginFailure, Request, Response, Scheme, Verdict};
 
 use crate::bindings::imports::types;
 
@@ -14,6 +15,23 @@ pub struct HttpFlowSession {
     pub flow: FlowInfo,
     pub(super) request_modes: Vec<BodyMode>,
     pub(super) response_modes: Vec<BodyMode>,
+    pub(super) reroute: Option<Reroute>,
+}
+
+/// A plugin changed where a flow's request goes (its scheme, host or port): the last one
+/// that did, and the grant it holds, which the network layer checks against the
+/// addresses the new host resolves to before it connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reroute {
+    /// The plugin.
+    pub plugin: String,
+    /// Its `capabilities.allowed_upstream_hosts`.
+    pub allowed: AllowList,
+}
+
+/// Where a request goes.
+fn destination(request: &Request) -> (Scheme, String, u16) {
+    (request.scheme, request.host.clone(), request.port)
 }
 
 impl HttpFlowSession {
@@ -25,6 +43,11 @@ impl HttpFlowSession {
     /// Log lines dropped because a plugin went over its log cap.
     pub fn log_dropped(&self) -> u64 {
         self.slots.log_dropped
+    }
+
+    /// The plugin that last changed where the request goes, if one did.
+    pub fn reroute(&self) -> Option<&Reroute> {
+        self.reroute.as_ref()
     }
 
     /// Whether any plugin exports the HTTP group (if not, the fast path needs no calls).
@@ -41,6 +64,7 @@ impl HttpFlowSession {
             _ => None,
         };
         let mut modes = modes;
+        let reroute = &mut self.reroute;
         let action = run_chain!(
             self.slots,
             hook,
@@ -49,6 +73,7 @@ impl HttpFlowSession {
             async |store, groups| {
                 let Some(g) = &groups.http else { return Ok(types::Verdict::Continue) };
                 let has_resp = response.is_some();
+                let before = destination(request);
                 let lent = Lent::new(store, Some(&mut *flow), None, Some(&mut *request), response.as_deref_mut())?;
                 let (f, r) = (borrow(&lent.flow)?, borrow(&lent.request)?);
                 let out = match hook {
@@ -62,6 +87,14 @@ impl HttpFlowSession {
                     _ => Err(wasmtime::format_err!("{hook} needs a response")),
                 };
                 lent.restore(store, Some(&mut *flow), None, Some(&mut *request), response.as_deref_mut());
+                // Whatever the call's outcome, a changed destination is this plugin's doing.
+                if destination(request) != before {
+                    let manifest = &store.data().plugin.manifest;
+                    *reroute = Some(Reroute {
+                        plugin: manifest.name.clone(),
+                        allowed: manifest.capabilities.allowed_upstream_hosts.clone(),
+                    });
+                }
                 // The body mode a plugin chose here: the strongest of them applies.
                 if out.is_ok()
                     && let Some(mode) = store.data().call.body_mode

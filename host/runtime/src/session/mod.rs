@@ -72,7 +72,7 @@ mod websocket;
 use data::DataProtocol;
 pub use data::{DataAction, DataFlowSession};
 pub use dns::{DnsAction, DnsFlowSession};
-pub use http::HttpFlowSession;
+pub use http::{HttpFlowSession, Reroute};
 pub use websocket::{WebSocketAction, WebSocketClose, WebSocketFlowSession};
 
 /// The outcome of one message hook call, after the host checked it.
@@ -407,6 +407,7 @@ impl ConnectionSession {
             slots: self.child(),
             flow,
             request_modes: vec![BodyMode::Pass; n],
+            reroute: None,
             response_modes: vec![BodyMode::Pass; n],
         }
     }
