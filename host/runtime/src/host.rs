@@ -76,6 +76,8 @@ pub(crate) struct PluginShared {
     pub kv: Mutex<KvState>,
     pub log_sink: LogSink,
     pub started: Instant,
+    /// The CPU budget every call of the plugin draws on (checked at each epoch tick).
+    pub cpu: crate::budget::CpuBudget,
 }
 
 /// Per-call bookkeeping, reset before each hook call.
@@ -143,6 +145,11 @@ pub(crate) struct MemoryCapExceeded {
 #[derive(Debug, thiserror::Error)]
 #[error("hook ran past its deadline")]
 pub(crate) struct DeadlineExceeded;
+
+/// The trap raised when a hook is interrupted because its plugin's CPU budget is spent.
+#[derive(Debug, thiserror::Error)]
+#[error("the plugin's CPU time per second is spent")]
+pub(crate) struct CpuBudgetSpent;
 
 /// The data of one plugin instance's store.
 pub(crate) struct StoreState {

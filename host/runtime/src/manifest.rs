@@ -66,8 +66,22 @@ pub struct Limits {
     pub max_state_bytes: usize,
     /// Largest body buffered for this plugin (`max_body_bytes`, default 16 MiB).
     pub max_body_bytes: usize,
-    /// Consecutive failures after which the plugin is quarantined (`crash_budget`, default 5).
+    /// Consecutive crashes (traps, memory, invalid output, failed instantiation) that open
+    /// the plugin's circuit breaker (`crash_budget`, default 5). Deadlines, fuel and the CPU
+    /// budget do not count: whoever can make a plugin spin must not switch it off.
     pub crash_budget: u32,
+    /// How long the breaker stays open before one trial call (`breaker_backoff`, default
+    /// 1s); doubled each time the trial fails, reset when one succeeds.
+    pub breaker_backoff: Duration,
+    /// The most the back-off doubles to (`breaker_backoff_max`, default 60s).
+    pub breaker_backoff_max: Duration,
+    /// Calls of this plugin in progress at once (`max_concurrent_calls`, default 64); past
+    /// it a call fails at once by the failure policy.
+    pub max_concurrent_calls: u32,
+    /// CPU time the plugin's calls may use per second (`cpu_per_second`, default 250ms, a
+    /// quarter of a core); past it calls fail at once by the failure policy, and a call in
+    /// progress is interrupted.
+    pub cpu_per_second: Duration,
     /// Instances kept warm by the `pooled` model (`pool_size`, default 128: above the 100
     /// concurrent streams one HTTP/2 connection may run, as a smaller pool makes most of
     /// those flows instantiate afresh; measured: h2 with 100 streams, request-id on every
@@ -86,6 +100,10 @@ impl Default for Limits {
             max_state_bytes: 1 << 20,
             max_body_bytes: 16 << 20,
             crash_budget: 5,
+            breaker_backoff: Duration::from_secs(1),
+            breaker_backoff_max: Duration::from_secs(60),
+            max_concurrent_calls: 64,
+            cpu_per_second: Duration::from_millis(250),
             pool_size: 128,
         }
     }
@@ -162,6 +180,10 @@ struct RawLimits {
     max_state_bytes: Option<ByteSize>,
     max_body_bytes: Option<ByteSize>,
     crash_budget: Option<u32>,
+    breaker_backoff: Option<DurationText>,
+    breaker_backoff_max: Option<DurationText>,
+    max_concurrent_calls: Option<u32>,
+    cpu_per_second: Option<DurationText>,
     pool_size: Option<usize>,
 }
 
@@ -209,6 +231,35 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
         _ => return Err(format!("invalid size unit in {text:?} (use B, KiB, MiB or GiB)")),
     };
     n.checked_mul(1 << shift).ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+/// A duration written with its unit: `"250ms"`, `"1s"`, `"1.5s"`, `"2m"`.
+#[derive(Debug, Clone, Copy)]
+struct DurationText(Duration);
+
+impl<'de> Deserialize<'de> for DurationText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration(&text).map(DurationText).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses `"500us"`, `"250ms"`, `"1s"`, `"1.5s"`, `"2m"`, `"1h"`; the unit is required.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: f64 = number.parse().map_err(|_| format!("invalid duration {text:?} (say 250ms or 1s)"))?;
+    let scale = match unit.trim() {
+        "us" | "µs" => 1e-6,
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "" => return Err(format!("duration {text:?} needs a unit (us, ms, s, m or h)")),
+        _ => return Err(format!("invalid duration unit in {text:?} (use us, ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(n * scale).map_err(|_| format!("duration {text:?} is out of range"))
 }
 
 /// The largest memory cap a manifest may ask for; the pooling allocator reserves this much.
@@ -294,6 +345,33 @@ impl Manifest {
             }
             l.crash_budget = n;
         }
+        if let Some(DurationText(d)) = raw.limits.breaker_backoff {
+            if d < Duration::from_millis(1) {
+                return Err(ManifestError(format!("limits.breaker_backoff must be at least 1ms, got {d:?}")));
+            }
+            l.breaker_backoff = d;
+        }
+        if let Some(DurationText(d)) = raw.limits.breaker_backoff_max {
+            l.breaker_backoff_max = d;
+        }
+        if l.breaker_backoff_max < l.breaker_backoff {
+            return Err(ManifestError(format!(
+                "limits.breaker_backoff_max ({:?}) is below limits.breaker_backoff ({:?})",
+                l.breaker_backoff_max, l.breaker_backoff
+            )));
+        }
+        if let Some(n) = raw.limits.max_concurrent_calls {
+            if n == 0 {
+                return Err(ManifestError("limits.max_concurrent_calls must be at least 1".to_owned()));
+            }
+            l.max_concurrent_calls = n;
+        }
+        if let Some(DurationText(d)) = raw.limits.cpu_per_second {
+            if !(Duration::from_millis(1)..=Duration::from_secs(1024)).contains(&d) {
+                return Err(ManifestError(format!("limits.cpu_per_second must be between 1ms and 1024s, got {d:?}")));
+            }
+            l.cpu_per_second = d;
+        }
         if let Some(n) = raw.limits.pool_size {
             l.pool_size = n;
         }
@@ -342,6 +420,10 @@ mod tests {
             instantiate_timeout_ms = 300
             fuel = 1000000
             crash_budget = 3
+            breaker_backoff = "100ms"
+            breaker_backoff_max = "1.5s"
+            max_concurrent_calls = 4
+            cpu_per_second = "20ms"
             [capabilities]
             env = ["HOME"]
             [config]
@@ -356,6 +438,10 @@ mod tests {
         assert_eq!(m.limits.hook_timeout, Duration::from_millis(20));
         assert_eq!(m.limits.instantiate_timeout, Duration::from_millis(300));
         assert_eq!(m.limits.fuel, Some(1_000_000));
+        assert_eq!(m.limits.breaker_backoff, Duration::from_millis(100));
+        assert_eq!(m.limits.breaker_backoff_max, Duration::from_millis(1500));
+        assert_eq!(m.limits.max_concurrent_calls, 4);
+        assert_eq!(m.limits.cpu_per_second, Duration::from_millis(20));
         assert_eq!(m.config.get("count").map(String::as_str), Some("3"));
     }
 
@@ -369,6 +455,10 @@ mod tests {
         assert!(e.0.contains("limits.memory"), "{e}");
         let e = parse("instance = \"sometimes\"").expect_err("bad model");
         assert!(e.0.contains("unknown variant"), "{e}");
+        let e = parse("[limits]\ncpu_per_second = \"20\"").expect_err("no unit");
+        assert!(e.0.contains("needs a unit"), "{e}");
+        let e = parse("[limits]\nbreaker_backoff = \"2s\"\nbreaker_backoff_max = \"1s\"").expect_err("max < backoff");
+        assert!(e.0.contains("breaker_backoff_max"), "{e}");
         let e = parse("[config]\nx = [1]").expect_err("array config");
         assert!(e.0.contains("config.x"), "{e}");
     }

@@ -146,7 +146,8 @@ enum Call<R> {
     Skipped,
     /// The hook returned.
     Done(R, CallReport),
-    /// The hook (or instantiation) failed, or the plugin is quarantined.
+    /// The hook (or instantiation) failed, or the plugin was not called: its circuit
+    /// breaker is open or its CPU budget refused the call.
     Failed(PluginFailure),
 }
 
@@ -187,9 +188,12 @@ impl Slots {
         if self.skip[i] {
             return Call::Skipped;
         }
-        if plugin.is_quarantined() {
-            return self.failed(i, plugin.quarantine_failure(hook));
-        }
+        // Held until the call is over: a slot of the plugin's CPU budget, and its breaker's
+        // trial when half-open.
+        let _permit = match plugin.admit(hook) {
+            Ok(permit) => permit,
+            Err(refused) => return self.failed(i, refused),
+        };
         let result = match plugin.model() {
             InstanceModel::PerConnection => {
                 let shared = self.per_connection.clone();
@@ -263,7 +267,7 @@ impl Slots {
     /// Records that no instance could be made for `hook` (named after the hook it was for).
     fn instantiate_failed<R>(&mut self, i: usize, plugin: &Plugin, hook: Hook, mut failure: PluginFailure) -> Call<R> {
         failure.hook = hook;
-        plugin.note_failure(&failure);
+        plugin.note_failure(&mut failure);
         self.failed(i, failure)
     }
 
