@@ -188,16 +188,17 @@ impl Slots {
         if self.skip[i] {
             return Call::Skipped;
         }
-        // Held until the call is over: a slot of the plugin's CPU budget, and its breaker's
-        // trial when half-open.
-        let _permit = match plugin.admit(hook) {
-            Ok(permit) => permit,
-            Err(refused) => return self.failed(i, refused),
-        };
+        // The permit is held until the call is over: a slot of the plugin's CPU budget, and
+        // its breaker's trial when half-open. Taken once the instance is ours to use, so a
+        // call waiting for its connection's instance is not a call in progress.
         let result = match plugin.model() {
             InstanceModel::PerConnection => {
                 let shared = self.per_connection.clone();
                 let mut guard = shared[i].lock().await;
+                let _permit = match plugin.admit(hook) {
+                    Ok(permit) => permit,
+                    Err(refused) => return self.failed(i, refused),
+                };
                 let mut live = match guard.take() {
                     Some(live) => live,
                     None => match plugin.instantiate().await {
@@ -212,6 +213,10 @@ impl Slots {
                 result
             }
             model @ (InstanceModel::PerFlow | InstanceModel::Pooled) => {
+                let _permit = match plugin.admit(hook) {
+                    Ok(permit) => permit,
+                    Err(refused) => return self.failed(i, refused),
+                };
                 let mut live = match self.local[i].take() {
                     Some(live) => live,
                     None => {
