@@ -4,8 +4,9 @@ in one run, with alternating rounds and medians.
 Targets: direct (no proxy), flowgate (no plugin), flowgate + a Rust plugin on every HTTP
 hook (request-id), mitmdump. Scenarios: plain HTTP/1 through the explicit proxy, HTTPS via
 CONNECT with interception over HTTP/1.1 and over HTTP/2, reverse mode, a new TLS
-connection per request, a 1 GiB streamed body (throughput, peak RSS) and many idle
-intercepted TLS connections (RSS per connection).
+connection per request, a 1 GiB streamed body (throughput, peak RSS), many idle
+intercepted TLS connections (RSS per connection) and a hostile plugin's CPU (spin: the
+other flows' throughput and p99 with and without 10 flows making spin-forever spin).
 
 The origin is nginx; load comes from oha; both are found on PATH or given by flag
 (tests/bench/run.sh installs them). Only the Python standard library is used here.
@@ -99,6 +100,8 @@ class Origin:
         self.dir = work / "origin"
         (self.dir / "www").mkdir(parents=True)
         (self.dir / "www" / "small").write_bytes(b"flowgate benchmark payload\n" * 4)
+        # What the flows that make spin-forever spin ask for (the spin scenario).
+        (self.dir / "www" / "slow").write_bytes(b"flowgate benchmark payload\n" * 4)
         with open(self.dir / "www" / "big", "wb") as f:
             f.truncate(big_size)  # sparse: no disk needed
         self.big_size = big_size
@@ -168,7 +171,7 @@ def stop(proc):
 class Proxy:
     """One proxy process: flowgate or mitmdump, in regular or reverse mode."""
 
-    def __init__(self, kind, args, work, name, mode="regular"):
+    def __init__(self, kind, args, work, name, mode="regular", plugins=None):
         self.kind, self.name, self.port = kind, name, free_port()
         self.confdir = work / f"conf-{name}"
         self.confdir.mkdir(exist_ok=True)
@@ -177,8 +180,8 @@ class Proxy:
             cmd = [binary, "-q", "-k", "--confdir", str(self.confdir), "--listen-host", "127.0.0.1",
                    "-p", str(self.port), "--mode", mode]
             plugin = plugin_of(args, name)
-            if plugin:
-                cmd += ["-s", plugin]
+            for p in plugins if plugins is not None else [plugin] if plugin else []:
+                cmd += ["-s", p]
             self.ca = self.confdir / "flowgate-ca-cert.pem"
         else:
             cmd = [args.mitmdump, "-q", "--ssl-insecure", "--listen-host", "127.0.0.1", "-p", str(self.port),
@@ -397,6 +400,9 @@ def run(args):
         else:
             for t in extra_targets:
                 procs.pop(t).stop()
+        if args.spin_plugin and (not args.only or "spin" in args.only):
+            spin_targets = ["flowgate"] + (["baseline"] if args.baseline else [])
+            results["scenarios"]["spin"] = spin_scenario(args, work, origin, spin_targets)
         if not args.only:
             # A streamed body: a fresh proxy each, so its peak RSS is the body's.
             body = {}
@@ -434,6 +440,71 @@ def run(args):
     return results
 
 
+def spin_manifest(args, work):
+    """spin-forever limited to /slow with a 100 ms deadline, as issue 12 measured it: a crash
+    budget high enough that no breaker opens on a build that counts deadlines as crashes, and
+    every other limit (the CPU budget among them) at its default. Only keys every build knows."""
+    path = work / "spin.toml"
+    path.write_text(f'name = "spin"\nwasm = "{Path(args.spin_plugin).resolve()}"\n'
+                    '[limits]\nhook_timeout_ms = 100\ncrash_budget = 1000000\n[config]\npath = "/slow"\n')
+    return str(path)
+
+
+def spin_scenario(args, work, origin, targets):
+    """Other flows' throughput and p99 through a proxy whose plugin spins on /slow: oha on
+    /small alone (quiet), then the same while another oha keeps 10 /slow flows going (spinning).
+    Rounds alternate the targets; each round measures quiet then spinning."""
+    manifest = spin_manifest(args, work)
+    procs = {t: Proxy("flowgate", args, work, f"{t}-spin", mode=f"reverse:http://127.0.0.1:{origin.http}",
+                      plugins=[manifest]) for t in targets}
+    runs = {f"{t} {phase}": [] for t in targets for phase in ("quiet", "spinning")}
+    attack = {t: [] for t in targets}
+    try:
+        for r in range(args.rounds):
+            order = targets[r % len(targets):] + targets[:r % len(targets)]
+            for t in order:
+                p = procs[t]
+                small, slow = f"http://127.0.0.1:{p.port}/small", f"http://127.0.0.1:{p.port}/slow"
+                res = oha(args, small, [], args.seconds, 10)
+                res["peak_rss_kib"] = None
+                runs[f"{t} quiet"].append(res)
+                log(f"spin round {r + 1} {t} quiet: {res['rps']:.0f} req/s, p99 {res['p99_ms']:.2f} ms")
+                rate = ["-q", str(args.spin_rate)] if args.spin_rate else []
+                attacker = subprocess.Popen(
+                    [args.oha, "--no-tui", "--output-format", "json", "-z", f"{args.seconds + 1.5}s", "-c", "10",
+                     "--disable-compression", *rate, slow],
+                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                time.sleep(0.5)  # the spinning flows are under way before the measurement starts
+                with RssSampler(p.proc.pid) as s:
+                    res = oha(args, small, [], args.seconds, 10)
+                res["peak_rss_kib"] = s.peak
+                out, _ = attacker.communicate(timeout=args.seconds + 60)
+                try:
+                    attack[t].append(json.loads(out)["summary"].get("requestsPerSec") or 0.0)
+                except (ValueError, KeyError):
+                    attack[t].append(None)
+                runs[f"{t} spinning"].append(res)
+                log(f"spin round {r + 1} {t} spinning: {res['rps']:.0f} req/s, p99 {res['p99_ms']:.2f} ms "
+                    f"(the /slow flows: {attack[t][-1] or 0:.0f} req/s)")
+    finally:
+        for p in procs.values():
+            p.stop()
+    offered = f"at most {args.spin_rate} req/s" if args.spin_rate else "as fast as they are answered"
+    out = summarize("other flows (oha -c 10 on /small, reverse mode) with spin-forever on /slow (100 ms deadline), "
+                    f"quiet and with 10 concurrent /slow flows ({offered})", runs)
+    out["slow_flows_rate_limit"] = args.spin_rate or None
+    out["spin"] = {}
+    for t in targets:
+        quiet, spinning = out["targets"][f"{t} quiet"], out["targets"][f"{t} spinning"]
+        done = [a for a in attack[t] if a is not None]
+        out["spin"][t] = {
+            "rps_kept": spinning["rps"] / quiet["rps"] if quiet["rps"] else None,
+            "p99_factor": spinning["p99_ms"] / quiet["p99_ms"] if quiet["p99_ms"] else None,
+            "slow_flows_rps": statistics.median(done) if done else None,
+        }
+    return out
+
+
 def summarize(desc, runs):
     out = {"description": desc, "targets": {}}
     for t, rs in runs.items():
@@ -465,7 +536,7 @@ def ratios(results):
     for name, sc in results["scenarios"].items():
         t = sc["targets"]
         key = "rps" if name not in ("body",) else "mb_per_s"
-        if name == "idle-tls":
+        if name in ("idle-tls", "spin"):
             continue
 
         def ratio(a, b):
@@ -510,6 +581,12 @@ def table(results):
         lines += ["", "| idle TLS | target | connections | failures | KiB per connection |", "|---|---|---:|---:|---:|"]
         for t, v in idle.items():
             lines.append(f"| idle | {t} | {v['connections']} | {v['failures']} | {fmt(v['per_connection_kib'], '.1f')} |")
+    spin = results["scenarios"].get("spin", {}).get("spin", {})
+    if spin:
+        lines += ["", "| spin | target | req/s kept | p99 factor | /slow flows req/s |", "|---|---|---:|---:|---:|"]
+        for t, v in spin.items():
+            lines.append(f"| 10 spinning | {t} | {fmt(v['rps_kept'], '.2f')} | {fmt(v['p99_factor'], '.2f')} | "
+                         f"{fmt(v['slow_flows_rps'], '.0f')} |")
     lines += ["", "| scenario | flowgate/direct | flowgate+plugin/direct | flowgate/mitmdump | plugin/no-plugin |", "|---|---:|---:|---:|---:|"]
     for name, r in results["ratios"].items():
         lines.append(f"| {name} | {fmt(r['flowgate/direct'], '.2f')} | {fmt(r['flowgate+plugin/direct'], '.2f')} | "
@@ -531,13 +608,19 @@ def main():
     p.add_argument("--extra-plugin", dest="extra_plugins", action="append", default=[],
                    type=lambda v: tuple(v.split("=", 1)), metavar="NAME=PLUGIN",
                    help="also measure flowgate with this plugin (target flowgate+NAME) in the load scenarios")
+    p.add_argument("--spin-plugin", help="spin-forever's .wasm: adds the spin scenario (a plugin spinning "
+                   "on 10 concurrent flows, the other flows measured)")
+    p.add_argument("--spin-rate", type=float, default=100.0,
+                   help="requests per second the 10 /slow flows of the spin scenario offer (default 100: ten flows "
+                   "each spinning to the 100 ms deadline; a budget that fails them at once must not turn them into "
+                   "ten more full-speed clients); 0: as fast as they are answered")
     p.add_argument("--oha", default=shutil.which("oha") or "oha")
     p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
     p.add_argument("--mitmdump", default=shutil.which("mitmdump"), help="omit to skip mitmdump")
     p.add_argument("--baseline", help="another flowgate binary (say, main's) measured beside --flowgate "
                    "in the load scenarios and reverse mode, as target 'baseline'")
     p.add_argument("--only", type=lambda s: s.split(","), default=None,
-                   help="comma-separated load scenarios to run (h1-plain,h1-https,h2-https,new-tls,reverse); "
+                   help="comma-separated load scenarios to run (h1-plain,h1-https,h2-https,new-tls,reverse,spin); "
                    "body and idle-tls are skipped with it")
     p.add_argument("--rounds", type=int)
     p.add_argument("--seconds", type=float)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark harness: flowgate against direct, mitmdump and flowgate with a Rust plugin on
-# every HTTP hook, in one run (see tests/bench/bench.py for targets and scenarios).
+# every HTTP hook, and a hostile plugin spinning on 10 flows (spin), in one run (see tests/bench/bench.py for targets and scenarios).
 #   bash tests/bench/run.sh --quick     # under 3 minutes
 #   bash tests/bench/run.sh             # full: 5 rounds of 5 s, 1 GiB body, 10,000 idle TLS
 # Installs its tools on a fresh machine, builds flowgate (release) and the request-id
@@ -10,9 +10,10 @@ cd "$(dirname "$0")/../.."
 source tests/bench/tools.sh
 rustup target add wasm32-wasip2 >/dev/null
 cargo build --release -p flowgate
-cargo build --release --manifest-path plugins/Cargo.toml --target wasm32-wasip2 -p request-id
+cargo build --release --manifest-path plugins/Cargo.toml --target wasm32-wasip2 -p request-id -p spin-forever
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 exec python3 tests/bench/bench.py \
     --flowgate target/release/flowgate \
     --plugin plugins/target/wasm32-wasip2/release/request_id.wasm \
+    --spin-plugin plugins/target/wasm32-wasip2/release/spin_forever.wasm \
     --oha "$OHA" --mitmdump "$MITMDUMP" "$@"

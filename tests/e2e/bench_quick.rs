@@ -23,6 +23,8 @@ fn quick_mode_runs_and_writes_a_well_formed_report() {
         .arg(root().join("tests/bench/bench.py"))
         .args(["--quick", "--rounds", "1", "--flowgate", env!("CARGO_BIN_EXE_flowgate"), "--plugin"])
         .arg(flowgate_tests::plugins::REQUEST_ID)
+        .arg("--spin-plugin")
+        .arg(flowgate_tests::plugins::SPIN_FOREVER)
         .arg("--oha")
         .arg(tool("FLOWGATE_BENCH_OHA", "target/bench-tools/bin/oha"))
         .arg("--mitmdump")
@@ -64,6 +66,17 @@ fn quick_mode_runs_and_writes_a_well_formed_report() {
         let body = &report["scenarios"]["body"]["targets"][target];
         assert_eq!(body["complete"], true, "body/{target}: {body}");
     }
+    // The spin scenario: the other flows measured quiet and beside 10 spinning flows.
+    let spin = &report["scenarios"]["spin"];
+    for phase in ["quiet", "spinning"] {
+        let t = &spin["targets"][format!("flowgate {phase}")];
+        assert!(t["rps"].as_f64().is_some_and(|r| r > 0.0), "spin/{phase}: {t}");
+        assert_eq!(t["success_rate"].as_f64(), Some(1.0), "spin/{phase}: {t}");
+    }
+    let kept = &spin["spin"]["flowgate"];
+    assert!(kept["rps_kept"].as_f64().is_some_and(|r| r > 0.0), "spin: {kept}");
+    assert!(kept["p99_factor"].as_f64().is_some_and(|r| r > 0.0), "spin: {kept}");
+    assert!(kept["slow_flows_rps"].as_f64().is_some_and(|r| r > 0.0), "spin: {kept}");
     for target in &targets[1..] {
         let idle = &report["scenarios"]["idle-tls"]["targets"][target];
         assert_eq!(idle["failures"], 0, "idle/{target}: {idle}");

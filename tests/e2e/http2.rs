@@ -317,7 +317,8 @@ fn slow_readers_and_slow_plugins_hold_only_their_own_stream() {
     let origin = Origin::start(false);
     let spin = manifest(
         SPIN_FOREVER,
-        "name = \"spin\"\n[limits]\nhook_timeout_ms = 1500\ncrash_budget = 100\n[config]\npath = \"/slow\"\n",
+        // A CPU budget above the 1.5 s spin: this test is about the deadline and the stream.
+        "name = \"spin\"\n[limits]\nhook_timeout_ms = 1500\ncpu_per_second = \"10s\"\n[config]\npath = \"/slow\"\n",
     );
     let fg = Flowgate::start(&["--mode", &format!("reverse:http://127.0.0.1:{}", origin.addr.port()), "-s", &spin]);
     let report = py(

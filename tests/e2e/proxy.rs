@@ -178,9 +178,10 @@ fn malformed_and_smuggling_requests_never_reach_the_upstream() {
 #[test]
 fn hostile_plugins_do_not_stall_traffic() {
     let origin = Origin::start(false);
-    // A crash budget above the flow count: every flow meets the deadline rather than the
-    // quarantine (which depends on how the concurrent flows interleave).
-    let spin = manifest(SPIN_FOREVER, "name = \"spin\"\n[limits]\nhook_timeout_ms = 100\ncrash_budget = 100\n");
+    // A crash budget above the flow count: no trap flow meets an open circuit breaker
+    // (which depends on how the concurrent flows interleave); a CPU budget above the four
+    // spins, so every spinning flow meets the deadline rather than the budget.
+    let spin = manifest(SPIN_FOREVER, "name = \"spin\"\n[limits]\nhook_timeout_ms = 100\ncpu_per_second = \"10s\"\n");
     let trap = manifest(TRAP, "name = \"trap\"\n[limits]\ncrash_budget = 100\n");
     let fg = Flowgate::start(&["-s", &spin, "-s", &trap]);
     let start = Instant::now();
@@ -489,7 +490,10 @@ fn a_streaming_plugin_rewrites_chunk_by_chunk() {
     let origin = Origin::start(false);
     let rewrite = manifest(
         REWRITE_BODY,
-        "[limits]\nhook_timeout_ms = 5000\n[config]\npattern = \"aaaa\"\nreplacement = \"b\"\nstream = true\n",
+        // A CPU budget above what rewriting 8 MiB costs here (the host functions that copy
+        // each chunk are charged to the plugin, and this is a debug build): this test is
+        // about chunk-by-chunk rewriting, not the budget.
+        "[limits]\nhook_timeout_ms = 5000\ncpu_per_second = \"60s\"\n[config]\npattern = \"aaaa\"\nreplacement = \"b\"\nstream = true\n",
     );
     let fg = Flowgate::start(&["-s", &rewrite]);
     let size = 8 << 20;

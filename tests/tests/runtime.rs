@@ -1,10 +1,12 @@
 //! The plugin runtime with real compiled components: hooks, verdicts, limits, failure
-//! policies, quarantine, instance models and load-time checks.
+//! policies, the circuit breaker, the CPU budget, instance models and load-time checks.
 
 use std::time::{Duration, Instant};
 
 use flowgate_flow::{BodyMode, DnsMessage, FailureKind, Hook, Injected, Question, TlsDecision};
-use flowgate_runtime::{Chain, DataAction, DnsAction, HttpAction, InstanceModel, LoadError, Runtime, TlsSide};
+use flowgate_runtime::{
+    BreakerState, Chain, DataAction, DnsAction, HttpAction, InstanceModel, LoadError, Runtime, TlsSide,
+};
 use flowgate_tests::plugins::*;
 use flowgate_tests::{Logs, connection, flow, manifest, request, response, runtime};
 
@@ -413,30 +415,207 @@ async fn trap() {
         other => panic!("expected a failure, got {other:?}"),
     }
 
-    // Quarantine: a plugin that keeps trapping stops being called.
-    let q = chain_of(&rt, &[manifest(TRAP, "name = \"trap-q\"\n[limits]\ncrash_budget = 3\n")]).await;
+    // Circuit breaker: a plugin that traps `crash_budget` times in a row is not called (the
+    // flow records why), is tried again after its back-off, and serves again once it stops
+    // trapping.
+    let breaker = "name = \"trap-q\"\n[limits]\nbreaker_backoff = \"100ms\"\nbreaker_backoff_max = \"1s\"\n";
+    let q = chain_of(&rt, &[manifest(TRAP, breaker)]).await;
     let conn = q.connection(connection(3, "127.0.0.1:5002"));
-    for id in 0..3 {
-        conn.http_flow(flow(10 + id, 3)).request_headers(&mut request("http://example.test/trap", 0)).await;
-    }
     let plugin = &q.plugins()[0];
-    assert!(plugin.is_quarantined());
+    let mut fifth = Instant::now();
+    let mut last = Vec::new();
+    for id in 0..5 {
+        fifth = Instant::now();
+        let mut session = conn.http_flow(flow(10 + id, 3));
+        session.request_headers(&mut request("http://example.test/trap", 0)).await;
+        last = session.failures().to_vec();
+    }
+    assert_eq!(plugin.breaker_state(), BreakerState::Open);
+    assert_eq!(last[0].kind, FailureKind::Trap);
+    assert!(last[0].message.contains("circuit breaker opened after 5 consecutive failures"), "{}", last[0].message);
     let calls = plugin.stats().calls;
     let mut session = conn.http_flow(flow(20, 3));
     let mut req = request("http://example.test/ok", 0);
     assert_eq!(session.request_headers(&mut req).await, HttpAction::Continue);
     assert_eq!(header(&req, "x-trap-plugin"), None, "not called");
     assert_eq!(plugin.stats().calls, calls);
-    assert_eq!(session.failures()[0].kind, FailureKind::Quarantined);
+    assert_eq!(session.failures()[0].kind, FailureKind::CircuitOpen);
+    assert!(session.failures()[0].message.contains("half-open in"), "{}", session.failures()[0].message);
+    let served = served_again(&conn, 30).await;
+    assert!(served - fifth >= Duration::from_millis(100), "served {:?} after opening", served - fifth);
+    assert!(served - fifth < Duration::from_secs(2), "served {:?} after opening", served - fifth);
+    let stats = plugin.stats();
+    assert_eq!(stats.breaker, BreakerState::Closed);
+    assert!(stats.short_circuited >= 1, "{stats:?}");
+
+    // A trial that traps re-opens it with the back-off doubled; the next success closes it.
+    for id in 0..5 {
+        conn.http_flow(flow(40 + id, 3)).request_headers(&mut request("http://example.test/trap", 0)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while plugin.breaker_state() != BreakerState::HalfOpen {
+        assert!(Instant::now() < deadline, "still {:?}", plugin.breaker_state());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let trial = Instant::now();
+    let mut session = conn.http_flow(flow(50, 3));
+    session.request_headers(&mut request("http://example.test/trap", 0)).await;
+    let failure = &session.failures()[0];
+    assert_eq!(failure.kind, FailureKind::Trap);
+    assert!(failure.message.contains("circuit breaker re-opened"), "{}", failure.message);
+    assert!(failure.message.contains("half-open in 200ms"), "{}", failure.message);
+    assert_eq!(plugin.breaker_state(), BreakerState::Open);
+    let served = served_again(&conn, 60).await;
+    assert!(served - trial >= Duration::from_millis(200), "served {:?} after the failed trial", served - trial);
+    assert_eq!(plugin.breaker_state(), BreakerState::Closed);
     // Other plugins go on.
     ordinary_flows(&chain_of(&rt, &[REQUEST_ID.into()]).await, 5).await;
+}
+
+/// Sends `/ok` flows through a breaker-guarded trap plugin until one is served (each
+/// refused one records `circuit open`), polling for up to 5 s; returns when it was served.
+async fn served_again(conn: &flowgate_runtime::ConnectionSession, first_id: u64) -> Instant {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for id in first_id.. {
+        let mut session = conn.http_flow(flow(id, 3));
+        let mut req = request("http://example.test/ok", 0);
+        assert_eq!(session.request_headers(&mut req).await, HttpAction::Continue);
+        if header(&req, "x-trap-plugin").as_deref() == Some("survived") {
+            assert!(session.failures().is_empty(), "{:?}", session.failures());
+            return Instant::now();
+        }
+        assert_eq!(session.failures()[0].kind, FailureKind::CircuitOpen, "{:?}", session.failures());
+        assert!(Instant::now() < deadline, "not served again within 5 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    unreachable!("the loop returns or fails")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_budget() {
+    let rt = runtime();
+    // Calls in progress: with one spinning, the next call fails at once (fail-open: the flow
+    // goes on), is counted, and the spinning one ends at its deadline. A deadline is not a
+    // crash: the breaker stays closed with a crash budget of 1.
+    let m = manifest(
+        SPIN_FOREVER,
+        "name = \"spin-c\"\n[limits]\nhook_timeout_ms = 300\nmax_concurrent_calls = 1\ncpu_per_second = \"10s\"\n\
+         crash_budget = 1\n[config]\npath = \"/slow\"\n",
+    );
+    let chain = chain_of(&rt, &[m]).await;
+    let plugin = chain.plugins()[0].clone();
+    let spinning = {
+        let chain = chain.clone();
+        tokio::spawn(async move {
+            let conn = chain.connection(connection(1, "127.0.0.1:5000"));
+            let mut session = conn.http_flow(flow(1, 1));
+            session.request_headers(&mut request("http://example.test/slow", 0)).await;
+            session.failures().to_vec()
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while plugin.stats().calls == 0 {
+        assert!(Instant::now() < deadline, "the spinning call never started");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let conn = chain.connection(connection(2, "127.0.0.1:5001"));
+    let start = Instant::now();
+    let mut session = conn.http_flow(flow(2, 2));
+    assert_eq!(session.request_headers(&mut request("http://example.test/fast", 0)).await, HttpAction::Continue);
+    let took = start.elapsed();
+    assert!(!spinning.is_finished(), "the spinning call is still in progress");
+    assert!(took < Duration::from_millis(50), "refused at once, took {took:?}");
+    assert_eq!(session.failures()[0].kind, FailureKind::CpuBudget);
+    assert!(session.failures()[0].message.contains("limits.max_concurrent_calls"), "{}", session.failures()[0]);
+    let failures = spinning.await.expect("spinning task");
+    assert_eq!(failures[0].kind, FailureKind::Deadline);
+    let stats = plugin.stats();
+    assert_eq!((stats.calls, stats.throttled, stats.breaker), (1, 1, BreakerState::Closed), "{stats:?}");
+    // Its slot came back.
+    let mut session = conn.http_flow(flow(3, 2));
+    session.request_headers(&mut request("http://example.test/fast", 0)).await;
+    assert!(session.failures().is_empty(), "{:?}", session.failures());
+
+    // CPU time per second: a spinning call is interrupted once the plugin's 5 ms are spent,
+    // long before its deadline; then calls fail at once by the failure policy (fail-closed:
+    // the flow fails), counted, not crashes; once the bucket refills, calls go through.
+    let m = manifest(
+        SPIN_FOREVER,
+        "name = \"spin-t\"\nfailure = \"fail-closed\"\n[limits]\nhook_timeout_ms = 5000\n\
+         cpu_per_second = \"5ms\"\ncrash_budget = 1\n[config]\npath = \"/slow\"\n",
+    );
+    let chain = chain_of(&rt, &[m]).await;
+    let plugin = &chain.plugins()[0];
+    let conn = chain.connection(connection(3, "127.0.0.1:5002"));
+    let start = Instant::now();
+    let mut session = conn.http_flow(flow(4, 3));
+    match session.request_headers(&mut request("http://example.test/slow", 0)).await {
+        HttpAction::Fail(f) => {
+            assert_eq!(f.kind, FailureKind::CpuBudget, "{f}");
+            assert!(f.message.contains("interrupted"), "{f}");
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    assert!(start.elapsed() < Duration::from_millis(500), "interrupted after {:?}", start.elapsed());
+    let used = plugin.stats().cpu_time;
+    assert!(used >= Duration::from_millis(5), "charged {used:?}");
+    let calls = plugin.stats().calls;
+    let start = Instant::now();
+    let mut session = conn.http_flow(flow(5, 3));
+    match session.request_headers(&mut request("http://example.test/fast", 0)).await {
+        HttpAction::Fail(f) => {
+            assert_eq!(f.kind, FailureKind::CpuBudget, "{f}");
+            assert!(f.message.contains("limits.cpu_per_second"), "{f}");
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    assert!(start.elapsed() < Duration::from_millis(50), "refused at once, took {:?}", start.elapsed());
+    let stats = plugin.stats();
+    assert_eq!((stats.calls, stats.throttled, stats.breaker), (calls, 1, BreakerState::Closed), "{stats:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for id in 6.. {
+        let mut session = conn.http_flow(flow(id, 3));
+        if session.request_headers(&mut request("http://example.test/fast", 0)).await == HttpAction::Continue {
+            assert!(session.failures().is_empty(), "{:?}", session.failures());
+            break;
+        }
+        assert!(Instant::now() < deadline, "the budget never refilled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn host_exhaustion_is_not_the_plugins_failure() {
+    // One instance slot in all: while a flow holds it, another flow's instantiation fails
+    // for want of room. That is the host's limit: recorded, but no crash (budget 1).
+    let rt = Runtime::new(flowgate_runtime::RuntimeConfig { max_instances: 1, ..Logs::default().config() })
+        .expect("runtime");
+    let m = manifest(TRAP, "name = \"trap-x\"\ninstance = \"per-flow\"\n[limits]\ncrash_budget = 1\n");
+    let chain = chain_of(&rt, &[m]).await;
+    let conn = chain.connection(connection(1, "127.0.0.1:5000"));
+    let mut holder = conn.http_flow(flow(1, 1));
+    holder.request_headers(&mut request("http://example.test/ok", 0)).await;
+    assert!(holder.failures().is_empty(), "{:?}", holder.failures());
+    let mut session = conn.http_flow(flow(2, 1));
+    assert_eq!(session.request_headers(&mut request("http://example.test/ok", 0)).await, HttpAction::Continue);
+    assert_eq!(session.failures()[0].kind, FailureKind::HostExhausted, "{}", session.failures()[0]);
+    assert_eq!(chain.plugins()[0].breaker_state(), BreakerState::Closed);
+    drop((holder, session));
+    let mut session = conn.http_flow(flow(3, 1));
+    let mut req = request("http://example.test/ok", 0);
+    session.request_headers(&mut req).await;
+    assert_eq!(header(&req, "x-trap-plugin").as_deref(), Some("survived"), "{:?}", session.failures());
 }
 
 #[tokio::test]
 async fn log_flood() {
     let logs = Logs::default();
     let rt = Runtime::new(logs.config()).expect("runtime");
-    let m = manifest(LOG_FLOOD, "name = \"flood\"\n[limits]\nmax_log_bytes = \"8KiB\"\nhook_timeout_ms = 10000\n");
+    // A CPU budget above the flood's million calls: this test is about the log cap.
+    let m = manifest(
+        LOG_FLOOD,
+        "name = \"flood\"\n[limits]\nmax_log_bytes = \"8KiB\"\nhook_timeout_ms = 10000\ncpu_per_second = \"60s\"\n",
+    );
     let chain = chain_of(&rt, &[m]).await;
     let conn = chain.connection(connection(1, "127.0.0.1:5000"));
     let mut session = conn.http_flow(flow(1, 1));
@@ -847,7 +1026,14 @@ async fn shared_plugin_across_tasks() {
     assert!(slowest < Duration::from_secs(2), "{slowest:?}");
     assert_eq!(
         chain.plugins()[0].stats(),
-        flowgate_runtime::PluginStats { calls: 50, failures: 0, quarantined: false }
+        flowgate_runtime::PluginStats {
+            calls: 50,
+            failures: 0,
+            throttled: 0,
+            short_circuited: 0,
+            breaker: BreakerState::Closed,
+            cpu_time: chain.plugins()[0].stats().cpu_time,
+        }
     );
 }
 

@@ -101,10 +101,16 @@ pub enum FailureKind {
     Fuel,
     /// The guest returned something the host refused (an invalid header, status, ...).
     InvalidOutput,
-    /// The plugin was not called because it trapped too often.
-    Quarantined,
-    /// The host could not instantiate the plugin.
+    /// The plugin was not called: its circuit breaker is open (it crashed too often) or
+    /// half-open with its one trial call under way.
+    CircuitOpen,
+    /// The plugin's CPU budget refused the call (too many in progress, or its CPU time per
+    /// second spent) or interrupted it. Host protection: not counted as a crash.
+    CpuBudget,
+    /// The plugin could not be instantiated.
     Instantiate,
+    /// The host had no room for another instance (its own limit, not the plugin's failure).
+    HostExhausted,
 }
 
 impl FailureKind {
@@ -116,8 +122,10 @@ impl FailureKind {
             FailureKind::Memory => "memory limit",
             FailureKind::Fuel => "fuel exhausted",
             FailureKind::InvalidOutput => "invalid output",
-            FailureKind::Quarantined => "quarantined",
+            FailureKind::CircuitOpen => "circuit open",
+            FailureKind::CpuBudget => "cpu budget",
             FailureKind::Instantiate => "instantiation failed",
+            FailureKind::HostExhausted => "host exhausted",
         }
     }
 }

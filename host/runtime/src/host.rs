@@ -79,6 +79,8 @@ pub(crate) struct PluginShared {
     /// Who does the plugin's outbound HTTP, if anyone.
     pub outbound: Option<Arc<dyn OutboundHttp>>,
     pub started: Instant,
+    /// The CPU budget every call of the plugin draws on (checked at each epoch tick).
+    pub cpu: crate::budget::CpuBudget,
 }
 
 /// Per-call bookkeeping, reset before each hook call.
@@ -149,6 +151,11 @@ pub(crate) struct MemoryCapExceeded {
 #[derive(Debug, thiserror::Error)]
 #[error("hook ran past its deadline")]
 pub(crate) struct DeadlineExceeded;
+
+/// The trap raised when a hook is interrupted because its plugin's CPU budget is spent.
+#[derive(Debug, thiserror::Error)]
+#[error("the plugin's CPU time per second is spent")]
+pub(crate) struct CpuBudgetSpent;
 
 /// The data of one plugin instance's store.
 pub(crate) struct StoreState {

@@ -67,8 +67,22 @@ pub struct Limits {
     pub max_state_bytes: usize,
     /// Largest body buffered for this plugin (`max_body_bytes`, default 16 MiB).
     pub max_body_bytes: usize,
-    /// Consecutive failures after which the plugin is quarantined (`crash_budget`, default 5).
+    /// Consecutive crashes (traps, memory, invalid output, failed instantiation) that open
+    /// the plugin's circuit breaker (`crash_budget`, default 5). Deadlines, fuel and the CPU
+    /// budget do not count: whoever can make a plugin spin must not switch it off.
     pub crash_budget: u32,
+    /// How long the breaker stays open before one trial call (`breaker_backoff`, default
+    /// 1s); doubled each time the trial fails, reset when one succeeds.
+    pub breaker_backoff: Duration,
+    /// The most the back-off doubles to (`breaker_backoff_max`, default 60s).
+    pub breaker_backoff_max: Duration,
+    /// Calls of this plugin in progress at once (`max_concurrent_calls`, default 64); past
+    /// it a call fails at once by the failure policy.
+    pub max_concurrent_calls: u32,
+    /// CPU time the plugin's calls may use per second (`cpu_per_second`, default 250ms, a
+    /// quarter of a core); past it calls fail at once by the failure policy, and a call in
+    /// progress is interrupted.
+    pub cpu_per_second: Duration,
     /// Instances kept warm by the `pooled` model (`pool_size`, default 128: above the 100
     /// concurrent streams one HTTP/2 connection may run, as a smaller pool makes most of
     /// those flows instantiate afresh; measured: h2 with 100 streams, request-id on every
@@ -94,6 +108,10 @@ impl Default for Limits {
             max_state_bytes: 1 << 20,
             max_body_bytes: 16 << 20,
             crash_budget: 5,
+            breaker_backoff: Duration::from_secs(1),
+            breaker_backoff_max: Duration::from_secs(60),
+            max_concurrent_calls: 64,
+            cpu_per_second: Duration::from_millis(250),
             pool_size: 128,
             outbound_timeout: Duration::from_secs(5),
             outbound_max_response_bytes: 1 << 20,
@@ -177,6 +195,10 @@ struct RawLimits {
     max_state_bytes: Option<ByteSize>,
     max_body_bytes: Option<ByteSize>,
     crash_budget: Option<u32>,
+    breaker_backoff: Option<DurationText>,
+    breaker_backoff_max: Option<DurationText>,
+    max_concurrent_calls: Option<u32>,
+    cpu_per_second: Option<DurationText>,
     pool_size: Option<usize>,
     outbound_timeout: Option<DurationText>,
     outbound_max_response_bytes: Option<ByteSize>,
@@ -235,9 +257,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let seconds = match unit.trim() {
         "" | "s" => number,
         "ms" => number / 1000.0,
+        "us" | "µs" => number / 1e6,
         "m" | "min" => number * 60.0,
         "h" => number * 3600.0,
-        other => return Err(format!("unknown unit {other:?} in {text:?} (use ms, s, m or h)")),
+        other => return Err(format!("unknown unit {other:?} in {text:?} (use us, ms, s, m or h)")),
     };
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
 }
@@ -341,6 +364,33 @@ impl Manifest {
             }
             l.crash_budget = n;
         }
+        if let Some(DurationText(d)) = raw.limits.breaker_backoff {
+            if d < Duration::from_millis(1) {
+                return Err(ManifestError(format!("limits.breaker_backoff must be at least 1ms, got {d:?}")));
+            }
+            l.breaker_backoff = d;
+        }
+        if let Some(DurationText(d)) = raw.limits.breaker_backoff_max {
+            l.breaker_backoff_max = d;
+        }
+        if l.breaker_backoff_max < l.breaker_backoff {
+            return Err(ManifestError(format!(
+                "limits.breaker_backoff_max ({:?}) is below limits.breaker_backoff ({:?})",
+                l.breaker_backoff_max, l.breaker_backoff
+            )));
+        }
+        if let Some(n) = raw.limits.max_concurrent_calls {
+            if n == 0 {
+                return Err(ManifestError("limits.max_concurrent_calls must be at least 1".to_owned()));
+            }
+            l.max_concurrent_calls = n;
+        }
+        if let Some(DurationText(d)) = raw.limits.cpu_per_second {
+            if !(Duration::from_millis(1)..=Duration::from_secs(1024)).contains(&d) {
+                return Err(ManifestError(format!("limits.cpu_per_second must be between 1ms and 1024s, got {d:?}")));
+            }
+            l.cpu_per_second = d;
+        }
         if let Some(n) = raw.limits.pool_size {
             l.pool_size = n;
         }
@@ -404,6 +454,10 @@ mod tests {
             crash_budget = 3
             outbound_timeout = "1500ms"
             outbound_max_response_bytes = "64KiB"
+            breaker_backoff = "100ms"
+            breaker_backoff_max = "1.5s"
+            max_concurrent_calls = 4
+            cpu_per_second = "20ms"
             [capabilities]
             env = ["HOME"]
             allowed_upstream_hosts = ["*.example.com", "10.0.0.5"]
@@ -423,6 +477,10 @@ mod tests {
         assert_eq!(m.limits.outbound_max_response_bytes, 64 << 10);
         assert!(m.capabilities.allowed_upstream_hosts.allows_host("a.example.com"));
         assert!(m.capabilities.allowed_outbound_hosts.is_empty());
+        assert_eq!(m.limits.breaker_backoff, Duration::from_millis(100));
+        assert_eq!(m.limits.breaker_backoff_max, Duration::from_millis(1500));
+        assert_eq!(m.limits.max_concurrent_calls, 4);
+        assert_eq!(m.limits.cpu_per_second, Duration::from_millis(20));
         assert_eq!(m.config.get("count").map(String::as_str), Some("3"));
     }
 
@@ -436,6 +494,10 @@ mod tests {
         assert!(e.0.contains("limits.memory"), "{e}");
         let e = parse("instance = \"sometimes\"").expect_err("bad model");
         assert!(e.0.contains("unknown variant"), "{e}");
+        let e = parse("[limits]\ncpu_per_second = \"20 parsecs\"").expect_err("bad unit");
+        assert!(e.0.contains("unknown unit"), "{e}");
+        let e = parse("[limits]\nbreaker_backoff = \"2s\"\nbreaker_backoff_max = \"1s\"").expect_err("max < backoff");
+        assert!(e.0.contains("breaker_backoff_max"), "{e}");
         let e = parse("[config]\nx = [1]").expect_err("array config");
         assert!(e.0.contains("config.x"), "{e}");
         let e = parse("[capabilities]\nallowed_upstream_hosts = [\"http://x\"]").expect_err("bad pattern");

@@ -1,9 +1,11 @@
-//! A loaded plugin: its pre-instantiated component, the hook groups it exports, its health,
-//! and how one hook call runs (instance, deadline, limits, failure classification).
+//! A loaded plugin: its pre-instantiated component, the hook groups it exports, its health
+//! (circuit breaker and CPU budget), and how one hook call runs (admission, instance,
+//! deadline, limits, CPU metering, failure classification).
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use flowgate_flow::{FailureKind, Hook, PluginFailure};
 use wasmtime::component::InstancePre;
@@ -11,7 +13,11 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtx;
 
 use crate::bindings::hooks;
-use crate::host::{CallState, DeadlineExceeded, MemoryCapExceeded, MemoryLimiter, PluginShared, StoreState};
+use crate::breaker::{Admission, Breaker, BreakerLimits, BreakerState, Transition};
+use crate::budget::InProgress;
+use crate::host::{
+    CallState, CpuBudgetSpent, DeadlineExceeded, MemoryCapExceeded, MemoryLimiter, PluginShared, StoreState,
+};
 use crate::manifest::{FailurePolicy, InstanceModel, Manifest};
 use crate::runtime::RuntimeInner;
 use crate::stderr::StderrTail;
@@ -74,13 +80,61 @@ pub(crate) struct LiveInstance {
     pub groups: LiveGroups,
 }
 
-/// Failure counters that drive quarantine.
-#[derive(Default)]
+/// The circuit breaker and the counters.
 pub(crate) struct Health {
-    consecutive_failures: AtomicU32,
-    quarantined: AtomicBool,
+    breaker: Mutex<Breaker>,
     calls: AtomicU64,
     failures: AtomicU64,
+    throttled: AtomicU64,
+    short_circuited: AtomicU64,
+}
+
+impl Health {
+    pub fn new(limits: BreakerLimits) -> Health {
+        Health {
+            breaker: Mutex::new(Breaker::new(limits)),
+            calls: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            throttled: AtomicU64::new(0),
+            short_circuited: AtomicU64::new(0),
+        }
+    }
+
+    fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
+        self.breaker.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Whether a failure of this kind is the plugin crashing, which its circuit breaker counts.
+/// Running long (deadline, fuel, CPU budget) is not: it is bounded by those limits, and
+/// whoever can make a plugin spin must not be able to switch it off for everyone. Nor is
+/// the host's own exhaustion, nor a call the breaker itself refused.
+fn is_crash(kind: FailureKind) -> bool {
+    match kind {
+        FailureKind::Trap | FailureKind::Memory | FailureKind::InvalidOutput | FailureKind::Instantiate => true,
+        FailureKind::Deadline
+        | FailureKind::Fuel
+        | FailureKind::CpuBudget
+        | FailureKind::CircuitOpen
+        | FailureKind::HostExhausted => false,
+    }
+}
+
+/// Leave to make one call: a slot of the plugin's CPU budget and, when the breaker is
+/// half-open, the trial. Dropping it gives both back (a trial that ended without a
+/// verdict, or was never made, lets the next call be the trial).
+pub(crate) struct Permit<'a> {
+    plugin: &'a Plugin,
+    _slot: InProgress<'a>,
+    trial: bool,
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if self.trial {
+            self.plugin.health.breaker().release_trial();
+        }
+    }
 }
 
 /// A loaded plugin. Cheap to share: every flow holds an `Arc` to it.
@@ -116,10 +170,17 @@ impl std::fmt::Display for Compiled {
 pub struct PluginStats {
     /// Hook calls made.
     pub calls: u64,
-    /// Hook calls that failed.
+    /// Hook calls that failed (including instantiations for a hook).
     pub failures: u64,
-    /// Whether the plugin is quarantined.
-    pub quarantined: bool,
+    /// Calls its CPU budget refused at once (too many in progress, or its CPU time per
+    /// second spent); not made, so not in `calls`.
+    pub throttled: u64,
+    /// Calls its circuit breaker refused (open, or half-open with a trial under way).
+    pub short_circuited: u64,
+    /// Its circuit breaker's state.
+    pub breaker: BreakerState,
+    /// CPU time its hook calls used, in all.
+    pub cpu_time: Duration,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -163,7 +224,10 @@ impl Plugin {
         PluginStats {
             calls: self.health.calls.load(Ordering::Relaxed),
             failures: self.health.failures.load(Ordering::Relaxed),
-            quarantined: self.health.quarantined.load(Ordering::Relaxed),
+            throttled: self.health.throttled.load(Ordering::Relaxed),
+            short_circuited: self.health.short_circuited.load(Ordering::Relaxed),
+            breaker: self.breaker_state(),
+            cpu_time: self.shared.cpu.used(),
         }
     }
 
@@ -172,9 +236,49 @@ impl Plugin {
         self.pool.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 
-    /// Whether it has been quarantined for failing too often.
-    pub fn is_quarantined(&self) -> bool {
-        self.health.quarantined.load(Ordering::Relaxed)
+    /// Its circuit breaker's state now.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.health.breaker().state(Instant::now())
+    }
+
+    fn log_transition(&self, transition: Transition) {
+        match transition {
+            Transition::Opened { .. } | Transition::Reopened { .. } => {
+                tracing::error!("plugin {}: {transition}", self.name());
+            }
+            Transition::HalfOpened | Transition::Closed => tracing::warn!("plugin {}: {transition}", self.name()),
+        }
+    }
+
+    /// Asks the CPU budget and the circuit breaker for leave to call `hook` now; a refusal
+    /// is the failure the flow records (counted, and not a crash).
+    pub(crate) fn admit(&self, hook: Hook) -> Result<Permit<'_>, PluginFailure> {
+        let now = Instant::now();
+        let refused = |kind, message: String| PluginFailure { plugin: self.name().to_owned(), hook, kind, message };
+        let slot = self.shared.cpu.start(now).map_err(|why| {
+            self.health.throttled.fetch_add(1, Ordering::Relaxed);
+            refused(FailureKind::CpuBudget, why.to_string())
+        })?;
+        let (admission, transition) = self.health.breaker().admit(now);
+        if let Some(t) = transition {
+            self.log_transition(t);
+        }
+        match admission {
+            Admission::Call => Ok(Permit { plugin: self, _slot: slot, trial: false }),
+            Admission::Trial => Ok(Permit { plugin: self, _slot: slot, trial: true }),
+            Admission::Refused { retry_in } => {
+                self.health.short_circuited.fetch_add(1, Ordering::Relaxed);
+                let when = match retry_in {
+                    Some(d) => format!("half-open in {d:?}"),
+                    None => "half-open, its trial call under way".to_owned(),
+                };
+                let budget = self.shared.manifest.limits.crash_budget;
+                Err(refused(
+                    FailureKind::CircuitOpen,
+                    format!("not called: circuit breaker open after {budget} consecutive failures ({when})"),
+                ))
+            }
+        }
     }
 
     pub(crate) fn failure_policy(&self) -> FailurePolicy {
@@ -218,8 +322,11 @@ impl Plugin {
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(|ctx| {
-            if Instant::now() >= ctx.data().call.deadline {
+            let now = Instant::now();
+            if now >= ctx.data().call.deadline {
                 Err(wasmtime::Error::new(DeadlineExceeded))
+            } else if !ctx.data().plugin.cpu.has_time(now) {
+                Err(wasmtime::Error::new(CpuBudgetSpent))
             } else {
                 Ok(UpdateDeadline::Yield(1))
             }
@@ -237,6 +344,15 @@ impl Plugin {
                 );
             } else if e.is::<MemoryCapExceeded>() {
                 failure.message = format!("{} (limits.memory)", e.root_cause());
+            } else if e.is::<CpuBudgetSpent>() {
+                failure.kind = FailureKind::CpuBudget;
+                failure.message = format!(
+                    "interrupted: its {:?} of CPU time per second is spent (limits.cpu_per_second)",
+                    self.shared.manifest.limits.cpu_per_second
+                );
+            } else if e.chain().any(|c| c.is::<wasmtime::PoolConcurrencyLimitError>()) {
+                failure.kind = FailureKind::HostExhausted;
+                failure.message = format!("no free instance slot (plugin_max_instances): {}", e.root_cause());
             }
             failure
         };
@@ -286,6 +402,8 @@ impl Plugin {
     fn classify(&self, hook: Hook, live: &LiveInstance, error: &wasmtime::Error) -> PluginFailure {
         let kind = if error.is::<DeadlineExceeded>() {
             FailureKind::Deadline
+        } else if error.is::<CpuBudgetSpent>() {
+            FailureKind::CpuBudget
         } else if error.is::<MemoryCapExceeded>() || live.store.data().limiter.denied {
             FailureKind::Memory
         } else if error.downcast_ref::<Trap>() == Some(&Trap::OutOfFuel) {
@@ -297,6 +415,10 @@ impl Plugin {
             FailureKind::Deadline => {
                 format!("interrupted after {:?} (limits.hook_timeout_ms)", self.shared.manifest.limits.hook_timeout)
             }
+            FailureKind::CpuBudget => format!(
+                "interrupted: its {:?} of CPU time per second is spent (limits.cpu_per_second)",
+                self.shared.manifest.limits.cpu_per_second
+            ),
             FailureKind::Memory => {
                 format!(
                     "denied memory past {} bytes (limits.memory): {}",
@@ -313,30 +435,26 @@ impl Plugin {
         PluginFailure { plugin: self.name().to_owned(), hook, kind, message }
     }
 
-    /// Records a failure; quarantines the plugin once its crash budget is spent.
-    pub(crate) fn note_failure(&self, failure: &PluginFailure) {
+    /// Records a failure; a crash counts against the circuit breaker, and the transition it
+    /// causes (opened, re-opened) is logged and added to the failure's message, so the
+    /// flow record shows it.
+    pub(crate) fn note_failure(&self, failure: &mut PluginFailure) {
         self.health.failures.fetch_add(1, Ordering::Relaxed);
-        let n = self.health.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::warn!("{failure}");
-        if n >= self.shared.manifest.limits.crash_budget && !self.health.quarantined.swap(true, Ordering::Relaxed) {
-            tracing::error!("plugin {} quarantined after {n} consecutive failures (limits.crash_budget)", self.name());
+        if !is_crash(failure.kind) {
+            return;
+        }
+        let transition = self.health.breaker().crash(Instant::now());
+        if let Some(t) = transition {
+            self.log_transition(t);
+            failure.message = format!("{}; {t}", failure.message);
         }
     }
 
     fn note_success(&self) {
-        self.health.consecutive_failures.store(0, Ordering::Relaxed);
-    }
-
-    /// The failure recorded for a flow that skips a quarantined plugin.
-    pub(crate) fn quarantine_failure(&self, hook: Hook) -> PluginFailure {
-        PluginFailure {
-            plugin: self.name().to_owned(),
-            hook,
-            kind: FailureKind::Quarantined,
-            message: format!(
-                "not called: quarantined after {} consecutive failures",
-                self.shared.manifest.limits.crash_budget
-            ),
+        let transition = self.health.breaker().success();
+        if let Some(t) = transition {
+            self.log_transition(t);
         }
     }
 
@@ -360,7 +478,21 @@ impl Plugin {
             live.store.set_fuel(fuel).map_err(|e| self.failure(hook, FailureKind::Trap, &e))?;
         }
         let LiveInstance { store, groups } = live;
-        let result = call(store, groups).await;
+        // CPU time is the time the call's future spends being polled (guest code and the
+        // host functions it calls), charged at every return to the executor: at least once
+        // per epoch tick, when the epoch callback yields.
+        let cpu = &self.shared.cpu;
+        let result = {
+            let mut running = std::pin::pin!(call(store, groups));
+            std::future::poll_fn(|cx| {
+                let started = Instant::now();
+                let poll = running.as_mut().poll(cx);
+                let now = Instant::now();
+                cpu.charge(now - started, now);
+                poll
+            })
+            .await
+        };
         let call_state = &mut live.store.data_mut().call;
         let report = CallReport {
             log_dropped: call_state.log_dropped,
@@ -373,8 +505,8 @@ impl Plugin {
                 Ok((value, report))
             }
             Err(error) => {
-                let failure = self.classify(hook, live, &error);
-                self.note_failure(&failure);
+                let mut failure = self.classify(hook, live, &error);
+                self.note_failure(&mut failure);
                 Err(failure)
             }
         }
@@ -382,8 +514,9 @@ impl Plugin {
 
     /// Records an output the host refused, as a failure of the plugin.
     pub(crate) fn invalid_output(&self, hook: Hook, message: String) -> PluginFailure {
-        let failure = PluginFailure { plugin: self.name().to_owned(), hook, kind: FailureKind::InvalidOutput, message };
-        self.note_failure(&failure);
+        let mut failure =
+            PluginFailure { plugin: self.name().to_owned(), hook, kind: FailureKind::InvalidOutput, message };
+        self.note_failure(&mut failure);
         failure
     }
 
@@ -402,9 +535,10 @@ impl Plugin {
 
     /// Runs `running` or `done`, if the plugin exports the lifecycle group.
     pub(crate) async fn lifecycle(&self, hook: Hook) -> Result<(), PluginFailure> {
-        if self.groups.lifecycle.is_none() || self.is_quarantined() {
+        if self.groups.lifecycle.is_none() {
             return Ok(());
         }
+        let _permit = self.admit(hook)?;
         let mut live = self.instantiate().await?;
         self.invoke(&mut live, hook, None, async |store, groups| match &groups.lifecycle {
             Some(g) if hook == Hook::Running => g.call_running(store).await,

@@ -15,6 +15,8 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::bindings::{self, hooks};
+use crate::breaker::BreakerLimits;
+use crate::budget::{CpuBudget, CpuLimits};
 use crate::host::{KvState, LogLevel, LogRecord, LogSink, PluginShared, StoreState};
 use crate::manifest::{MAX_MEMORY_BYTES, Manifest};
 use crate::outbound::OutboundHttp;
@@ -309,18 +311,29 @@ impl Runtime {
             )));
         }
 
+        let limits = &manifest.limits;
+        let cpu = CpuBudget::new(
+            CpuLimits { max_concurrent_calls: limits.max_concurrent_calls, cpu_per_second: limits.cpu_per_second },
+            Instant::now(),
+        );
+        let health = Health::new(BreakerLimits {
+            crash_budget: limits.crash_budget,
+            backoff: limits.breaker_backoff,
+            backoff_max: limits.breaker_backoff_max,
+        });
         let shared = Arc::new(PluginShared {
             manifest,
             kv: Mutex::new(KvState::default()),
             log_sink: self.inner.config.log_sink.clone(),
             outbound: self.inner.config.outbound.clone(),
             started: Instant::now(),
+            cpu,
         });
         let plugin = Arc::new(Plugin {
             shared,
             pre,
             groups,
-            health: Health::default(),
+            health,
             pool: Mutex::new(Vec::new()),
             runtime: self.inner.clone(),
             compiled,

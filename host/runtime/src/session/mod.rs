@@ -146,7 +146,8 @@ enum Call<R> {
     Skipped,
     /// The hook returned.
     Done(R, CallReport),
-    /// The hook (or instantiation) failed, or the plugin is quarantined.
+    /// The hook (or instantiation) failed, or the plugin was not called: its circuit
+    /// breaker is open or its CPU budget refused the call.
     Failed(PluginFailure),
 }
 
@@ -187,13 +188,17 @@ impl Slots {
         if self.skip[i] {
             return Call::Skipped;
         }
-        if plugin.is_quarantined() {
-            return self.failed(i, plugin.quarantine_failure(hook));
-        }
+        // The permit is held until the call is over: a slot of the plugin's CPU budget, and
+        // its breaker's trial when half-open. Taken once the instance is ours to use, so a
+        // call waiting for its connection's instance is not a call in progress.
         let result = match plugin.model() {
             InstanceModel::PerConnection => {
                 let shared = self.per_connection.clone();
                 let mut guard = shared[i].lock().await;
+                let _permit = match plugin.admit(hook) {
+                    Ok(permit) => permit,
+                    Err(refused) => return self.failed(i, refused),
+                };
                 let mut live = match guard.take() {
                     Some(live) => live,
                     None => match plugin.instantiate().await {
@@ -208,6 +213,10 @@ impl Slots {
                 result
             }
             model @ (InstanceModel::PerFlow | InstanceModel::Pooled) => {
+                let _permit = match plugin.admit(hook) {
+                    Ok(permit) => permit,
+                    Err(refused) => return self.failed(i, refused),
+                };
                 let mut live = match self.local[i].take() {
                     Some(live) => live,
                     None => {
@@ -263,7 +272,7 @@ impl Slots {
     /// Records that no instance could be made for `hook` (named after the hook it was for).
     fn instantiate_failed<R>(&mut self, i: usize, plugin: &Plugin, hook: Hook, mut failure: PluginFailure) -> Call<R> {
         failure.hook = hook;
-        plugin.note_failure(&failure);
+        plugin.note_failure(&mut failure);
         self.failed(i, failure)
     }
 
