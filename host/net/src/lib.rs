@@ -98,7 +98,7 @@ impl Proxy {
     /// A proxy running `chain` with certificates from `ca`.
     pub fn new(chain: Chain, ca: Arc<CertificateAuthority>, options: ProxyOptions, sink: FlowSink) -> Arc<Proxy> {
         let tls_client = tls::client_config(&options);
-        let tls_client_raw = tls::client_config_raw(&options);
+        let tls_client_raw = tls::without_alpn(&tls_client);
         let tls_server = tls::ServerShared::new(&options);
         let connections = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
         let handshakes = tokio::sync::Semaphore::new(options.max_handshakes);

@@ -170,6 +170,9 @@ pub(crate) fn client_config(options: &crate::ProxyOptions) -> Arc<rustls::Client
     } else {
         builder.with_root_certificates(upstream_roots(options)).with_no_client_auth()
     };
+    if let Some(given::ClientCerts::File(key)) = &options.client_certs {
+        config.client_auth_cert_resolver = Arc::new(given::SendCert(key.clone()));
+    }
     config.alpn_protocols =
         if options.http2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
     Arc::new(config)
@@ -207,21 +210,23 @@ pub fn load_trusted_ca(path: &std::path::Path) -> Result<Vec<CertificateDer<'sta
     Ok(certs)
 }
 
-/// `base` with the client certificate for `host` from `client_certs`, if there is one.
+/// `base` with the client certificate for `host` from a `client_certs` directory, if it
+/// holds one (a `client_certs` file is in `base` already).
 pub(crate) fn with_client_cert(
     base: &Arc<rustls::ClientConfig>,
     options: &crate::ProxyOptions,
     host: &str,
 ) -> Arc<rustls::ClientConfig> {
-    let Some(key) = options.client_certs.as_ref().and_then(|c| c.for_host(host)) else { return base.clone() };
+    let Some(dir @ given::ClientCerts::Dir(_)) = &options.client_certs else { return base.clone() };
+    let Some(key) = dir.for_host(host) else { return base.clone() };
     let mut config = (**base).clone();
     config.client_auth_cert_resolver = Arc::new(given::SendCert(key));
     Arc::new(config)
 }
 
-/// The upstream config for raw TCP over TLS: as [`client_config`], without ALPN.
-pub(crate) fn client_config_raw(options: &crate::ProxyOptions) -> Arc<rustls::ClientConfig> {
-    let mut config = (*client_config(options)).clone();
+/// The upstream config for raw TCP over TLS: `http` (the [`client_config`]) without ALPN.
+pub(crate) fn without_alpn(http: &rustls::ClientConfig) -> Arc<rustls::ClientConfig> {
+    let mut config = http.clone();
     config.alpn_protocols.clear();
     Arc::new(config)
 }
