@@ -346,10 +346,7 @@ impl Plugin {
                 failure.message = format!("{} (limits.memory)", e.root_cause());
             } else if e.is::<CpuBudgetSpent>() {
                 failure.kind = FailureKind::CpuBudget;
-                failure.message = format!(
-                    "interrupted: its {:?} of CPU time per second is spent (limits.cpu_per_second)",
-                    self.shared.manifest.limits.cpu_per_second
-                );
+                failure.message = self.cpu_spent();
             } else if e.chain().any(|c| c.is::<wasmtime::PoolConcurrencyLimitError>()) {
                 failure.kind = FailureKind::HostExhausted;
                 failure.message = format!("no free instance slot (plugin_max_instances): {}", e.root_cause());
@@ -415,10 +412,7 @@ impl Plugin {
             FailureKind::Deadline => {
                 format!("interrupted after {:?} (limits.hook_timeout_ms)", self.shared.manifest.limits.hook_timeout)
             }
-            FailureKind::CpuBudget => format!(
-                "interrupted: its {:?} of CPU time per second is spent (limits.cpu_per_second)",
-                self.shared.manifest.limits.cpu_per_second
-            ),
+            FailureKind::CpuBudget => self.cpu_spent(),
             FailureKind::Memory => {
                 format!(
                     "denied memory past {} bytes (limits.memory): {}",
@@ -433,6 +427,14 @@ impl Plugin {
             None => message,
         };
         PluginFailure { plugin: self.name().to_owned(), hook, kind, message }
+    }
+
+    /// Why a call was interrupted by the plugin's CPU budget.
+    fn cpu_spent(&self) -> String {
+        format!(
+            "interrupted: its {:?} of CPU time per second is spent (limits.cpu_per_second)",
+            self.shared.manifest.limits.cpu_per_second
+        )
     }
 
     /// Records a failure; a crash counts against the circuit breaker, and the transition it
