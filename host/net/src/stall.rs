@@ -10,39 +10,66 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// The clock of a progress deadline: started by the first stall after progress, stopped by
+/// progress. Its timer is made on the first stall (most never stall) and reused.
+pub(crate) struct StallClock {
+    after: Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    running: bool,
+}
+
+impl StallClock {
+    pub fn new(after: Duration) -> StallClock {
+        StallClock { after, sleep: None, running: false }
+    }
+
+    /// The deadline.
+    pub fn after(&self) -> Duration {
+        self.after
+    }
+
+    /// Progress: the clock stops.
+    pub fn progressed(&mut self) {
+        self.running = false;
+    }
+
+    /// Still no progress: starts the clock if it is stopped; ready once the stall has
+    /// lasted `after` (and `cx` is woken then).
+    pub fn stalled(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let deadline = tokio::time::Instant::now() + self.after;
+        let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.running {
+            self.running = true;
+            sleep.as_mut().reset(deadline);
+        }
+        sleep.as_mut().poll(cx)
+    }
+}
+
 /// Wraps a stream so that a write (or flush) that makes no progress for `after` fails with
 /// `TimedOut`, naming `option`. Reads pass through untouched.
 pub(crate) struct WriteStall<IO> {
     inner: IO,
-    after: Duration,
+    clock: StallClock,
     option: &'static str,
-    /// Armed while a write is pending; made on the first stall and reused.
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
-    armed: bool,
 }
 
 impl<IO> WriteStall<IO> {
     pub fn new(inner: IO, after: Duration, option: &'static str) -> Self {
-        WriteStall { inner, after, option, sleep: None, armed: false }
+        WriteStall { inner, clock: StallClock::new(after), option }
     }
 
-    /// `polled` is the inner stream's answer to a write or flush: progress disarms the
-    /// deadline, a stall arms it (once), and a stall past it is an error.
+    /// `polled` is the inner stream's answer to a write or flush: progress stops the
+    /// clock, a stall starts it, and a stall past the deadline is an error.
     fn check<T>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         if polled.is_ready() {
-            self.armed = false;
+            self.clock.progressed();
             return polled;
         }
-        let deadline = tokio::time::Instant::now() + self.after;
-        let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if !self.armed {
-            self.armed = true;
-            sleep.as_mut().reset(deadline);
-        }
-        match sleep.as_mut().poll(cx) {
+        match self.clock.stalled(cx) {
             Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!("the peer took nothing for {:?} ({})", self.after, self.option),
+                format!("the peer took nothing for {:?} ({})", self.clock.after(), self.option),
             ))),
             Poll::Pending => Poll::Pending,
         }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use super::exchange::{Exchange, Reply, to_headers};
 use crate::error::{ClientError, UpstreamError};
 use crate::record::Outcome;
+use crate::stall::StallClock;
 use crate::upstream::{Body, BoxError};
 use bytes::Bytes;
 use flowgate_flow::{Request, Response};
@@ -36,13 +37,12 @@ impl std::fmt::Display for Stall {
 pub(crate) struct ProgressTimeout<B> {
     inner: B,
     stall: Stall,
-    sleep: Pin<Box<tokio::time::Sleep>>,
-    waiting: bool,
+    clock: StallClock,
 }
 
 impl<B> ProgressTimeout<B> {
     pub fn new(inner: B, stall: Stall) -> Self {
-        ProgressTimeout { inner, stall, sleep: Box::pin(tokio::time::sleep(stall.after)), waiting: false }
+        ProgressTimeout { inner, stall, clock: StallClock::new(stall.after) }
     }
 }
 
@@ -60,20 +60,13 @@ where
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                self.waiting = false;
+                self.clock.progressed();
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
-            Poll::Pending => {
-                if !self.waiting {
-                    self.waiting = true;
-                    let deadline = tokio::time::Instant::now() + self.stall.after;
-                    self.sleep.as_mut().reset(deadline);
-                }
-                match self.sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(self.stall.to_string().into()))),
-                    Poll::Pending => Poll::Pending,
-                }
-            }
+            Poll::Pending => match self.clock.stalled(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(self.stall.to_string().into()))),
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 
