@@ -383,13 +383,10 @@ impl ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        if let Some(reading) = self.reading.take() {
+        if self.reading.is_some() {
             // Not read to its end: the connection is in the middle of a message, and a
             // request body still being written goes nowhere.
-            if let Writer::Running(_, task) = reading.writer {
-                task.abort();
-            }
-            *self.slot.lock().unwrap_or_else(PoisonError::into_inner) = Slot::Closed;
+            self.close();
         }
     }
 }
