@@ -41,6 +41,11 @@ source plugins/toolchains.sh
 source tests/bench/tools.sh
 export FLOWGATE_BENCH_OHA="$OHA" FLOWGATE_BENCH_MITMDUMP="$MITMDUMP"
 
+# har-validator (npm, pinned): the flow store's HAR output is checked with it.
+if [ ! -f target/har-validator/node_modules/har-validator/package.json ]; then
+    npm install --silent --no-audit --no-fund --prefix target/har-validator har-validator@5.1.5 >/dev/null
+fi
+
 rustup show active-toolchain >/dev/null 2>&1 || rustup toolchain install
 rustup target add wasm32-wasip2 >/dev/null
 
