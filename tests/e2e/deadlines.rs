@@ -4,7 +4,8 @@
 //! stalled body, one that reads no request, a silent upstream proxy) are cut off within
 //! their deadline + 1 s while a normal client's requests go on (tests/e2e/py/deadlines.py
 //! drives them all at once). Also `max_connections`, `max_handshakes`, and slowhttptest's
-//! slowloris, slow-body and slow-read attacks with 2,100 connections at once.
+//! slowloris, slow-body and slow-read attacks with 2,100 connections at once, and
+//! `buffer_memory_limit` under 200 concurrent 8 MiB uploads that a plugin buffers.
 
 #[path = "support.rs"]
 mod support;
@@ -14,6 +15,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use flowgate_tests::plugins::REWRITE_BODY;
 use serde_json::Value;
 use support::*;
 
@@ -243,4 +245,39 @@ fn slowhttptest_slowloris_slow_body_and_slow_read_leave_rss_bounded_and_requests
     // The attackers' connections were cut off by their deadlines.
     let reply = curl(&["-s", "-m", "5", "-x", &fg.proxy(), &origin.url("http", "/after")]);
     assert_eq!(reply.status, 200);
+}
+
+#[test]
+fn buffered_uploads_stay_inside_buffer_memory_limit() {
+    // 200 uploads of 8 MiB at once, each buffered for a plugin (rewrite-body on requests):
+    // 1.6 GiB if all were held. With buffer_memory_limit=64MiB a declared length is
+    // reserved before the body is read, so at most 8 are buffered at a time; the rest are
+    // answered 503 at once (and recorded, with the count), and peak RSS stays bounded.
+    let rewrite = manifest(
+        REWRITE_BODY,
+        "name = \"rewrite-body\"\n[limits]\nmax_body_bytes = \"16MiB\"\ncpu_per_second = \"100s\"\nhook_timeout_ms = 5000\n\
+         [config]\npattern = \"never-matches\"\nside = \"request\"\n",
+    );
+    let fg = Flowgate::start(&["-s", &rewrite, "--set", "buffer_memory_limit=64MiB", "--set", "upstream_timeout=60s"]);
+    let out = Command::new(python())
+        .arg(script("uploads.py"))
+        .args([fg.port.to_string(), "200".into(), (8u64 << 20).to_string()])
+        .output()
+        .expect("uploads.py runs");
+    assert!(out.status.success(), "uploads.py: {}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("uploads.py prints JSON");
+    eprintln!("{report}");
+    let ok = report["statuses"]["200"].as_u64().unwrap_or(0);
+    let refused = report["statuses"]["503"].as_u64().unwrap_or(0);
+    assert_eq!(ok + refused, 200, "every upload got 200 or 503: {report}");
+    assert_eq!(report["error_count"], 0, "{report}");
+    assert!(ok >= 8, "uploads within the budget went through: {report}");
+    assert!(refused > 0, "uploads past the budget were refused: {report}");
+    assert_eq!(report["complete"].as_u64(), Some(ok), "each accepted upload reached the origin whole: {report}");
+    // Each refusal is a recorded flow saying why, with the running count.
+    let line = fg.flow_line("would exceed buffer_memory_limit");
+    assert!(line.contains("refused so far"), "{line}");
+    let peak = peak_rss_kib(fg.child.id());
+    eprintln!("peak RSS with 200 concurrent 8 MiB buffered uploads: {peak} KiB");
+    assert!(peak < 768 * 1024, "peak RSS {peak} KiB");
 }

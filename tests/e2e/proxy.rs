@@ -126,6 +126,43 @@ fn upstream_mode_chains_two_flowgates() {
 }
 
 #[test]
+fn upstream_https_speaks_tls_to_a_secure_web_proxy() {
+    // `upstream:https://`: TLS to the upstream proxy itself — mitmdump, which takes TLS on
+    // its port as a secure web proxy — verified like any upstream (its CA through
+    // ssl_verify_upstream_trusted_ca). Plain HTTP goes in absolute form inside that TLS,
+    // HTTPS through a CONNECT tunnel inside it (TLS in TLS).
+    let origin = Origin::start(false);
+    let tls_origin = Origin::start(true);
+    let mitm = Mitmdump::start(&["--ssl-insecure"]);
+    let mitm_ca = mitm.ca().display().to_string();
+    let mode = format!("upstream:https://localhost:{}", mitm.port);
+    let fg = Flowgate::start(&["--mode", &mode, "--set", &format!("ssl_verify_upstream_trusted_ca={mitm_ca}")]);
+    let reply = curl(&["-x", &fg.proxy(), &origin.url("http", "/secure-proxy")]);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(reply.body.contains("path: /secure-proxy"), "{}", reply.body);
+    let ca = fg.ca();
+    let reply = curl(&[
+        "--cacert",
+        ca.to_str().expect("utf-8"),
+        "-x",
+        &fg.proxy(),
+        &tls_origin.url("https", "/secure-proxy-tls"),
+    ]);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(origin.seen.paths(), ["/secure-proxy"]);
+    assert_eq!(tls_origin.seen.paths(), ["/secure-proxy-tls"]);
+    drop(fg);
+
+    // Without its CA the proxy's certificate is refused: nothing goes through it.
+    let fg = Flowgate::start(&["--mode", &mode]);
+    let reply = curl(&["-x", &fg.proxy(), &origin.url("http", "/unverified")]);
+    assert_eq!(reply.status, 502, "{reply:?}");
+    let line = fg.flow_line("/unverified");
+    assert!(line.contains("TLS handshake with localhost:"), "{line}");
+    assert_eq!(origin.seen.paths(), ["/secure-proxy"]);
+}
+
+#[test]
 fn dead_upstream_gives_502_and_an_error_record() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = dead.local_addr().expect("addr").port();
@@ -201,6 +238,35 @@ fn hostile_plugins_do_not_stall_traffic() {
     assert!(line.contains("plugin spin failed in request-headers: deadline exceeded"), "{line}");
     assert!(line.contains("plugin trap failed in request-headers: trap"), "{line}");
     assert!(!fg.flow_line("/ok/1").contains("plugin trap failed"));
+}
+
+#[test]
+fn a_plugin_failing_in_a_streamed_request_body_decides_the_outcome() {
+    // A fail-closed plugin that traps in request-body-chunk: the flow is recorded as that
+    // plugin's failure (502), not as the upstream's reaction to the body it cut off, and
+    // nothing reaches the origin complete. Fail-open, the body goes through unchanged.
+    let origin = Origin::start(false);
+    let closed = manifest(
+        TRAP,
+        "name = \"trap\"\nfailure = \"fail-closed\"\n[limits]\ncrash_budget = 100\n[config]\nhook = \"request-body-chunk\"\n",
+    );
+    let fg = Flowgate::start(&["-s", &closed]);
+    let body = "x".repeat(100_000);
+    let reply = curl(&["-x", &fg.proxy(), "--data-binary", &body, &origin.url("http", "/trap/closed")]);
+    assert_eq!(reply.status, 502, "{}", reply.body);
+    let line = fg.flow_line("/trap/closed");
+    assert!(line.contains("plugin trap failed in request-body-chunk: trap"), "{line}");
+    assert!(!line.contains("upstream failed"), "{line}");
+    drop(fg);
+
+    let open =
+        manifest(TRAP, "name = \"trap\"\n[limits]\ncrash_budget = 100\n[config]\nhook = \"request-body-chunk\"\n");
+    let fg = Flowgate::start(&["-s", &open]);
+    let reply = curl(&["-x", &fg.proxy(), "--data-binary", &body, &origin.url("http", "/trap/open")]);
+    assert_eq!(reply.status, 200, "fail-open: the body goes on");
+    assert!(fg.flow_line("/trap/open").contains("plugin trap failed in request-body-chunk: trap"));
+    assert!(reply.body.contains(&format!("body: {body}\n")), "the whole body arrived");
+    assert_eq!(origin.seen.paths(), vec!["/trap/open".to_owned()], "the cut-off upload never arrived complete");
 }
 
 #[test]

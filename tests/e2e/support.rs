@@ -391,6 +391,58 @@ impl Drop for Flowgate {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// mitmdump (mitmproxy 11, from tests/bench/requirements.txt, installed by tests/run.sh):
+// a proxy nobody here wrote, as a peer of flowgate's.
+
+pub struct Mitmdump {
+    pub child: Child,
+    pub port: u16,
+    pub confdir: PathBuf,
+}
+
+impl Mitmdump {
+    /// mitmdump listening on 127.0.0.1 with `args`, once its port accepts.
+    pub fn start(args: &[&str]) -> Mitmdump {
+        let bin = std::env::var_os("FLOWGATE_BENCH_MITMDUMP")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-venv/bin/mitmdump"));
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            probe.local_addr().expect("addr").port()
+        };
+        let dir = confdir();
+        let child = Command::new(&bin)
+            .args(["--listen-host", "127.0.0.1", "-p", &port.to_string(), "-q", "--set"])
+            .arg(format!("confdir={}", dir.display()))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} runs (tests/run.sh installs it): {e}", bin.display()));
+        let mut mitm = Mitmdump { child, port, confdir: dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "mitmdump did not listen on {port}");
+            assert!(mitm.child.try_wait().expect("mitmdump status").is_none(), "mitmdump exited");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        mitm
+    }
+
+    /// Its CA certificate (PEM).
+    pub fn ca(&self) -> PathBuf {
+        self.confdir.join("mitmproxy-ca-cert.pem")
+    }
+}
+
+impl Drop for Mitmdump {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[derive(Debug)]
 pub struct Reply {
     pub status: u16,

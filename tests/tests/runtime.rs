@@ -1019,6 +1019,35 @@ const IMPORTS_WASI_HTTP: &str = r#"
 "#;
 
 #[tokio::test]
+async fn grown_instances_are_dropped_not_pooled() {
+    // limits.pooled_memory_growth: an instance a large body grew goes away after its flow
+    // instead of keeping its pages resident in the pool; a small flow's instance is kept.
+    let rt = runtime();
+    let m = manifest(
+        REWRITE_BODY,
+        "name = \"grow\"\n[limits]\npooled_memory_growth = \"1MiB\"\nhook_timeout_ms = 5000\ncpu_per_second = \"20s\"\n\
+         [config]\npattern = \"x\"\nside = \"request\"\n",
+    );
+    let chain = chain_of(&rt, &[m]).await;
+    let plugin = chain.plugins()[0].clone();
+    let conn = chain.connection(connection(1, "127.0.0.1:5000"));
+    let flow_with = async |id: u64, body: Vec<u8>| {
+        let mut session = conn.http_flow(flow(id, 1));
+        let mut req = request("http://example.test/", 0);
+        session.request_headers(&mut req).await;
+        req.body = Some(body.into());
+        assert!(matches!(session.request(&mut req).await, HttpAction::Continue));
+        assert!(session.failures().is_empty(), "{:?}", session.failures());
+    };
+    flow_with(1, b"small".to_vec()).await;
+    assert_eq!((plugin.pooled_instances(), plugin.stats().dropped_grown), (1, 0));
+    flow_with(2, vec![b'a'; 4 << 20]).await;
+    assert_eq!((plugin.pooled_instances(), plugin.stats().dropped_grown), (0, 1), "the grown instance was dropped");
+    flow_with(3, b"small again".to_vec()).await;
+    assert_eq!((plugin.pooled_instances(), plugin.stats().dropped_grown), (1, 1));
+}
+
+#[tokio::test]
 async fn shared_plugin_across_tasks() {
     // One loaded plugin serves many concurrent flows on different tasks.
     let chain = chain_of(&runtime(), &[REQUEST_ID.into()]).await;
@@ -1031,6 +1060,7 @@ async fn shared_plugin_across_tasks() {
             failures: 0,
             throttled: 0,
             short_circuited: 0,
+            dropped_grown: 0,
             breaker: BreakerState::Closed,
             cpu_time: chain.plugins()[0].stats().cpu_time,
         }

@@ -22,6 +22,7 @@ const OPTIONS_HELP: &str = "Options for --set KEY=VALUE (default in brackets):
   allow_hosts=REGEX                intercept only matching hosts, pass the rest through []
   body_size_limit=SIZE             largest body buffered for plugins [16MiB]
   stream_large_bodies=SIZE         bodies larger than this stream untouched []
+  buffer_memory_limit=SIZE         all buffered bodies together; past it a flow gets 503 [512MiB]
   max_headers=N                    most header fields in a head (heads also ≤ 64 KiB) [500]
   header_read_timeout=DURATION     for a request head, a stream's first bytes, a TLS handshake [30s]
   body_read_timeout=DURATION       between pieces of a request body [60s]
@@ -195,6 +196,9 @@ fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> 
             "allow_hosts" => proxy.allow_hosts = Some(regex::Regex::new(value).map_err(|e| bad(&e))?),
             "body_size_limit" => {
                 proxy.body_size_limit = flowgate_runtime::manifest::parse_size(value).map_err(|e| bad(&e))?
+            }
+            "buffer_memory_limit" => {
+                proxy.buffer_memory_limit = flowgate_runtime::manifest::parse_size(value).map_err(|e| bad(&e))?
             }
             "stream_large_bodies" => {
                 proxy.stream_large_bodies = Some(flowgate_runtime::manifest::parse_size(value).map_err(|e| bad(&e))?)
@@ -388,7 +392,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             lines.line(record.to_string());
         }
     });
-    let proxy = Proxy::new(chain.clone(), Arc::new(ca), settings.proxy, sink);
+    let proxy = Proxy::new(chain.clone(), Arc::new(ca), settings.proxy, sink, None);
     let mut tasks = Vec::new();
     for (mode, addr, bound) in listeners {
         let listener = bound.listen().with_context(|| format!("cannot listen on {addr}"))?;

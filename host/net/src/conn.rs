@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use flowgate_flow::{ConnectionInfo, FlowInfo, FlowKind};
-use flowgate_runtime::{ConnectionSession, HttpFlowSession, TlsSide};
+use flowgate_runtime::{ConnectionSession, FlowStarter, HttpFlowSession, TlsSide};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
@@ -52,8 +52,18 @@ pub(crate) struct ConnCtx {
     pub mode: Arc<Mode>,
     pub client: SocketAddr,
     pub conn_id: flowgate_flow::Uuid,
+    /// The connection's own plugin session (connection and TLS hooks).
     pub session: Mutex<ConnectionSession>,
+    /// Starts flows' sessions without waiting for `session` (a connection hook another
+    /// stream is running).
+    pub flows: FlowStarter,
     pub upstreams: Mutex<Upstreams>,
+    /// The proxy's address the client connected to.
+    pub local: SocketAddr,
+    /// When the connection was accepted.
+    pub accepted: flowgate_flow::Timestamp,
+    /// What TLS with the client negotiated, once intercepted.
+    pub tls: std::sync::Mutex<Option<(flowgate_flow::TlsInfo, flowgate_flow::Timestamp)>>,
     /// What still serves this connection: its driver, plus each HTTP/2 stream's tunnel
     /// that runs a stack of its own.
     users: AtomicUsize,
@@ -80,9 +90,18 @@ impl ConnCtx {
     }
 
     /// Starts the plugin session of a new HTTP flow on this connection.
-    pub async fn http_flow(&self) -> HttpFlowSession {
-        let flow = self.flow_info(FlowKind::Http);
-        self.session.lock().await.http_flow(flow)
+    pub fn http_flow(&self) -> HttpFlowSession {
+        self.flows.http_flow(self.flow_info(FlowKind::Http))
+    }
+
+    /// The client connection as the flow model records it.
+    pub fn client_conn(&self) -> flowgate_flow::Client {
+        let mut client = flowgate_flow::Client::new(self.conn_id, self.client, self.local, self.accepted);
+        if let Some((tls, at)) = self.tls.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone() {
+            client.tls = Some(tls);
+            client.timestamp_tls_setup = Some(at);
+        }
+        client
     }
 
     /// The facts of a new flow of `kind` on this connection: a fresh id, the connection's
@@ -129,8 +148,12 @@ pub(crate) async fn serve_connection(proxy: Arc<Proxy>, mode: Arc<Mode>, stream:
         mode,
         client,
         conn_id,
+        flows: session.flows(),
         session: Mutex::new(session),
         upstreams: Mutex::new(Upstreams::default()),
+        local: stream.local_addr().unwrap_or(client),
+        accepted: crate::capture::now(),
+        tls: std::sync::Mutex::new(None),
         users: AtomicUsize::new(1),
     });
     // Every write to the client, whatever layer makes it, is held to send_timeout.

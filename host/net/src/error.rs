@@ -109,12 +109,29 @@ pub enum Error {
     /// A plugin (its failure policy failed the flow).
     #[error("{0}")]
     Plugin(String),
+    /// flowgate is at a limit of its own: answered 503, the flow recorded.
+    #[error("{what} would exceed {option} ({limit} bytes); {refused} refused so far")]
+    Overloaded {
+        /// What did not fit.
+        what: &'static str,
+        /// The option that sets the limit.
+        option: &'static str,
+        /// The limit.
+        limit: usize,
+        /// Refusals so far, this one included.
+        refused: u64,
+    },
     /// flowgate itself.
     #[error("internal error: {0}")]
     Internal(String),
 }
 
 impl Error {
+    /// A body that did not fit in `buffer_memory_limit`.
+    pub(crate) fn overloaded(what: &'static str, limit: usize, refused: u64) -> Error {
+        Error::Overloaded { what, option: "buffer_memory_limit", limit, refused }
+    }
+
     /// The status the client gets for this error.
     pub fn status(&self) -> u16 {
         match self {
@@ -122,6 +139,7 @@ impl Error {
             Error::Client(_) => 400,
             Error::Upstream(e) if e.is_timeout() => 504,
             Error::Upstream(_) | Error::Plugin(_) => 502,
+            Error::Overloaded { .. } => 503,
             Error::Internal(_) => 500,
         }
     }
@@ -152,6 +170,7 @@ mod tests {
             (UpstreamError::Connect { addr: "x:1".into(), source: refused }.into(), 502),
             (UpstreamError::Refused("x:1".into()).into(), 502),
             (Error::Plugin("trap".into()), 502),
+            (Error::overloaded("the request body", 1, 1), 503),
             (Error::Internal("x".into()), 500),
         ];
         for (error, status) in cases {

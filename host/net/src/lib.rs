@@ -47,6 +47,7 @@ macro_rules! forward_async_write {
     };
 }
 
+mod capture;
 mod conn;
 mod detect;
 mod egress;
@@ -54,6 +55,7 @@ mod error;
 mod http;
 mod layer;
 mod listen;
+mod memory;
 mod mode;
 mod options;
 mod record;
@@ -68,6 +70,7 @@ use std::time::Duration;
 use flowgate_ca::CertificateAuthority;
 use flowgate_runtime::Chain;
 
+pub use capture::FlowStore;
 pub use egress::{CheckedError, OutboundClient, resolve_checked};
 pub use error::{ClientError, Error, UpstreamError};
 pub use listen::{Bound, Listener};
@@ -83,6 +86,8 @@ pub struct Proxy {
     pub(crate) ca: Arc<CertificateAuthority>,
     pub(crate) options: ProxyOptions,
     pub(crate) sink: FlowSink,
+    /// Where whole flows go, if anywhere (`-w`, `hardump`); their bodies are copied for it.
+    pub(crate) store: Option<FlowStore>,
     pub(crate) tls_client: Arc<rustls::ClientConfig>,
     pub(crate) tls_client_raw: Arc<rustls::ClientConfig>,
     pub(crate) tls_server: tls::ServerShared,
@@ -92,27 +97,39 @@ pub struct Proxy {
     refused: std::sync::atomic::AtomicU64,
     /// Client TLS handshakes in progress, up to `max_handshakes`.
     pub(crate) handshakes: tokio::sync::Semaphore,
+    /// What buffered bodies hold, up to `buffer_memory_limit`.
+    pub(crate) buffers: Arc<memory::BufferBudget>,
 }
 
 impl Proxy {
-    /// A proxy running `chain` with certificates from `ca`.
-    pub fn new(chain: Chain, ca: Arc<CertificateAuthority>, options: ProxyOptions, sink: FlowSink) -> Arc<Proxy> {
+    /// A proxy running `chain` with certificates from `ca`: each finished flow's record goes
+    /// to `sink`, and the whole flow to `store` if there is one.
+    pub fn new(
+        chain: Chain,
+        ca: Arc<CertificateAuthority>,
+        options: ProxyOptions,
+        sink: FlowSink,
+        store: Option<FlowStore>,
+    ) -> Arc<Proxy> {
         let tls_client = tls::client_config(&options);
         let tls_client_raw = tls::without_alpn(&tls_client);
         let tls_server = tls::ServerShared::new(&options);
         let connections = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
         let handshakes = tokio::sync::Semaphore::new(options.max_handshakes);
+        let buffers = memory::BufferBudget::new(options.buffer_memory_limit);
         Arc::new(Proxy {
             chain,
             ca,
             options,
             sink,
+            store,
             tls_client,
             tls_client_raw,
             tls_server,
             connections,
             refused: std::sync::atomic::AtomicU64::new(0),
             handshakes,
+            buffers,
         })
     }
 

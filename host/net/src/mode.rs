@@ -22,6 +22,9 @@ pub enum Mode {
     },
     /// Like regular, but every upstream connection goes through another HTTP proxy.
     Upstream {
+        /// `https`: TLS to the upstream proxy itself (a secure web proxy), verified like
+        /// any upstream.
+        scheme: Scheme,
         /// The upstream proxy's host.
         host: String,
         /// The upstream proxy's port.
@@ -39,7 +42,7 @@ pub struct ModeError {
 
 impl Mode {
     /// Parses `regular`, `reverse:http[s]://host[:port]` (or `reverse:h2c://host:port`) or
-    /// `upstream:http://host:port`,
+    /// `upstream:http[s]://host:port`,
     /// each optionally followed by `@PORT`; returns the mode and that port.
     pub fn parse(text: &str) -> Result<(Mode, Option<u16>), ModeError> {
         let err = |reason: &str| ModeError { given: text.to_owned(), reason: reason.to_owned() };
@@ -63,10 +66,10 @@ impl Mode {
             Mode::Reverse { scheme: url.scheme, prior_knowledge, host: url.host, port: url.port }
         } else if let Some(url) = spec.strip_prefix("upstream:") {
             let url = Url::parse(url).map_err(|e| err(&e.to_string()))?;
-            if url.scheme != Scheme::Http {
-                return Err(err("the upstream proxy must be http://host:port"));
+            if url.path != "/" {
+                return Err(err("the upstream proxy is http[s]://host[:port] without a path"));
             }
-            Mode::Upstream { host: url.host, port: url.port }
+            Mode::Upstream { scheme: url.scheme, host: url.host, port: url.port }
         } else {
             return Err(err("expected regular, reverse:URL or upstream:URL"));
         };
@@ -79,7 +82,7 @@ impl Mode {
             Mode::Regular => "regular proxy".to_owned(),
             Mode::Reverse { prior_knowledge: true, host, port, .. } => format!("reverse proxy to h2c://{host}:{port}"),
             Mode::Reverse { scheme, host, port, .. } => format!("reverse proxy to {}://{host}:{port}", scheme.as_str()),
-            Mode::Upstream { host, port } => format!("upstream proxy via http://{host}:{port}"),
+            Mode::Upstream { scheme, host, port } => format!("upstream proxy via {}://{host}:{port}", scheme.as_str()),
         }
     }
 }
@@ -107,8 +110,13 @@ mod tests {
         );
         assert_eq!(
             Mode::parse("upstream:http://127.0.0.1:3128"),
-            Ok((Mode::Upstream { host: "127.0.0.1".into(), port: 3128 }, None))
+            Ok((Mode::Upstream { scheme: Scheme::Http, host: "127.0.0.1".into(), port: 3128 }, None))
         );
+        assert_eq!(
+            Mode::parse("upstream:https://proxy.example"),
+            Ok((Mode::Upstream { scheme: Scheme::Https, host: "proxy.example".into(), port: 443 }, None))
+        );
+        assert!(Mode::parse("upstream:http://x:3128/path").is_err());
         assert!(Mode::parse("transparent").is_err());
         assert!(Mode::parse("reverse:ftp://x").is_err());
         assert!(Mode::parse("reverse:http://x/path").is_err());

@@ -30,6 +30,10 @@ pub struct ProxyOptions {
     /// Largest body buffered for plugins (`body_size_limit`, default 16 MiB); a larger one
     /// fails the flow (413 for requests, 502 for responses).
     pub body_size_limit: usize,
+    /// Most bytes all buffered bodies may hold together (`buffer_memory_limit`, default
+    /// 512 MiB): a body whose bytes do not fit is refused with 503 (a declared length is
+    /// reserved before the body is read) and the refusal recorded and counted.
+    pub buffer_memory_limit: usize,
     /// Bodies larger than this are streamed untouched even if a plugin asked to buffer them
     /// (`stream_large_bodies`, default unset); plugins then see no body.
     pub stream_large_bodies: Option<usize>,
@@ -115,6 +119,7 @@ impl Default for ProxyOptions {
             certs: Vec::new(),
             client_certs: None,
             body_size_limit: 16 << 20,
+            buffer_memory_limit: 512 << 20,
             stream_large_bodies: None,
             ignore_hosts: None,
             allow_hosts: None,

@@ -30,7 +30,7 @@ pub(crate) async fn run(ctx: &Arc<ConnCtx>, io: Prefixed<BoxIo>, target: Target,
     let began = Instant::now();
     let server = format!("{}:{}", target.host, target.port);
     let info = FlowInfo { server_address: Some(server.clone()), ..ctx.flow_info(FlowKind::Tcp) };
-    let mut session = ctx.session.lock().await.tcp_flow(info);
+    let mut session = ctx.flows.tcp_flow(info);
     let record = |session: &DataFlowSession, totals: Totals| {
         let kind = Kind::Tcp {
             server: server.clone(),

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use flowgate_flow::Response;
@@ -154,21 +155,67 @@ impl Upstreams {
     /// kept once).
     pub fn put(&mut self, target: Target, sender: Sender) {
         self.opened = true;
-        let senders = self.idle.entry(target).or_default();
+        let senders = match self.idle.get_mut(&target) {
+            Some(senders) => senders,
+            None => self.idle.entry(target.clone()).or_default(),
+        };
         if sender.is_h2() && senders.iter().any(Sender::is_h2) {
             return;
         }
         senders.retain(|s| !s.is_closed());
         // Past the bound the connection is dropped: it closes once its response has ended.
-        if senders.len() < MAX_IDLE_PER_TARGET {
-            senders.push(sender);
+        if senders.len() >= MAX_IDLE_PER_TARGET {
+            return;
         }
+        senders.push(sender);
+        self.bound_total(&target);
+    }
+
+    /// Keeps at most [`MAX_KEPT_TOTAL`] connections over all targets: closed ones go first,
+    /// then connections of other targets than `keep` (the one just used), the target
+    /// holding most first.
+    fn bound_total(&mut self, keep: &Target) {
+        let total = |idle: &HashMap<Target, Vec<Sender>>| idle.values().map(Vec::len).sum::<usize>();
+        if total(&self.idle) <= MAX_KEPT_TOTAL {
+            return;
+        }
+        for senders in self.idle.values_mut() {
+            senders.retain(|s| !s.is_closed());
+        }
+        self.idle.retain(|_, senders| !senders.is_empty());
+        while total(&self.idle) > MAX_KEPT_TOTAL {
+            let fullest = self
+                .idle
+                .iter()
+                .filter(|(t, _)| *t != keep)
+                .max_by_key(|(_, senders)| senders.len())
+                .map(|(t, _)| t.clone());
+            let Some(fullest) = fullest else { break };
+            if let Some(senders) = self.idle.get_mut(&fullest) {
+                senders.pop();
+                if senders.is_empty() {
+                    self.idle.remove(&fullest);
+                }
+            }
+        }
+    }
+
+    /// Connections kept, over all targets.
+    #[cfg(test)]
+    fn kept(&self) -> usize {
+        self.idle.values().map(Vec::len).sum()
     }
 }
 
 /// Most upstream HTTP/1.1 connections (idle or still sending a response body) a client
 /// connection keeps per target.
 const MAX_IDLE_PER_TARGET: usize = 16;
+
+/// Most upstream connections a client connection keeps over all its targets (a client
+/// sending to many hosts through one connection, as a browser's proxy connection does):
+/// past it, connections to the other targets are let go, so what one client connection
+/// holds open upstream is bounded whatever it asks for.
+const MAX_KEPT_TOTAL: usize = 64;
 
 /// A new upstream connection.
 pub(crate) struct Connected {
@@ -205,6 +252,8 @@ pub(crate) enum UpstreamIo {
     Tcp(TcpStream),
     /// TLS (boxed: rustls' state is large, and most upstreams of a busy proxy are idle).
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// TLS to the origin through a tunnel in TLS to a secure upstream proxy.
+    Nested(Box<tokio_rustls::client::TlsStream<UpstreamIo>>),
 }
 
 impl AsyncRead for UpstreamIo {
@@ -216,6 +265,7 @@ impl AsyncRead for UpstreamIo {
         match self.get_mut() {
             UpstreamIo::Tcp(io) => std::pin::Pin::new(io).poll_read(cx, buf),
             UpstreamIo::Tls(io) => std::pin::Pin::new(io).poll_read(cx, buf),
+            UpstreamIo::Nested(io) => std::pin::Pin::new(io).poll_read(cx, buf),
         }
     }
 }
@@ -229,6 +279,7 @@ impl AsyncWrite for UpstreamIo {
         match self.get_mut() {
             UpstreamIo::Tcp(io) => std::pin::Pin::new(io).poll_write(cx, data),
             UpstreamIo::Tls(io) => std::pin::Pin::new(io).poll_write(cx, data),
+            UpstreamIo::Nested(io) => std::pin::Pin::new(io).poll_write(cx, data),
         }
     }
     fn poll_flush(
@@ -238,6 +289,7 @@ impl AsyncWrite for UpstreamIo {
         match self.get_mut() {
             UpstreamIo::Tcp(io) => std::pin::Pin::new(io).poll_flush(cx),
             UpstreamIo::Tls(io) => std::pin::Pin::new(io).poll_flush(cx),
+            UpstreamIo::Nested(io) => std::pin::Pin::new(io).poll_flush(cx),
         }
     }
     fn poll_shutdown(
@@ -247,6 +299,7 @@ impl AsyncWrite for UpstreamIo {
         match self.get_mut() {
             UpstreamIo::Tcp(io) => std::pin::Pin::new(io).poll_shutdown(cx),
             UpstreamIo::Tls(io) => std::pin::Pin::new(io).poll_shutdown(cx),
+            UpstreamIo::Nested(io) => std::pin::Pin::new(io).poll_shutdown(cx),
         }
     }
 }
@@ -265,16 +318,15 @@ pub(crate) struct Opened {
 /// mode), then TLS if its scheme is `https`, offering ALPN `alpn`.
 pub(crate) async fn open(proxy: &Proxy, mode: &Mode, target: &Target, alpn: Alpn) -> Result<Opened, UpstreamError> {
     let timeout = proxy.options.connect_timeout;
-    let via_proxy = matches!(mode, Mode::Upstream { .. });
-    let (addr_host, addr_port) = match mode {
-        Mode::Upstream { host, port } => (host.clone(), *port),
-        _ => (target.host.clone(), target.port),
+    let (via_proxy, addr_host, addr_port) = match mode {
+        Mode::Upstream { scheme, host, port } => (Some(*scheme), host.clone(), *port),
+        _ => (None, target.host.clone(), target.port),
     };
     let addr = format!("{addr_host}:{addr_port}");
     let connect_host = addr_host.trim_start_matches('[').trim_end_matches(']').to_owned();
     let connecting = async {
         match target.pinned {
-            Some(pinned) if !via_proxy => TcpStream::connect(pinned).await,
+            Some(pinned) if via_proxy.is_none() => TcpStream::connect(pinned).await,
             _ => TcpStream::connect((connect_host.as_str(), addr_port)).await,
         }
     };
@@ -283,37 +335,76 @@ pub(crate) async fn open(proxy: &Proxy, mode: &Mode, target: &Target, alpn: Alpn
         .map_err(|_| UpstreamError::ConnectTimeout { addr: addr.clone(), after: timeout })?
         .map_err(|source| UpstreamError::Connect { addr: addr.clone(), source })?;
     let _ = tcp.set_nodelay(true);
-    let mut tcp = tcp;
-    // Plain HTTP goes to an upstream proxy in absolute form; everything else is tunneled.
-    if via_proxy && (target.scheme == Scheme::Https || alpn == Alpn::None) {
-        tokio::time::timeout(timeout, tunnel(&mut tcp, &target.host, target.port)).await.map_err(|_| {
-            UpstreamError::Timeout {
-                what: "CONNECT answer from the upstream proxy",
-                after: timeout,
-                option: "connect_timeout",
-            }
-        })??;
+    let mut io = if via_proxy == Some(Scheme::Https) {
+        // A secure web proxy: TLS to the proxy itself, verified against its name.
+        let config = crate::tls::with_client_cert(&proxy.tls_client_raw, &proxy.options, &addr_host);
+        UpstreamIo::Tls(tls_over(tcp, &addr_host, config, &addr, timeout).await?.0)
+    } else {
+        UpstreamIo::Tcp(tcp)
+    };
+    if via_proxy.is_some() {
+        // Plain HTTP goes to an upstream proxy in absolute form; everything else is tunneled.
+        if target.scheme == Scheme::Https || alpn == Alpn::None {
+            tokio::time::timeout(timeout, tunnel(&mut io, &target.host, target.port)).await.map_err(|_| {
+                UpstreamError::Timeout {
+                    what: "CONNECT answer from the upstream proxy",
+                    after: timeout,
+                    option: "connect_timeout",
+                }
+            })??;
+        }
     }
     if target.scheme == Scheme::Http {
-        return Ok(Opened { io: UpstreamIo::Tcp(tcp), h2: false, sans: Vec::new() });
+        return Ok(Opened { io, h2: false, sans: Vec::new() });
     }
     let server_name = target.sni.as_deref().unwrap_or(&target.host);
-    let bare = server_name.trim_start_matches('[').trim_end_matches(']').to_owned();
-    let name = ServerName::try_from(bare).map_err(|_| UpstreamError::ServerName(server_name.to_owned()))?;
     let base = match alpn {
         Alpn::Http => &proxy.tls_client,
         Alpn::None => &proxy.tls_client_raw,
     };
     let config = crate::tls::with_client_cert(base, &proxy.options, server_name);
-    let connector = tokio_rustls::TlsConnector::from(config);
     let tls_addr = format!("{}:{}", target.host, target.port);
-    let tls = tokio::time::timeout(timeout, connector.connect(name, tcp))
+    let (io, conn) = match io {
+        UpstreamIo::Tcp(tcp) => {
+            let (tls, conn) = tls_over(tcp, server_name, config, &tls_addr, timeout).await?;
+            (UpstreamIo::Tls(tls), conn)
+        }
+        // TLS to the origin inside TLS to the upstream proxy.
+        inner => {
+            let (tls, conn) = tls_over(inner, server_name, config, &tls_addr, timeout).await?;
+            (UpstreamIo::Nested(tls), conn)
+        }
+    };
+    Ok(Opened { io, h2: conn.h2, sans: conn.sans })
+}
+
+/// What a TLS handshake with an upstream told.
+struct Handshaken {
+    /// The server chose `h2` by ALPN.
+    h2: bool,
+    /// The names its certificate is valid for.
+    sans: Vec<String>,
+}
+
+/// A TLS client handshake over `io` with `server_name`, under `timeout`.
+async fn tls_over<IO: AsyncRead + AsyncWrite + Unpin>(
+    io: IO,
+    server_name: &str,
+    config: Arc<rustls::ClientConfig>,
+    addr: &str,
+    timeout: std::time::Duration,
+) -> Result<(Box<tokio_rustls::client::TlsStream<IO>>, Handshaken), UpstreamError> {
+    let bare = server_name.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let name = ServerName::try_from(bare).map_err(|_| UpstreamError::ServerName(server_name.to_owned()))?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let tls = tokio::time::timeout(timeout, connector.connect(name, io))
         .await
-        .map_err(|_| UpstreamError::ConnectTimeout { addr: tls_addr.clone(), after: timeout })?
-        .map_err(|source| UpstreamError::Tls { addr: tls_addr, source })?;
-    let sans = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| sans_of(c)).unwrap_or_default();
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    Ok(Opened { io: UpstreamIo::Tls(Box::new(tls)), h2, sans })
+        .map_err(|_| UpstreamError::ConnectTimeout { addr: addr.to_owned(), after: timeout })?
+        .map_err(|source| UpstreamError::Tls { addr: addr.to_owned(), source })?;
+    let session = tls.get_ref().1;
+    let sans = session.peer_certificates().and_then(|c| c.first()).map(|c| sans_of(c)).unwrap_or_default();
+    let h2 = session.alpn_protocol() == Some(b"h2");
+    Ok((Box::new(tls), Handshaken { h2, sans }))
 }
 
 /// What an upstream TLS connection offers by ALPN.
@@ -340,7 +431,7 @@ pub(crate) async fn connect(proxy: &Proxy, mode: &Mode, target: &Target) -> Resu
 
 /// Asks an upstream proxy for a tunnel with CONNECT. The reply is read a byte at a time so
 /// that nothing the server says after it (a server that speaks first) is consumed here.
-async fn tunnel(tcp: &mut TcpStream, host: &str, port: u16) -> Result<(), UpstreamError> {
+async fn tunnel(tcp: &mut UpstreamIo, host: &str, port: u16) -> Result<(), UpstreamError> {
     let request = format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n");
     let io_err = |e: std::io::Error| UpstreamError::Proxy(e.to_string());
     tcp.write_all(request.as_bytes()).await.map_err(io_err)?;
@@ -393,4 +484,40 @@ async fn handshake_h2<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         }
     });
     Ok(Sender::H2(sender))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An HTTP/1.1 sender on a loopback connection (the far end is kept in `ends`).
+    async fn sender(listener: &tokio::net::TcpListener, ends: &mut Vec<TcpStream>) -> Sender {
+        let addr = listener.local_addr().expect("bound");
+        let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        ends.push(server.expect("accepted").0);
+        let io = UpstreamIo::Tcp(client.expect("connected"));
+        Sender::H1(Client::new(crate::stall::WriteStall::new(io, std::time::Duration::from_secs(5), "x")))
+    }
+
+    #[tokio::test]
+    async fn the_pool_is_bounded_per_target_and_in_total() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut ends = Vec::new();
+        let mut pool = Upstreams::default();
+        let target = |n: u16| Target::new(Scheme::Http, format!("host{n}.test"), 80);
+        for _ in 0..MAX_IDLE_PER_TARGET + 4 {
+            pool.put(target(0), sender(&listener, &mut ends).await);
+        }
+        assert_eq!(pool.kept(), MAX_IDLE_PER_TARGET, "per target");
+        for n in 1..10 {
+            for _ in 0..MAX_IDLE_PER_TARGET {
+                pool.put(target(n), sender(&listener, &mut ends).await);
+                assert!(pool.kept() <= MAX_KEPT_TOTAL, "in total");
+            }
+        }
+        assert_eq!(pool.kept(), MAX_KEPT_TOTAL);
+        // The target used last keeps its connections; others were let go.
+        assert_eq!(pool.idle.get(&target(9)).map(Vec::len), Some(MAX_IDLE_PER_TARGET));
+        assert!(pool.take(&target(9)).is_some());
+    }
 }

@@ -123,14 +123,25 @@ const WEBSOCKET_HOOKS: &[Hook] = &[Hook::WebsocketStart, Hook::WebsocketMessage]
 pub(crate) struct MemoryLimiter {
     pub cap: usize,
     pub denied: bool,
+    /// Bytes of linear memory granted, all memories together (the initial allocation
+    /// included).
+    pub granted: usize,
+}
+
+impl MemoryLimiter {
+    /// A limiter with the cap `cap` and nothing granted yet.
+    pub fn new(cap: usize) -> MemoryLimiter {
+        MemoryLimiter { cap, denied: false, granted: 0 }
+    }
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.cap {
             self.denied = true;
             return Err(wasmtime::Error::new(MemoryCapExceeded { cap: self.cap, desired }));
         }
+        self.granted = self.granted.saturating_add(desired.saturating_sub(current));
         Ok(true)
     }
 

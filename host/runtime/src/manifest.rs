@@ -88,6 +88,11 @@ pub struct Limits {
     /// those flows instantiate afresh; measured: h2 with 100 streams, request-id on every
     /// hook, 16 -> 128 gave +8% requests/s and a lower peak RSS, 39 instead of 57 MiB).
     pub pool_size: usize,
+    /// How much an instance's linear memory may grow beyond its size after instantiation
+    /// and still go back to the pool (`pooled_memory_growth`, default 16 MiB): one that
+    /// grew more (a large body, a leak) is dropped, so its pages go back to the system
+    /// instead of staying resident in an idle instance.
+    pub pooled_memory_growth: usize,
     /// How long one hook call may wait on outbound HTTP, all its calls together
     /// (`outbound_timeout`, default 5 s): each call's deadline is what is left of it. The
     /// wait is not charged to `hook_timeout_ms`, which bounds the plugin's own running.
@@ -113,6 +118,7 @@ impl Default for Limits {
             max_concurrent_calls: 64,
             cpu_per_second: Duration::from_millis(250),
             pool_size: 128,
+            pooled_memory_growth: 16 << 20,
             outbound_timeout: Duration::from_secs(5),
             outbound_max_response_bytes: 1 << 20,
         }
@@ -200,6 +206,7 @@ struct RawLimits {
     max_concurrent_calls: Option<u32>,
     cpu_per_second: Option<DurationText>,
     pool_size: Option<usize>,
+    pooled_memory_growth: Option<ByteSize>,
     outbound_timeout: Option<DurationText>,
     outbound_max_response_bytes: Option<ByteSize>,
 }
@@ -394,6 +401,9 @@ impl Manifest {
         if let Some(n) = raw.limits.pool_size {
             l.pool_size = n;
         }
+        if let Some(ByteSize(n)) = raw.limits.pooled_memory_growth {
+            l.pooled_memory_growth = n;
+        }
         if let Some(DurationText(t)) = raw.limits.outbound_timeout {
             if t.is_zero() || t > Duration::from_secs(300) {
                 return Err(ManifestError(format!("limits.outbound_timeout must be between 1ms and 5m, got {t:?}")));
@@ -454,6 +464,7 @@ mod tests {
             crash_budget = 3
             outbound_timeout = "1500ms"
             outbound_max_response_bytes = "64KiB"
+            pooled_memory_growth = "2MiB"
             breaker_backoff = "100ms"
             breaker_backoff_max = "1.5s"
             max_concurrent_calls = 4
@@ -475,6 +486,7 @@ mod tests {
         assert_eq!(m.limits.fuel, Some(1_000_000));
         assert_eq!(m.limits.outbound_timeout, Duration::from_millis(1500));
         assert_eq!(m.limits.outbound_max_response_bytes, 64 << 10);
+        assert_eq!(m.limits.pooled_memory_growth, 2 << 20);
         assert!(m.capabilities.allowed_upstream_hosts.allows_host("a.example.com"));
         assert!(m.capabilities.allowed_outbound_hosts.is_empty());
         assert_eq!(m.limits.breaker_backoff, Duration::from_millis(100));

@@ -78,6 +78,8 @@ pub(crate) struct LiveGroups {
 pub(crate) struct LiveInstance {
     pub store: Store<StoreState>,
     pub groups: LiveGroups,
+    /// Its linear memory after instantiation, to tell how much a call grew it.
+    pub born_with: usize,
 }
 
 /// The circuit breaker and the counters.
@@ -87,6 +89,7 @@ pub(crate) struct Health {
     failures: AtomicU64,
     throttled: AtomicU64,
     short_circuited: AtomicU64,
+    dropped_grown: AtomicU64,
 }
 
 impl Health {
@@ -97,6 +100,7 @@ impl Health {
             failures: AtomicU64::new(0),
             throttled: AtomicU64::new(0),
             short_circuited: AtomicU64::new(0),
+            dropped_grown: AtomicU64::new(0),
         }
     }
 
@@ -177,6 +181,9 @@ pub struct PluginStats {
     pub throttled: u64,
     /// Calls its circuit breaker refused (open, or half-open with a trial under way).
     pub short_circuited: u64,
+    /// Instances dropped instead of pooled because their memory grew past
+    /// `limits.pooled_memory_growth`.
+    pub dropped_grown: u64,
     /// Its circuit breaker's state.
     pub breaker: BreakerState,
     /// CPU time its hook calls used, in all.
@@ -226,6 +233,7 @@ impl Plugin {
             failures: self.health.failures.load(Ordering::Relaxed),
             throttled: self.health.throttled.load(Ordering::Relaxed),
             short_circuited: self.health.short_circuited.load(Ordering::Relaxed),
+            dropped_grown: self.health.dropped_grown.load(Ordering::Relaxed),
             breaker: self.breaker_state(),
             cpu_time: self.shared.cpu.used(),
         }
@@ -315,7 +323,7 @@ impl Plugin {
             wasi: self.wasi_ctx(&stderr),
             stderr,
             table: wasmtime::component::ResourceTable::new(),
-            limiter: MemoryLimiter { cap: limits.memory_bytes, denied: false },
+            limiter: MemoryLimiter::new(limits.memory_bytes),
             plugin: self.shared.clone(),
             call: CallState::new(Hook::Configure, Instant::now() + limits.instantiate_timeout, None),
         };
@@ -365,7 +373,8 @@ impl Plugin {
             udp: g.udp.as_ref().map(|i| i.load(&mut store, &instance)).transpose().map_err(fail)?,
             dns: g.dns.as_ref().map(|i| i.load(&mut store, &instance)).transpose().map_err(fail)?,
         };
-        Ok(LiveInstance { store, groups })
+        let born_with = store.data().limiter.granted;
+        Ok(LiveInstance { store, groups, born_with })
     }
 
     /// Creates a fresh instance and drops it: what the `per-flow` model pays once per flow.
@@ -383,8 +392,14 @@ impl Plugin {
         }
     }
 
-    /// Gives a healthy instance back to the pool (dropped if the pool is full).
+    /// Gives a healthy instance back to the pool (dropped if the pool is full, or if its
+    /// memory grew past `limits.pooled_memory_growth`).
     pub(crate) fn release_pooled(&self, live: LiveInstance) {
+        let grown = live.store.data().limiter.granted.saturating_sub(live.born_with);
+        if grown > self.shared.manifest.limits.pooled_memory_growth {
+            self.health.dropped_grown.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
         if pool.len() < self.shared.manifest.limits.pool_size {
             pool.push(live);
@@ -479,7 +494,7 @@ impl Plugin {
         if let Some(fuel) = limits.fuel {
             live.store.set_fuel(fuel).map_err(|e| self.failure(hook, FailureKind::Trap, &e))?;
         }
-        let LiveInstance { store, groups } = live;
+        let LiveInstance { store, groups, .. } = live;
         // CPU time is the time the call's future spends being polled (guest code and the
         // host functions it calls), charged at every return to the executor: at least once
         // per epoch tick, when the epoch callback yields.

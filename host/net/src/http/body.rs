@@ -8,7 +8,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use super::exchange::{Exchange, Reply, to_headers};
-use crate::error::{ClientError, UpstreamError};
+use crate::error::{ClientError, Error, UpstreamError};
+use crate::memory::{BufferBudget, OverBudget, Reservation};
 use crate::record::Outcome;
 use crate::stall::StallClock;
 use crate::upstream::{Body, BoxError};
@@ -165,8 +166,9 @@ where
 
 /// A body read for plugins.
 pub(crate) enum Buffered {
-    /// The whole body, and its trailers if it had any.
-    Whole(Bytes, Option<hyper::HeaderMap>),
+    /// The whole body, its trailers if it had any, and the bytes it holds in
+    /// `buffer_memory_limit` (given back when the flow is done with it).
+    Whole(Bytes, Option<hyper::HeaderMap>, Reservation),
     /// Larger than `stream_large_bodies`: what was read, then the rest, streamed untouched.
     Streamed(Body),
 }
@@ -174,6 +176,8 @@ pub(crate) enum Buffered {
 /// Yields `prefix`, then `rest`.
 struct PrefixThen<B> {
     prefix: Option<Bytes>,
+    /// The prefix's share of `buffer_memory_limit`, given back once it is sent on.
+    held: Option<Reservation>,
     rest: B,
 }
 
@@ -191,6 +195,7 @@ where
         if let Some(prefix) = self.prefix.take() {
             return std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(prefix))));
         }
+        self.held = None;
         std::pin::Pin::new(&mut self.rest).poll_frame(cx)
     }
 }
@@ -207,26 +212,66 @@ pub(crate) enum BufferError {
     /// The body failed while it was read.
     #[error("reading the body failed: {0}")]
     Read(String),
+    /// All buffered bodies together would pass `buffer_memory_limit`.
+    #[error("buffered bodies would exceed buffer_memory_limit ({limit} bytes); {refused} refused so far")]
+    OverBudget {
+        /// The limit.
+        limit: usize,
+        /// Bodies refused so far.
+        refused: u64,
+    },
 }
 
 impl BufferError {
-    /// As the client's error, for a request body.
-    pub fn of_request(self) -> ClientError {
+    /// As an error of the flow, for a request body (the client's, unless flowgate's own
+    /// budget was full).
+    pub fn of_request(self) -> Error {
         match self {
-            BufferError::TooLarge { limit } => ClientError::BodyTooLarge { limit },
-            BufferError::Read(e) => ClientError::BodyRead(e),
+            BufferError::TooLarge { limit } => ClientError::BodyTooLarge { limit }.into(),
+            BufferError::Read(e) => ClientError::BodyRead(e).into(),
+            BufferError::OverBudget { limit, refused } => Error::overloaded("the request body", limit, refused),
+        }
+    }
+
+    /// As an error of the flow, for a response body (the upstream's, unless flowgate's
+    /// own budget was full).
+    pub fn of_response(self) -> Error {
+        match self {
+            BufferError::OverBudget { limit, refused } => Error::overloaded("the response body", limit, refused),
+            other => UpstreamError::Body(other.to_string()).into(),
         }
     }
 }
 
+impl From<OverBudget> for BufferError {
+    fn from(OverBudget { limit, refused }: OverBudget) -> BufferError {
+        if refused.is_power_of_two() {
+            tracing::warn!(
+                "a buffered body was refused: buffer_memory_limit ({limit} bytes) is full; {refused} refused so far"
+            );
+        }
+        BufferError::OverBudget { limit, refused }
+    }
+}
+
 /// Reads a whole body for plugins. Past `stream_large_bodies` (if set) the body streams on
-/// untouched instead; past `body_size_limit` it is an error.
-pub(crate) async fn buffer<B>(mut body: B, options: &crate::ProxyOptions) -> Result<Buffered, BufferError>
+/// untouched instead; past `body_size_limit` it is an error. Its bytes are reserved in
+/// `budget` first: all of them at once when `length` (a declared Content-Length) says how
+/// many, so a body the budget cannot hold is refused before any of it is read.
+pub(crate) async fn buffer<B>(
+    mut body: B,
+    options: &crate::ProxyOptions,
+    budget: &Arc<BufferBudget>,
+    length: Option<u64>,
+) -> Result<Buffered, BufferError>
 where
     B: hyper::body::Body<Data = Bytes, Error = BoxError> + Send + Sync + Unpin + 'static,
 {
     let limit = options.stream_large_bodies.unwrap_or(options.body_size_limit);
-    let mut data = Vec::new();
+    let mut held = budget.reserve();
+    let expected = length.map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX).min(limit));
+    held.grow(expected)?;
+    let mut data = Vec::with_capacity(expected);
     let mut trailers = None;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| BufferError::Read(e.to_string()))?;
@@ -245,12 +290,49 @@ where
                 return Err(BufferError::TooLarge { limit });
             }
             data.extend_from_slice(&chunk);
-            let rest = PrefixThen { prefix: Some(Bytes::from(data)), rest: body };
+            let rest = PrefixThen { prefix: Some(Bytes::from(data)), held: Some(held), rest: body };
             return Ok(Buffered::Streamed(rest.boxed()));
+        }
+        let wanted = (data.len() + chunk.len()).saturating_sub(held.bytes());
+        if wanted > 0 {
+            held.grow(wanted)?;
         }
         data.extend_from_slice(&chunk);
     }
-    Ok(Buffered::Whole(Bytes::from(data), trailers))
+    Ok(Buffered::Whole(Bytes::from(data), trailers, held))
+}
+
+/// A body that keeps a [`Reservation`] until it is dropped (a buffered body on its way
+/// to a peer).
+pub(crate) struct Held<B> {
+    inner: B,
+    _held: Reservation,
+}
+
+impl<B> Held<B> {
+    pub fn new(inner: B, held: Reservation) -> Held<B> {
+        Held { inner, _held: held }
+    }
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Held<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A whole body, followed by its trailers if it has any.
@@ -290,6 +372,15 @@ impl futures_core::Stream for ChannelBody {
     }
 }
 
+/// What a request body's pump hands back when the body has ended: the flow's session,
+/// the request with the chunk hooks' edits and trailers, and the verdict of a plugin that
+/// stopped the body (kill, a local answer, a fail-closed failure), if one did.
+pub(crate) struct Pumped {
+    pub session: HttpFlowSession,
+    pub request: Request,
+    pub stopped: Option<HttpAction>,
+}
+
 /// Streams a request body through the chunk hooks of the plugins that chose `stream`; the
 /// session, and the request as the chunk hooks left it (their edits land on the flow),
 /// come back through the returned channel when the body has ended.
@@ -297,7 +388,7 @@ pub(crate) fn stream_request_body<B>(
     mut session: HttpFlowSession,
     mut request: Request,
     mut source: B,
-) -> (Body, tokio::sync::oneshot::Receiver<(HttpFlowSession, Request)>)
+) -> (Body, tokio::sync::oneshot::Receiver<Pumped>)
 where
     B: hyper::body::Body<Data = Bytes, Error = BoxError> + Unpin + Send + 'static,
 {
@@ -305,6 +396,7 @@ where
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let mut trailers = None;
+        let mut stopped = None;
         loop {
             let (data, end) = match source.frame().await {
                 Some(Ok(frame)) => match frame.into_data() {
@@ -331,7 +423,9 @@ where
                     }
                 }
                 Err(action) => {
-                    let _ = tx.send(Err(format!("request body refused by a plugin: {action:?}").into())).await;
+                    // The upstream sees the body fail; the exchange acts on the verdict.
+                    let _ = tx.send(Err("the request body was stopped by a plugin".into())).await;
+                    stopped = Some(action);
                     break;
                 }
             }
@@ -343,7 +437,7 @@ where
             }
         }
         drop(tx);
-        let _ = done_tx.send((session, request));
+        let _ = done_tx.send(Pumped { session, request, stopped });
     });
     (http_body_util::StreamBody::new(ChannelBody(rx)).boxed(), done_rx)
 }
@@ -354,7 +448,8 @@ pub(crate) fn stream_through_plugins(mut ex: Exchange, mut response: Response, m
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     // Chunks may change size: the length is no longer known.
     response.headers.remove("content-length");
-    let reply = Reply { response: response.clone(), body: http_body_util::StreamBody::new(ChannelBody(rx)).boxed() };
+    let body = http_body_util::StreamBody::new(ChannelBody(rx)).boxed();
+    let reply = Reply { response: response.clone(), body: ex.tee(body, |c| &mut c.response) };
     tokio::spawn(async move {
         let mut size = 0u64;
         let mut trailers = None;
@@ -387,7 +482,7 @@ pub(crate) fn stream_through_plugins(mut ex: Exchange, mut response: Response, m
             Some(message) => {
                 let _ = tx.send(Err(message.clone().into())).await;
                 ex.session.error(&mut ex.request, &message).await;
-                ex.record(Outcome::Error(message));
+                ex.record_with(Outcome::Error(message), Some(&response));
             }
             None => {
                 if let Some(trailers) = &trailers {
@@ -409,19 +504,20 @@ pub(crate) fn stream_through_plugins(mut ex: Exchange, mut response: Response, m
                 if let Some(message) = stop {
                     let _ = tx.send(Err(message.clone().into())).await;
                     ex.session.error(&mut ex.request, &message).await;
-                    ex.record(Outcome::Error(message));
+                    ex.record_with(Outcome::Error(message), Some(&response));
                     return;
                 }
                 if let Some(trailers) = trailers {
                     let _ = tx.send(Ok(hyper::body::Frame::trailers(trailers))).await;
                 }
                 drop(tx);
-                ex.record(Outcome::Response {
+                let outcome = Outcome::Response {
                     status: response.status,
                     reason: response.reason.clone(),
                     size: Some(size),
                     local: false,
-                });
+                };
+                ex.record_with(outcome, Some(&response));
             }
         }
     });

@@ -24,9 +24,8 @@ pub(crate) enum Answer {
 
 /// Runs a CONNECT request (`host` and `port` filled in) through the http-connect hooks.
 pub(crate) async fn connect(ctx: &Arc<ConnCtx>, request: Request) -> Result<Answer, Killed> {
-    let session = ctx.http_flow().await;
     let original = (request.host.clone(), request.port);
-    let mut ex = Exchange { ctx: ctx.clone(), session, request, start: Instant::now() };
+    let mut ex = Exchange::new(ctx, request, Instant::now());
     let action = ex.session.http_connect(&mut ex.request).await;
     if let Some(reply) = ex.act(action).await? {
         return Ok(Answer::Reply(reply));

@@ -11,16 +11,21 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use flowgate_flow::{BodyMode, FlowInfo, Headers, HttpVersion, LocalResponse, Request, Response, Scheme};
+use flowgate_flow::{
+    Address, BodyMode, Flow, FlowError, Headers, HttpFlow, HttpVersion, LocalResponse, Payload, Request, Response,
+    Scheme, Server, TlsInfo,
+};
 use flowgate_runtime::{HttpAction, HttpFlowSession, Reroute};
 use http_body_util::BodyExt;
 
 use super::body::{
-    Buffered, ProgressTimeout, Stall, Turn, Watched, buffer, stream_request_body, stream_through_plugins, with_trailers,
+    Buffered, Held, ProgressTimeout, Stall, Turn, Watched, buffer, stream_request_body, stream_through_plugins,
+    with_trailers,
 };
 use super::cert::{CERT_HOSTS, cert_page};
 use super::{Killed, full};
 use crate::Mode;
+use crate::capture::{Capture, Pending, Tee, now};
 use crate::conn::ConnCtx;
 use crate::egress::resolve_checked;
 use crate::error::{Error, UpstreamError};
@@ -111,17 +116,86 @@ pub(crate) fn version_of(v: hyper::Version) -> HttpVersion {
     }
 }
 
-/// One request's flow: its connection, plugin session, request and start time.
+/// One request's flow: its connection, plugin session, request and start time, and the
+/// copies of its bodies for the flow store (when one is set).
 pub(crate) struct Exchange {
     pub ctx: Arc<ConnCtx>,
     pub session: HttpFlowSession,
     pub request: Request,
     pub start: Instant,
+    pub captures: Captures,
+}
+
+/// The copies of a flow's unbuffered bodies being taken for the flow store.
+#[derive(Default)]
+pub(crate) struct Captures {
+    pub request: Option<Capture>,
+    pub response: Option<Capture>,
 }
 
 impl Exchange {
-    /// Reports the flow's one outcome.
+    /// A new exchange of `request` on `ctx`.
+    pub fn new(ctx: &Arc<ConnCtx>, mut request: Request, start: Instant) -> Exchange {
+        if request.timestamp_start.is_none() {
+            request.timestamp_start = Some(now());
+        }
+        Exchange { ctx: ctx.clone(), session: ctx.http_flow(), request, start, captures: Captures::default() }
+    }
+
+    /// `body`, copied as it passes for the flow store when there is one (the request's
+    /// or the response's, by `slot`).
+    pub fn tee(&mut self, body: Body, slot: fn(&mut Captures) -> &mut Option<Capture>) -> Body {
+        if self.ctx.proxy.store.is_none() {
+            return body;
+        }
+        let options = &self.ctx.proxy.options;
+        let capture =
+            Capture::new(options.stream_large_bodies.unwrap_or(options.body_size_limit), &self.ctx.proxy.buffers);
+        *slot(&mut self.captures) = Some(capture.clone());
+        Tee::new(body, capture).boxed()
+    }
+}
+
+impl Exchange {
+    /// Reports the flow's one outcome (with no response: an error, a kill).
     pub fn record(&self, outcome: Outcome) {
+        self.record_with(outcome, None);
+    }
+
+    /// Reports the flow's one outcome and, to the flow store, the whole flow with
+    /// `response` (handed over once its bodies have passed).
+    pub fn record_with(&self, outcome: Outcome, response: Option<&Response>) {
+        if let Some(store) = &self.ctx.proxy.store {
+            let flow = self.flow(&outcome, response);
+            Pending::hand_over(flow, self.captures.request.clone(), self.captures.response.clone(), store.clone());
+        }
+        self.record_line(outcome);
+    }
+
+    /// The flow as the model records it.
+    fn flow(&self, outcome: &Outcome, response: Option<&Response>) -> Flow {
+        let ctx = &self.ctx;
+        let id = self.session.flow.id;
+        let mut flow = Flow::new(id, ctx.client_conn(), self.request.timestamp_start.unwrap_or_else(now), {
+            Payload::Http(HttpFlow { request: self.request.clone(), response: response.cloned(), websocket: None })
+        });
+        let server_address = self.session.flow.server_address.as_deref().and_then(|a| a.parse::<Address>().ok());
+        if let Some(address) = server_address {
+            let mut server = Server::new(ctx.proxy.next_id(), address);
+            if self.request.scheme == Scheme::Https {
+                server.tls = Some(TlsInfo { sni: Some(self.request.host.clone()), ..TlsInfo::default() });
+            }
+            flow.server = Some(server);
+        }
+        if let Outcome::Error(message) = outcome {
+            flow.error = Some(FlowError { message: message.clone(), timestamp: now() });
+        }
+        flow.metadata = self.session.flow.metadata.clone();
+        flow
+    }
+
+    /// Reports the flow's one-line record.
+    fn record_line(&self, outcome: Outcome) {
         let kind = Kind::Http {
             method: self.request.method.clone(),
             url: self.request.url(),
@@ -149,13 +223,23 @@ impl Exchange {
     }
 
     fn local(&self, local: LocalResponse) -> Reply {
-        self.record(Outcome::Response {
-            status: local.status,
-            reason: canonical_reason(local.status),
-            size: Some(local.body.len() as u64),
-            local: true,
-        });
-        local_response(local)
+        let body = local.body.clone();
+        let mut reply = local_response(local);
+        let mut response = std::mem::take(&mut reply.response);
+        response.body = Some(body);
+        response.timestamp_start = Some(now());
+        self.record_with(
+            Outcome::Response {
+                status: response.status,
+                reason: response.reason.clone(),
+                size: response.body.as_ref().map(|b| b.len() as u64),
+                local: true,
+            },
+            Some(&response),
+        );
+        response.body = None;
+        reply.response = response;
+        reply
     }
 
     /// Applies an action from a hook; `Ok(None)` means go on.
@@ -224,8 +308,7 @@ pub(crate) async fn handle(
         let name = request.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("host")).map(|(n, _)| n.to_owned());
         let _ = request.headers.set(name.as_deref().unwrap_or("Host"), authority.as_bytes());
     }
-    let session = ctx.http_flow().await;
-    let mut ex = Exchange { ctx: ctx.clone(), session, request, start };
+    let mut ex = Exchange::new(&ctx, request, start);
 
     let action = ex.session.request_headers(&mut ex.request).await;
     if let Some(resp) = ex.act(action).await? {
@@ -238,25 +321,30 @@ pub(crate) async fn handle(
     );
     let mut body: Option<Body> = None;
     let mut request_trailers = None;
+    let mut request_held = None;
     let mut stream_source = None;
     match (&ex.request.body, ex.request.body_mode) {
         (Some(_), _) => {}
-        (None, BodyMode::Buffer) => match buffer(incoming, &ctx.proxy.options).await {
-            Ok(Buffered::Whole(bytes, trailers)) => {
-                ex.request.body = Some(bytes);
-                if let Some(t) = &trailers {
-                    ex.request.trailers = to_headers(t);
+        (None, BodyMode::Buffer) => {
+            match buffer(incoming, opts, &ctx.proxy.buffers, declared_length(&ex.request.headers)).await {
+                Ok(Buffered::Whole(bytes, trailers, held)) => {
+                    // Held until the exchange is done with the body.
+                    request_held = Some(held);
+                    ex.request.body = Some(bytes);
+                    if let Some(t) = &trailers {
+                        ex.request.trailers = to_headers(t);
+                    }
+                    request_trailers = trailers;
                 }
-                request_trailers = trailers;
+                Ok(Buffered::Streamed(stream)) => {
+                    ex.session.flow.metadata.insert("flowgate.streamed".to_owned(), "request".to_owned());
+                    body = Some(ex.tee(stream, |c| &mut c.request));
+                }
+                Err(e) => return Ok(ex.fail(e.of_request()).await),
             }
-            Ok(Buffered::Streamed(stream)) => {
-                ex.session.flow.metadata.insert("flowgate.streamed".to_owned(), "request".to_owned());
-                body = Some(stream);
-            }
-            Err(e) => return Ok(ex.fail(e.of_request()).await),
-        },
+        }
         (None, BodyMode::Stream) => stream_source = Some(incoming),
-        (None, BodyMode::Pass) => body = Some(incoming.boxed()),
+        (None, BodyMode::Pass) => body = Some(ex.tee(incoming.boxed(), |c| &mut c.request)),
     }
     let action = ex.session.request(&mut ex.request).await;
     if let Some(resp) = ex.act(action).await? {
@@ -267,10 +355,11 @@ pub(crate) async fn handle(
     // and gives it back when the body ends.
     let mut pump = None;
     if let Some(source) = stream_source {
-        let stand_in = ctx.session.lock().await.http_flow(FlowInfo::default());
+        // The stand-in has the flow's facts, so whatever it might record is the flow's.
+        let stand_in = ctx.flows.http_flow(ex.session.flow.clone());
         let session = std::mem::replace(&mut ex.session, stand_in);
         let (stream, returned) = stream_request_body(session, ex.request.clone(), source);
-        body = Some(stream);
+        body = Some(ex.tee(stream, |c| &mut c.request));
         pump = Some(returned);
     }
 
@@ -338,16 +427,26 @@ pub(crate) async fn handle(
         Stall { what: "response head from the upstream", after: opts.upstream_timeout, option: "upstream_timeout" };
     let sent = turn.bound(sender.send(outbound, opts), head_stall).await;
     if let Some(returned) = pump
-        && let Ok((session, request)) = returned.await
+        && let Ok(pumped) = returned.await
     {
-        ex.session = session;
+        ex.session = pumped.session;
         // The chunk hooks' edits (and the trailers) land on the flow itself.
-        ex.request = request;
+        ex.request = pumped.request;
+        // A plugin that stopped the body decides the flow's fate, not the upstream's
+        // reaction to the cut-off body.
+        if let Some(action) = pumped.stopped {
+            drop(sent);
+            if let Some(resp) = ex.act(action).await? {
+                return Ok(resp);
+            }
+            return Ok(ex.fail(Error::Internal("a plugin stopped the request body".to_owned())).await);
+        }
     }
     let (mut response, upstream_body) = match sent {
         Ok(r) => r,
         Err(e) => return Ok(ex.fail(e).await),
     };
+    response.timestamp_start = Some(now());
     let body_stall = Stall {
         what: "response body data from the upstream",
         after: opts.upstream_timeout,
@@ -360,13 +459,14 @@ pub(crate) async fn handle(
     if response.reason.is_empty() {
         response.reason = canonical_reason(response.status);
     }
-    let upstream_length = response.headers.get_str("content-length").and_then(|s| s.trim().parse().ok());
+    let upstream_length = declared_length(&response.headers);
     let action = ex.session.response_headers(&mut ex.request, &mut response).await;
     if let Some(resp) = ex.act(action).await? {
         return Ok(resp);
     }
     let mut stream_body = None;
     let mut response_trailers = None;
+    let mut response_held = None;
     if response.body.is_none() && response.body_mode == BodyMode::Stream {
         if !hyper::body::Body::is_end_stream(&upstream_body) {
             return Ok(stream_through_plugins(ex, response, upstream_body));
@@ -387,8 +487,10 @@ pub(crate) async fn handle(
     }
     let no_body = ex.request.method == "HEAD" || matches!(response.status, 100..=199 | 204 | 304);
     if response.body.is_none() && stream_body.is_none() && response.body_mode != BodyMode::Pass {
-        match buffer(upstream_body, &ctx.proxy.options).await {
-            Ok(Buffered::Whole(bytes, trailers)) => {
+        let length = if no_body { Some(0) } else { upstream_length };
+        match buffer(upstream_body, opts, &ctx.proxy.buffers, length).await {
+            Ok(Buffered::Whole(bytes, trailers, held)) => {
+                response_held = Some(held);
                 // A HEAD answer's length is the one a GET would have had: it stays.
                 if !no_body {
                     response.body = Some(bytes);
@@ -404,7 +506,7 @@ pub(crate) async fn handle(
                 ex.session.flow.metadata.insert("flowgate.streamed".to_owned(), "response".to_owned());
                 stream_body = Some(stream);
             }
-            Err(e) => return Ok(ex.fail(UpstreamError::Body(e.to_string())).await),
+            Err(e) => return Ok(ex.fail(e.of_response()).await),
         }
     } else if response.body.is_none() && stream_body.is_none() {
         stream_body = Some(upstream_body);
@@ -426,12 +528,20 @@ pub(crate) async fn handle(
             let _ = response.headers.set("content-length", bytes.len().to_string().as_bytes());
         }
     }
-    let client_body = match (stream_body, response.body.clone()) {
+    let mut client_body = match (stream_body, response.body.clone()) {
         (_, Some(bytes)) => with_trailers(bytes, response_trailers),
         (Some(stream), None) => stream,
         (None, None) => full(Bytes::new()),
     };
-    ex.record(Outcome::Response { status: response.status, reason: response.reason.clone(), size, local: false });
+    if let Some(held) = response_held {
+        // The buffered body counts against buffer_memory_limit until it is written.
+        client_body = Held::new(client_body, held).boxed();
+    } else {
+        client_body = ex.tee(client_body, |c| &mut c.response);
+    }
+    drop(request_held);
+    let outcome = Outcome::Response { status: response.status, reason: response.reason.clone(), size, local: false };
+    ex.record_with(outcome, Some(&response));
     Ok(Reply { response, body: client_body })
 }
 
@@ -471,6 +581,15 @@ pub(crate) async fn rerouted(
         Ok(Err(e)) => Err(refused(&e)),
         Err(_) => Err(refused(&format!("resolving took longer than {timeout:?} (connect_timeout)"))),
     }
+}
+
+/// The length a message's `Content-Length` declares, if it has exactly one valid one and
+/// no Transfer-Encoding.
+fn declared_length(headers: &Headers) -> Option<u64> {
+    if headers.contains("transfer-encoding") {
+        return None;
+    }
+    headers.get_str("content-length").and_then(|s| s.trim().parse().ok())
 }
 
 /// Whether a request's method carries a body by convention, so an empty one is sent

@@ -81,6 +81,15 @@ pub(crate) async fn run(
     };
     match handshake {
         Ok(tls) => {
+            let session = tls.get_ref().1;
+            let info = flowgate_flow::TlsInfo {
+                sni: hello.sni.clone(),
+                alpn: session.alpn_protocol().map(|a| String::from_utf8_lossy(a).into_owned()),
+                version: session.protocol_version().map(|v| tls_version_name(v).to_owned()),
+                cipher: session.negotiated_cipher_suite().map(|c| iana_cipher_name(c.suite())),
+                certificate_chain: Vec::new(),
+            };
+            *ctx.tls.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((info, crate::capture::now()));
             ctx.session.lock().await.tls_result(TlsSide::Client, None).await;
             let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
             Next::Switch(Stage::Decrypted { target, alpn, in_tunnel }, Box::new(tls))
@@ -91,5 +100,24 @@ pub(crate) async fn run(
             ctx.session.lock().await.tls_result(TlsSide::Client, Some(&message)).await;
             Next::Done
         }
+    }
+}
+
+/// A TLS version as mitmproxy records it (`TLSv1.2`, `TLSv1.3`).
+fn tls_version_name(version: rustls::ProtocolVersion) -> &'static str {
+    match version {
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+        _ => "unknown",
+    }
+}
+
+/// A cipher suite's IANA name (`TLS_AES_128_GCM_SHA256`; rustls writes TLS 1.3 ones with
+/// a `TLS13_` prefix).
+fn iana_cipher_name(suite: rustls::CipherSuite) -> String {
+    let name = suite.as_str().map_or_else(|| format!("{suite:?}"), str::to_owned);
+    match name.strip_prefix("TLS13_") {
+        Some(rest) => format!("TLS_{rest}"),
+        None => name,
     }
 }

@@ -404,16 +404,31 @@ pub enum TlsSide {
     Server,
 }
 
-impl ConnectionSession {
-    fn child(&self) -> Slots {
-        Slots::new(self.slots.chain.clone(), self.slots.per_connection.clone())
+/// What starts the sessions of a connection's flows, apart from the connection's own
+/// session: flows start without waiting for a connection hook in progress (an HTTP/2
+/// stream does not queue behind another stream's server-connect). Cheap to clone.
+#[derive(Clone)]
+pub struct FlowStarter {
+    chain: Arc<[Arc<Plugin>]>,
+    per_connection: Arc<[AsyncMutex<Option<LiveInstance>>]>,
+}
+
+impl std::fmt::Debug for FlowStarter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowStarter").field("plugins", &self.chain.len()).finish()
+    }
+}
+
+impl FlowStarter {
+    fn slots(&self) -> Slots {
+        Slots::new(self.chain.clone(), self.per_connection.clone())
     }
 
     /// Starts the session of one HTTP exchange on this connection.
     pub fn http_flow(&self, flow: FlowInfo) -> HttpFlowSession {
-        let n = self.slots.chain.len();
+        let n = self.chain.len();
         HttpFlowSession {
-            slots: self.child(),
+            slots: self.slots(),
             flow,
             request_modes: vec![BodyMode::Pass; n],
             reroute: None,
@@ -423,22 +438,54 @@ impl ConnectionSession {
 
     /// Starts the session of a raw TCP flow on this connection.
     pub fn tcp_flow(&self, flow: FlowInfo) -> DataFlowSession {
-        DataFlowSession { slots: self.child(), flow, protocol: DataProtocol::Tcp }
+        DataFlowSession { slots: self.slots(), flow, protocol: DataProtocol::Tcp }
     }
 
     /// Starts the session of a UDP flow on this connection.
     pub fn udp_flow(&self, flow: FlowInfo) -> DataFlowSession {
-        DataFlowSession { slots: self.child(), flow, protocol: DataProtocol::Udp }
+        DataFlowSession { slots: self.slots(), flow, protocol: DataProtocol::Udp }
     }
 
     /// Starts the session of a WebSocket flow on this connection.
     pub fn websocket_flow(&self, flow: FlowInfo) -> WebSocketFlowSession {
-        WebSocketFlowSession { slots: self.child(), flow }
+        WebSocketFlowSession { slots: self.slots(), flow }
     }
 
     /// Starts the session of a DNS flow on this connection.
     pub fn dns_flow(&self, flow: FlowInfo) -> DnsFlowSession {
-        DnsFlowSession { slots: self.child(), flow }
+        DnsFlowSession { slots: self.slots(), flow }
+    }
+}
+
+impl ConnectionSession {
+    /// What starts this connection's flows, usable while the session itself is busy.
+    pub fn flows(&self) -> FlowStarter {
+        FlowStarter { chain: self.slots.chain.clone(), per_connection: self.slots.per_connection.clone() }
+    }
+
+    /// Starts the session of one HTTP exchange on this connection.
+    pub fn http_flow(&self, flow: FlowInfo) -> HttpFlowSession {
+        self.flows().http_flow(flow)
+    }
+
+    /// Starts the session of a raw TCP flow on this connection.
+    pub fn tcp_flow(&self, flow: FlowInfo) -> DataFlowSession {
+        self.flows().tcp_flow(flow)
+    }
+
+    /// Starts the session of a UDP flow on this connection.
+    pub fn udp_flow(&self, flow: FlowInfo) -> DataFlowSession {
+        self.flows().udp_flow(flow)
+    }
+
+    /// Starts the session of a WebSocket flow on this connection.
+    pub fn websocket_flow(&self, flow: FlowInfo) -> WebSocketFlowSession {
+        self.flows().websocket_flow(flow)
+    }
+
+    /// Starts the session of a DNS flow on this connection.
+    pub fn dns_flow(&self, flow: FlowInfo) -> DnsFlowSession {
+        self.flows().dns_flow(flow)
     }
 
     /// Failures recorded by this connection's own hooks.

@@ -160,12 +160,14 @@ where
         let Ok(reply) = reply else { return Next::Done };
         let close = !keep_alive || feeder.failed;
         // The rest of the request body keeps coming while the response goes out.
-        let write = write_reply(&mut wr, reply, To { method: &method, version, close });
-        let mut write = std::pin::pin!(write);
-        let wrote = loop {
-            tokio::select! {
-                wrote = &mut write => break wrote,
-                () = feeder.step(&mut rd, &mut buf), if feeder.wants() => {}
+        let wrote = {
+            let write = write_reply(&mut wr, reply, To { method: &method, version, close });
+            let mut write = std::pin::pin!(write);
+            loop {
+                tokio::select! {
+                    wrote = &mut write => break wrote,
+                    () = feeder.step(&mut rd, &mut buf), if feeder.wants() => {}
+                }
             }
         };
         if let Err(e) = &wrote {
@@ -173,9 +175,34 @@ where
         }
         let reusable = matches!(wrote, Ok(true)) && !close && feeder.drain(&mut buf);
         if !reusable {
+            if wrote.is_ok() && feeder.unread() {
+                linger(rd, wr).await;
+            }
             return Next::Done;
         }
     }
+}
+
+/// How long a connection answered before its request body ended is read from (and what
+/// is read dropped) after the answer, before it is closed.
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Closes a connection whose client may still be sending a request body nobody reads (a
+/// 413 or 503 answered early, a plugin's local answer) without losing the answer: closing
+/// a socket with unread bytes sends a reset, and a reset can destroy the answer before the
+/// client reads it. So the write side is shut, and what comes is read and dropped until
+/// the client closes or [`LINGER_TIME`] passes (nginx's lingering close).
+async fn linger(mut rd: ReadHalf<BoxIo>, mut wr: WriteHalf<BoxIo>) {
+    let _ = wr.shutdown().await;
+    let mut scratch = [0u8; 8 << 10];
+    let _ = tokio::time::timeout(LINGER_TIME, async {
+        while let Ok(n) = rd.read(&mut scratch).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// The connection goes on at `stage`, with what was read past the request.
@@ -388,6 +415,12 @@ impl Feeder {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let body = RequestBody { rx, complete: complete.clone(), ended: false };
         (http_body_util::BodyExt::boxed(body), feeder(Some(tx)))
+    }
+
+    /// Whether the client may still be sending the body: it neither ended as framed nor
+    /// was cut off.
+    fn unread(&self) -> bool {
+        !self.complete.load(Ordering::Acquire) && !self.eof && !self.failed
     }
 
     /// Whether there is more to read (or an error to hand over) and someone to read it.

@@ -1,0 +1,298 @@
+//! Whole flows for the flow store (`-w`, `hardump`): the network layer fills a
+//! [`flowgate_flow::Flow`] per finished flow and hands it to the [`FlowStore`] once its
+//! bodies have passed.
+//!
+//! Bodies that go through unbuffered (passed or streamed) are copied as they pass by a
+//! [`Tee`] into a [`Capture`], up to `stream_large_bodies` (or `body_size_limit`) and
+//! within `buffer_memory_limit`; a body past either is recorded as not stored (`None`,
+//! mitmproxy's "content missing"), never as empty. A flow is handed over when the last of
+//! its bodies has ended (or was dropped): a [`Pending`] flow is shared by the exchange and
+//! the tees, and the last one to let go of it hands it over.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use bytes::{Bytes, BytesMut};
+use flowgate_flow::{Flow, Payload, Timestamp};
+
+use crate::memory::{BufferBudget, Reservation};
+
+/// Where whole flows go (a flow file's writer, a HAR collector). Called from the proxy's
+/// tasks: it must not block.
+pub type FlowStore = Arc<dyn Fn(Flow) + Send + Sync>;
+
+/// The wall clock as the flow model takes it.
+pub(crate) fn now() -> Timestamp {
+    let since = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    Timestamp::from_duration_since_epoch(since)
+}
+
+/// The copy of one body, shared by its [`Tee`] and the flow it belongs to.
+#[derive(Clone)]
+pub(crate) struct Capture(Arc<Mutex<CaptureState>>);
+
+struct CaptureState {
+    data: BytesMut,
+    /// The body was larger than the cap or the budget: not stored.
+    over: bool,
+    /// The body ended (or its tee went away): the flow may be handed over.
+    finished: bool,
+    /// The flow, kept from being handed over until the body has finished.
+    hold: Option<Arc<Pending>>,
+    held: Reservation,
+    cap: usize,
+}
+
+impl Capture {
+    /// An empty capture of at most `cap` bytes, held in `budget`.
+    pub fn new(cap: usize, budget: &Arc<BufferBudget>) -> Capture {
+        Capture(Arc::new(Mutex::new(CaptureState {
+            data: BytesMut::new(),
+            over: false,
+            finished: false,
+            hold: None,
+            held: budget.reserve(),
+            cap,
+        })))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, CaptureState> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn push(&self, data: &[u8]) {
+        let mut state = self.state();
+        if state.over {
+            return;
+        }
+        if state.data.len() + data.len() > state.cap || state.held.grow(data.len()).is_err() {
+            state.over = true;
+            state.data = BytesMut::new();
+            return;
+        }
+        state.data.extend_from_slice(data);
+    }
+
+    /// The body has ended (`complete`) or gone (cut off, failed, dropped unread: then it
+    /// is not stored, as what was seen is not the body): lets go of the flow it held.
+    fn finish(&self, complete: bool) {
+        let hold = {
+            let mut state = self.state();
+            if state.finished {
+                return;
+            }
+            state.finished = true;
+            if !complete {
+                state.over = true;
+                state.data = BytesMut::new();
+            }
+            state.hold.take()
+        };
+        // Dropped outside the lock: the last hold hands the flow over, which reads this
+        // capture.
+        drop(hold);
+    }
+
+    /// Keeps `pending` from being handed over until the body has finished.
+    fn attach(&self, pending: &Arc<Pending>) {
+        let mut state = self.state();
+        if !state.finished {
+            state.hold = Some(pending.clone());
+        }
+    }
+
+    /// What was captured: the body, or `None` if it was not stored.
+    fn take(&self) -> Option<Bytes> {
+        let mut state = self.state();
+        if state.over { None } else { Some(std::mem::take(&mut state.data).freeze()) }
+    }
+}
+
+/// A body that copies what passes into a [`Capture`].
+pub(crate) struct Tee<B> {
+    inner: B,
+    capture: Capture,
+}
+
+impl<B> Tee<B> {
+    pub fn new(inner: B, capture: Capture) -> Tee<B> {
+        Tee { inner, capture }
+    }
+}
+
+impl<B> hyper::body::Body for Tee<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, B::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.capture.push(data);
+                }
+            }
+            Poll::Ready(end) => self.capture.finish(end.is_none()),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let end = self.inner.is_end_stream();
+        if end {
+            // A writer that sees the end here never polls (an empty body).
+            self.capture.finish(true);
+        }
+        end
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for Tee<B> {
+    fn drop(&mut self) {
+        // A body dropped before its end was not seen whole (no-op if it ended).
+        self.capture.finish(false);
+    }
+}
+
+/// A finished flow waiting for its bodies: handed to the store when the last holder
+/// lets go.
+pub(crate) struct Pending {
+    flow: Mutex<Option<Flow>>,
+    request: Option<Capture>,
+    response: Option<Capture>,
+    store: FlowStore,
+}
+
+impl Pending {
+    /// Hands `flow` over once the bodies being captured in `request` and `response` (if
+    /// any) have finished.
+    pub fn hand_over(flow: Flow, request: Option<Capture>, response: Option<Capture>, store: FlowStore) {
+        let pending = Arc::new(Pending { flow: Mutex::new(Some(flow)), request, response, store });
+        for capture in pending.request.iter().chain(pending.response.iter()) {
+            capture.attach(&pending);
+        }
+        // The last reference, here or in a capture, hands it over.
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let Some(mut flow) = self.flow.lock().unwrap_or_else(PoisonError::into_inner).take() else { return };
+        if let Payload::Http(http) = &mut flow.payload {
+            if let Some(capture) = &self.request {
+                http.request.body = capture.take();
+            }
+            if let (Some(capture), Some(response)) = (&self.response, http.response.as_mut()) {
+                response.body = capture.take();
+            }
+        }
+        (self.store)(flow);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flowgate_flow::{Client, HttpFlow, Request, Response, Uuid};
+    use http_body_util::BodyExt;
+
+    fn flow() -> Flow {
+        let client = Client::new(
+            Uuid::from_random_bytes([1; 16]),
+            "127.0.0.1:1".parse().expect("addr"),
+            "127.0.0.1:2".parse().expect("addr"),
+            Timestamp::from_duration_since_epoch(std::time::Duration::from_secs(1)),
+        );
+        let request = Request::new("POST", "http://example.test/").expect("valid");
+        let response = Some(Response::new(200, "OK").expect("valid"));
+        let payload = Payload::Http(HttpFlow { request, response, websocket: None });
+        Flow::new(Uuid::from_random_bytes([2; 16]), client, client_ts(), payload)
+    }
+
+    fn client_ts() -> Timestamp {
+        Timestamp::from_duration_since_epoch(std::time::Duration::from_secs(2))
+    }
+
+    type Stored = Arc<Mutex<Vec<Flow>>>;
+
+    fn store() -> (FlowStore, Stored) {
+        let got: Stored = Arc::default();
+        let sink = got.clone();
+        (Arc::new(move |f| sink.lock().expect("lock").push(f)), got)
+    }
+
+    fn bodies(flow: &Flow) -> (Option<Bytes>, Option<Bytes>) {
+        let Payload::Http(http) = &flow.payload else { panic!("http") };
+        (http.request.body.clone(), http.response.as_ref().and_then(|r| r.body.clone()))
+    }
+
+    fn body(parts: &[&'static [u8]]) -> impl hyper::body::Body<Data = Bytes, Error = std::convert::Infallible> + Unpin {
+        let frames: Vec<Result<_, std::convert::Infallible>> =
+            parts.iter().map(|p| Ok(hyper::body::Frame::data(Bytes::from_static(p)))).collect();
+        http_body_util::StreamBody::new(futures_util_stream(frames))
+    }
+
+    fn futures_util_stream<T: Unpin>(items: Vec<T>) -> impl futures_core::Stream<Item = T> + Unpin {
+        struct Iter<T>(std::collections::VecDeque<T>);
+        impl<T: Unpin> futures_core::Stream for Iter<T> {
+            type Item = T;
+            fn poll_next(mut self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<T>> {
+                Poll::Ready(self.0.pop_front())
+            }
+        }
+        Iter(items.into())
+    }
+
+    #[tokio::test]
+    async fn a_flow_is_handed_over_when_its_last_body_ends() {
+        let budget = BufferBudget::new(1 << 20);
+        let (sink, got) = store();
+        let req = Capture::new(1024, &budget);
+        let resp = Capture::new(1024, &budget);
+        // The request body passed before the flow was recorded; the response body after.
+        let sent = Tee::new(body(&[b"q=1"]), req.clone()).collect().await.expect("body");
+        assert_eq!(sent.to_bytes(), "q=1");
+        let client_body = Tee::new(body(&[b"hello ", b"world"]), resp.clone());
+        Pending::hand_over(flow(), Some(req), Some(resp), sink);
+        assert!(got.lock().expect("lock").is_empty(), "held until the response body ends");
+        let out = client_body.collect().await.expect("body").to_bytes();
+        assert_eq!(out, "hello world");
+        let flows = got.lock().expect("lock");
+        assert_eq!(flows.len(), 1);
+        assert_eq!(bodies(&flows[0]), (Some(Bytes::from("q=1")), Some(Bytes::from("hello world"))));
+        assert_eq!(budget.used(), 0, "the captures gave their bytes back");
+    }
+
+    #[tokio::test]
+    async fn past_the_cap_or_the_budget_a_body_is_not_stored_and_a_dropped_body_still_hands_over() {
+        let budget = BufferBudget::new(8);
+        let (sink, got) = store();
+        let req = Capture::new(4, &budget);
+        let _ = Tee::new(body(&[b"abc", b"def"]), req.clone()).collect().await;
+        let resp = Capture::new(1024, &budget);
+        let client_body = Tee::new(body(&[b"0123456789"]), resp.clone());
+        Pending::hand_over(flow(), Some(req), Some(resp), sink);
+        drop(client_body); // the client went away before reading it
+        let flows = got.lock().expect("lock");
+        assert_eq!(bodies(&flows[0]), (None, None), "over the cap, and unread: not stored (never empty)");
+    }
+
+    #[tokio::test]
+    async fn without_captures_a_flow_is_handed_over_at_once() {
+        let (sink, got) = store();
+        Pending::hand_over(flow(), None, None, sink);
+        assert_eq!(got.lock().expect("lock").len(), 1);
+    }
+}
