@@ -1,6 +1,7 @@
 //! The real `flowgate` binary driven by curl: regular, reverse and upstream modes, HTTPS
-//! interception with the generated CA, plugins changing real traffic, hostile plugins,
-//! dead upstreams, malformed requests and CLI errors.
+//! interception with the generated CA, TLS to the proxy itself (a secure web proxy),
+//! plugins changing real traffic, hostile plugins, dead upstreams, malformed requests and
+//! CLI errors.
 
 #[path = "support.rs"]
 mod support;
@@ -160,6 +161,92 @@ fn upstream_https_speaks_tls_to_a_secure_web_proxy() {
     let line = fg.flow_line("/unverified");
     assert!(line.contains("TLS handshake with localhost:"), "{line}");
     assert_eq!(origin.seen.paths(), ["/secure-proxy"]);
+}
+
+/// curl through flowgate as a secure web proxy (`--proxy https://...`, trusting
+/// flowgate's CA for the proxy's own certificate): the reply, as [`curl`] reads it.
+fn curl_via_secure_proxy(fg: &Flowgate, proxy_host: &str, args: &[&str]) -> Reply {
+    let ca = fg.ca();
+    let proxy = format!("https://{proxy_host}:{}", fg.port);
+    let mut all = vec!["--proxy", &proxy, "--proxy-cacert", ca.to_str().expect("utf-8")];
+    all.extend_from_slice(args);
+    curl(&all)
+}
+
+#[test]
+fn curl_speaks_tls_to_flowgate_as_a_secure_web_proxy() {
+    // TLS to flowgate's own port: terminated with a certificate from its CA (for the
+    // SNI, or for the address connected to when there is none), then the explicit proxy:
+    // plain HTTP in absolute form, HTTPS through a CONNECT inside it (TLS in TLS, the
+    // inner one intercepted as always).
+    let origin = Origin::start(false);
+    let tls_origin = Origin::start(true);
+    let fg = Flowgate::start(&["-k", "-s", REQUEST_ID]);
+    let ca = fg.ca();
+    let ca = ca.to_str().expect("utf-8");
+    // By IP: curl sends no SNI, so the certificate must name 127.0.0.1.
+    let reply = curl_via_secure_proxy(&fg, "127.0.0.1", &[&origin.url("http", "/via-secure-proxy")]);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(reply.body.contains("x-request-id: "), "the plugin ran: {}", reply.body);
+    let line = fg.flow_line("/via-secure-proxy");
+    assert!(line.contains(&format!("GET {} << 200 OK", origin.url("http", "/via-secure-proxy"))), "{line}");
+    // By name (SNI localhost), and CONNECT to an HTTPS origin inside.
+    let reply = curl_via_secure_proxy(&fg, "localhost", &["--cacert", ca, &tls_origin.url("https", "/tls-in-tls")]);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(reply.body.contains("x-request-id: "), "decrypted inside the tunnel: {}", reply.body);
+    fg.flow_line(&format!("GET {} << 200 OK", tls_origin.url("https", "/tls-in-tls")));
+    assert_eq!(origin.seen.paths(), ["/via-secure-proxy"]);
+    assert_eq!(tls_origin.seen.paths(), ["/tls-in-tls"]);
+    // The proxy's certificate is flowgate's: curl refuses it without that CA.
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "--proxy", &format!("https://127.0.0.1:{}", fg.port)])
+        .arg(origin.url("http", "/untrusted-proxy"))
+        .output()
+        .expect("curl runs");
+    assert!(!out.status.success(), "curl must not trust the proxy's certificate by default");
+    assert_eq!(origin.seen.paths(), ["/via-secure-proxy"]);
+
+    // Upstream mode takes TLS to its port too, and hands the requests to its upstream.
+    let outer = Flowgate::start(&["-k", "--mode", &format!("upstream:http://127.0.0.1:{}", fg.port)]);
+    let reply = curl_via_secure_proxy(&outer, "127.0.0.1", &[&origin.url("http", "/secure-upstream")]);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(reply.body.contains("x-request-id: "), "the inner flowgate's plugin ran: {}", reply.body);
+    outer.flow_line("/secure-upstream");
+    fg.flow_line("/secure-upstream");
+    let outer_ca = outer.ca();
+    let reply = curl_via_secure_proxy(
+        &outer,
+        "localhost",
+        &["--cacert", outer_ca.to_str().expect("utf-8"), &tls_origin.url("https", "/secure-upstream-tls")],
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(tls_origin.seen.paths(), ["/tls-in-tls", "/secure-upstream-tls"]);
+}
+
+#[test]
+fn tls_clienthello_hooks_see_tls_to_the_proxy_itself() {
+    // The plugin passes TLS for `localhost` through: asked about the proxy's own TLS (SNI
+    // localhost), its verdict leaves flowgate nowhere to relay to, so the connection
+    // closes; TLS by IP (no SNI) it lets flowgate terminate.
+    let origin = Origin::start(false);
+    let passthrough = manifest(TLS_PASSTHROUGH, "[config]\nhosts = \"localhost\"\n");
+    let fg = Flowgate::start(&["-s", &passthrough]);
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "--proxy", &format!("https://localhost:{}", fg.port), "--proxy-cacert"])
+        .arg(fg.ca())
+        .arg(origin.url("http", "/passed-to-nowhere"))
+        .output()
+        .expect("curl runs");
+    assert!(!out.status.success(), "the plugin's passthrough closes TLS to the proxy itself");
+    assert!(origin.seen.paths().is_empty());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fg.count_logs("passthrough localhost") == 0 {
+        assert!(Instant::now() < deadline, "the plugin saw the ClientHello: {:?}", fg.logs.lock().expect("logs"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let reply = curl_via_secure_proxy(&fg, "127.0.0.1", &[&origin.url("http", "/terminated")]);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(origin.seen.paths(), ["/terminated"]);
 }
 
 #[test]

@@ -1,10 +1,14 @@
 //! The `flowgate` command: runs the proxy with mitmdump's flags, `flowgate ca` for the
 //! certificate authority and `flowgate plugin new|build|test` for plugin authors.
 
+mod dump;
+mod export;
+mod flows;
 mod output;
 mod plugin_build;
 mod plugin_new;
 mod plugin_test;
+mod save;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -13,6 +17,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use flowgate_ca::CertificateAuthority;
+use flowgate_filter::Filter;
 use flowgate_net::{FlowRecord, Mode, Proxy, ProxyOptions, TlsVersion};
 use flowgate_runtime::{Chain, Runtime, RuntimeConfig};
 
@@ -86,9 +91,30 @@ struct Cli {
     /// Repeatable; the first match wins.
     #[arg(long = "certs")]
     certs: Vec<String>,
-    /// Quiet: do not print flows.
+    /// Quiet: do not print flows (flow_detail 0).
     #[arg(long, short = 'q')]
     quiet: bool,
+    /// Save flows to FILE as they end (`+FILE` appends; strftime patterns such as
+    /// `flows-%Y%m%d.fg` open a new file when the name changes).
+    #[arg(long = "save-stream-file", short = 'w', value_name = "[+]FILE")]
+    save_stream_file: Option<String>,
+    /// Read flows from FILE (flowgate's flow file, HAR or mitmproxy's) and print them.
+    #[arg(long = "rfile", short = 'r', value_name = "FILE")]
+    rfile: Option<PathBuf>,
+    /// Do not start the proxy: read (-r), filter, print and save flows, then exit.
+    #[arg(long = "no-server", short = 'n')]
+    no_server: bool,
+    /// With -n: keep running after reading until interrupted.
+    #[arg(long)]
+    keepserving: bool,
+    /// How much of each flow is printed: 0 nothing, 1 a line, 2 header fields, 3 bodies
+    /// cut at 512 lines, 4 everything [default 1].
+    #[arg(long = "flow-detail", value_name = "0..4")]
+    flow_detail: Option<u8>,
+    /// Print only the flows this filter matches (mitmproxy's filter language, e.g.
+    /// `~d example.com & ~m POST`); several words are joined with spaces.
+    #[arg(value_name = "FILTER")]
+    filter: Vec<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -104,6 +130,16 @@ enum Command {
     Plugin {
         #[command(subcommand)]
         action: PluginAction,
+    },
+    /// Write flows from a file as curl commands, raw HTTP/1 messages or HAR, to stdout.
+    Export {
+        /// What to write.
+        #[arg(value_enum)]
+        format: export::Format,
+        /// The flows: flowgate's flow file, HAR or mitmproxy's.
+        file: PathBuf,
+        /// Only the flows this filter matches.
+        filter: Vec<String>,
     },
 }
 
@@ -182,12 +218,38 @@ struct Settings {
     proxy: ProxyOptions,
     runtime: RuntimeConfig,
     plugin_config: Vec<(String, String, String)>,
+    flows: FlowOptions,
+}
+
+/// The options of saving, reading and printing flows.
+#[derive(Default)]
+struct FlowOptions {
+    save: Option<save::Target>,
+    save_filter: Option<Filter>,
+    read: Option<PathBuf>,
+    read_filter: Option<Filter>,
+    hardump: Option<PathBuf>,
+    detail: Option<u8>,
+    keepserving: bool,
+}
+
+/// A filter given in an option, with the option's name in its error.
+fn filter_option(name: &str, text: &str) -> anyhow::Result<Filter> {
+    Filter::parse(text).map_err(|e| anyhow::anyhow!("{name}: {e}"))
+}
+
+fn flow_detail(text: &str) -> Result<u8, String> {
+    match text.trim().parse::<u8>() {
+        Ok(n @ 0..=4) => Ok(n),
+        _ => Err(format!("{text:?}: expected 0, 1, 2, 3 or 4")),
+    }
 }
 
 fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> {
     let mut proxy = ProxyOptions { ssl_insecure: cli.ssl_insecure, ..ProxyOptions::default() };
     let mut runtime = RuntimeConfig { cache_dir: Some(confdir.join("cache")), ..RuntimeConfig::default() };
     let mut plugin_config = Vec::new();
+    let mut flows = FlowOptions::default();
     for set in &cli.sets {
         let (key, value) = set.split_once('=').with_context(|| format!("--set {set:?}: expected KEY=VALUE"))?;
         let bad = |e: &dyn std::fmt::Display| anyhow::anyhow!("--set {key}: {e}");
@@ -243,6 +305,15 @@ fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> 
             "http2_max_error_reset_streams" => {
                 proxy.http2_max_error_reset_streams = value.parse().map_err(|e| bad(&e))?
             }
+            "save_stream_file" if value.is_empty() => flows.save = None,
+            "save_stream_file" => flows.save = Some(save::Target::parse(value).map_err(|e| bad(&e))?),
+            "save_stream_filter" => flows.save_filter = Some(filter_option(key, value)?),
+            "store_streamed_bodies" => proxy.store_streamed_bodies = value.parse().map_err(|e| bad(&e))?,
+            "rfile" => flows.read = Some(PathBuf::from(value)),
+            "readfile_filter" => flows.read_filter = Some(filter_option(key, value)?),
+            "hardump" => flows.hardump = Some(PathBuf::from(value)),
+            "flow_detail" => flows.detail = Some(flow_detail(value).map_err(|e| bad(&e))?),
+            "keepserving" => flows.keepserving = value.parse().map_err(|e| bad(&e))?,
             "plugin_fuel" => runtime.fuel = value.parse().map_err(|e| bad(&e))?,
             "plugin_max_instances" => runtime.max_instances = value.parse().map_err(|e| bad(&e))?,
             "plugin_cache_dir" if value.is_empty() => runtime.cache_dir = None,
@@ -262,10 +333,24 @@ fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> 
         .map_err(|e| anyhow::anyhow!("tls_version_client_min/max: {e}"))?;
     flowgate_net::tls_versions(proxy.tls_version_server_min, proxy.tls_version_server_max)
         .map_err(|e| anyhow::anyhow!("tls_version_server_min/max: {e}"))?;
+    // The flags win over --set, as mitmproxy's do.
+    if let Some(text) = &cli.save_stream_file {
+        flows.save = Some(save::Target::parse(text).map_err(|e| anyhow::anyhow!("-w {text}: {e}"))?);
+    }
+    if let Some(path) = &cli.rfile {
+        flows.read = Some(path.clone());
+    }
+    if let Some(detail) = cli.flow_detail {
+        flows.detail = Some(flow_detail(&detail.to_string()).map_err(|e| anyhow::anyhow!("--flow-detail: {e}"))?);
+    }
+    if cli.quiet {
+        flows.detail = Some(0);
+    }
+    flows.keepserving |= cli.keepserving;
     if !proxy.http2 && cli.modes.iter().any(|m| m.starts_with("reverse:h2c://")) {
         bail!("--mode reverse:h2c://... speaks HTTP/2 to the upstream, but --set http2=false turns HTTP/2 off");
     }
-    Ok(Settings { proxy, runtime, plugin_config })
+    Ok(Settings { proxy, runtime, plugin_config, flows })
 }
 
 /// The `--set` option names, as `--help` lists them in [`OPTIONS_HELP`].
@@ -318,12 +403,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(Command::Plugin { action }) = &cli.command {
         return plugin_command(action, parse_sets(&cli, &confdir)?).await;
     }
-    let ca = CertificateAuthority::load_or_create(&confdir)?;
     if let Some(Command::Ca { action }) = &cli.command {
+        let ca = CertificateAuthority::load_or_create(&confdir)?;
         return ca_command(&confdir, &ca, action);
     }
     let settings = parse_sets(&cli, &confdir)?;
+    if let Some(Command::Export { format, file, filter }) = &cli.command {
+        let filter = words_filter(filter)?;
+        let skipped = export::run(*format, file, filter.as_ref(), &mut std::io::stdout().lock())?;
+        if skipped > 0 {
+            eprintln!("flowgate: {skipped} flows could not be exported (see above)");
+        }
+        return Ok(());
+    }
 
+    // Where flows go: printed (by the positional filter), saved (-w), hardump.
+    let output = Arc::new(output::Output::start());
+    let dump = dump::Dump {
+        filter: words_filter(&cli.filter)?,
+        detail: settings.flows.detail.unwrap_or(1),
+        output: output.clone(),
+    };
+    let save = match settings.flows.save.clone() {
+        Some(target) => Some(save::SaveStream::start(target, settings.flows.save_filter.clone())?),
+        None => None,
+    };
+    let har = settings.flows.hardump.clone().map(|path| flows::HarDump::new(path, settings.flows.save_filter.clone()));
+    let flows = Arc::new(flows::Flows { dump, save, har });
+    if let Some(path) = &settings.flows.read {
+        read_flows(path, settings.flows.read_filter.as_ref(), &flows)?;
+    }
+    if cli.no_server {
+        if settings.flows.keepserving {
+            shutdown_signal().await?;
+        }
+        return finish(&flows, &output);
+    }
+
+    let ca = CertificateAuthority::load_or_create(&confdir)?;
     let mut listeners = Vec::new();
     let mut default_used = false;
     for text in &cli.modes {
@@ -384,15 +501,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         eprintln!("flowgate: {failure}");
     }
 
-    let quiet = cli.quiet;
-    let output = Arc::new(output::Output::start());
-    let lines = output.clone();
+    // The one-line records print flows unless whole flows do (a filter, flow_detail 2+).
+    let lines = (flows.dump.prints() && !flows.dump.needs_flows()).then(|| output.clone());
     let sink = Arc::new(move |record: &FlowRecord| {
-        if !quiet {
+        if let Some(lines) = &lines {
             lines.line(record.to_string());
         }
     });
-    let proxy = Proxy::new(chain.clone(), Arc::new(ca), settings.proxy, sink, None);
+    let proxy = Proxy::new(chain.clone(), Arc::new(ca), settings.proxy, sink, flows.store());
     let mut tasks = Vec::new();
     for (mode, addr, bound) in listeners {
         let listener = bound.listen().with_context(|| format!("cannot listen on {addr}"))?;
@@ -402,13 +518,87 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     println!("flowgate: CA certificate at {}", confdir.join(flowgate_ca::CA_CERT_PEM).display());
     let _ = std::io::stdout().flush();
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    shutdown_signal().await?;
+    // Stop taking connections, give the flows in progress a bounded time to end, then
+    // save what was seen.
     for task in &tasks {
         task.abort();
+    }
+    let drained = proxy.drain(DRAIN_TIMEOUT).await;
+    if drained > 0 {
+        eprintln!("flowgate: {drained} client connections were still open after {DRAIN_TIMEOUT:?}; closing them");
     }
     for failure in chain.done().await {
         eprintln!("flowgate: {failure}");
     }
+    finish(&flows, &output)
+}
+
+/// How long flows in progress may go on after Ctrl-C or SIGTERM (a second signal ends
+/// them at once).
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Waits for Ctrl-C (SIGINT) or SIGTERM.
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("cannot wait for SIGTERM")?;
+    tokio::select! {
+        interrupted = tokio::signal::ctrl_c() => interrupted.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+/// The filter of positional words (joined with spaces, as mitmdump's), if any.
+fn words_filter(words: &[String]) -> anyhow::Result<Option<Filter>> {
+    if words.is_empty() {
+        return Ok(None);
+    }
+    filter_option("filter", &words.join(" ")).map(Some)
+}
+
+/// `-r`: the flows of `path` that `filter` matches, printed and saved as live ones are.
+fn read_flows(path: &std::path::Path, filter: Option<&Filter>, flows: &flows::Flows) -> anyhow::Result<()> {
+    let mut skipped = 0;
+    let read = flowgate_store::open(path).with_context(|| format!("-r {}", path.display()))?;
+    if let Some(stats) = read.flowfile_stats() {
+        if stats.skipped > 0 {
+            eprintln!(
+                "flowgate: {}: {} damaged stretches ({} bytes) skipped",
+                path.display(),
+                stats.skipped,
+                stats.skipped_bytes
+            );
+        }
+        if let Some(at) = stats.torn_tail {
+            eprintln!(
+                "flowgate: {}: the last record is cut short at byte {at} (a crash mid-write); skipped",
+                path.display()
+            );
+        }
+    }
+    for flow in read {
+        match flow {
+            Ok(flow) if filter.is_none_or(|f| f.matches(&flow)) => flows.add(flowgate_net::Stored::Whole(flow)),
+            Ok(_) => {}
+            Err(e) => {
+                skipped += 1;
+                eprintln!("flowgate: {}: skipped a flow: {e}", path.display());
+            }
+        }
+    }
+    if skipped > 0 {
+        eprintln!("flowgate: {}: {skipped} flows could not be read", path.display());
+    }
+    Ok(())
+}
+
+/// Saves what is left to save and says what was done.
+fn finish(flows: &flows::Flows, output: &output::Output) -> anyhow::Result<()> {
+    for report in flows.finish()? {
+        eprintln!("flowgate: {report}");
+    }
+    output.flush();
     if output.dropped() > 0 {
         eprintln!("flowgate: {} flow lines were dropped in all (stdout was not keeping up)", output.dropped());
     }

@@ -10,21 +10,35 @@ use std::sync::mpsc::{SyncSender, TrySendError};
 /// Lines queued for stdout at most; past it they are dropped.
 const QUEUED_LINES: usize = 1024;
 
+/// What the writer thread is sent.
+enum Queued {
+    Line(String),
+    /// Answered once the lines before it are written.
+    Flush(SyncSender<()>),
+}
+
 /// The queue to the writer thread.
 pub struct Output {
-    tx: SyncSender<String>,
+    tx: SyncSender<Queued>,
     dropped: Arc<AtomicU64>,
 }
 
 impl Output {
     /// Starts the writer thread.
     pub fn start() -> Output {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<String>(QUEUED_LINES);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Queued>(QUEUED_LINES);
         std::thread::Builder::new()
             .name("flowgate-output".to_owned())
             .spawn(move || {
                 let mut broken = false;
-                for line in rx {
+                for queued in rx {
+                    let line = match queued {
+                        Queued::Line(line) => line,
+                        Queued::Flush(done) => {
+                            let _ = done.send(());
+                            continue;
+                        }
+                    };
                     if !broken {
                         let mut out = std::io::stdout().lock();
                         // A closed stdout (EPIPE) ends the output, not the proxy.
@@ -38,7 +52,7 @@ impl Output {
 
     /// Queues a line; drops it (counted) if the queue is full.
     pub fn line(&self, line: String) {
-        match self.tx.try_send(line) {
+        match self.tx.try_send(Queued::Line(line)) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 // Reported at 1, 10, 100... so a stuck stdout is known without a flood.
@@ -47,6 +61,14 @@ impl Output {
                     eprintln!("flowgate: {n} flow lines dropped so far: stdout is not keeping up");
                 }
             }
+        }
+    }
+
+    /// Waits until the lines queued so far are written (before the process exits).
+    pub fn flush(&self) {
+        let (done, wait) = std::sync::mpsc::sync_channel(1);
+        if self.tx.send(Queued::Flush(done)).is_ok() {
+            let _ = wait.recv();
         }
     }
 

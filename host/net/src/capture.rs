@@ -14,13 +14,54 @@ use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
-use flowgate_flow::{Flow, Payload, Timestamp};
+use flowgate_flow::{Flow, Payload, Timestamp, Uuid};
+use flowgate_store::flowfile::{NewMessages, Record};
 
 use crate::memory::{BufferBudget, Reservation};
 
-/// Where whole flows go (a flow file's writer, a HAR collector). Called from the proxy's
+/// What the network layer hands the flow store: whole HTTP flows, and long-lived flows
+/// (TCP) as they go, so a flow file keeps what was seen of a stream that never ends.
+/// They map one to one onto the flow file's records (`flowgate_store::flowfile::Record`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// A flow, whole, once its bodies have passed.
+    Whole(Flow),
+    /// A long-lived flow has begun: its facts, with no messages yet.
+    Begun(Flow),
+    /// More messages of a flow that has begun.
+    Messages {
+        /// The flow's id.
+        id: Uuid,
+        /// The messages, in order.
+        messages: NewMessages,
+    },
+    /// A long-lived flow has ended: its final state, without the messages handed over
+    /// before.
+    Ended(Flow),
+}
+
+impl Stored {
+    /// The flow as it ended, when this is the last event of one.
+    pub fn ended(&self) -> Option<&Flow> {
+        match self {
+            Stored::Whole(flow) | Stored::Ended(flow) => Some(flow),
+            Stored::Begun(_) | Stored::Messages { .. } => None,
+        }
+    }
+
+    /// The flow file record that keeps it.
+    pub fn into_record(self) -> Record {
+        match self {
+            Stored::Whole(flow) | Stored::Begun(flow) => Record::Flow(Box::new(flow)),
+            Stored::Messages { id, messages } => Record::Messages { id, messages },
+            Stored::Ended(flow) => Record::Update(Box::new(flow)),
+        }
+    }
+}
+
+/// Where flows go (a flow file's writer, a HAR collector). Called from the proxy's
 /// tasks: it must not block.
-pub type FlowStore = Arc<dyn Fn(Flow) + Send + Sync>;
+pub type FlowStore = Arc<dyn Fn(Stored) + Send + Sync>;
 
 /// The wall clock as the flow model takes it.
 pub(crate) fn now() -> Timestamp {
@@ -198,7 +239,7 @@ impl Drop for Pending {
                 response.body = capture.take();
             }
         }
-        (self.store)(flow);
+        (self.store)(Stored::Whole(flow));
     }
 }
 
@@ -225,12 +266,18 @@ mod tests {
         Timestamp::from_duration_since_epoch(std::time::Duration::from_secs(2))
     }
 
-    type Stored = Arc<Mutex<Vec<Flow>>>;
+    type Got = Arc<Mutex<Vec<Flow>>>;
 
-    fn store() -> (FlowStore, Stored) {
-        let got: Stored = Arc::default();
+    fn store() -> (FlowStore, Got) {
+        let got: Got = Arc::default();
         let sink = got.clone();
-        (Arc::new(move |f| sink.lock().expect("lock").push(f)), got)
+        (
+            Arc::new(move |stored| {
+                let Stored::Whole(flow) = stored else { panic!("an HTTP flow is stored whole: {stored:?}") };
+                sink.lock().expect("lock").push(flow)
+            }),
+            got,
+        )
     }
 
     fn bodies(flow: &Flow) -> (Option<Bytes>, Option<Bytes>) {

@@ -30,7 +30,7 @@ pub(crate) type BoxIo = Box<dyn Io>;
 pub(crate) enum Next {
     /// The stream is finished with (its flows are recorded).
     Done,
-    /// The stream goes on at `Stage` (a 2xx CONNECT, intercepted TLS, a 101 upgrade).
+    /// The stream goes on at `Stage` (a 2xx CONNECT, terminated TLS, a 101 upgrade).
     Switch(Stage, BoxIo),
 }
 
@@ -62,7 +62,8 @@ pub(crate) struct ConnCtx {
     pub local: SocketAddr,
     /// When the connection was accepted.
     pub accepted: flowgate_flow::Timestamp,
-    /// What TLS with the client negotiated, once intercepted.
+    /// What TLS with the client negotiated, once terminated (intercepted, or to the
+    /// proxy itself; TLS inside TLS to the proxy replaces the outer one's).
     pub tls: std::sync::Mutex<Option<(flowgate_flow::TlsInfo, flowgate_flow::Timestamp)>>,
     /// What still serves this connection: its driver, plus each HTTP/2 stream's tunnel
     /// that runs a stack of its own.
@@ -220,6 +221,7 @@ async fn run_layer(ctx: &Arc<ConnCtx>, layer: Layer, io: Prefixed<BoxIo>) -> Nex
         Layer::TlsIntercept { target, hello, in_tunnel } => {
             Box::pin(crate::tls::intercept::run(ctx, io, target, hello, in_tunnel)).await
         }
+        Layer::SecureProxy { hello } => Box::pin(crate::tls::secure_proxy::run(ctx, io, hello)).await,
         Layer::RawTcp { target, relay } => Box::pin(crate::tcp::run(ctx, io, target, relay)).await,
         Layer::TlsFailed { reason } => {
             tracing::debug!("{}: {reason}", ctx.client);

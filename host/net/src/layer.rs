@@ -37,6 +37,12 @@ pub(crate) enum Stage {
         /// Whether the TLS was inside a CONNECT tunnel (else the mode fixed the target).
         in_tunnel: bool,
     },
+    /// The plaintext of TLS to the proxy itself (a secure web proxy, regular and upstream
+    /// mode): the explicit proxy's requests follow, so no target is known yet.
+    ProxyDecrypted {
+        /// The protocol agreed with the client by ALPN, if any.
+        alpn: Option<Vec<u8>>,
+    },
     /// After `101 Switching Protocols` to h2c: the upgrading request becomes stream 1.
     UpgradedH2c {
         /// The upgrading request's pseudo-header and header fields.
@@ -86,6 +92,13 @@ pub(crate) enum Layer {
         hello: Hello,
         /// Whether inside a CONNECT tunnel.
         in_tunnel: bool,
+    },
+    /// Terminate the client's TLS to the proxy itself (a secure web proxy) with a
+    /// certificate for its SNI, or for the listener's address without one; no upstream is
+    /// connected (there is no target until the requests inside say one).
+    SecureProxy {
+        /// What the client offered.
+        hello: Hello,
     },
     /// Relay bytes both ways, recorded as a TCP flow.
     RawTcp {
@@ -149,16 +162,13 @@ pub(crate) fn next_layer(mode: &Mode, stage: &Stage, seen: Seen<'_>, options: &P
         Stage::Accepted => {
             let Some(start) = seen.start else { return Decision::Read(patient) };
             match mode {
-                Mode::Regular | Mode::Upstream { .. } => Decision::Run(match start {
-                    Start::Is(Detected::Http2Preface) => h2(None),
-                    Start::Is(Detected::TlsClientHello(_) | Detected::TlsInvalid(_)) => {
-                        close("TLS to the proxy itself (a secure web proxy) is not supported; use http://")
+                Mode::Regular | Mode::Upstream { .. } => match start {
+                    Start::Is(Detected::TlsClientHello(hello)) => secure_proxy(hello, seen.verdict),
+                    Start::Is(Detected::TlsInvalid(reason)) => {
+                        Decision::Run(Layer::TlsFailed { reason: reason.clone() })
                     }
-                    // Anything else is the explicit proxy's HTTP/1, which answers 400 to what it
-                    // cannot parse.
-                    Start::Is(_) => Layer::Http1 { fixed: None },
-                    other => quiet(other, head),
-                }),
+                    other => Decision::Run(explicit(other, h2(None), head)),
+                },
                 Mode::Reverse { scheme, prior_knowledge, host, port } => {
                     let target =
                         Target { prior_knowledge: *prior_knowledge, ..Target::new(*scheme, host.clone(), *port) };
@@ -196,6 +206,20 @@ pub(crate) fn next_layer(mode: &Mode, stage: &Stage, seen: Seen<'_>, options: &P
                 other => Decision::Run(quiet(other, head)),
             }
         }
+        Stage::ProxyDecrypted { alpn } => {
+            match alpn.as_deref() {
+                Some(b"h2") => return Decision::Run(Layer::Http2 { fixed: None }),
+                Some(b"http/1.1" | b"http/1.0") => return Decision::Run(Layer::Http1 { fixed: None }),
+                _ => {}
+            }
+            let Some(start) = seen.start else { return Decision::Read(patient) };
+            Decision::Run(match start {
+                Start::Is(Detected::TlsClientHello(_) | Detected::TlsInvalid(_)) => {
+                    close("TLS inside TLS to the proxy itself, with no CONNECT before it")
+                }
+                other => explicit(other, h2(None), head),
+            })
+        }
         Stage::Decrypted { target, alpn, in_tunnel } => {
             match alpn.as_deref() {
                 Some(b"h2") => return Decision::Run(Layer::Http2 { fixed: Some(target.clone()) }),
@@ -214,6 +238,32 @@ pub(crate) fn next_layer(mode: &Mode, stage: &Stage, seen: Seen<'_>, options: &P
                 other => quiet(other, head),
             })
         }
+    }
+}
+
+/// The explicit proxy (regular and upstream mode) on a stream that is not TLS: HTTP/2
+/// with prior knowledge, else HTTP/1 — absolute-form requests and CONNECT; it answers
+/// 400 to what it cannot parse.
+fn explicit(start: &Start, h2: Layer, head: Duration) -> Layer {
+    match start {
+        Start::Is(Detected::Http2Preface) => h2,
+        Start::Is(_) => Layer::Http1 { fixed: None },
+        other => quiet(other, head),
+    }
+}
+
+/// TLS to the proxy itself (a secure web proxy): the plugins are asked, as about any
+/// client's TLS, then flowgate terminates it. `ignore_hosts` / `allow_hosts` do not
+/// apply — the SNI names the proxy, not a destination — and a passthrough verdict closes
+/// the connection: there is no target to relay the TLS to.
+fn secure_proxy(hello: &Hello, verdict: Option<TlsVerdict>) -> Decision {
+    match verdict {
+        None => Decision::AskTls(hello.clone()),
+        Some(TlsVerdict::Decided(TlsDecision::Intercept)) => Decision::Run(Layer::SecureProxy { hello: hello.clone() }),
+        Some(TlsVerdict::Decided(TlsDecision::Passthrough)) => {
+            Decision::Run(close("a plugin passed TLS to the proxy itself through, but it has no target"))
+        }
+        Some(TlsVerdict::Failed) => Decision::Run(close("a plugin failed at tls-clienthello")),
     }
 }
 
@@ -301,6 +351,10 @@ mod tests {
         }
     }
 
+    fn proxy_decrypted(alpn: Option<&[u8]>) -> Stage {
+        Stage::ProxyDecrypted { alpn: alpn.map(<[u8]>::to_vec) }
+    }
+
     fn is(detected: Detected) -> Start {
         Start::Is(detected)
     }
@@ -365,6 +419,39 @@ mod tests {
             (&regular, Stage::Accepted, Some(is(Detected::Unknown)), None, run(Layer::Http1 { fixed: None })),
             (&regular, Stage::Accepted, Some(is(Detected::Http2Preface)), None, run(Layer::Http2 { fixed: None })),
             (&up, Stage::Accepted, Some(is(Detected::Http1)), None, run(Layer::Http1 { fixed: None })),
+            // Regular and upstream mode, TLS to the proxy itself (a secure web proxy): asked
+            // about, then terminated with no upstream; the plaintext is the explicit proxy.
+            (&regular, Stage::Accepted, tls(), None, Decision::AskTls(hello("example.com"))),
+            (&regular, Stage::Accepted, tls(), decided, run(Layer::SecureProxy { hello: hello("example.com") })),
+            (&up, Stage::Accepted, tls(), None, Decision::AskTls(hello("example.com"))),
+            (&up, Stage::Accepted, tls(), decided, run(Layer::SecureProxy { hello: hello("example.com") })),
+            (
+                &regular,
+                Stage::Accepted,
+                Some(is(Detected::TlsInvalid("bad".into()))),
+                None,
+                run(Layer::TlsFailed { reason: "bad".into() }),
+            ),
+            (&regular, proxy_decrypted(Some(b"h2")), None, None, run(Layer::Http2 { fixed: None })),
+            (&up, proxy_decrypted(Some(b"h2")), None, None, run(Layer::Http2 { fixed: None })),
+            (&regular, proxy_decrypted(Some(b"http/1.1")), None, None, run(Layer::Http1 { fixed: None })),
+            (
+                &regular,
+                proxy_decrypted(None),
+                None,
+                None,
+                Decision::Read(Deadlines { first_byte: opts.header_read_timeout, decision: opts.header_read_timeout }),
+            ),
+            (&regular, proxy_decrypted(None), Some(is(Detected::Http1)), None, run(Layer::Http1 { fixed: None })),
+            (&up, proxy_decrypted(None), Some(is(Detected::Http1)), None, run(Layer::Http1 { fixed: None })),
+            (&regular, proxy_decrypted(None), Some(is(Detected::Unknown)), None, run(Layer::Http1 { fixed: None })),
+            (
+                &regular,
+                proxy_decrypted(None),
+                Some(is(Detected::Http2Preface)),
+                None,
+                run(Layer::Http2 { fixed: None }),
+            ),
             // After CONNECT: TLS is asked about, then intercepted; HTTP served; the rest relayed.
             (&regular, tunnel(), tls(), None, Decision::AskTls(hello("example.com"))),
             (&regular, tunnel(), tls(), decided, intercept(https.clone(), true)),
@@ -477,9 +564,39 @@ mod tests {
         for start in [Start::Stalled, Start::Closed] {
             assert!(closes(&decide(&Mode::Regular, &tunnel(), Some(start.clone()), None, &opts)), "{start:?}");
         }
-        // TLS to the proxy itself is refused, not fed to HTTP.
-        let tls = Some(is(Detected::TlsClientHello(hello("example.com"))));
-        assert!(closes(&decide(&Mode::Regular, &Stage::Accepted, tls, None, &opts)));
+        // So do they inside TLS to the proxy itself.
+        for start in [Start::Silent, Start::Stalled, Start::Closed] {
+            assert!(closes(&decide(&Mode::Regular, &proxy_decrypted(None), Some(start.clone()), None, &opts)));
+        }
+    }
+
+    #[test]
+    fn tls_to_the_proxy_itself_has_no_target_to_pass_through_to() {
+        let tls = || Some(is(Detected::TlsClientHello(hello("example.com"))));
+        // ignore_hosts and allow_hosts name destinations; the SNI here names the proxy.
+        let ignore_all =
+            ProxyOptions { ignore_hosts: Some(regex::Regex::new(".").expect("re")), ..ProxyOptions::default() };
+        let allow_none =
+            ProxyOptions { allow_hosts: Some(regex::Regex::new("^other\\.").expect("re")), ..ProxyOptions::default() };
+        for opts in [&ignore_all, &allow_none] {
+            assert_eq!(
+                decide(&Mode::Regular, &Stage::Accepted, tls(), None, opts),
+                Decision::AskTls(hello("example.com"))
+            );
+        }
+        // A plugin's passthrough has nowhere to go; a failed plugin closes, as anywhere.
+        let opts = ProxyOptions::default();
+        let passthrough = Some(TlsVerdict::Decided(TlsDecision::Passthrough));
+        assert!(closes(&decide(&Mode::Regular, &Stage::Accepted, tls(), passthrough, &opts)));
+        assert!(closes(&decide(&upstream(), &Stage::Accepted, tls(), Some(TlsVerdict::Failed), &opts)));
+        // TLS again right inside it, with no CONNECT, is not served.
+        assert!(closes(&decide(&Mode::Regular, &proxy_decrypted(None), tls(), None, &opts)));
+        // Without http2 the plaintext's prior-knowledge preface is HTTP/1's to refuse.
+        let no_h2 = ProxyOptions { http2: false, ..ProxyOptions::default() };
+        assert_eq!(
+            decide(&Mode::Regular, &proxy_decrypted(None), Some(is(Detected::Http2Preface)), None, &no_h2),
+            run(Layer::Http1 { fixed: None })
+        );
     }
 
     #[test]

@@ -70,13 +70,13 @@ use std::time::Duration;
 use flowgate_ca::CertificateAuthority;
 use flowgate_runtime::Chain;
 
-pub use capture::FlowStore;
+pub use capture::{FlowStore, Stored};
 pub use egress::{CheckedError, OutboundClient, resolve_checked};
 pub use error::{ClientError, Error, UpstreamError};
 pub use listen::{Bound, Listener};
 pub use mode::{Mode, ModeError};
 pub use options::ProxyOptions;
-pub use record::{FlowRecord, FlowSink, Kind, Outcome};
+pub use record::{FAILURE_KEY, FlowRecord, FlowSink, Kind, LOCAL_KEY, Outcome, PASSTHROUGH_KEY};
 pub use tls::given::{ClientCerts, GivenCert, TlsVersion, versions as tls_versions};
 pub use tls::load_trusted_ca;
 
@@ -102,6 +102,15 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// Waits until no client connection is open, or `timeout`; returns how many still
+    /// are (they end when the process does).
+    pub async fn drain(&self, timeout: std::time::Duration) -> usize {
+        // Every permit free means every connection ended.
+        let all = u32::try_from(self.options.max_connections).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(timeout, self.connections.acquire_many(all)).await;
+        self.options.max_connections - self.connections.available_permits()
+    }
+
     /// A proxy running `chain` with certificates from `ca`: each finished flow's record goes
     /// to `sink`, and the whole flow to `store` if there is one.
     pub fn new(

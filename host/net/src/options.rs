@@ -37,6 +37,10 @@ pub struct ProxyOptions {
     /// Bodies larger than this are streamed untouched even if a plugin asked to buffer them
     /// (`stream_large_bodies`, default unset); plugins then see no body.
     pub stream_large_bodies: Option<usize>,
+    /// Whether the flow store keeps bodies streamed past `stream_large_bodies` (within
+    /// `buffer_memory_limit`); else they are recorded as not stored
+    /// (`store_streamed_bodies`, default false, as mitmproxy).
+    pub store_streamed_bodies: bool,
     /// Hosts whose TLS is passed through without decrypting (`ignore_hosts`, a regex
     /// matched against `host:port`).
     pub ignore_hosts: Option<regex::Regex>,
@@ -121,6 +125,7 @@ impl Default for ProxyOptions {
             body_size_limit: 16 << 20,
             buffer_memory_limit: 512 << 20,
             stream_large_bodies: None,
+            store_streamed_bodies: false,
             ignore_hosts: None,
             allow_hosts: None,
             max_headers: 500,

@@ -6,7 +6,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flowgate_flow::PluginFailure;
+use flowgate_flow::{Flow, Payload};
+
+/// The flow metadata key of a response a plugin gave (no upstream answered).
+pub const LOCAL_KEY: &str = "flowgate.local";
+/// The prefix of the flow metadata keys of plugin failures (`flowgate.failure.01`, ...).
+pub const FAILURE_KEY: &str = "flowgate.failure.";
+/// The flow metadata keys of a TCP flow's byte counts each way, on its final state (its
+/// messages went to the flow file as they passed).
+pub const CLIENT_BYTES_KEY: &str = "flowgate.client_bytes";
+/// See [`CLIENT_BYTES_KEY`].
+pub const SERVER_BYTES_KEY: &str = "flowgate.server_bytes";
+/// The flow metadata key of a TCP flow whose bytes flowgate did not decrypt.
+pub const PASSTHROUGH_KEY: &str = "flowgate.passthrough";
 
 /// How an HTTP flow ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,8 +79,76 @@ pub struct FlowRecord {
     pub kind: Kind,
     /// Time from the request head to the response head (HTTP), or the stream's life (TCP).
     pub duration: Duration,
-    /// Plugin failures recorded on the flow.
-    pub failures: Vec<PluginFailure>,
+    /// Plugin failures recorded on the flow, as people read them.
+    pub failures: Vec<String>,
+}
+
+impl FlowRecord {
+    /// The record of a whole flow (one read from a file, or handed to the flow store),
+    /// so flows on disk print as live ones do. `None` for kinds with no line yet.
+    pub fn from_flow(flow: &Flow) -> Option<FlowRecord> {
+        let since_start = |end: Option<flowgate_flow::Timestamp>, start: Option<flowgate_flow::Timestamp>| {
+            end.zip(start).and_then(|(end, start)| end.checked_duration_since(start)).unwrap_or_default()
+        };
+        let error_at = flow.error.as_ref().map(|e| e.timestamp);
+        let (kind, duration) = match &flow.payload {
+            Payload::Http(http) => {
+                let request = &http.request;
+                let outcome = match (&http.response, &flow.error) {
+                    (Some(response), _) => Outcome::Response {
+                        status: response.status,
+                        reason: response.reason.clone(),
+                        size: response.body.as_ref().map(|b| b.len() as u64),
+                        local: flow.metadata.contains_key(LOCAL_KEY),
+                    },
+                    (None, Some(error)) => Outcome::Error(error.message.clone()),
+                    (None, None) => Outcome::Error("no response".to_owned()),
+                };
+                let end = http.response.as_ref().and_then(|r| r.timestamp_start).or(error_at);
+                let kind = Kind::Http {
+                    method: request.method.clone(),
+                    url: request.url(),
+                    version: request.version.as_str().to_owned(),
+                    outcome,
+                };
+                (kind, since_start(end, request.timestamp_start))
+            }
+            Payload::Tcp(messages) => {
+                let sent = |from_client: bool, key: &str| match flow.metadata.get(key).and_then(|n| n.parse().ok()) {
+                    Some(n) => n,
+                    None => {
+                        messages.iter().filter(|m| m.from_client == from_client).map(|m| m.content.len() as u64).sum()
+                    }
+                };
+                let server = flow.server.as_ref().map(|s| s.address.to_string()).unwrap_or_default();
+                let kind = Kind::Tcp {
+                    server,
+                    decrypted: !flow.metadata.contains_key(PASSTHROUGH_KEY),
+                    client_bytes: sent(true, CLIENT_BYTES_KEY),
+                    server_bytes: sent(false, SERVER_BYTES_KEY),
+                    error: flow.error.as_ref().map(|e| e.message.clone()),
+                };
+                let end = flow.client.timestamp_end.or(error_at);
+                (kind, since_start(end, Some(flow.client.timestamp_start)))
+            }
+            Payload::Udp(_) | Payload::Dns(_) => return None,
+        };
+        let failures = flow.metadata.range(FAILURE_KEY.to_owned()..).take_while(|(k, _)| k.starts_with(FAILURE_KEY));
+        Some(FlowRecord {
+            id: flow.id,
+            client: flow.client.peer,
+            kind,
+            duration,
+            failures: failures.map(|(_, v)| v.clone()).collect(),
+        })
+    }
+}
+
+/// Records plugin failures on a flow's metadata, where [`FlowRecord::from_flow`] finds them.
+pub fn note_failures(flow: &mut Flow, failures: &[flowgate_flow::PluginFailure]) {
+    for (n, failure) in failures.iter().enumerate() {
+        flow.metadata.insert(format!("{FAILURE_KEY}{:02}", n + 1), failure.to_string());
+    }
 }
 
 fn human_size(n: u64) -> String {

@@ -11,14 +11,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use flowgate_flow::{FlowInfo, FlowKind, Injected};
+use bytes::Bytes;
+use flowgate_flow::{Address, DataMessage, Flow, FlowError, FlowInfo, FlowKind, Injected, Payload, Server, Uuid};
 use flowgate_runtime::{DataAction, DataFlowSession};
+use flowgate_store::flowfile::NewMessages;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
+use crate::capture::{FlowStore, Stored, now};
 use crate::conn::{BoxIo, ConnCtx, Next};
 use crate::layer::Relay;
-use crate::record::{FlowRecord, Kind};
+use crate::record::{self, FlowRecord, Kind};
 use crate::tls::Prefixed;
 use crate::upstream::{self, Alpn, Target};
 
@@ -31,7 +34,11 @@ pub(crate) async fn run(ctx: &Arc<ConnCtx>, io: Prefixed<BoxIo>, target: Target,
     let server = format!("{}:{}", target.host, target.port);
     let info = FlowInfo { server_address: Some(server.clone()), ..ctx.flow_info(FlowKind::Tcp) };
     let mut session = ctx.flows.tcp_flow(info);
+    let tap = Tap::begin(ctx, session.flow.id, &target, relay);
     let record = |session: &DataFlowSession, totals: Totals| {
+        if let Some(tap) = &tap {
+            tap.end(ctx, &totals);
+        }
         let kind = Kind::Tcp {
             server: server.clone(),
             decrypted: relay != Relay::Passthrough,
@@ -39,7 +46,7 @@ pub(crate) async fn run(ctx: &Arc<ConnCtx>, io: Prefixed<BoxIo>, target: Target,
             server_bytes: totals.server,
             error: totals.error,
         };
-        let failures = session.failures().to_vec();
+        let failures = session.failures().iter().map(ToString::to_string).collect();
         let record = FlowRecord { id: session.flow.id, client: ctx.client, kind, duration: began.elapsed(), failures };
         (ctx.proxy.sink)(&record);
     };
@@ -54,7 +61,12 @@ pub(crate) async fn run(ctx: &Arc<ConnCtx>, io: Prefixed<BoxIo>, target: Target,
         Ok(upstream) => {
             let opts = &ctx.proxy.options;
             let idle = Idle { before_any: opts.header_read_timeout, between: opts.tcp_timeout };
-            if hooks { pump_through(io, upstream, idle, &mut session).await } else { pump(io, upstream, idle).await }
+            let tap = tap.as_ref();
+            if hooks {
+                pump_through(io, upstream, idle, &mut session, tap).await
+            } else {
+                pump(io, upstream, idle, tap).await
+            }
         }
         Err(e) => Totals::failed(e),
     };
@@ -77,6 +89,52 @@ async fn connect(ctx: &Arc<ConnCtx>, target: &Target, server: &str) -> Result<cr
     ctx.upstreams.lock().await.note_opened();
     ctx.session.lock().await.server_connected().await;
     Ok(opened.io)
+}
+
+/// The copy of a relayed stream for the flow store: the flow when it begins, each read
+/// as a message as it passes (so a flow file keeps what was seen of a stream that never
+/// ends), and the flow's final state when it ends.
+struct Tap {
+    store: FlowStore,
+    flow: Flow,
+}
+
+impl Tap {
+    /// Starts the copy if there is a flow store.
+    fn begin(ctx: &ConnCtx, id: Uuid, target: &Target, relay: Relay) -> Option<Tap> {
+        let store = ctx.proxy.store.clone()?;
+        let mut flow = Flow::new(id, ctx.client_conn(), now(), Payload::Tcp(Vec::new()));
+        if let Ok(address) = Address::new(&target.host, target.port) {
+            flow.server = Some(Server::new(ctx.proxy.next_id(), address));
+        }
+        if relay == Relay::Passthrough {
+            flow.metadata.insert(record::PASSTHROUGH_KEY.to_owned(), "true".to_owned());
+        }
+        store(Stored::Begun(flow.clone()));
+        Some(Tap { store, flow })
+    }
+
+    /// Bytes that passed, from the client or from the server.
+    fn saw(&self, from_client: bool, data: &[u8]) {
+        let message = DataMessage { from_client, content: Bytes::copy_from_slice(data), timestamp: now() };
+        (self.store)(Stored::Messages { id: self.flow.id, messages: NewMessages::Tcp(vec![message]) });
+    }
+
+    /// The stream ended: its final state.
+    fn end(&self, ctx: &ConnCtx, totals: &Totals) {
+        let mut flow = self.flow.clone();
+        let at = now();
+        flow.client.timestamp_end = Some(at);
+        if let Some(tls) = ctx.client_conn().tls {
+            flow.client.tls = Some(tls);
+        }
+        flow.metadata.insert(record::CLIENT_BYTES_KEY.to_owned(), totals.client.to_string());
+        flow.metadata.insert(record::SERVER_BYTES_KEY.to_owned(), totals.server.to_string());
+        if let Some(message) = &totals.error {
+            flow.error = Some(FlowError { message: message.clone(), timestamp: at });
+        }
+        (self.store)(Stored::Ended(flow));
+    }
 }
 
 /// Why a hook's action ends the flow, if it does.
@@ -129,7 +187,7 @@ impl Totals {
 }
 
 /// Relays both ways until both sides have closed, one fails, or the stream idles out.
-async fn pump<C, S>(client: C, server: S, idle: Idle) -> Totals
+async fn pump<C, S>(client: C, server: S, idle: Idle, tap: Option<&Tap>) -> Totals
 where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
@@ -139,8 +197,8 @@ where
     let (from_client, from_server) = (AtomicU64::new(0), AtomicU64::new(0));
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut server_read, mut server_write) = tokio::io::split(server);
-    let up = copy(&mut client_read, &mut server_write, &from_client, &last, began);
-    let down = copy(&mut server_read, &mut client_write, &from_server, &last, began);
+    let up = copy(&mut client_read, &mut server_write, &from_client, &last, began, tap.map(|t| (t, true)));
+    let down = copy(&mut server_read, &mut client_write, &from_server, &last, began, tap.map(|t| (t, false)));
     let watchdog = async {
         loop {
             let said = from_client.load(Ordering::Relaxed) + from_server.load(Ordering::Relaxed) > 0;
@@ -161,7 +219,13 @@ where
 /// Relays both ways through the tcp-message hooks: each read is one message, and what
 /// the plugins make of it is written to the other side. One task, one read at a time per
 /// side, so a slow writer holds back only the side that feeds it.
-async fn pump_through<C, S>(client: C, server: S, idle: Idle, session: &mut DataFlowSession) -> Totals
+async fn pump_through<C, S>(
+    client: C,
+    server: S,
+    idle: Idle,
+    session: &mut DataFlowSession,
+    tap: Option<&Tap>,
+) -> Totals
 where
     C: AsyncRead + AsyncWrite + Unpin + Send,
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -169,7 +233,7 @@ where
     let (mut client, mut server) = (client, server);
     let mut totals = Totals::default();
     // What tcp-start injected goes out first.
-    if let Err(e) = inject(session, &mut client, &mut server, &mut totals).await {
+    if let Err(e) = inject(session, &mut client, &mut server, &mut totals, tap).await {
         totals.error = Some(e.to_string());
         return totals;
     }
@@ -219,9 +283,16 @@ where
                 totals.error = Some(e.to_string());
                 return totals;
             }
-            if is_client { totals.client += out.len() as u64 } else { totals.server += out.len() as u64 }
+            if is_client {
+                totals.client += out.len() as u64
+            } else {
+                totals.server += out.len() as u64
+            }
+            if let Some(tap) = tap {
+                tap.saw(is_client, &out);
+            }
         }
-        if let Err(e) = inject(session, &mut client, &mut server, &mut totals).await {
+        if let Err(e) = inject(session, &mut client, &mut server, &mut totals, tap).await {
             totals.error = Some(e.to_string());
             return totals;
         }
@@ -236,6 +307,7 @@ async fn inject<C, S>(
     client: &mut C,
     server: &mut S,
     totals: &mut Totals,
+    tap: Option<&Tap>,
 ) -> std::io::Result<()>
 where
     C: AsyncWrite + Unpin + Send,
@@ -252,18 +324,22 @@ where
             server.flush().await?;
             totals.client += data.len() as u64;
         }
+        if let Some(tap) = tap {
+            tap.saw(!to_client, &data);
+        }
     }
     Ok(())
 }
 
 /// Copies `from` to `to` until `from` ends (then half-closes `to`), counting bytes and
-/// noting when the last ones passed.
+/// noting when the last ones passed (and showing them to the tap, with their side).
 async fn copy<R, W>(
     from: &mut R,
     to: &mut W,
     count: &AtomicU64,
     last: &AtomicU64,
     began: Instant,
+    tap: Option<(&Tap, bool)>,
 ) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
@@ -279,6 +355,9 @@ where
         }
         to.write_all(&buf[..n]).await?;
         to.flush().await?;
+        if let Some((tap, from_client)) = tap {
+            tap.saw(from_client, &buf[..n]);
+        }
         count.fetch_add(n as u64, Ordering::Relaxed);
         last.store(began.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
@@ -294,7 +373,7 @@ mod tests {
     async fn relays_both_ways_and_forwards_half_closes() {
         let (client, mut client_peer) = tokio::io::duplex(1024);
         let (server, mut server_peer) = tokio::io::duplex(1024);
-        let relay = tokio::spawn(pump(client, server, QUICK));
+        let relay = tokio::spawn(pump(client, server, QUICK, None));
         // The server speaks first; then the client; then the client closes its side.
         server_peer.write_all(b"SSH-2.0-test\r\n").await.expect("write");
         let mut banner = [0u8; 14];
@@ -319,12 +398,12 @@ mod tests {
     async fn silence_and_idleness_end_the_relay() {
         let (client, _client_peer) = tokio::io::duplex(64);
         let (server, _server_peer) = tokio::io::duplex(64);
-        let totals = pump(client, server, QUICK).await;
+        let totals = pump(client, server, QUICK, None).await;
         assert!(totals.error.as_deref().is_some_and(|e| e.contains("header_read_timeout")), "{totals:?}");
         let (client, mut client_peer) = tokio::io::duplex(64);
         let (server, mut server_peer) = tokio::io::duplex(64);
         client_peer.write_all(b"x").await.expect("write");
-        let relay = tokio::spawn(pump(client, server, QUICK));
+        let relay = tokio::spawn(pump(client, server, QUICK, None));
         let mut one = [0u8; 1];
         server_peer.read_exact(&mut one).await.expect("relayed");
         let totals = relay.await.expect("relay");

@@ -29,7 +29,7 @@ use crate::capture::{Capture, Pending, Tee, now};
 use crate::conn::ConnCtx;
 use crate::egress::resolve_checked;
 use crate::error::{Error, UpstreamError};
-use crate::record::{FlowRecord, Kind, Outcome};
+use crate::record::{self, FlowRecord, Kind, Outcome};
 use crate::upstream::{self, Body, Outbound, Target};
 
 /// A request as a client layer received it.
@@ -149,8 +149,13 @@ impl Exchange {
             return body;
         }
         let options = &self.ctx.proxy.options;
-        let capture =
-            Capture::new(options.stream_large_bodies.unwrap_or(options.body_size_limit), &self.ctx.proxy.buffers);
+        // A streamed body is kept only when asked for, and then as far as the budget goes.
+        let cap = match options.stream_large_bodies {
+            Some(_) if options.store_streamed_bodies => usize::MAX,
+            Some(limit) => limit,
+            None => options.body_size_limit,
+        };
+        let capture = Capture::new(cap, &self.ctx.proxy.buffers);
         *slot(&mut self.captures) = Some(capture.clone());
         Tee::new(body, capture).boxed()
     }
@@ -187,10 +192,15 @@ impl Exchange {
             }
             flow.server = Some(server);
         }
-        if let Outcome::Error(message) = outcome {
-            flow.error = Some(FlowError { message: message.clone(), timestamp: now() });
-        }
         flow.metadata = self.session.flow.metadata.clone();
+        match outcome {
+            Outcome::Error(message) => flow.error = Some(FlowError { message: message.clone(), timestamp: now() }),
+            Outcome::Response { local: true, .. } => {
+                flow.metadata.insert(record::LOCAL_KEY.to_owned(), "true".to_owned());
+            }
+            Outcome::Response { .. } => {}
+        }
+        record::note_failures(&mut flow, self.session.failures());
         flow
     }
 
@@ -207,7 +217,7 @@ impl Exchange {
             client: self.ctx.client,
             kind,
             duration: self.start.elapsed(),
-            failures: self.session.failures().to_vec(),
+            failures: self.session.failures().iter().map(ToString::to_string).collect(),
         };
         (self.ctx.proxy.sink)(&record);
     }

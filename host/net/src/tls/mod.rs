@@ -1,9 +1,12 @@
 //! TLS on both sides: the server config with a minted leaf certificate, the upstream
 //! client config, and the replaying IO the layers hand streams on with. The ClientHello
-//! is read by `detect`; terminating the client's TLS is the `intercept` layer.
+//! is read by `detect`; the client's handshake is `terminate`, used by the `intercept`
+//! layer (TLS meant for an origin) and the `secure_proxy` layer (TLS to flowgate itself).
 
 pub mod given;
 pub(crate) mod intercept;
+pub(crate) mod secure_proxy;
+pub(crate) mod terminate;
 
 use std::io;
 use std::pin::Pin;
@@ -94,7 +97,7 @@ impl ServerShared {
     }
 }
 
-/// The config for the client side of an intercepted connection.
+/// The config for the client side of TLS flowgate terminates.
 pub(crate) fn server_config(
     shared: &ServerShared,
     leaf: Arc<CertifiedKey>,

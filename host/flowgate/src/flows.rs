@@ -1,0 +1,108 @@
+//! What the binary does with flows, live or read from a file (`-r`): print them (the
+//! dump output), save them (`-w`) and collect them for `hardump`.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use anyhow::Context;
+use flowgate_filter::Filter;
+use flowgate_flow::{Flow, Payload};
+use flowgate_net::{FlowStore, Stored};
+
+use crate::dump::Dump;
+use crate::save::SaveStream;
+
+/// Bytes of bodies `hardump` keeps in memory at most; flows past it are left out of the
+/// HAR (counted and reported when it is written).
+const HARDUMP_MAX_BYTES: usize = 256 << 20;
+
+/// `hardump`: HTTP flows kept until exit, then written as one HAR file.
+pub struct HarDump {
+    path: PathBuf,
+    filter: Option<Filter>,
+    kept: Mutex<(Vec<Flow>, usize, u64)>,
+}
+
+impl HarDump {
+    pub fn new(path: PathBuf, filter: Option<Filter>) -> HarDump {
+        HarDump { path, filter, kept: Mutex::new((Vec::new(), 0, 0)) }
+    }
+
+    fn add(&self, flow: &Flow) {
+        let Payload::Http(http) = &flow.payload else { return };
+        if self.filter.as_ref().is_some_and(|f| !f.matches(flow)) {
+            return;
+        }
+        let size = http.request.body.as_ref().map_or(0, |b| b.len())
+            + http.response.as_ref().and_then(|r| r.body.as_ref()).map_or(0, |b| b.len());
+        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        if kept.1 + size > HARDUMP_MAX_BYTES {
+            kept.2 += 1;
+            return;
+        }
+        kept.1 += size;
+        kept.0.push(flow.clone());
+    }
+
+    /// Writes the HAR file (`-` for stdout) and says what it holds.
+    fn write(&self) -> anyhow::Result<String> {
+        let kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        let stats = if self.path.as_os_str() == "-" {
+            flowgate_store::har::write(std::io::stdout().lock(), &kept.0)?
+        } else {
+            let file = std::fs::File::create(&self.path)
+                .with_context(|| format!("hardump: cannot write {}", self.path.display()))?;
+            flowgate_store::har::write(std::io::BufWriter::new(file), &kept.0)?
+        };
+        let mut report = format!("wrote {} entries to {}", stats.entries, self.path.display());
+        if kept.2 > 0 {
+            report += &format!(" ({} flows left out: past {} MiB of bodies)", kept.2, HARDUMP_MAX_BYTES >> 20);
+        }
+        Ok(report)
+    }
+}
+
+/// Where flows go.
+pub struct Flows {
+    pub dump: Dump,
+    pub save: Option<SaveStream>,
+    pub har: Option<HarDump>,
+}
+
+impl Flows {
+    /// Whether the proxy has to hand over whole flows (else its one-line records do).
+    pub fn wants_flows(&self) -> bool {
+        self.save.is_some() || self.har.is_some() || self.dump.needs_flows()
+    }
+
+    /// What happened to a live flow (or one read from a file, as [`Stored::Whole`]).
+    pub fn add(&self, stored: Stored) {
+        if let Some(flow) = stored.ended() {
+            self.dump.show(flow);
+            if let Some(har) = &self.har {
+                har.add(flow);
+            }
+        }
+        if let Some(save) = &self.save {
+            save.add(stored);
+        }
+    }
+
+    /// The proxy's flow store, if it needs one.
+    pub fn store(self: &Arc<Self>) -> Option<FlowStore> {
+        let flows = self.clone();
+        self.wants_flows().then(|| Arc::new(move |stored: Stored| flows.add(stored)) as FlowStore)
+    }
+
+    /// Flushes the flow file and writes `hardump`; returns what to tell the user.
+    pub fn finish(&self) -> anyhow::Result<Vec<String>> {
+        let mut reports = Vec::new();
+        if let Some(save) = &self.save {
+            reports.push(save.finish());
+        }
+        if let Some(har) = &self.har {
+            reports.push(har.write()?);
+        }
+        Ok(reports)
+    }
+}
