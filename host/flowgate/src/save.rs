@@ -86,7 +86,7 @@ pub struct SaveStream {
 /// What the writer thread is sent.
 enum Queued {
     /// A record to save, with its size as the queue's byte bound counts it.
-    Save(Stored, usize),
+    Save(Box<Stored>, usize),
     /// Write what came before, then stop.
     Finish,
 }
@@ -133,7 +133,7 @@ impl SaveStream {
         let sent = if full {
             false
         } else {
-            match self.tx.try_send(Queued::Save(stored, size)) {
+            match self.tx.try_send(Queued::Save(Box::new(stored), size)) {
                 Ok(()) => true,
                 Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
             }
@@ -205,7 +205,7 @@ impl WriterState {
         while let Ok(Queued::Save(stored, size)) = rx.recv() {
             self.queued.fetch_sub(size, Ordering::AcqRel);
             self.rotate();
-            self.save(stored);
+            self.save(*stored);
         }
         self.written
     }
