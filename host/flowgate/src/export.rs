@@ -26,16 +26,7 @@ pub enum Format {
 pub fn run(format: Format, path: &Path, filter: Option<&Filter>, out: &mut dyn Write) -> anyhow::Result<usize> {
     let mut skipped = 0;
     let mut flows = Vec::new();
-    for flow in flowgate_store::open(path)? {
-        match flow {
-            Ok(flow) if filter.is_none_or(|f| f.matches(&flow)) => flows.push(flow),
-            Ok(_) => {}
-            Err(e) => {
-                eprintln!("flowgate: {}: skipped a flow: {e}", path.display());
-                skipped += 1;
-            }
-        }
-    }
+    crate::flows::read_matching(path, filter, |flow| flows.push(flow))?;
     match format {
         Format::Har => {
             let stats = flowgate_store::har::write(&mut *out, &flows)?;

@@ -1,7 +1,7 @@
 //! What the binary does with flows, live or read from a file (`-r`): print them (the
 //! dump output), save them (`-w`) and collect them for `hardump`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::Context;
@@ -29,12 +29,10 @@ impl HarDump {
     }
 
     fn add(&self, flow: &Flow) {
-        let Payload::Http(http) = &flow.payload else { return };
-        if self.filter.as_ref().is_some_and(|f| !f.matches(flow)) {
+        if !matches!(flow.payload, Payload::Http(_)) || self.filter.as_ref().is_some_and(|f| !f.matches(flow)) {
             return;
         }
-        let size = http.request.body.as_ref().map_or(0, |b| b.len())
-            + http.response.as_ref().and_then(|r| r.body.as_ref()).map_or(0, |b| b.len());
+        let size = content_bytes(&flow.payload);
         let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
         if kept.1 + size > HARDUMP_MAX_BYTES {
             kept.2 += 1;
@@ -60,6 +58,56 @@ impl HarDump {
         }
         Ok(report)
     }
+}
+
+/// Bytes of a flow's bodies and messages.
+pub fn content_bytes(payload: &Payload) -> usize {
+    match payload {
+        Payload::Http(http) => {
+            http.request.body.as_ref().map_or(0, |b| b.len())
+                + http.response.as_ref().and_then(|r| r.body.as_ref()).map_or(0, |b| b.len())
+        }
+        Payload::Tcp(m) | Payload::Udp(m) => m.iter().map(|m| m.content.len()).sum(),
+        Payload::Dns(_) => 0,
+    }
+}
+
+/// The flows of the file at `path` (flowgate's, HAR or mitmproxy's) that `filter`
+/// matches, each given to `each`; damage, a torn tail and flows that cannot be read are
+/// reported on stderr and skipped.
+pub fn read_matching(path: &Path, filter: Option<&Filter>, mut each: impl FnMut(Flow)) -> anyhow::Result<()> {
+    let read = flowgate_store::open(path)?;
+    if let Some(stats) = read.flowfile_stats() {
+        if stats.skipped > 0 {
+            eprintln!(
+                "flowgate: {}: {} damaged stretches ({} bytes) skipped",
+                path.display(),
+                stats.skipped,
+                stats.skipped_bytes
+            );
+        }
+        if let Some(at) = stats.torn_tail {
+            eprintln!(
+                "flowgate: {}: the last record is cut short at byte {at} (a crash mid-write); skipped",
+                path.display()
+            );
+        }
+    }
+    let mut skipped = 0;
+    for flow in read {
+        match flow {
+            Ok(flow) if filter.is_none_or(|f| f.matches(&flow)) => each(flow),
+            Ok(_) => {}
+            Err(e) => {
+                skipped += 1;
+                eprintln!("flowgate: {}: skipped a flow: {e}", path.display());
+            }
+        }
+    }
+    if skipped > 0 {
+        eprintln!("flowgate: {}: {skipped} flows could not be read", path.display());
+    }
+    Ok(())
 }
 
 /// Where flows go.

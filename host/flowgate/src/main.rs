@@ -109,7 +109,7 @@ struct Cli {
     keepserving: bool,
     /// How much of each flow is printed: 0 nothing, 1 a line, 2 header fields, 3 bodies
     /// cut at 512 lines, 4 everything [default 1].
-    #[arg(long = "flow-detail", value_name = "0..4")]
+    #[arg(long = "flow-detail", value_name = "0..4", value_parser = clap::value_parser!(u8).range(0..=4))]
     flow_detail: Option<u8>,
     /// Print only the flows this filter matches (mitmproxy's filter language, e.g.
     /// `~d example.com & ~m POST`); several words are joined with spaces.
@@ -340,8 +340,8 @@ fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> 
     if let Some(path) = &cli.rfile {
         flows.read = Some(path.clone());
     }
-    if let Some(detail) = cli.flow_detail {
-        flows.detail = Some(flow_detail(&detail.to_string()).map_err(|e| anyhow::anyhow!("--flow-detail: {e}"))?);
+    if cli.flow_detail.is_some() {
+        flows.detail = cli.flow_detail;
     }
     if cli.quiet {
         flows.detail = Some(0);
@@ -431,7 +431,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let har = settings.flows.hardump.clone().map(|path| flows::HarDump::new(path, settings.flows.save_filter.clone()));
     let flows = Arc::new(flows::Flows { dump, save, har });
     if let Some(path) = &settings.flows.read {
-        read_flows(path, settings.flows.read_filter.as_ref(), &flows)?;
+        flows::read_matching(path, settings.flows.read_filter.as_ref(), |flow| {
+            flows.add(flowgate_net::Stored::Whole(flow))
+        })
+        .with_context(|| format!("-r {}", path.display()))?;
     }
     if cli.no_server {
         if settings.flows.keepserving {
@@ -555,42 +558,6 @@ fn words_filter(words: &[String]) -> anyhow::Result<Option<Filter>> {
         return Ok(None);
     }
     filter_option("filter", &words.join(" ")).map(Some)
-}
-
-/// `-r`: the flows of `path` that `filter` matches, printed and saved as live ones are.
-fn read_flows(path: &std::path::Path, filter: Option<&Filter>, flows: &flows::Flows) -> anyhow::Result<()> {
-    let mut skipped = 0;
-    let read = flowgate_store::open(path).with_context(|| format!("-r {}", path.display()))?;
-    if let Some(stats) = read.flowfile_stats() {
-        if stats.skipped > 0 {
-            eprintln!(
-                "flowgate: {}: {} damaged stretches ({} bytes) skipped",
-                path.display(),
-                stats.skipped,
-                stats.skipped_bytes
-            );
-        }
-        if let Some(at) = stats.torn_tail {
-            eprintln!(
-                "flowgate: {}: the last record is cut short at byte {at} (a crash mid-write); skipped",
-                path.display()
-            );
-        }
-    }
-    for flow in read {
-        match flow {
-            Ok(flow) if filter.is_none_or(|f| f.matches(&flow)) => flows.add(flowgate_net::Stored::Whole(flow)),
-            Ok(_) => {}
-            Err(e) => {
-                skipped += 1;
-                eprintln!("flowgate: {}: skipped a flow: {e}", path.display());
-            }
-        }
-    }
-    if skipped > 0 {
-        eprintln!("flowgate: {}: {skipped} flows could not be read", path.display());
-    }
-    Ok(())
 }
 
 /// Saves what is left to save and says what was done.

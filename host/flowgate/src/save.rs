@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{Context, bail};
 use flowgate_filter::Filter;
-use flowgate_flow::{Flow, Payload, Uuid};
+use flowgate_flow::{Flow, Uuid};
 use flowgate_net::Stored;
 use flowgate_store::flowfile::{NewMessages, Record, Writer};
 
@@ -171,16 +171,8 @@ impl SaveStream {
 /// What a record holds in bodies and messages (what the queue's byte bound counts), plus
 /// a little for the rest.
 fn stored_size(stored: &Stored) -> usize {
-    let payload = |payload: &Payload| match payload {
-        Payload::Http(http) => {
-            http.request.body.as_ref().map_or(0, |b| b.len())
-                + http.response.as_ref().and_then(|r| r.body.as_ref()).map_or(0, |b| b.len())
-        }
-        Payload::Tcp(m) | Payload::Udp(m) => m.iter().map(|m| m.content.len()).sum(),
-        Payload::Dns(_) => 0,
-    };
     512 + match stored {
-        Stored::Whole(flow) | Stored::Begun(flow) | Stored::Ended(flow) => payload(&flow.payload),
+        Stored::Whole(flow) | Stored::Begun(flow) | Stored::Ended(flow) => crate::flows::content_bytes(&flow.payload),
         Stored::Messages { messages: NewMessages::Tcp(m) | NewMessages::Udp(m), .. } => {
             m.iter().map(|m| m.content.len()).sum()
         }

@@ -37,7 +37,7 @@ pub(crate) async fn run(ctx: &Arc<ConnCtx>, io: Prefixed<BoxIo>, target: Target,
     let tap = Tap::begin(ctx, session.flow.id, &target, relay);
     let record = |session: &DataFlowSession, totals: Totals| {
         if let Some(tap) = &tap {
-            tap.end(ctx, &totals);
+            tap.end(&totals);
         }
         let kind = Kind::Tcp {
             server: server.clone(),
@@ -121,13 +121,10 @@ impl Tap {
     }
 
     /// The stream ended: its final state.
-    fn end(&self, ctx: &ConnCtx, totals: &Totals) {
+    fn end(&self, totals: &Totals) {
         let mut flow = self.flow.clone();
         let at = now();
         flow.client.timestamp_end = Some(at);
-        if let Some(tls) = ctx.client_conn().tls {
-            flow.client.tls = Some(tls);
-        }
         flow.metadata.insert(record::CLIENT_BYTES_KEY.to_owned(), totals.client.to_string());
         flow.metadata.insert(record::SERVER_BYTES_KEY.to_owned(), totals.server.to_string());
         if let Some(message) = &totals.error {
