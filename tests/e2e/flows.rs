@@ -2,8 +2,8 @@
 //! the proxy, `-n -r` reads it back (and mitmdump's own recordings, and HAR), the
 //! positional filter and `save_stream_filter` choose flows, `hardump` writes a HAR that
 //! har-validator and mitmdump accept, `export curl` gives a command that really re-sends
-//! the request, and a file cut by `kill -9` in the middle of a TCP stream still holds
-//! what was seen.
+//! the request, a file cut by `kill -9` in the middle of a TCP stream still holds
+//! what was seen, and client and server replay of a 1,000-flow recording.
 
 #[path = "support.rs"]
 mod support;
@@ -253,4 +253,46 @@ fn tcp_line(file: &Path) -> String {
 fn chrono_year() -> String {
     let out = Command::new("date").arg("+%Y").output().expect("date");
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Client replay of a 1,000-flow recording reaches a local origin as recorded (method,
+/// target, fields in order and case, body), one at a time in order and 8 at a time;
+/// server replay of the same file answers with no origin running, byte-identical, a
+/// request it does not hold gets `server_replay_extra`, and flowgate exits once every
+/// saved response was served (tests/e2e/py/replay.py, Python's http.client and
+/// http.server as client and origin).
+#[test]
+fn client_and_server_replay_a_thousand_flows() {
+    let dir = scratch();
+    let out = Command::new(python())
+        .arg(script("replay.py"))
+        .arg(env!("CARGO_BIN_EXE_flowgate"))
+        .arg(confdir())
+        .arg(&dir)
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "replay.py failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let figures: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    assert_eq!(figures["flows"], 1000, "{figures}");
+    eprintln!("replay: {figures}");
+}
+
+/// A HEAD answer has no body: it is recorded as empty, not as a body that was not stored
+/// (which would make it unservable by server replay); and a flow saved is printed once.
+#[test]
+fn a_head_answer_is_recorded_with_an_empty_body() {
+    let origin = Origin::start(false);
+    let dir = scratch();
+    let file = dir.join("head.fg");
+    let mut fg = Flowgate::start(&["-w", file.to_str().expect("path")]);
+    let reply = curl(&["-x", &fg.proxy(), "-I", &origin.url("http", "/page")]);
+    assert_eq!(reply.status, 200);
+    terminate(&mut fg);
+    // Saving flows, each is still printed once.
+    let printed = fg.lines.lock().expect("lines").iter().filter(|l| l.contains("HEAD http://")).count();
+    assert_eq!(printed, 1, "{:?}", fg.lines.lock().expect("lines"));
+    let lines = read_back(&file, &["--flow-detail", "3"]);
+    assert!(lines.iter().any(|l| l.contains("HEAD http://")), "{lines:?}");
+    assert!(!lines.iter().any(|l| l.contains("not stored")), "{lines:?}");
 }

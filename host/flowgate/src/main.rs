@@ -8,6 +8,7 @@ mod output;
 mod plugin_build;
 mod plugin_new;
 mod plugin_test;
+mod replay;
 mod save;
 
 use std::io::Write;
@@ -55,6 +56,26 @@ const OPTIONS_HELP: &str = "Options for --set KEY=VALUE (default in brackets):
   tls_version_client_max=VERSION   [UNBOUNDED]
   tls_version_server_min=VERSION   toward upstreams [TLS1_2]
   tls_version_server_max=VERSION   [UNBOUNDED]
+  save_stream_file=[+]FILE         as -w []
+  save_stream_filter=FILTER        save only the flows this filter matches []
+  store_streamed_bodies=BOOL       keep bodies streamed past stream_large_bodies in the flow file [false]
+  rfile=FILE                       as -r []
+  readfile_filter=FILTER           read only the flows this filter matches []
+  hardump=FILE                     write the HTTP flows as HAR 1.2 on exit (- for stdout) []
+  flow_detail=0..4                 as --flow-detail [1]
+  keepserving=BOOL                 go on after -r with -n, after client replay, after server replay ran out [false]
+  client_replay=FILE               as -C; repeatable []
+  client_replay_concurrency=N      requests client replay has in flight; -1 unlimited [1]
+  server_replay=FILE               as -S; repeatable []
+  server_replay_extra=WHAT         a request no saved one matches: forward, kill, 204, 400, 404 or 500 [forward]
+  server_replay_reuse=BOOL         a saved response answers every match, not only the first [false]
+  server_replay_refresh=BOOL       move Date, Expires, Last-Modified and cookie expiry to now [true]
+  server_replay_ignore_content=BOOL  match without the request body [false]
+  server_replay_ignore_host=BOOL   match without the host [false]
+  server_replay_ignore_port=BOOL   match without the port [false]
+  server_replay_ignore_params=NAME query parameter that plays no part in matching; repeatable []
+  server_replay_ignore_payload_params=NAME  form field that plays no part in matching; repeatable []
+  server_replay_use_headers=NAME   request header field that must match too; repeatable []
   plugin_fuel=BOOL                 enable fuel metering for limits.fuel [false]
   plugin_max_instances=N           [1000]
   plugin_cache_dir=DIR             compiled components; empty turns the cache off [CONFDIR/cache]
@@ -104,9 +125,20 @@ struct Cli {
     /// Do not start the proxy: read (-r), filter, print and save flows, then exit.
     #[arg(long = "no-server", short = 'n')]
     no_server: bool,
-    /// With -n: keep running after reading until interrupted.
+    /// Keep running after reading (-n -r), after client replay, and after server replay
+    /// has served every saved response, until interrupted.
     #[arg(long)]
     keepserving: bool,
+    /// Client replay: send the requests of the flows in FILE again (through the plugins,
+    /// recorded and printed like live ones), then exit unless --keepserving. Repeatable.
+    #[arg(long = "client-replay", short = 'C', value_name = "FILE")]
+    client_replay: Vec<PathBuf>,
+    /// Server replay: answer requests that match a flow in FILE with its saved response
+    /// instead of asking the upstream (mitmproxy's matching rules, `server_replay_*`
+    /// options); exits once every saved response was served unless --keepserving.
+    /// Repeatable.
+    #[arg(long = "server-replay", short = 'S', value_name = "FILE")]
+    server_replay: Vec<PathBuf>,
     /// How much of each flow is printed: 0 nothing, 1 a line, 2 header fields, 3 bodies
     /// cut at 512 lines, 4 everything [default 1].
     #[arg(long = "flow-detail", value_name = "0..4", value_parser = clap::value_parser!(u8).range(0..=4))]
@@ -131,6 +163,17 @@ enum Command {
         #[command(subcommand)]
         action: PluginAction,
     },
+    /// Replay saved flows: `client` sends their requests again (as `-n -C FILE`), `server`
+    /// runs the proxy answering from them (as `-S FILE`).
+    Replay {
+        /// Which side to replay.
+        #[arg(value_enum)]
+        side: ReplaySide,
+        /// The flows: flowgate's flow file, HAR or mitmproxy's.
+        file: PathBuf,
+        /// Client replay: only the flows this filter matches.
+        filter: Vec<String>,
+    },
     /// Write flows from a file as curl commands, raw HTTP/1 messages or HAR, to stdout.
     Export {
         /// What to write.
@@ -141,6 +184,15 @@ enum Command {
         /// Only the flows this filter matches.
         filter: Vec<String>,
     },
+}
+
+/// The side `flowgate replay` replays.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum ReplaySide {
+    /// Send the saved requests again.
+    Client,
+    /// Answer requests with the saved responses.
+    Server,
 }
 
 #[derive(Subcommand, Debug)]
@@ -219,6 +271,7 @@ struct Settings {
     runtime: RuntimeConfig,
     plugin_config: Vec<(String, String, String)>,
     flows: FlowOptions,
+    replay: replay::ReplayOptions,
 }
 
 /// The options of saving, reading and printing flows.
@@ -250,6 +303,7 @@ fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> 
     let mut runtime = RuntimeConfig { cache_dir: Some(confdir.join("cache")), ..RuntimeConfig::default() };
     let mut plugin_config = Vec::new();
     let mut flows = FlowOptions::default();
+    let mut replay = replay::ReplayOptions { concurrency: Some(1), ..replay::ReplayOptions::default() };
     for set in &cli.sets {
         let (key, value) = set.split_once('=').with_context(|| format!("--set {set:?}: expected KEY=VALUE"))?;
         let bad = |e: &dyn std::fmt::Display| anyhow::anyhow!("--set {key}: {e}");
@@ -314,6 +368,33 @@ fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> 
             "hardump" => flows.hardump = Some(PathBuf::from(value)),
             "flow_detail" => flows.detail = Some(flow_detail(value).map_err(|e| bad(&e))?),
             "keepserving" => flows.keepserving = value.parse().map_err(|e| bad(&e))?,
+            "client_replay" => replay.client.push(PathBuf::from(value)),
+            "client_replay_concurrency" => {
+                replay.concurrency = match value.trim() {
+                    "-1" => None,
+                    n => Some(at_least_one(n).map_err(|e| bad(&e))?),
+                }
+            }
+            "server_replay" => replay.server.push(PathBuf::from(value)),
+            "server_replay_extra" => {
+                replay.server_options.extra = flowgate_net::ReplayExtra::parse(value).map_err(|e| bad(&e))?
+            }
+            "server_replay_reuse" => replay.server_options.reuse = value.parse().map_err(|e| bad(&e))?,
+            "server_replay_refresh" => replay.server_options.refresh = value.parse().map_err(|e| bad(&e))?,
+            "server_replay_ignore_content" => {
+                replay.server_options.matching.ignore_content = value.parse().map_err(|e| bad(&e))?
+            }
+            "server_replay_ignore_host" => {
+                replay.server_options.matching.ignore_host = value.parse().map_err(|e| bad(&e))?
+            }
+            "server_replay_ignore_port" => {
+                replay.server_options.matching.ignore_port = value.parse().map_err(|e| bad(&e))?
+            }
+            "server_replay_ignore_params" => replay.server_options.matching.ignore_params.push(value.to_owned()),
+            "server_replay_ignore_payload_params" => {
+                replay.server_options.matching.ignore_payload_params.push(value.to_owned())
+            }
+            "server_replay_use_headers" => replay.server_options.matching.use_headers.push(value.to_owned()),
             "plugin_fuel" => runtime.fuel = value.parse().map_err(|e| bad(&e))?,
             "plugin_max_instances" => runtime.max_instances = value.parse().map_err(|e| bad(&e))?,
             "plugin_cache_dir" if value.is_empty() => runtime.cache_dir = None,
@@ -347,10 +428,21 @@ fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> 
         flows.detail = Some(0);
     }
     flows.keepserving |= cli.keepserving;
+    replay.client.extend(cli.client_replay.iter().cloned());
+    replay.server.extend(cli.server_replay.iter().cloned());
+    if let Some(Command::Replay { side, file, filter }) = &cli.command {
+        match side {
+            ReplaySide::Client => {
+                replay.client.push(file.clone());
+                replay.client_filter = words_filter(filter)?;
+            }
+            ReplaySide::Server => replay.server.push(file.clone()),
+        }
+    }
     if !proxy.http2 && cli.modes.iter().any(|m| m.starts_with("reverse:h2c://")) {
         bail!("--mode reverse:h2c://... speaks HTTP/2 to the upstream, but --set http2=false turns HTTP/2 off");
     }
-    Ok(Settings { proxy, runtime, plugin_config, flows })
+    Ok(Settings { proxy, runtime, plugin_config, flows, replay })
 }
 
 /// The `--set` option names, as `--help` lists them in [`OPTIONS_HELP`].
@@ -436,17 +528,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         })
         .with_context(|| format!("-r {}", path.display()))?;
     }
-    if cli.no_server {
+    let client_replay = match settings.replay.client.is_empty() {
+        true => None,
+        false => Some(replay::load(&settings.replay.client, settings.replay.client_filter.as_ref())?),
+    };
+    // `flowgate replay client` runs no proxy, as `-n -C`.
+    let no_server = cli.no_server || matches!(&cli.command, Some(Command::Replay { side: ReplaySide::Client, .. }));
+    if no_server && client_replay.is_none() {
         if settings.flows.keepserving {
             shutdown_signal().await?;
         }
         return finish(&flows, &output);
     }
+    let mut proxy_options = settings.proxy;
+    if !settings.replay.server.is_empty() {
+        proxy_options.server_replay = Some(replay::server(&settings.replay.server, &settings.replay.server_options)?);
+    }
 
     let ca = CertificateAuthority::load_or_create(&confdir)?;
     let mut listeners = Vec::new();
     let mut default_used = false;
-    for text in &cli.modes {
+    for text in cli.modes.iter().filter(|_| !no_server) {
         let (mode, port) = Mode::parse(text)?;
         let port = match port {
             Some(p) => p,
@@ -504,14 +606,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         eprintln!("flowgate: {failure}");
     }
 
-    // The one-line records print flows unless whole flows do (a filter, flow_detail 2+).
-    let lines = (flows.dump.prints() && !flows.dump.needs_flows()).then(|| output.clone());
+    // The one-line records print flows unless whole flows go anywhere (saved, a filter,
+    // flow_detail 2+): then those print, once each.
+    let lines = (flows.dump.prints() && !flows.wants_flows()).then(|| output.clone());
     let sink = Arc::new(move |record: &FlowRecord| {
         if let Some(lines) = &lines {
             lines.line(record.to_string());
         }
     });
-    let proxy = Proxy::new(chain.clone(), Arc::new(ca), settings.proxy, sink, flows.store());
+    let server_replay = proxy_options.server_replay.clone();
+    let proxy = Proxy::new(chain.clone(), Arc::new(ca), proxy_options, sink, flows.store());
     let mut tasks = Vec::new();
     for (mode, addr, bound) in listeners {
         let listener = bound.listen().with_context(|| format!("cannot listen on {addr}"))?;
@@ -519,9 +623,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         println!("flowgate: {} listening at {addr}", mode.describe());
         tasks.push(tokio::spawn(proxy.clone().serve(listener, mode)));
     }
-    println!("flowgate: CA certificate at {}", confdir.join(flowgate_ca::CA_CERT_PEM).display());
+    if !no_server {
+        println!("flowgate: CA certificate at {}", confdir.join(flowgate_ca::CA_CERT_PEM).display());
+    }
     let _ = std::io::stdout().flush();
-    shutdown_signal().await?;
+    let keepserving = settings.flows.keepserving;
+    let replaying = match client_replay {
+        Some(flows) => {
+            let mode = replay::client_mode(&cli.modes)?;
+            let concurrency = settings.replay.concurrency;
+            Some(tokio::spawn(replay::client(proxy.clone(), mode, flows, concurrency)))
+        }
+        None => None,
+    };
+    let replayed = async {
+        match replaying {
+            Some(task) => task.await,
+            None => std::future::pending().await,
+        }
+    };
+    let served_out = async {
+        match &server_replay {
+            Some(replay) => replay.exhausted().await,
+            None => std::future::pending().await,
+        }
+    };
+    // Like mitmdump: done once replay is done, unless --keepserving.
+    tokio::select! {
+        stop = shutdown_signal() => stop?,
+        summary = replayed => {
+            eprintln!("flowgate: {}", summary.context("client replay")?);
+            if keepserving {
+                shutdown_signal().await?;
+            }
+        }
+        () = served_out, if !keepserving => eprintln!("flowgate: server replay: every saved response was served"),
+    }
     // Stop taking connections, give the flows in progress a bounded time to end, then
     // save what was seen.
     for task in &tasks {

@@ -15,6 +15,7 @@ use tokio::sync::Mutex;
 
 use crate::detect::{self, Hello};
 use crate::layer::{self, Decision, Layer, Seen, Stage, TlsVerdict};
+use crate::replay::ReplayTap;
 use crate::tls::Prefixed;
 use crate::upstream::Upstreams;
 use crate::{Mode, Proxy};
@@ -68,9 +69,38 @@ pub(crate) struct ConnCtx {
     /// What still serves this connection: its driver, plus each HTTP/2 stream's tunnel
     /// that runs a stack of its own.
     users: AtomicUsize,
+    /// Set on the connection client replay makes (no client): where its flow's outcome
+    /// goes; its flows are marked as replays of the request.
+    pub replay: Option<Arc<ReplayTap>>,
 }
 
 impl ConnCtx {
+    fn new(proxy: Arc<Proxy>, mode: Arc<Mode>, client: SocketAddr, local: SocketAddr, replay: Option<Arc<ReplayTap>>) -> ConnCtx {
+        let conn_id = proxy.next_id();
+        let info = ConnectionInfo { id: conn_id, client_address: client.to_string(), ..ConnectionInfo::default() };
+        let session = proxy.chain.connection(info);
+        ConnCtx {
+            proxy,
+            mode,
+            client,
+            conn_id,
+            flows: session.flows(),
+            session: Mutex::new(session),
+            upstreams: Mutex::new(Upstreams::default()),
+            local,
+            accepted: crate::capture::now(),
+            tls: std::sync::Mutex::new(None),
+            users: AtomicUsize::new(1),
+            replay,
+        }
+    }
+
+    /// The connection client replay sends a saved request on: no client, so no client
+    /// hooks; its flow's outcome goes to `tap`. Released with [`ConnCtx::release`].
+    pub fn detached(proxy: Arc<Proxy>, mode: Arc<Mode>, client: SocketAddr, tap: Arc<ReplayTap>) -> Arc<ConnCtx> {
+        Arc::new(ConnCtx::new(proxy, mode, client, client, Some(tap)))
+    }
+
     /// Someone more serves the connection; they call [`ConnCtx::release`] when done.
     fn retain(&self) {
         self.users.fetch_add(1, Ordering::AcqRel);
@@ -78,7 +108,7 @@ impl ConnCtx {
 
     /// One user is done; the last one runs the disconnect hooks, so they fire when the
     /// client really leaves.
-    async fn release(&self) {
+    pub async fn release(&self) {
         if self.users.fetch_sub(1, Ordering::AcqRel) != 1 {
             return;
         }
@@ -87,7 +117,9 @@ impl ConnCtx {
         if had_upstream {
             session.server_disconnected().await;
         }
-        session.client_disconnected().await;
+        if self.replay.is_none() {
+            session.client_disconnected().await;
+        }
     }
 
     /// Starts the plugin session of a new HTTP flow on this connection.
@@ -138,25 +170,11 @@ impl ConnCtx {
 
 /// Serves a connection a listener accepted.
 pub(crate) async fn serve_connection(proxy: Arc<Proxy>, mode: Arc<Mode>, stream: TcpStream, client: SocketAddr) {
-    let conn_id = proxy.next_id();
-    let info = ConnectionInfo { id: conn_id, client_address: client.to_string(), ..ConnectionInfo::default() };
-    let mut session = proxy.chain.connection(info);
-    if !session.client_connected().await {
+    let local = stream.local_addr().unwrap_or(client);
+    let ctx = Arc::new(ConnCtx::new(proxy, mode, client, local, None));
+    if !ctx.session.lock().await.client_connected().await {
         return;
     }
-    let ctx = Arc::new(ConnCtx {
-        proxy,
-        mode,
-        client,
-        conn_id,
-        flows: session.flows(),
-        session: Mutex::new(session),
-        upstreams: Mutex::new(Upstreams::default()),
-        local: stream.local_addr().unwrap_or(client),
-        accepted: crate::capture::now(),
-        tls: std::sync::Mutex::new(None),
-        users: AtomicUsize::new(1),
-    });
     // Every write to the client, whatever layer makes it, is held to send_timeout.
     let stream = crate::stall::WriteStall::new(stream, ctx.proxy.options.send_timeout, "send_timeout");
     run_stack(&ctx, Stage::Accepted, Box::new(stream)).await;

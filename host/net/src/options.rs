@@ -41,6 +41,9 @@ pub struct ProxyOptions {
     /// `buffer_memory_limit`); else they are recorded as not stored
     /// (`store_streamed_bodies`, default false, as mitmproxy).
     pub store_streamed_bodies: bool,
+    /// Server replay (`-S FILE`, `server_replay`): requests that match a saved one are
+    /// answered with its response instead of the upstream's.
+    pub server_replay: Option<std::sync::Arc<crate::ServerReplay>>,
     /// Hosts whose TLS is passed through without decrypting (`ignore_hosts`, a regex
     /// matched against `host:port`).
     pub ignore_hosts: Option<regex::Regex>,
@@ -126,6 +129,7 @@ impl Default for ProxyOptions {
             buffer_memory_limit: 512 << 20,
             stream_large_bodies: None,
             store_streamed_bodies: false,
+            server_replay: None,
             ignore_hosts: None,
             allow_hosts: None,
             max_headers: 500,

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flowgate_flow::{Flow, Payload};
+use flowgate_flow::{Flow, Payload, Replay};
 
 /// The flow metadata key of a response a plugin gave (no upstream answered).
 pub const LOCAL_KEY: &str = "flowgate.local";
@@ -81,6 +81,9 @@ pub struct FlowRecord {
     pub duration: Duration,
     /// Plugin failures recorded on the flow, as people read them.
     pub failures: Vec<String>,
+    /// Which side of the flow was replayed, if one was: mitmdump prints `[replay]` in
+    /// place of the client (the request) or before the status (the response).
+    pub replay: Option<Replay>,
 }
 
 impl FlowRecord {
@@ -140,6 +143,7 @@ impl FlowRecord {
             kind,
             duration,
             failures: failures.map(|(_, v)| v.clone()).collect(),
+            replay: flow.is_replay,
         })
     }
 }
@@ -163,14 +167,18 @@ impl std::fmt::Display for FlowRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.kind {
             Kind::Http { method, url, version, outcome } => {
-                write!(f, "{}: {method} {url}", self.client)?;
+                match self.replay {
+                    Some(Replay::Request) => write!(f, "[replay] {method} {url}")?,
+                    _ => write!(f, "{}: {method} {url}", self.client)?,
+                }
                 // Like mitmdump, the version only when it is not HTTP/1.1.
                 if version != "HTTP/1.1" {
                     write!(f, " {version}")?;
                 }
                 match outcome {
                     Outcome::Response { status, reason, size, local } => {
-                        write!(f, " << {status} {reason}")?;
+                        let replayed = if self.replay == Some(Replay::Response) { "[replay] " } else { "" };
+                        write!(f, " << {replayed}{status} {reason}")?;
                         if let Some(size) = size {
                             write!(f, " {}", human_size(*size))?;
                         }
@@ -218,6 +226,7 @@ mod tests {
             kind,
             duration: Duration::from_millis(7),
             failures: Vec::new(),
+            replay: None,
         }
         .to_string()
     }
@@ -230,7 +239,20 @@ mod tests {
             version: "HTTP/2.0".into(),
             outcome: Outcome::Response { status: 200, reason: "OK".into(), size: Some(2048), local: false },
         };
-        assert_eq!(line(http), "127.0.0.1:5000: GET http://example.com/ HTTP/2.0 << 200 OK 2.0k 7ms");
+        assert_eq!(line(http.clone()), "127.0.0.1:5000: GET http://example.com/ HTTP/2.0 << 200 OK 2.0k 7ms");
+        let replayed = |replay| {
+            let client = "127.0.0.1:5000".parse().expect("address");
+            let kind = http.clone();
+            let failures = Vec::new();
+            let duration = Duration::from_millis(7);
+            FlowRecord { id: flowgate_flow::Uuid::default(), client, kind, duration, failures, replay: Some(replay) }
+                .to_string()
+        };
+        assert_eq!(replayed(Replay::Request), "[replay] GET http://example.com/ HTTP/2.0 << 200 OK 2.0k 7ms");
+        assert_eq!(
+            replayed(Replay::Response),
+            "127.0.0.1:5000: GET http://example.com/ HTTP/2.0 << [replay] 200 OK 2.0k 7ms"
+        );
         let tcp = Kind::Tcp {
             server: "example.com:22".into(),
             decrypted: true,

@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use flowgate_flow::{
-    Address, BodyMode, Flow, FlowError, Headers, HttpFlow, HttpVersion, LocalResponse, Payload, Request, Response,
-    Scheme, Server, TlsInfo,
+    Address, BodyMode, Flow, FlowError, Headers, HttpFlow, HttpVersion, LocalResponse, Payload, Replay, Request,
+    Response, Scheme, Server, TlsInfo,
 };
 use flowgate_runtime::{HttpAction, HttpFlowSession, Reroute};
 use http_body_util::BodyExt;
@@ -30,6 +30,7 @@ use crate::conn::ConnCtx;
 use crate::egress::resolve_checked;
 use crate::error::{Error, UpstreamError};
 use crate::record::{self, FlowRecord, Kind, Outcome};
+use crate::replay::ReplayExtra;
 use crate::upstream::{self, Body, Outbound, Target};
 
 /// A request as a client layer received it.
@@ -124,6 +125,8 @@ pub(crate) struct Exchange {
     pub request: Request,
     pub start: Instant,
     pub captures: Captures,
+    /// Which side of the flow is a replay, if one is.
+    pub replay: Option<Replay>,
 }
 
 /// The copies of a flow's unbuffered bodies being taken for the flow store.
@@ -139,7 +142,8 @@ impl Exchange {
         if request.timestamp_start.is_none() {
             request.timestamp_start = Some(now());
         }
-        Exchange { ctx: ctx.clone(), session: ctx.http_flow(), request, start, captures: Captures::default() }
+        let replay = ctx.replay.is_some().then_some(Replay::Request);
+        Exchange { ctx: ctx.clone(), session: ctx.http_flow(), request, start, captures: Captures::default(), replay }
     }
 
     /// `body`, copied as it passes for the flow store when there is one (the request's
@@ -193,6 +197,7 @@ impl Exchange {
             flow.server = Some(server);
         }
         flow.metadata = self.session.flow.metadata.clone();
+        flow.is_replay = self.replay;
         match outcome {
             Outcome::Error(message) => flow.error = Some(FlowError { message: message.clone(), timestamp: now() }),
             Outcome::Response { local: true, .. } => {
@@ -206,6 +211,9 @@ impl Exchange {
 
     /// Reports the flow's one-line record.
     fn record_line(&self, outcome: Outcome) {
+        if let Some(tap) = &self.ctx.replay {
+            tap.put(&outcome);
+        }
         let kind = Kind::Http {
             method: self.request.method.clone(),
             url: self.request.url(),
@@ -218,6 +226,7 @@ impl Exchange {
             kind,
             duration: self.start.elapsed(),
             failures: self.session.failures().iter().map(ToString::to_string).collect(),
+            replay: self.replay,
         };
         (self.ctx.proxy.sink)(&record);
     }
@@ -333,7 +342,12 @@ pub(crate) async fn handle(
     let mut request_trailers = None;
     let mut request_held = None;
     let mut stream_source = None;
-    match (&ex.request.body, ex.request.body_mode) {
+    // Server replay matches on the body, so it is read first (within body_size_limit).
+    let body_mode = match (&opts.server_replay, ex.request.body_mode) {
+        (Some(replay), BodyMode::Pass) if replay.needs_body() => BodyMode::Buffer,
+        (_, mode) => mode,
+    };
+    match (&ex.request.body, body_mode) {
         (Some(_), _) => {}
         (None, BodyMode::Buffer) => {
             match buffer(incoming, opts, &ctx.proxy.buffers, declared_length(&ex.request.headers)).await {
@@ -360,6 +374,31 @@ pub(crate) async fn handle(
     if let Some(resp) = ex.act(action).await? {
         return Ok(resp);
     }
+    let replayed = match &opts.server_replay {
+        Some(replay) => match replay.answer(&ex.request, now()) {
+            Some(response) => Some(response),
+            None => match replay.extra() {
+                ReplayExtra::Forward => None,
+                ReplayExtra::Kill => {
+                    let message = "no saved response matches (server_replay_extra=kill)".to_owned();
+                    ex.session.error(&mut ex.request, &message).await;
+                    ex.record(Outcome::Error(message));
+                    return Err(Killed);
+                }
+                ReplayExtra::Status(status) => {
+                    Some(Response { status, reason: canonical_reason(status), body: Some(Bytes::new()), ..Response::default() })
+                }
+            },
+        },
+        None => None,
+    };
+    let (mut response, upstream_body) = match replayed {
+        Some(saved) => {
+            ex.replay = Some(Replay::Response);
+            let head = ex.request.method == "HEAD";
+            replayed_response(saved, head)
+        }
+        None => {
     // A streamed request body goes through the chunk hooks while it is sent upstream. The
     // pump task borrows the flow's session meanwhile (an empty stand-in takes its place)
     // and gives it back when the body ends.
@@ -400,7 +439,7 @@ pub(crate) async fn handle(
         } else if bytes.is_empty() && !ex.request.headers.contains("content-length") && !method_has_body(&ex.request) {
             // A GET stays without a length.
         } else {
-            let _ = ex.request.headers.set("content-length", bytes.len().to_string().as_bytes());
+            set_length(&mut ex.request.headers, bytes.len());
         }
     }
     let open = ctx.upstreams.lock().await.take(&target);
@@ -464,6 +503,9 @@ pub(crate) async fn handle(
     };
     let upstream_body = ProgressTimeout::new(upstream_body, body_stall).boxed();
     ctx.upstreams.lock().await.put(target, sender);
+    (response, upstream_body)
+        }
+    };
 
     // Back to the client.
     if response.reason.is_empty() {
@@ -535,7 +577,7 @@ pub(crate) async fn handle(
         if response_trailers.is_some() || response.headers.contains("transfer-encoding") {
             response.headers.remove("content-length");
         } else {
-            let _ = response.headers.set("content-length", bytes.len().to_string().as_bytes());
+            set_length(&mut response.headers, bytes.len());
         }
     }
     let mut client_body = match (stream_body, response.body.clone()) {
@@ -543,16 +585,45 @@ pub(crate) async fn handle(
         (Some(stream), None) => stream,
         (None, None) => full(Bytes::new()),
     };
+    let outcome = Outcome::Response { status: response.status, reason: response.reason.clone(), size, local: false };
     if let Some(held) = response_held {
         // The buffered body counts against buffer_memory_limit until it is written.
         client_body = Held::new(client_body, held).boxed();
+    } else if no_body && response.body.is_none() {
+        // Nothing follows a HEAD answer, a 1xx, 204 or 304 (the client's layer never reads
+        // the body): recorded as empty, not as a body that was not stored.
+        let recorded = Response { body: Some(Bytes::new()), ..response.clone() };
+        drop(request_held);
+        ex.record_with(outcome, Some(&recorded));
+        return Ok(Reply { response, body: client_body });
     } else {
         client_body = ex.tee(client_body, |c| &mut c.response);
     }
     drop(request_held);
-    let outcome = Outcome::Response { status: response.status, reason: response.reason.clone(), size, local: false };
     ex.record_with(outcome, Some(&response));
     Ok(Reply { response, body: client_body })
+}
+
+/// A saved response as the upstream's would come: its body whole, framed by its length
+/// (a recording's `Transfer-Encoding` described the wire it came on, not this body).
+fn replayed_response(mut saved: Response, head: bool) -> (Response, Body) {
+    let body = saved.body.take().unwrap_or_default();
+    let trailers = std::mem::take(&mut saved.trailers);
+    if head || matches!(saved.status, 100..=199 | 204 | 304) {
+        // No body, and the fields say what a GET's would have been: kept as saved.
+    } else if trailers.is_empty() {
+        saved.headers.remove("transfer-encoding");
+        set_length(&mut saved.headers, body.len());
+    } else {
+        saved.headers.remove("transfer-encoding");
+        saved.headers.remove("content-length");
+    }
+    saved.timestamp_start = Some(now());
+    saved.timestamp_end = None;
+    let mut map = hyper::HeaderMap::new();
+    fill_headers(&mut map, &trailers);
+    let trailers = (!map.is_empty()).then_some(map);
+    (saved, with_trailers(body, trailers))
 }
 
 /// Checks a destination a plugin rerouted the flow to, with that plugin's
@@ -591,6 +662,17 @@ pub(crate) async fn rerouted(
         Ok(Err(e)) => Err(refused(&e)),
         Err(_) => Err(refused(&format!("resolving took longer than {timeout:?} (connect_timeout)"))),
     }
+}
+
+/// Sets `Content-Length` to `length`, keeping the field as it was (its place and its
+/// name's case) where it already says so.
+fn set_length(headers: &mut Headers, length: usize) {
+    let value = length.to_string();
+    let name = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("content-length")).map(|(n, _)| n.to_owned());
+    if headers.get_all("content-length").eq([value.as_bytes()]) {
+        return;
+    }
+    let _ = headers.set(name.as_deref().unwrap_or("content-length"), value.as_bytes());
 }
 
 /// The length a message's `Content-Length` declares, if it has exactly one valid one and
