@@ -1204,3 +1204,54 @@ async fn grpc_log() {
     assert_eq!(html.body_mode, BodyMode::Pass);
     assert!(session.failures().is_empty() && other.failures().is_empty());
 }
+
+/// A manifest `filter` decides which flows call the plugin: request-id (every HTTP hook)
+/// with `~d api.test & ~m POST` is called for the two matching flows only — its call
+/// count says so — and a filter on the response (`~s & ~c 404`) is matched at each hook
+/// with what the flow has then, so it calls nothing before the response.
+#[tokio::test]
+async fn manifest_filter_limits_the_flows_a_plugin_sees() {
+    let rt = runtime();
+    let m = manifest(REQUEST_ID, "name = \"request-id\"\nfilter = \"~d api.test & ~m POST\"\n");
+    let chain = chain_of(&rt, &[m]).await;
+    let conn = chain.connection(connection(1, "127.0.0.1:5000"));
+    let flows = [
+        ("POST", "http://api.test/a"),
+        ("GET", "http://api.test/b"),
+        ("POST", "http://www.test/c"),
+        ("POST", "http://api.test/d"),
+    ];
+    for (n, (method, url)) in flows.iter().enumerate() {
+        let mut session = conn.http_flow(flow(n as u64 + 1, 1));
+        let mut req = request(url, 0);
+        req.method = (*method).to_owned();
+        assert_eq!(session.request_headers(&mut req).await, HttpAction::Continue);
+        assert_eq!(session.request(&mut req).await, HttpAction::Continue);
+        let mut resp = response(b"ok");
+        assert_eq!(session.response_headers(&mut req, &mut resp).await, HttpAction::Continue);
+        assert_eq!(session.response(&mut req, &mut resp).await, HttpAction::Continue);
+        let tagged = req.headers.contains("x-request-id");
+        assert_eq!(tagged, *method == "POST" && url.contains("api.test"), "{method} {url}");
+    }
+    // Two matching flows, four HTTP hooks each.
+    assert_eq!(chain.plugins()[0].stats().calls, 8);
+
+    let m = manifest(REQUEST_ID, "name = \"request-id\"\nfilter = \"~s & ~c 404\"\n");
+    let chain = chain_of(&rt, &[m]).await;
+    let conn = chain.connection(connection(2, "127.0.0.1:5000"));
+    for (n, status) in [200u16, 404].into_iter().enumerate() {
+        let mut session = conn.http_flow(flow(n as u64 + 10, 2));
+        let mut req = request("http://api.test/", 0);
+        session.request_headers(&mut req).await;
+        session.request(&mut req).await;
+        let mut resp = response(b"");
+        resp.status = status;
+        session.response_headers(&mut req, &mut resp).await;
+        session.response(&mut req, &mut resp).await;
+    }
+    // The 404's two response hooks.
+    assert_eq!(chain.plugins()[0].stats().calls, 2);
+
+    let err = rt.load(&manifest(REQUEST_ID, "filter = \"~d (\"\n")).await.expect_err("a bad filter");
+    assert!(err.to_string().contains("filter:"), "{err}");
+}

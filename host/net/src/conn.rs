@@ -75,7 +75,13 @@ pub(crate) struct ConnCtx {
 }
 
 impl ConnCtx {
-    fn new(proxy: Arc<Proxy>, mode: Arc<Mode>, client: SocketAddr, local: SocketAddr, replay: Option<Arc<ReplayTap>>) -> ConnCtx {
+    fn new(
+        proxy: Arc<Proxy>,
+        mode: Arc<Mode>,
+        client: SocketAddr,
+        local: SocketAddr,
+        replay: Option<Arc<ReplayTap>>,
+    ) -> ConnCtx {
         let conn_id = proxy.next_id();
         let info = ConnectionInfo { id: conn_id, client_address: client.to_string(), ..ConnectionInfo::default() };
         let session = proxy.chain.connection(info);

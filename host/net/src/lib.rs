@@ -77,8 +77,8 @@ pub use error::{ClientError, Error, UpstreamError};
 pub use listen::{Bound, Listener};
 pub use mode::{Mode, ModeError};
 pub use options::ProxyOptions;
-pub use replay::{MatchOptions, ReplayExtra, Replayed, ServerReplay, ServerReplayOptions};
 pub use record::{FAILURE_KEY, FlowRecord, FlowSink, Kind, LOCAL_KEY, Outcome, PASSTHROUGH_KEY};
+pub use replay::{MatchOptions, ReplayExtra, Replayed, ServerReplay, ServerReplayOptions};
 pub use tls::given::{ClientCerts, GivenCert, TlsVersion, versions as tls_versions};
 pub use tls::load_trusted_ca;
 

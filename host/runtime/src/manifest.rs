@@ -162,6 +162,10 @@ pub struct Manifest {
     pub capabilities: Capabilities,
     /// The `[config]` table, given to the plugin through the `config` import.
     pub config: BTreeMap<String, String>,
+    /// `filter`: the flows the plugin is called for (mitmproxy's filter language, e.g.
+    /// `~d api.example.com & ~m POST`); `None` calls it for every flow. Flow hooks only:
+    /// connection, TLS and lifecycle hooks are not a flow's.
+    pub filter: Option<flowgate_filter::Filter>,
 }
 
 /// Why a manifest was refused.
@@ -184,6 +188,7 @@ struct RawManifest {
     capabilities: RawCapabilities,
     #[serde(default)]
     config: BTreeMap<String, toml::Value>,
+    filter: Option<String>,
     /// How `flowgate plugin build` makes the `.wasm`; the runtime ignores it.
     #[serde(default)]
     #[allow(dead_code, reason = "read by the flowgate binary's `plugin build`, accepted here")]
@@ -306,6 +311,7 @@ impl Manifest {
             limits: Limits::default(),
             capabilities: Capabilities::default(),
             config: BTreeMap::new(),
+            filter: None,
         }
     }
 
@@ -332,6 +338,10 @@ impl Manifest {
             manifest.version = version;
         }
         manifest.order = raw.order.unwrap_or(0);
+        if let Some(text) = raw.filter {
+            let filter = flowgate_filter::Filter::parse(&text).map_err(|e| ManifestError(format!("filter: {e}")))?;
+            manifest.filter = Some(filter);
+        }
         manifest.instance = raw.instance.unwrap_or(InstanceModel::DEFAULT);
         manifest.failure = raw.failure.unwrap_or(FailurePolicy::FailOpen);
         let l = &mut manifest.limits;

@@ -385,9 +385,12 @@ pub(crate) async fn handle(
                     ex.record(Outcome::Error(message));
                     return Err(Killed);
                 }
-                ReplayExtra::Status(status) => {
-                    Some(Response { status, reason: canonical_reason(status), body: Some(Bytes::new()), ..Response::default() })
-                }
+                ReplayExtra::Status(status) => Some(Response {
+                    status,
+                    reason: canonical_reason(status),
+                    body: Some(Bytes::new()),
+                    ..Response::default()
+                }),
             },
         },
         None => None,
@@ -399,111 +402,118 @@ pub(crate) async fn handle(
             replayed_response(saved, head)
         }
         None => {
-    // A streamed request body goes through the chunk hooks while it is sent upstream. The
-    // pump task borrows the flow's session meanwhile (an empty stand-in takes its place)
-    // and gives it back when the body ends.
-    let mut pump = None;
-    if let Some(source) = stream_source {
-        // The stand-in has the flow's facts, so whatever it might record is the flow's.
-        let stand_in = ctx.flows.http_flow(ex.session.flow.clone());
-        let session = std::mem::replace(&mut ex.session, stand_in);
-        let (stream, returned) = stream_request_body(session, ex.request.clone(), source);
-        body = Some(ex.tee(stream, |c| &mut c.request));
-        pump = Some(returned);
-    }
+            // A streamed request body goes through the chunk hooks while it is sent upstream. The
+            // pump task borrows the flow's session meanwhile (an empty stand-in takes its place)
+            // and gives it back when the body ends.
+            let mut pump = None;
+            if let Some(source) = stream_source {
+                // The stand-in has the flow's facts, so whatever it might record is the flow's.
+                let stand_in = ctx.flows.http_flow(ex.session.flow.clone());
+                let session = std::mem::replace(&mut ex.session, stand_in);
+                let (stream, returned) = stream_request_body(session, ex.request.clone(), source);
+                body = Some(ex.tee(stream, |c| &mut c.request));
+                pump = Some(returned);
+            }
 
-    // To the upstream. What goes out is what the flow holds: framing fields follow the
-    // body the plugins left.
-    let prior_knowledge = fixed.as_ref().is_some_and(|f| f.prior_knowledge) && ex.request.scheme == Scheme::Http;
-    let mut target =
-        Target { prior_knowledge, ..Target::new(ex.request.scheme, ex.request.host.clone(), ex.request.port) };
-    if (target.scheme, &target.host, target.port) != (original.scheme, &original.host, original.port) {
-        match rerouted(&ctx, ex.session.reroute(), &target).await {
-            Ok(pinned) => target.pinned = pinned,
-            Err(message) => return Ok(ex.fail(Error::Plugin(message)).await),
-        }
-    } else {
-        // Inside a tunnel a plugin moved, the flows go where the tunnel was checked to go.
-        target.pinned = original.pinned;
-        // The client's SNI stays the server name unless a plugin sent the request elsewhere.
-        target.sni = original.sni.clone();
-    }
-    if pump.is_some() {
-        // Chunk hooks may change sizes: the body goes chunked.
-        ex.request.headers.remove("content-length");
-    }
-    if let Some(bytes) = &ex.request.body {
-        // A body with trailers or transfer codings goes chunked: no length.
-        if request_trailers.is_some() || ex.request.headers.contains("transfer-encoding") {
-            ex.request.headers.remove("content-length");
-        } else if bytes.is_empty() && !ex.request.headers.contains("content-length") && !method_has_body(&ex.request) {
-            // A GET stays without a length.
-        } else {
-            set_length(&mut ex.request.headers, bytes.len());
-        }
-    }
-    let open = ctx.upstreams.lock().await.take(&target);
-    let mut sender = match open {
-        Some(sender) => sender,
-        None => {
-            let address = format!("{}:{}", target.host, target.port);
-            if !ctx.server_connect(address.clone()).await {
-                return Ok(ex.fail(UpstreamError::Refused(address)).await);
-            }
-            match upstream::connect(&ctx.proxy, &ctx.mode, &target).await {
-                Ok(connected) => {
-                    ctx.session.lock().await.server_connected().await;
-                    connected.sender
+            // To the upstream. What goes out is what the flow holds: framing fields follow the
+            // body the plugins left.
+            let prior_knowledge =
+                fixed.as_ref().is_some_and(|f| f.prior_knowledge) && ex.request.scheme == Scheme::Http;
+            let mut target =
+                Target { prior_knowledge, ..Target::new(ex.request.scheme, ex.request.host.clone(), ex.request.port) };
+            if (target.scheme, &target.host, target.port) != (original.scheme, &original.host, original.port) {
+                match rerouted(&ctx, ex.session.reroute(), &target).await {
+                    Ok(pinned) => target.pinned = pinned,
+                    Err(message) => return Ok(ex.fail(Error::Plugin(message)).await),
                 }
+            } else {
+                // Inside a tunnel a plugin moved, the flows go where the tunnel was checked to go.
+                target.pinned = original.pinned;
+                // The client's SNI stays the server name unless a plugin sent the request elsewhere.
+                target.sni = original.sni.clone();
+            }
+            if pump.is_some() {
+                // Chunk hooks may change sizes: the body goes chunked.
+                ex.request.headers.remove("content-length");
+            }
+            if let Some(bytes) = &ex.request.body {
+                // A body with trailers or transfer codings goes chunked: no length.
+                if request_trailers.is_some() || ex.request.headers.contains("transfer-encoding") {
+                    ex.request.headers.remove("content-length");
+                } else if bytes.is_empty()
+                    && !ex.request.headers.contains("content-length")
+                    && !method_has_body(&ex.request)
+                {
+                    // A GET stays without a length.
+                } else {
+                    set_length(&mut ex.request.headers, bytes.len());
+                }
+            }
+            let open = ctx.upstreams.lock().await.take(&target);
+            let mut sender = match open {
+                Some(sender) => sender,
+                None => {
+                    let address = format!("{}:{}", target.host, target.port);
+                    if !ctx.server_connect(address.clone()).await {
+                        return Ok(ex.fail(UpstreamError::Refused(address)).await);
+                    }
+                    match upstream::connect(&ctx.proxy, &ctx.mode, &target).await {
+                        Ok(connected) => {
+                            ctx.session.lock().await.server_connected().await;
+                            connected.sender
+                        }
+                        Err(e) => return Ok(ex.fail(e).await),
+                    }
+                }
+            };
+            let upstream_body = match (body, ex.request.body.clone()) {
+                (_, Some(bytes)) => with_trailers(bytes, request_trailers),
+                (Some(stream), None) => stream,
+                (None, None) => full(Bytes::new()),
+            };
+            // HTTP/1.1 to an upstream proxy takes plain-HTTP requests in absolute form.
+            let absolute = matches!(*ctx.mode, Mode::Upstream { .. }) && target.scheme == Scheme::Http;
+            ex.session.flow.server_address = Some(format!("{}:{}", target.host, target.port));
+            // The upstream's stalls are bounded; the request body's waits for the client are not
+            // its (body_read_timeout bounds those).
+            let turn = Turn::new();
+            let upstream_body = Watched::new(upstream_body, turn.clone()).boxed();
+            let outbound = Outbound { request: &ex.request, absolute, body: upstream_body, interim };
+            let head_stall = Stall {
+                what: "response head from the upstream",
+                after: opts.upstream_timeout,
+                option: "upstream_timeout",
+            };
+            let sent = turn.bound(sender.send(outbound, opts), head_stall).await;
+            if let Some(returned) = pump
+                && let Ok(pumped) = returned.await
+            {
+                ex.session = pumped.session;
+                // The chunk hooks' edits (and the trailers) land on the flow itself.
+                ex.request = pumped.request;
+                // A plugin that stopped the body decides the flow's fate, not the upstream's
+                // reaction to the cut-off body.
+                if let Some(action) = pumped.stopped {
+                    drop(sent);
+                    if let Some(resp) = ex.act(action).await? {
+                        return Ok(resp);
+                    }
+                    return Ok(ex.fail(Error::Internal("a plugin stopped the request body".to_owned())).await);
+                }
+            }
+            let (mut response, upstream_body) = match sent {
+                Ok(r) => r,
                 Err(e) => return Ok(ex.fail(e).await),
-            }
-        }
-    };
-    let upstream_body = match (body, ex.request.body.clone()) {
-        (_, Some(bytes)) => with_trailers(bytes, request_trailers),
-        (Some(stream), None) => stream,
-        (None, None) => full(Bytes::new()),
-    };
-    // HTTP/1.1 to an upstream proxy takes plain-HTTP requests in absolute form.
-    let absolute = matches!(*ctx.mode, Mode::Upstream { .. }) && target.scheme == Scheme::Http;
-    ex.session.flow.server_address = Some(format!("{}:{}", target.host, target.port));
-    // The upstream's stalls are bounded; the request body's waits for the client are not
-    // its (body_read_timeout bounds those).
-    let turn = Turn::new();
-    let upstream_body = Watched::new(upstream_body, turn.clone()).boxed();
-    let outbound = Outbound { request: &ex.request, absolute, body: upstream_body, interim };
-    let head_stall =
-        Stall { what: "response head from the upstream", after: opts.upstream_timeout, option: "upstream_timeout" };
-    let sent = turn.bound(sender.send(outbound, opts), head_stall).await;
-    if let Some(returned) = pump
-        && let Ok(pumped) = returned.await
-    {
-        ex.session = pumped.session;
-        // The chunk hooks' edits (and the trailers) land on the flow itself.
-        ex.request = pumped.request;
-        // A plugin that stopped the body decides the flow's fate, not the upstream's
-        // reaction to the cut-off body.
-        if let Some(action) = pumped.stopped {
-            drop(sent);
-            if let Some(resp) = ex.act(action).await? {
-                return Ok(resp);
-            }
-            return Ok(ex.fail(Error::Internal("a plugin stopped the request body".to_owned())).await);
-        }
-    }
-    let (mut response, upstream_body) = match sent {
-        Ok(r) => r,
-        Err(e) => return Ok(ex.fail(e).await),
-    };
-    response.timestamp_start = Some(now());
-    let body_stall = Stall {
-        what: "response body data from the upstream",
-        after: opts.upstream_timeout,
-        option: "upstream_timeout",
-    };
-    let upstream_body = ProgressTimeout::new(upstream_body, body_stall).boxed();
-    ctx.upstreams.lock().await.put(target, sender);
-    (response, upstream_body)
+            };
+            response.timestamp_start = Some(now());
+            let body_stall = Stall {
+                what: "response body data from the upstream",
+                after: opts.upstream_timeout,
+                option: "upstream_timeout",
+            };
+            let upstream_body = ProgressTimeout::new(upstream_body, body_stall).boxed();
+            ctx.upstreams.lock().await.put(target, sender);
+            (response, upstream_body)
         }
     };
 

@@ -142,7 +142,9 @@ fn multipart_fields(body: &[u8], boundary: &str) -> Option<Vec<(Vec<u8>, Vec<u8>
         let head = std::str::from_utf8(head).ok()?;
         let disposition = head
             .split("\r\n")
-            .find_map(|line| line.split_once(':').filter(|(n, _)| n.trim().eq_ignore_ascii_case("content-disposition")))?
+            .find_map(|line| {
+                line.split_once(':').filter(|(n, _)| n.trim().eq_ignore_ascii_case("content-disposition"))
+            })?
             .1;
         let name = disposition.split(';').find_map(|p| {
             let (n, v) = p.split_once('=')?;
@@ -263,7 +265,12 @@ mod tests {
             (get("http://a.test/p"), request("HEAD", "http://a.test/p", &[], None), none.clone(), false),
             (get("http://a.test/p"), get("http://a.test/q"), none.clone(), false),
             (get("http://a.test/p?x=1"), get("http://a.test/p?x=2"), none.clone(), false),
-            (get("http://a.test/p?x=1&t=9"), get("http://a.test/p?x=1&t=8"), ignore(|o| o.ignore_params = vec!["t".into()]), true),
+            (
+                get("http://a.test/p?x=1&t=9"),
+                get("http://a.test/p?x=1&t=8"),
+                ignore(|o| o.ignore_params = vec!["t".into()]),
+                true,
+            ),
             // `+` and %20 are both a space, as parse_qsl decodes them.
             (get("http://a.test/p?q=a+b"), get("http://a.test/p?q=a%20b"), none.clone(), true),
             (get("http://a.test/p?x=1&y=2"), get("http://a.test/p?y=2&x=1"), none.clone(), false),
@@ -273,9 +280,24 @@ mod tests {
             (get("http://a.test/p"), get("http://a.test:8080/p"), ignore(|o| o.ignore_port = true), true),
             (post(form, "a=1"), post(form, "a=2"), none.clone(), false),
             (post(form, "a=1"), post(form, "a=2"), ignore(|o| o.ignore_content = true), true),
-            (post(form, "a=1&ts=5"), post(form, "a=1&ts=6"), ignore(|o| o.ignore_payload_params = vec!["ts".into()]), true),
-            (post(form, "a=1&ts=5"), post(form, "a=2&ts=5"), ignore(|o| o.ignore_payload_params = vec!["ts".into()]), false),
-            (post(multi, &parts("t1")), post(multi, &parts("t2")), ignore(|o| o.ignore_payload_params = vec!["token".into()]), true),
+            (
+                post(form, "a=1&ts=5"),
+                post(form, "a=1&ts=6"),
+                ignore(|o| o.ignore_payload_params = vec!["ts".into()]),
+                true,
+            ),
+            (
+                post(form, "a=1&ts=5"),
+                post(form, "a=2&ts=5"),
+                ignore(|o| o.ignore_payload_params = vec!["ts".into()]),
+                false,
+            ),
+            (
+                post(multi, &parts("t1")),
+                post(multi, &parts("t2")),
+                ignore(|o| o.ignore_payload_params = vec!["token".into()]),
+                true,
+            ),
             (post(multi, &parts("t1")), post(multi, &parts("t2")), none.clone(), false),
             (
                 request("GET", "http://a.test/", &[("Accept", "a")], None),
@@ -303,10 +325,23 @@ mod tests {
                 true,
             ),
             // A body not stored is not an empty one.
-            (request("POST", "http://a.test/", &[], None), request("POST", "http://a.test/", &[], Some("")), none.clone(), false),
+            (
+                request("POST", "http://a.test/", &[], None),
+                request("POST", "http://a.test/", &[], Some("")),
+                none.clone(),
+                false,
+            ),
         ];
         for (i, (a, b, options, same)) in cases.iter().enumerate() {
-            assert_eq!(key(a, options) == key(b, options), *same, "row {i}: {} {} vs {} {}", a.method, a.url(), b.method, b.url());
+            assert_eq!(
+                key(a, options) == key(b, options),
+                *same,
+                "row {i}: {} {} vs {} {}",
+                a.method,
+                a.url(),
+                b.method,
+                b.url()
+            );
         }
     }
 

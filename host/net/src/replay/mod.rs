@@ -66,7 +66,12 @@ pub struct ServerReplayOptions {
 
 impl Default for ServerReplayOptions {
     fn default() -> Self {
-        ServerReplayOptions { matching: MatchOptions::default(), extra: ReplayExtra::Forward, reuse: false, refresh: true }
+        ServerReplayOptions {
+            matching: MatchOptions::default(),
+            extra: ReplayExtra::Forward,
+            reuse: false,
+            refresh: true,
+        }
     }
 }
 
@@ -98,7 +103,10 @@ impl ServerReplay {
             let Payload::Http(http) = flow.payload else { continue };
             match http.response {
                 Some(response) if response.body.is_some() && http.websocket.is_none() => {
-                    saved.entry(matching::key(&http.request, &options.matching)).or_default().push_back(Arc::new(response));
+                    saved
+                        .entry(matching::key(&http.request, &options.matching))
+                        .or_default()
+                        .push_back(Arc::new(response));
                     count += 1;
                 }
                 _ => skipped += 1,

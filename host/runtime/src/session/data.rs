@@ -2,6 +2,7 @@
 
 use std::ops::ControlFlow;
 
+use super::filter::{FlowFilters, data_subject};
 use super::{Applied, Call, Lent, Slots, borrow};
 use flowgate_flow::{FlowInfo, Hook, Injected, PluginFailure};
 
@@ -32,6 +33,8 @@ pub struct DataFlowSession {
     /// The flow.
     pub flow: FlowInfo,
     pub(super) protocol: DataProtocol,
+    /// Which plugins the manifests' filters let this flow call.
+    pub(super) filters: FlowFilters,
 }
 
 impl DataFlowSession {
@@ -71,13 +74,16 @@ impl DataFlowSession {
     }
 
     async fn lifecycle(&mut self, hook: Hook, message: Option<&str>) -> DataAction {
+        let udp = self.protocol == DataProtocol::Udp;
+        self.filters.decide(&self.slots.chain, || data_subject(&self.flow, udp));
+        let admitted = &self.filters.admitted;
         let (flow, protocol) = (&mut self.flow, self.protocol);
         let flow_id = flow.id;
         let failed = run_chain!(
             self.slots,
             hook,
             Some(flow_id),
-            |_, p| exports_data(p, protocol),
+            |i, p| exports_data(p, protocol) && admitted[i],
             async |store, groups| {
                 let lent = Lent::new(store, Some(&mut *flow), None, None, None)?;
                 let f = borrow(&lent.flow)?;
@@ -104,6 +110,9 @@ impl DataFlowSession {
     /// `tcp-message` / `udp-message`: each plugin in turn sees what the one before it
     /// made of `data`; a replacement larger than the plugin's `max_body_bytes` is refused.
     pub async fn message(&mut self, from_client: bool, data: Vec<u8>) -> DataAction {
+        let udp = self.protocol == DataProtocol::Udp;
+        self.filters.decide(&self.slots.chain, || data_subject(&self.flow, udp));
+        let admitted = &self.filters.admitted;
         let (flow, protocol) = (&mut self.flow, self.protocol);
         let flow_id = flow.id;
         let hook = if protocol == DataProtocol::Tcp { Hook::TcpMessage } else { Hook::UdpMessage };
@@ -113,7 +122,7 @@ impl DataFlowSession {
             self.slots,
             hook,
             Some(flow_id),
-            |_, p| exports_data(p, protocol),
+            |i, p| exports_data(p, protocol) && admitted[i],
             async |store, groups| {
                 let lent = Lent::new(store, Some(&mut *flow), None, None, None)?;
                 let f = borrow(&lent.flow)?;

@@ -2,6 +2,7 @@
 
 use std::ops::ControlFlow;
 
+use super::filter::{FlowFilters, http_subject};
 use super::{Applied, Call, HttpAction, Lent, Slots, borrow, convert_verdict};
 use flowgate_flow::egress::AllowList;
 use flowgate_flow::{BodyMode, FlowInfo, Hook, PluginFailure, Request, Response, Scheme, Verdict};
@@ -16,6 +17,8 @@ pub struct HttpFlowSession {
     pub(super) request_modes: Vec<BodyMode>,
     pub(super) response_modes: Vec<BodyMode>,
     pub(super) reroute: Option<Reroute>,
+    /// Which plugins the manifests' filters let this flow call.
+    pub(super) filters: FlowFilters,
 }
 
 /// A plugin changed where a flow's request goes (its scheme, host or port): the last one
@@ -56,6 +59,8 @@ impl HttpFlowSession {
     }
 
     async fn chain(&mut self, hook: Hook, request: &mut Request, mut response: Option<&mut Response>) -> HttpAction {
+        self.filters.decide(&self.slots.chain, || http_subject(&self.flow, request, response.as_deref()));
+        let admitted = &self.filters.admitted;
         let flow = &mut self.flow;
         let flow_id = flow.id;
         let modes = match hook {
@@ -69,7 +74,7 @@ impl HttpFlowSession {
             self.slots,
             hook,
             Some(flow_id),
-            |_, p| p.groups.http.is_some(),
+            |i, p| p.groups.http.is_some() && admitted[i],
             async |store, groups| {
                 let Some(g) = &groups.http else { return Ok(types::Verdict::Continue) };
                 let has_resp = response.is_some();
@@ -227,13 +232,15 @@ impl HttpFlowSession {
 
     /// `error`: the flow failed; informational.
     pub async fn error(&mut self, request: &mut Request, message: &str) {
+        self.filters.decide(&self.slots.chain, || http_subject(&self.flow, request, None));
+        let admitted = &self.filters.admitted;
         let flow = &mut self.flow;
         let flow_id = flow.id;
         run_chain!(
             self.slots,
             Hook::Error,
             Some(flow_id),
-            |_, p| p.groups.http.is_some(),
+            |i, p| p.groups.http.is_some() && admitted[i],
             async |store, groups| {
                 let Some(g) = &groups.http else { return Ok(()) };
                 let lent = Lent::new(store, Some(&mut *flow), None, Some(&mut *request), None)?;

@@ -24,6 +24,7 @@ use crate::bindings::{hooks, imports::types};
 use crate::host::{ConnectionRes, FlowRes, RequestRes, ResponseRes, StoreState, from_wit_headers};
 use crate::manifest::{FailurePolicy, InstanceModel};
 use crate::plugin::{CallReport, LiveGroups, LiveInstance, Plugin};
+use filter::FlowFilters;
 
 /// The one chain runner every hook goes through: for each plugin, in order, that
 /// `wants` (it exports the hook's group, or chose to stream this body), get an instance
@@ -66,6 +67,7 @@ fn fold_fn<R, T, F: FnMut(&mut Slots, usize, Call<R>) -> ControlFlow<T>>(f: F) -
 
 mod data;
 mod dns;
+mod filter;
 mod http;
 mod websocket;
 
@@ -428,6 +430,7 @@ impl FlowStarter {
     pub fn http_flow(&self, flow: FlowInfo) -> HttpFlowSession {
         let n = self.chain.len();
         HttpFlowSession {
+            filters: FlowFilters::new(&self.chain),
             slots: self.slots(),
             flow,
             request_modes: vec![BodyMode::Pass; n],
@@ -438,12 +441,22 @@ impl FlowStarter {
 
     /// Starts the session of a raw TCP flow on this connection.
     pub fn tcp_flow(&self, flow: FlowInfo) -> DataFlowSession {
-        DataFlowSession { slots: self.slots(), flow, protocol: DataProtocol::Tcp }
+        DataFlowSession {
+            filters: FlowFilters::new(&self.chain),
+            slots: self.slots(),
+            flow,
+            protocol: DataProtocol::Tcp,
+        }
     }
 
     /// Starts the session of a UDP flow on this connection.
     pub fn udp_flow(&self, flow: FlowInfo) -> DataFlowSession {
-        DataFlowSession { slots: self.slots(), flow, protocol: DataProtocol::Udp }
+        DataFlowSession {
+            filters: FlowFilters::new(&self.chain),
+            slots: self.slots(),
+            flow,
+            protocol: DataProtocol::Udp,
+        }
     }
 
     /// Starts the session of a WebSocket flow on this connection.
