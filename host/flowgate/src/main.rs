@@ -104,7 +104,8 @@ struct Cli {
     /// Do not verify upstream server certificates.
     #[arg(long = "ssl-insecure", short = 'k')]
     ssl_insecure: bool,
-    /// Configuration directory (the CA and the compile cache live here).
+    /// Configuration directory: the CA, the compile cache and config.toml (the --set
+    /// options in TOML; --set wins) live here.
     #[arg(long, global = true)]
     confdir: Option<PathBuf>,
     /// Serve this certificate for matching names instead of minting one: `[DOMAIN=]PEM`,
@@ -304,9 +305,12 @@ fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> 
     let mut plugin_config = Vec::new();
     let mut flows = FlowOptions::default();
     let mut replay = replay::ReplayOptions { concurrency: Some(1), ..replay::ReplayOptions::default() };
-    for set in &cli.sets {
+    // The confdir's config.toml first, then --set, which wins.
+    let mut sets = config_file_sets(&confdir.join(CONFIG_FILE), &cli.sets)?;
+    sets.extend(cli.sets.iter().cloned());
+    for set in &sets {
         let (key, value) = set.split_once('=').with_context(|| format!("--set {set:?}: expected KEY=VALUE"))?;
-        let bad = |e: &dyn std::fmt::Display| anyhow::anyhow!("--set {key}: {e}");
+        let bad = |e: &dyn std::fmt::Display| anyhow::anyhow!("--set {key} (or {CONFIG_FILE}): {e}");
         match key {
             "ignore_hosts" => proxy.ignore_hosts = Some(regex::Regex::new(value).map_err(|e| bad(&e))?),
             "allow_hosts" => proxy.allow_hosts = Some(regex::Regex::new(value).map_err(|e| bad(&e))?),
@@ -403,7 +407,7 @@ fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> 
                 Some((plugin, config_key)) => {
                     plugin_config.push((plugin.to_owned(), config_key.to_owned(), value.to_owned()))
                 }
-                None => bail!("--set {other}: unknown option (known: {})", known_options()),
+                None => bail!("--set {other} (or {CONFIG_FILE}): unknown option (known: {})", known_options()),
             },
         }
     }
@@ -443,6 +447,51 @@ fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> 
         bail!("--mode reverse:h2c://... speaks HTTP/2 to the upstream, but --set http2=false turns HTTP/2 off");
     }
     Ok(Settings { proxy, runtime, plugin_config, flows, replay })
+}
+
+/// The options file in the confdir: the `--set` keys, in TOML.
+const CONFIG_FILE: &str = "config.toml";
+
+/// The options of a config file as `--set` would give them: `key = value` for each
+/// option (an array gives one `key=item` per item, for options that repeat), and a
+/// `[PLUGIN]` table for a plugin's config (`PLUGIN.KEY=VALUE`). Options that `sets` (the
+/// command line) names are left out: `--set` wins, also over a repeatable option's list.
+fn config_file_sets(path: &std::path::Path, sets: &[String]) -> anyhow::Result<Vec<String>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+    };
+    let table: toml::Table = toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+    let given = |key: &str| sets.iter().any(|s| s.split_once('=').is_some_and(|(k, _)| k == key));
+    let scalar = |key: &str, value: &toml::Value| -> anyhow::Result<String> {
+        match value {
+            toml::Value::String(s) => Ok(s.clone()),
+            toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => Ok(value.to_string()),
+            other => bail!("{}: {key}: expected a string, number or boolean, got {}", path.display(), other.type_str()),
+        }
+    };
+    let mut out = Vec::new();
+    for (key, value) in &table {
+        match value {
+            toml::Value::Table(plugin) => {
+                for (name, value) in plugin {
+                    let key = format!("{key}.{name}");
+                    if !given(&key) {
+                        out.push(format!("{key}={}", scalar(&key, value)?));
+                    }
+                }
+            }
+            toml::Value::Array(items) if !given(key) => {
+                for item in items {
+                    out.push(format!("{key}={}", scalar(key, item)?));
+                }
+            }
+            _ if given(key) => {}
+            value => out.push(format!("{key}={}", scalar(key, value)?)),
+        }
+    }
+    Ok(out)
 }
 
 /// The `--set` option names, as `--help` lists them in [`OPTIONS_HELP`].
@@ -790,6 +839,42 @@ mod tests {
             assert!(known.split(", ").any(|k| k == name), "{name} missing from {known}");
         }
         assert_eq!(known.split(", ").count(), OPTIONS_HELP.lines().count() - 1);
+    }
+
+    #[test]
+    fn config_file_gives_set_options_and_set_wins() {
+        let dir = std::env::temp_dir().join(format!("flowgate-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join(CONFIG_FILE);
+        assert_eq!(config_file_sets(&path, &[]).expect("no file is no options"), Vec::<String>::new());
+        std::fs::write(
+            &path,
+            "body_size_limit = \"1MiB\"\nrawtcp = false\nmax_headers = 100\n\
+             server_replay_ignore_params = [\"ts\", \"nonce\"]\nstream_large_bodies = \"4MiB\"\n\
+             [add-header]\nrequest = \"X-A: 1\"\n",
+        )
+        .expect("write");
+        let sets = config_file_sets(&path, &["stream_large_bodies=1MiB".to_owned()]).expect("parses");
+        assert_eq!(
+            sets,
+            [
+                "add-header.request=X-A: 1",
+                "body_size_limit=1MiB",
+                "max_headers=100",
+                "rawtcp=false",
+                "server_replay_ignore_params=ts",
+                "server_replay_ignore_params=nonce",
+            ]
+        );
+        // --set names a repeatable option: the file's list is left out whole.
+        let sets = config_file_sets(&path, &["server_replay_ignore_params=x".to_owned()]).expect("parses");
+        assert!(!sets.iter().any(|s| s.starts_with("server_replay_ignore_params")), "{sets:?}");
+        std::fs::write(&path, "body_size_limit = [[1]]\n").expect("write");
+        assert!(config_file_sets(&path, &[]).is_err());
+        std::fs::write(&path, "= broken").expect("write");
+        let err = config_file_sets(&path, &[]).expect_err("not TOML");
+        assert!(format!("{err:#}").contains("config.toml"), "{err:#}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
