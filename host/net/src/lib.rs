@@ -101,12 +101,19 @@ pub struct Proxy {
     pub(crate) handshakes: tokio::sync::Semaphore,
     /// What buffered bodies hold, up to `buffer_memory_limit`.
     pub(crate) buffers: Arc<memory::BufferBudget>,
+    /// Set when the proxy is shutting down ([`Proxy::drain`]): connections finish what
+    /// they are doing and close instead of waiting for more.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Proxy {
-    /// Waits until no client connection is open, or `timeout`; returns how many still
-    /// are (they end when the process does).
+    /// Shuts down gracefully: every connection finishes the requests in progress and
+    /// closes; waits until none is open, or `timeout`; returns how many still are (they
+    /// end when the process does).
     pub async fn drain(&self, timeout: std::time::Duration) -> usize {
+        // HTTP/1 connections close after the response in progress (idle ones at once),
+        // HTTP/2 ones send GOAWAY and close once their open streams are done.
+        self.closing.send_replace(true);
         // Every permit free means every connection ended.
         let all = u32::try_from(self.options.max_connections).unwrap_or(u32::MAX);
         let _ = tokio::time::timeout(timeout, self.connections.acquire_many(all)).await;
@@ -141,7 +148,20 @@ impl Proxy {
             refused: std::sync::atomic::AtomicU64::new(0),
             handshakes,
             buffers,
+            closing: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// Whether the proxy is shutting down.
+    pub(crate) fn is_closing(&self) -> bool {
+        *self.closing.borrow()
+    }
+
+    /// Returns once the proxy is shutting down.
+    pub(crate) async fn closed(&self) {
+        let mut closing = self.closing.subscribe();
+        // The sender lives as long as the proxy, which the caller holds.
+        let _ = closing.wait_for(|c| *c).await;
     }
 
     /// A new flow or connection id (a random UUID).

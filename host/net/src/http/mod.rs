@@ -62,6 +62,11 @@ where
     let idle_timeout = ctx.proxy.options.http2_idle_timeout;
     let ended = tokio::select! {
         ended = conn.as_mut() => ended,
+        () = ctx.proxy.closed() => {
+            // GOAWAY: the open streams finish, no new ones start.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
         () = streams.idle_for(idle_timeout) => {
             tracing::debug!("{}: HTTP/2 connection idle for {idle_timeout:?} (http2_idle_timeout)", ctx.client);
             conn.as_mut().graceful_shutdown();

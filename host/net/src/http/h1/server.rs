@@ -40,7 +40,13 @@ where
             // Between requests an idle connection keeps a small buffer only.
             buf = BytesMut::with_capacity(8 << 10);
         }
-        let head = match tokio::time::timeout(opts.header_read_timeout, read_head(&mut rd, &mut buf, limits)).await {
+        // Shutting down, a connection waiting for its next request closes.
+        let idle = buf.is_empty();
+        let read = tokio::select! {
+            read = tokio::time::timeout(opts.header_read_timeout, read_head(&mut rd, &mut buf, limits)) => read,
+            () = ctx.proxy.closed(), if idle => return Next::Done,
+        };
+        let head = match read {
             Err(_) => {
                 tracing::debug!(
                     "{}: no request head within {:?} (header_read_timeout)",
@@ -158,7 +164,7 @@ where
             }
         }
         let Ok(reply) = reply else { return Next::Done };
-        let close = !keep_alive || feeder.failed;
+        let close = !keep_alive || feeder.failed || ctx.proxy.is_closing();
         // The rest of the request body keeps coming while the response goes out.
         let wrote = {
             let write = write_reply(&mut wr, reply, To { method: &method, version, close });
