@@ -318,3 +318,54 @@ fn a_recording_killed_under_load_keeps_what_finished() {
     assert_eq!(figures["kill9"].as_array().map(Vec::len), Some(10), "{figures}");
     eprintln!("crash: {figures}");
 }
+
+/// `flowgate plugin test --flows` over flows recorded through the proxy: what the plugin
+/// changes is printed per flow, `--save` keeps the results and `--expect` holds a plugin
+/// to them (exit 1 once its config changes what it does); a manifest `filter` limits the
+/// flows it touches.
+#[test]
+fn plugin_test_over_recorded_flows_reports_changes_and_checks_expectations() {
+    let origin = Origin::start(false);
+    let dir = scratch();
+    let recording = dir.join("traffic.fg");
+    let mut fg = Flowgate::start(&["-q", "-w", recording.to_str().expect("path")]);
+    let url = origin.url("http", "/page");
+    assert_eq!(curl(&["-x", &fg.proxy(), &url]).status, 200);
+    assert_eq!(curl(&["-x", &fg.proxy(), "-d", "a=1", &url]).status, 200);
+    terminate(&mut fg);
+    let plugin = |extra: &str| {
+        let text = format!(
+            "name = \"add-header\"\n{extra}[config]\nrequest = \"X-Flowgate: 1\"\nresponse = \"X-Checked: yes\"\n"
+        );
+        flowgate_tests::manifest(flowgate_tests::plugins::ADD_HEADER, &text)
+    };
+    let test = |manifest: &Path, more: &[&str]| {
+        let mut args =
+            vec!["plugin", "test", manifest.to_str().expect("path"), "--flows", recording.to_str().expect("path")];
+        args.extend_from_slice(more);
+        flowgate(&args)
+    };
+    let golden = dir.join("golden.fg");
+    let out = test(&plugin(""), &["--save", golden.to_str().expect("path")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert_eq!(stdout.matches("+ X-Flowgate: 1").count(), 2, "{stdout}");
+    assert_eq!(stdout.matches("+ X-Checked: yes").count(), 2, "{stdout}");
+    assert!(stdout.contains("2 flows, 2 changed by the plugin"), "{stdout}");
+    let out = test(&plugin(""), &["--expect", golden.to_str().expect("path")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    // The same plugin set up differently breaks the expectation.
+    let changed = flowgate_tests::manifest(
+        flowgate_tests::plugins::ADD_HEADER,
+        "name = \"add-header\"\n[config]\nrequest = \"X-Flowgate: 1\"\nresponse = \"X-Checked: no\"\n",
+    );
+    let out = test(&changed, &["--expect", golden.to_str().expect("path")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains(r#"missing "X-Checked: yes", unexpected "X-Checked: no""#), "{stdout}");
+    // With a manifest filter, only the POST is the plugin's.
+    let out = test(&plugin("filter = \"~m POST\"\n"), &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("2 flows, 1 changed by the plugin"), "{stdout}");
+}

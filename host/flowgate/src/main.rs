@@ -6,6 +6,7 @@ mod export;
 mod flows;
 mod output;
 mod plugin_build;
+mod plugin_flows;
 mod plugin_new;
 mod plugin_test;
 mod replay;
@@ -235,6 +236,17 @@ enum PluginAction {
         /// Test case files (default: the project's tests/*.toml).
         #[arg(long = "case")]
         cases: Vec<PathBuf>,
+        /// Run the plugin over every HTTP flow of a recording (flowgate's flow file, HAR
+        /// or mitmproxy's) instead, each saved response standing in for the upstream.
+        #[arg(long, value_name = "FILE")]
+        flows: Option<PathBuf>,
+        /// With --flows: write the flows as the plugin left them to OUT (a flow file).
+        #[arg(long, value_name = "OUT", requires = "flows")]
+        save: Option<PathBuf>,
+        /// With --flows: compare the results, flow by flow, with FILE (one --save wrote,
+        /// or a recording made through the proxy with the plugin); any difference fails.
+        #[arg(long, value_name = "FILE", requires = "flows")]
+        expect: Option<PathBuf>,
     },
 }
 
@@ -786,7 +798,19 @@ async fn plugin_command(action: &PluginAction, settings: Settings) -> anyhow::Re
             println!("loads: exports {}; {}", plugin.exported_groups().join(", "), plugin.compiled());
             Ok(())
         }
-        PluginAction::Test { plugin, request, response, cases } => {
+        PluginAction::Test { plugin, flows: Some(flows), save, expect, .. } => {
+            let runtime = Runtime::new(settings.runtime)?;
+            let manifest = if plugin.is_dir() { plugin.join("plugin.toml") } else { plugin.clone() };
+            let overrides: Vec<(String, String)> =
+                settings.plugin_config.iter().map(|(_, k, v)| (k.clone(), v.clone())).collect();
+            let loaded = runtime
+                .load_with(&manifest, &overrides)
+                .await
+                .context("cannot load the plugin (run `flowgate plugin build` first?)")?;
+            let run = plugin_flows::FlowsRun { flows, save: save.as_deref(), expect: expect.as_deref() };
+            if plugin_flows::run(loaded, &run).await? { Ok(()) } else { bail!("some flows differ from --expect") }
+        }
+        PluginAction::Test { plugin, request, response, cases, .. } => {
             let runtime = Runtime::new(settings.runtime)?;
             let options = plugin_test::Options {
                 request: request.clone(),

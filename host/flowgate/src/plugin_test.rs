@@ -188,7 +188,7 @@ pub async fn run(runtime: &Runtime, path: &Path, options: &Options) -> anyhow::R
 
 /// How the exchange ended.
 #[derive(Debug, PartialEq, Eq)]
-enum Outcome {
+pub(crate) enum Outcome {
     Upstream,
     Respond,
     Kill,
@@ -345,7 +345,7 @@ async fn run_case(plugin: Arc<Plugin>, case: &Case, id: u64) -> anyhow::Result<b
 }
 
 /// Drives the hooks in the proxy's order. Returns the outcome and a plugin's local response.
-async fn exchange(
+pub(crate) async fn exchange(
     session: &mut HttpFlowSession,
     request: &mut Request,
     request_body: Vec<u8>,
@@ -397,7 +397,7 @@ fn pairs(headers: &Headers) -> Vec<(String, String)> {
     headers.iter().map(|(n, v)| (n.to_owned(), value_to_text(v))).collect()
 }
 
-fn print_header_diff(before: &Headers, after: &Headers) {
+pub(crate) fn print_header_diff(before: &Headers, after: &Headers) {
     let (before, after) = (pairs(before), pairs(after));
     let mut remaining = after.clone();
     for field in &before {
@@ -413,7 +413,7 @@ fn print_header_diff(before: &Headers, after: &Headers) {
     }
 }
 
-fn print_body_diff(before: &[u8], after: &[u8]) {
+pub(crate) fn print_body_diff(before: &[u8], after: &[u8]) {
     if before == after {
         return;
     }
