@@ -255,6 +255,21 @@ fn chrono_year() -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// Runs tests/e2e/py/NAME with the flowgate binary, a confdir and a scratch directory; the
+/// one JSON line of figures it prints.
+fn run_script(name: &str) -> serde_json::Value {
+    let out = Command::new(python())
+        .arg(script(name))
+        .arg(env!("CARGO_BIN_EXE_flowgate"))
+        .arg(confdir())
+        .arg(scratch())
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{name} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(stdout.trim()).expect("one JSON line")
+}
+
 /// Client replay of a 1,000-flow recording reaches a local origin as recorded (method,
 /// target, fields in order and case, body), one at a time in order and 8 at a time;
 /// server replay of the same file answers with no origin running, byte-identical, a
@@ -263,17 +278,7 @@ fn chrono_year() -> String {
 /// http.server as client and origin).
 #[test]
 fn client_and_server_replay_a_thousand_flows() {
-    let dir = scratch();
-    let out = Command::new(python())
-        .arg(script("replay.py"))
-        .arg(env!("CARGO_BIN_EXE_flowgate"))
-        .arg(confdir())
-        .arg(&dir)
-        .output()
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "replay.py failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let figures: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    let figures = run_script("replay.py");
     assert_eq!(figures["flows"], 1000, "{figures}");
     eprintln!("replay: {figures}");
 }
@@ -304,17 +309,7 @@ fn a_head_answer_is_recorded_with_an_empty_body() {
 /// clients on keep-alive connections).
 #[test]
 fn a_recording_killed_under_load_keeps_what_finished() {
-    let dir = scratch();
-    let out = Command::new(python())
-        .arg(script("crash.py"))
-        .arg(env!("CARGO_BIN_EXE_flowgate"))
-        .arg(confdir())
-        .arg(&dir)
-        .output()
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "crash.py failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let figures: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    let figures = run_script("crash.py");
     assert_eq!(figures["kill9"].as_array().map(Vec::len), Some(10), "{figures}");
     eprintln!("crash: {figures}");
 }

@@ -13,6 +13,8 @@ use crate::output::Output;
 
 /// Lines of a body shown at `flow_detail` 3 (mitmproxy's `content_view_lines_cutoff`).
 const LINES_CUTOFF: usize = 512;
+/// How far a body is decoded to be shown: 16 MiB, at most 100 bytes per encoded byte.
+const DECODE_LIMITS: flowgate_content::Limits = flowgate_content::Limits { max_size: 16 << 20, max_ratio: 100 };
 /// Bytes per line of a hex view.
 const HEX_WIDTH: usize = 16;
 
@@ -93,16 +95,26 @@ fn body(text: &mut String, body: Option<&[u8]>, headers: &Headers, cutoff: usize
         None => text.push_str("\n    (body not stored)"),
         Some([]) => {}
         Some(bytes) => {
-            let coding = headers.get("content-encoding").map(|v| String::from_utf8_lossy(v).trim().to_owned());
-            if let Some(coding) = coding.filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity")) {
-                let _ = write!(text, "\n    ({} bytes, {coding}-encoded)", bytes.len());
-                view(text, bytes, false, cutoff);
-                return;
-            }
             let json = headers.get("content-type").is_some_and(|t| {
                 let t = String::from_utf8_lossy(t).to_ascii_lowercase();
                 t.contains("json")
             });
+            let coding = headers.get("content-encoding").map(|v| String::from_utf8_lossy(v).trim().to_owned());
+            if let Some(coding) = coding.filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity")) {
+                // Shown decoded, within a size and ratio cap (a bomb shows as one).
+                match flowgate_content::decode(&coding, bytes, &DECODE_LIMITS) {
+                    Ok(decoded) => {
+                        let _ =
+                            write!(text, "\n    ({} bytes {coding}-encoded, {} decoded)", bytes.len(), decoded.len());
+                        view(text, &decoded, json, cutoff);
+                    }
+                    Err(e) => {
+                        let _ = write!(text, "\n    ({} bytes {coding}-encoded, not shown decoded: {e})", bytes.len());
+                        view(text, bytes, false, cutoff);
+                    }
+                }
+                return;
+            }
             view(text, bytes, json, cutoff);
         }
     }
@@ -158,5 +170,28 @@ mod tests {
         view(&mut text, b"\x00\x01ab\x1b[31m", false, usize::MAX);
         assert_eq!(text, format!("\n    00000000  00 01 61 62 1b 5b 33 31 6d{}  ..ab.[31m", " ".repeat(21)));
         assert_eq!(printable("a\x1b[2Jb"), "a\\u{1b}[2Jb");
+    }
+
+    #[test]
+    fn encoded_bodies_show_decoded_within_caps() {
+        let headers = |coding: &str| {
+            Headers::from_pairs([("Content-Type", "application/json"), ("Content-Encoding", coding)]).expect("valid")
+        };
+        let json = br#"{"a":1}"#;
+        for coding in ["gzip", "br", "zstd", "deflate"] {
+            let encoded = flowgate_content::encode(coding, json).expect("encodes");
+            let mut text = String::new();
+            body(&mut text, Some(&encoded), &headers(coding), usize::MAX);
+            let want =
+                format!("\n    ({} bytes {coding}-encoded, 7 decoded)\n    {{\n      \"a\": 1\n    }}", encoded.len());
+            assert_eq!(text, want, "{coding}");
+        }
+        let bomb = flowgate_content::encode("gzip", &vec![b'a'; 32 << 20]).expect("encodes");
+        let mut text = String::new();
+        body(&mut text, Some(&bomb), &headers("gzip"), 2);
+        assert!(text.contains("not shown decoded: decoded, the body would be over"), "{text}");
+        let mut text = String::new();
+        body(&mut text, Some(b"plain"), &headers("compress"), 2);
+        assert!(text.contains("not shown decoded: unsupported content coding \"compress\""), "{text}");
     }
 }

@@ -75,7 +75,9 @@ impl DataFlowSession {
 
     async fn lifecycle(&mut self, hook: Hook, message: Option<&str>) -> DataAction {
         let udp = self.protocol == DataProtocol::Udp;
-        self.filters.decide(&self.slots.chain, || data_subject(&self.flow, udp));
+        if self.filters.pending() {
+            self.filters.decide(&self.slots.chain, &data_subject(&self.flow, udp));
+        }
         let admitted = &self.filters.admitted;
         let (flow, protocol) = (&mut self.flow, self.protocol);
         let flow_id = flow.id;
@@ -111,7 +113,9 @@ impl DataFlowSession {
     /// made of `data`; a replacement larger than the plugin's `max_body_bytes` is refused.
     pub async fn message(&mut self, from_client: bool, data: Vec<u8>) -> DataAction {
         let udp = self.protocol == DataProtocol::Udp;
-        self.filters.decide(&self.slots.chain, || data_subject(&self.flow, udp));
+        if self.filters.pending() {
+            self.filters.decide(&self.slots.chain, &data_subject(&self.flow, udp));
+        }
         let admitted = &self.filters.admitted;
         let (flow, protocol) = (&mut self.flow, self.protocol);
         let flow_id = flow.id;

@@ -4,7 +4,6 @@
 //! and the answer holds for the whole flow; one that does is matched at each hook against
 //! the flow as it is when the hook starts (before the response, `~s` is false).
 
-use std::cell::OnceCell;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -29,17 +28,20 @@ impl FlowFilters {
         FlowFilters { decided, admitted: vec![true; chain.len()] }
     }
 
-    /// Decides each plugin for the hook about to run; `subject` makes the flow as it is
-    /// now, and is called only if some filter has to be matched.
-    pub fn decide(&mut self, chain: &[Arc<Plugin>], subject: impl FnOnce() -> Flow) {
-        let flow = OnceCell::new();
-        let mut subject = Some(subject);
+    /// Whether some plugin's answer depends on the flow as it is now (else the answers
+    /// stand and nothing needs matching).
+    pub fn pending(&self) -> bool {
+        self.decided.iter().any(Option::is_none)
+    }
+
+    /// Decides each plugin for the hook about to run, matching the filters still pending
+    /// against `flow`, the flow as it is now.
+    pub fn decide(&mut self, chain: &[Arc<Plugin>], flow: &Flow) {
         for (i, plugin) in chain.iter().enumerate() {
             self.admitted[i] = match (self.decided[i], &plugin.manifest().filter) {
                 (Some(decided), _) => decided,
                 (None, None) => true,
                 (None, Some(filter)) => {
-                    let flow = flow.get_or_init(|| subject.take().map(|make| make()).unwrap_or_else(empty_flow));
                     let matched = filter.matches(flow);
                     if !filter.needs_response() {
                         self.decided[i] = Some(matched);
@@ -49,10 +51,34 @@ impl FlowFilters {
             };
         }
     }
-}
 
-fn empty_flow() -> Flow {
-    http_subject(&FlowInfo::default(), &Request::default(), None)
+    /// [`FlowFilters::decide`] for an HTTP hook: the request and response are lent to the
+    /// flow being matched and given back, so matching copies neither.
+    pub fn decide_http(
+        &mut self,
+        chain: &[Arc<Plugin>],
+        info: &FlowInfo,
+        request: &mut Request,
+        response: Option<&mut Response>,
+    ) {
+        if !self.pending() {
+            return;
+        }
+        let mut response = response;
+        let http = HttpFlow {
+            request: std::mem::take(request),
+            response: response.as_deref_mut().map(std::mem::take),
+            websocket: None,
+        };
+        let flow = with_server(Flow::new(info.id, client(info), Timestamp::default(), Payload::Http(http)), info);
+        self.decide(chain, &flow);
+        if let Payload::Http(http) = flow.payload {
+            *request = http.request;
+            if let (Some(response), Some(lent)) = (response, http.response) {
+                *response = lent;
+            }
+        }
+    }
 }
 
 fn client(info: &FlowInfo) -> Client {
@@ -69,12 +95,6 @@ fn with_server(mut flow: Flow, info: &FlowInfo) -> Flow {
     flow.server = address.map(|a| Server::new(info.connection_id, a));
     flow.metadata = info.metadata.clone();
     flow
-}
-
-/// An HTTP flow as a filter sees it at a hook.
-pub(crate) fn http_subject(info: &FlowInfo, request: &Request, response: Option<&Response>) -> Flow {
-    let http = HttpFlow { request: request.clone(), response: response.cloned(), websocket: None };
-    with_server(Flow::new(info.id, client(info), Timestamp::default(), Payload::Http(http)), info)
 }
 
 /// A TCP or UDP flow as a filter sees it at a hook (its messages so far are not kept by

@@ -2,7 +2,7 @@
 
 use std::ops::ControlFlow;
 
-use super::filter::{FlowFilters, http_subject};
+use super::filter::FlowFilters;
 use super::{Applied, Call, HttpAction, Lent, Slots, borrow, convert_verdict};
 use flowgate_flow::egress::AllowList;
 use flowgate_flow::{BodyMode, FlowInfo, Hook, PluginFailure, Request, Response, Scheme, Verdict};
@@ -59,7 +59,7 @@ impl HttpFlowSession {
     }
 
     async fn chain(&mut self, hook: Hook, request: &mut Request, mut response: Option<&mut Response>) -> HttpAction {
-        self.filters.decide(&self.slots.chain, || http_subject(&self.flow, request, response.as_deref()));
+        self.filters.decide_http(&self.slots.chain, &self.flow, request, response.as_deref_mut());
         let admitted = &self.filters.admitted;
         let flow = &mut self.flow;
         let flow_id = flow.id;
@@ -232,7 +232,7 @@ impl HttpFlowSession {
 
     /// `error`: the flow failed; informational.
     pub async fn error(&mut self, request: &mut Request, message: &str) {
-        self.filters.decide(&self.slots.chain, || http_subject(&self.flow, request, None));
+        self.filters.decide_http(&self.slots.chain, &self.flow, request, None);
         let admitted = &self.filters.admitted;
         let flow = &mut self.flow;
         let flow_id = flow.id;
