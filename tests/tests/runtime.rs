@@ -1252,6 +1252,18 @@ async fn manifest_filter_limits_the_flows_a_plugin_sees() {
     // The 404's two response hooks.
     assert_eq!(chain.plugins()[0].stats().calls, 2);
 
+    // `~e` is not settled by the request head: only the error hook of a failing flow.
+    let m = manifest(REQUEST_ID, "name = \"request-id\"\nfilter = \"~e\"\n");
+    let chain = chain_of(&rt, &[m]).await;
+    let conn = chain.connection(connection(3, "127.0.0.1:5000"));
+    let mut session = conn.http_flow(flow(20, 3));
+    let mut req = request("http://api.test/", 0);
+    session.request_headers(&mut req).await;
+    session.request(&mut req).await;
+    assert_eq!(chain.plugins()[0].stats().calls, 0);
+    session.error(&mut req, "upstream refused").await;
+    assert_eq!(chain.plugins()[0].stats().calls, 1);
+
     let err = rt.load(&manifest(REQUEST_ID, "filter = \"~d (\"\n")).await.expect_err("a bad filter");
     assert!(err.to_string().contains("filter:"), "{err}");
 }

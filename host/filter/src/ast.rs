@@ -46,6 +46,21 @@ impl Node {
         }
     }
 
+    /// Whether every term reads only what a request head settles: its method, URL,
+    /// domain, header fields and content type, the client's address, and the flow's kind.
+    pub(crate) fn head_only(&self) -> bool {
+        match self {
+            Node::And(children) | Node::Or(children) => children.iter().all(Node::head_only),
+            Node::Not(child) => child.head_only(),
+            Node::Term(Term::Flag(flag)) => matches!(flag, Flag::Http | Flag::Tcp | Flag::Udp | Flag::Dns | Flag::All),
+            Node::Term(Term::Rex(op, _)) => {
+                use RexOp::*;
+                matches!(op, ContentTypeRequest | Domain | HeaderRequest | Method | Src | Url)
+            }
+            Node::Term(Term::Code { .. }) => false,
+        }
+    }
+
     /// Whether any term reads what arrives with or after a response.
     pub(crate) fn needs_response(&self) -> bool {
         match self {

@@ -134,6 +134,15 @@ impl Filter {
     pub fn needs_response(&self) -> bool {
         self.root.needs_response()
     }
+
+    /// Whether the filter reads only what a request head settles (method, URL, domain,
+    /// request header fields and content type, the client's address, the flow's kind):
+    /// then matching a flow at its first hook gives the answer for its whole life. Not so
+    /// for anything that comes or changes later (the server's address, an error, marks,
+    /// comments, metadata, replay, bodies, the response).
+    pub fn settled_by_request_head(&self) -> bool {
+        self.root.head_only()
+    }
 }
 
 impl FromStr for Filter {

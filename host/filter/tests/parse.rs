@@ -136,3 +136,37 @@ fn needs_response_names_what_comes_with_or_after_it() {
     }
     assert!(!Filter::parse("~d example\\.com & !~m POST | ~hq secret").expect("parses").needs_response());
 }
+
+#[test]
+fn settled_by_request_head_names_what_a_request_head_fixes() {
+    for text in ["~all", "~http", "~tcp", "~udp", "~dns", "~m x", "~d x", "~u x", "x", "~hq x", "~tq x", "~src x"] {
+        assert!(Filter::parse(text).expect(text).settled_by_request_head(), "{text}");
+        assert!(Filter::parse(&format!("~d y | !({text})")).expect(text).settled_by_request_head(), "{text}");
+    }
+    for text in [
+        "~s",
+        "~q",
+        "~c 200",
+        "~a",
+        "~h x",
+        "~hs x",
+        "~t x",
+        "~ts x",
+        "~b x",
+        "~bs x",
+        "~bq x",
+        "~websocket",
+        "~e",
+        "~marked",
+        "~replay",
+        "~replayq",
+        "~replays",
+        "~dst x",
+        "~meta x",
+        "~marker x",
+        "~comment x",
+    ] {
+        assert!(!Filter::parse(text).expect(text).settled_by_request_head(), "{text}");
+        assert!(!Filter::parse(&format!("~d y & !({text})")).expect(text).settled_by_request_head(), "{text}");
+    }
+}

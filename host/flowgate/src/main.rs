@@ -282,7 +282,11 @@ fn confdir(cli: &Cli) -> anyhow::Result<PathBuf> {
 struct Settings {
     proxy: ProxyOptions,
     runtime: RuntimeConfig,
+    /// Plugin config from the command line (PLUGIN, KEY, VALUE).
     plugin_config: Vec<(String, String, String)>,
+    /// Plugin config from config.toml: applied to the plugins it names, never an error
+    /// for a plugin that is not loaded.
+    plugin_config_file: Vec<(String, String, String)>,
     flows: FlowOptions,
     replay: replay::ReplayOptions,
 }
@@ -316,11 +320,13 @@ fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> 
     let mut runtime = RuntimeConfig { cache_dir: Some(confdir.join("cache")), ..RuntimeConfig::default() };
     let mut plugin_config = Vec::new();
     let mut flows = FlowOptions::default();
+    let mut plugin_config_file = Vec::new();
     let mut replay = replay::ReplayOptions { concurrency: Some(1), ..replay::ReplayOptions::default() };
     // The confdir's config.toml first, then --set, which wins.
     let mut sets = config_file_sets(&confdir.join(CONFIG_FILE), &cli.sets)?;
+    let from_file = sets.len();
     sets.extend(cli.sets.iter().cloned());
-    for set in &sets {
+    for (index, set) in sets.iter().enumerate() {
         let (key, value) = set.split_once('=').with_context(|| format!("--set {set:?}: expected KEY=VALUE"))?;
         let bad = |e: &dyn std::fmt::Display| anyhow::anyhow!("--set {key} (or {CONFIG_FILE}): {e}");
         match key {
@@ -417,7 +423,8 @@ fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> 
             "plugin_cache_dir" => runtime.cache_dir = Some(std::path::absolute(value).map_err(|e| bad(&e))?),
             other => match other.split_once('.') {
                 Some((plugin, config_key)) => {
-                    plugin_config.push((plugin.to_owned(), config_key.to_owned(), value.to_owned()))
+                    let entry = (plugin.to_owned(), config_key.to_owned(), value.to_owned());
+                    if index < from_file { plugin_config_file.push(entry) } else { plugin_config.push(entry) }
                 }
                 None => bail!("--set {other} (or {CONFIG_FILE}): unknown option (known: {})", known_options()),
             },
@@ -444,8 +451,13 @@ fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> 
         flows.detail = Some(0);
     }
     flows.keepserving |= cli.keepserving;
-    replay.client.extend(cli.client_replay.iter().cloned());
-    replay.server.extend(cli.server_replay.iter().cloned());
+    // The flags replace what --set or config.toml said, as mitmproxy's do.
+    if !cli.client_replay.is_empty() {
+        replay.client = cli.client_replay.clone();
+    }
+    if !cli.server_replay.is_empty() {
+        replay.server = cli.server_replay.clone();
+    }
     if let Some(Command::Replay { side, file, filter }) = &cli.command {
         match side {
             ReplaySide::Client => {
@@ -458,7 +470,7 @@ fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> 
     if !proxy.http2 && cli.modes.iter().any(|m| m.starts_with("reverse:h2c://")) {
         bail!("--mode reverse:h2c://... speaks HTTP/2 to the upstream, but --set http2=false turns HTTP/2 off");
     }
-    Ok(Settings { proxy, runtime, plugin_config, flows, replay })
+    Ok(Settings { proxy, runtime, plugin_config, plugin_config_file, flows, replay })
 }
 
 /// The options file in the confdir: the `--set` keys, in TOML.
@@ -648,8 +660,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         };
         let dir_name = path.parent().and_then(|d| d.file_name()).map(|d| d.to_string_lossy().into_owned());
         let overrides: Vec<(String, String)> = settings
-            .plugin_config
+            .plugin_config_file
             .iter()
+            .chain(&settings.plugin_config)
             .filter(|(p, _, _)| *p == name || (is_manifest && dir_name.as_deref() == Some(p.as_str())))
             .map(|(_, k, v)| (k.clone(), v.clone()))
             .collect();
@@ -689,6 +702,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let _ = std::io::stdout().flush();
     let keepserving = settings.flows.keepserving;
+    let client_replay_given = client_replay.is_some();
     let replaying = match client_replay {
         Some(flows) => {
             let mode = replay::client_mode(&cli.modes)?;
@@ -697,28 +711,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let replayed = async {
-        match replaying {
-            Some(task) => task.await,
-            None => std::future::pending().await,
+    // Like mitmdump: done once every replay is done (client replay has sent everything,
+    // server replay has served everything), unless --keepserving or there is none.
+    let replays = async {
+        if let Some(task) = replaying {
+            eprintln!("flowgate: {}", task.await.context("client replay")?);
         }
-    };
-    let served_out = async {
-        match &server_replay {
-            Some(replay) => replay.exhausted().await,
-            None => std::future::pending().await,
+        if let Some(replay) = server_replay.as_ref().filter(|_| !keepserving) {
+            replay.exhausted().await;
+            eprintln!("flowgate: server replay: every saved response was served");
         }
+        anyhow::Ok(())
     };
-    // Like mitmdump: done once replay is done, unless --keepserving.
+    let replaying_any = client_replay_given || (server_replay.is_some() && !keepserving);
     tokio::select! {
         stop = shutdown_signal() => stop?,
-        summary = replayed => {
-            eprintln!("flowgate: {}", summary.context("client replay")?);
+        done = replays, if replaying_any => {
+            done?;
             if keepserving {
                 shutdown_signal().await?;
             }
         }
-        () = served_out, if !keepserving => eprintln!("flowgate: server replay: every saved response was served"),
     }
     // Stop taking connections, give the flows in progress a bounded time to end, then
     // save what was seen.
@@ -801,8 +814,17 @@ async fn plugin_command(action: &PluginAction, settings: Settings) -> anyhow::Re
         PluginAction::Test { plugin, flows: Some(flows), save, expect, .. } => {
             let runtime = Runtime::new(settings.runtime)?;
             let manifest = if plugin.is_dir() { plugin.join("plugin.toml") } else { plugin.clone() };
-            let overrides: Vec<(String, String)> =
-                settings.plugin_config.iter().map(|(_, k, v)| (k.clone(), v.clone())).collect();
+            let name = plugin_test::plugin_name(&manifest)?;
+            if let Some((other, key, _)) = settings.plugin_config.iter().find(|(p, _, _)| *p != name) {
+                bail!("--set {other}.{key}: this plugin is named {name:?}");
+            }
+            let overrides: Vec<(String, String)> = settings
+                .plugin_config_file
+                .iter()
+                .filter(|(p, _, _)| *p == name)
+                .chain(&settings.plugin_config)
+                .map(|(_, k, v)| (k.clone(), v.clone()))
+                .collect();
             let loaded = runtime
                 .load_with(&manifest, &overrides)
                 .await
@@ -817,6 +839,7 @@ async fn plugin_command(action: &PluginAction, settings: Settings) -> anyhow::Re
                 response: response.clone(),
                 cases: cases.clone(),
                 overrides: settings.plugin_config,
+                defaults: settings.plugin_config_file,
             };
             if plugin_test::run(&runtime, plugin, &options).await? { Ok(()) } else { bail!("some expectations failed") }
         }

@@ -48,6 +48,8 @@ pub async fn run(plugin: Arc<Plugin>, run: &FlowsRun<'_>) -> anyhow::Result<bool
         let Some(saved_response) = http.response.clone() else {
             println!("== {} {} (skipped: no response was saved)", http.request.method, http.request.url());
             skipped += 1;
+            // Kept as it is, so --expect still compares flow with flow.
+            results.push(flow);
             continue;
         };
         let result = play(&chain, &flow, &http.request, saved_response).await;
@@ -79,7 +81,7 @@ pub async fn run(plugin: Arc<Plugin>, run: &FlowsRun<'_>) -> anyhow::Result<bool
         }
         println!("saved {} flows to {}", results.len(), path.display());
     }
-    println!("{} flows, {changed} changed by the plugin, {skipped} skipped", results.len() + skipped);
+    println!("{} flows, {changed} changed by the plugin, {skipped} skipped", results.len());
     Ok(all_ok)
 }
 

@@ -24,6 +24,21 @@ pub struct Options {
     /// `--set PLUGIN.KEY=VALUE` config overrides (plugin, key, value); those for other
     /// plugins are refused.
     pub overrides: Vec<(String, String, String)>,
+    /// config.toml's plugin config (plugin, key, value): this plugin's applied first,
+    /// other plugins' ignored.
+    pub defaults: Vec<(String, String, String)>,
+}
+
+/// The name a plugin is known by: its manifest's, or a bare .wasm's file name.
+pub fn plugin_name(manifest: &Path) -> anyhow::Result<String> {
+    Ok(match manifest.extension().is_some_and(|e| e == "toml") {
+        true => {
+            let text =
+                std::fs::read_to_string(manifest).with_context(|| format!("cannot read {}", manifest.display()))?;
+            flowgate_runtime::Manifest::parse(&text, manifest)?.name
+        }
+        false => manifest.file_stem().map(|s| s.to_string_lossy().replace('_', "-")).unwrap_or_default(),
+    })
 }
 
 /// One test case file.
@@ -161,10 +176,7 @@ pub async fn run(runtime: &Runtime, path: &Path, options: &Options) -> anyhow::R
     if !manifest.exists() {
         bail!("{} does not exist (is this a plugin project?)", manifest.display());
     }
-    let plugin_name = match manifest.extension().is_some_and(|e| e == "toml") {
-        true => flowgate_runtime::Manifest::parse(&std::fs::read_to_string(&manifest)?, &manifest)?.name,
-        false => manifest.file_stem().map(|s| s.to_string_lossy().replace('_', "-")).unwrap_or_default(),
-    };
+    let plugin_name = plugin_name(&manifest)?;
     for (plugin, key, _) in &options.overrides {
         if *plugin != plugin_name {
             bail!("--set {plugin}.{key}: this plugin is named {plugin_name:?}");
@@ -172,7 +184,13 @@ pub async fn run(runtime: &Runtime, path: &Path, options: &Options) -> anyhow::R
     }
     let mut all_ok = true;
     for (index, (name, case)) in cases.iter().enumerate() {
-        let mut overrides: Vec<(String, String)> = case.config.clone().into_iter().collect();
+        let mut overrides: Vec<(String, String)> = options
+            .defaults
+            .iter()
+            .filter(|(p, _, _)| *p == plugin_name)
+            .map(|(_, k, v)| (k.clone(), v.clone()))
+            .collect();
+        overrides.extend(case.config.clone());
         overrides.extend(options.overrides.iter().map(|(_, k, v)| (k.clone(), v.clone())));
         let plugin = runtime
             .load_with(&manifest, &overrides)

@@ -80,20 +80,21 @@ pub async fn client(proxy: Arc<Proxy>, mode: Arc<Mode>, flows: Vec<Flow>, concur
         indicatif::ProgressStyle::with_template("{spinner} client replay {pos}/{len} [{bar:30}] {elapsed} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let limit = Arc::new(tokio::sync::Semaphore::new(concurrency.unwrap_or(tokio::sync::Semaphore::MAX_PERMITS)));
+    let limit = concurrency.unwrap_or(usize::MAX).max(1);
     let mut running = tokio::task::JoinSet::new();
-    for flow in flows {
-        // Admission in the file's order: a flow starts once a slot is free.
-        let Ok(permit) = limit.clone().acquire_owned().await else { break };
-        let (proxy, mode) = (proxy.clone(), mode.clone());
-        running.spawn(async move {
-            let replayed = proxy.replay_client(&flow, mode).await;
-            drop(permit);
-            (report_name(&flow), replayed)
-        });
-    }
     let mut summary = Summary::default();
-    while let Some(done) = running.join_next().await {
+    let mut flows = flows.into_iter();
+    loop {
+        // Started in the file's order, `limit` at a time; each reported as it ends.
+        while running.len() < limit {
+            let Some(flow) = flows.next() else { break };
+            let (proxy, mode) = (proxy.clone(), mode.clone());
+            running.spawn(async move {
+                let replayed = proxy.replay_client(&flow, mode).await;
+                (report_name(&flow), replayed)
+            });
+        }
+        let Some(done) = running.join_next().await else { break };
         bar.inc(1);
         match done {
             Ok((_, Replayed::Answered { .. })) => summary.answered += 1,

@@ -596,21 +596,18 @@ pub(crate) async fn handle(
         (None, None) => full(Bytes::new()),
     };
     let outcome = Outcome::Response { status: response.status, reason: response.reason.clone(), size, local: false };
+    // Nothing follows a HEAD answer, a 1xx, 204 or 304 (the client's layer never reads
+    // the body): recorded as empty, not as a body that was not stored.
+    let bodiless =
+        (no_body && response.body.is_none()).then(|| Response { body: Some(Bytes::new()), ..response.clone() });
     if let Some(held) = response_held {
         // The buffered body counts against buffer_memory_limit until it is written.
         client_body = Held::new(client_body, held).boxed();
-    } else if no_body && response.body.is_none() {
-        // Nothing follows a HEAD answer, a 1xx, 204 or 304 (the client's layer never reads
-        // the body): recorded as empty, not as a body that was not stored.
-        let recorded = Response { body: Some(Bytes::new()), ..response.clone() };
-        drop(request_held);
-        ex.record_with(outcome, Some(&recorded));
-        return Ok(Reply { response, body: client_body });
-    } else {
+    } else if bodiless.is_none() {
         client_body = ex.tee(client_body, |c| &mut c.response);
     }
     drop(request_held);
-    ex.record_with(outcome, Some(&response));
+    ex.record_with(outcome, Some(bodiless.as_ref().unwrap_or(&response)));
     Ok(Reply { response, body: client_body })
 }
 

@@ -62,8 +62,10 @@ pub(crate) fn key(request: &Request, options: &MatchOptions) -> Vec<u8> {
         }
     }
     for name in &options.use_headers {
+        // All of a field's values, joined as mitmproxy's `headers.get` gives them.
+        let values: Vec<&[u8]> = request.headers.get_all(name).collect();
         key.part(name.as_bytes());
-        key.maybe(request.headers.get(name));
+        key.maybe((!values.is_empty()).then(|| values.join(&b", "[..])).as_deref());
     }
     key.0
 }
@@ -195,14 +197,23 @@ pub(crate) fn refresh(response: &mut Response, now: Timestamp) {
             None => time.checked_sub(recorded.checked_duration_since(now).unwrap_or_default()).unwrap_or(time),
         }
     };
+    // httpdate formats years 1970..=9999 only (and panics past them): a date shifted out
+    // of that range is left as it was.
+    let format = |time: SystemTime| -> Option<String> {
+        let latest = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(253_402_300_799);
+        (SystemTime::UNIX_EPOCH..=latest).contains(&time).then(|| httpdate::fmt_http_date(time))
+    };
     let mut refreshed = Headers::new();
     for (name, value) in response.headers.iter() {
         let value = match name.to_ascii_lowercase().as_str() {
             "date" | "expires" | "last-modified" => std::str::from_utf8(value)
                 .ok()
                 .and_then(|v| httpdate::parse_http_date(v.trim()).ok())
-                .map_or_else(|| value.to_vec(), |t| httpdate::fmt_http_date(shift(t)).into_bytes()),
-            "set-cookie" => std::str::from_utf8(value).map_or_else(|_| value.to_vec(), |v| refresh_cookie(v, shift)),
+                .and_then(|t| format(shift(t)))
+                .map_or_else(|| value.to_vec(), String::into_bytes),
+            "set-cookie" => {
+                std::str::from_utf8(value).map_or_else(|_| value.to_vec(), |v| refresh_cookie(v, |t| format(shift(t))))
+            }
             _ => value.to_vec(),
         };
         // Values made here are dates and the cookie's own parts: they stay valid.
@@ -212,15 +223,16 @@ pub(crate) fn refresh(response: &mut Response, now: Timestamp) {
 }
 
 /// A `Set-Cookie` value with its `Expires` attribute shifted.
-fn refresh_cookie(value: &str, shift: impl Fn(SystemTime) -> SystemTime) -> Vec<u8> {
+fn refresh_cookie(value: &str, shifted: impl Fn(SystemTime) -> Option<String>) -> Vec<u8> {
     let mut out: Vec<String> = Vec::new();
     for (i, part) in value.split(';').enumerate() {
         let attribute = part.split_once('=').filter(|_| i > 0);
         match attribute {
             Some((name, date)) if name.trim().eq_ignore_ascii_case("expires") => {
                 // The Netscape spelling (`Wed, 21-Oct-2015 07:28:00 GMT`) as RFC 1123's.
+                // Not a date: dropped, as mitmproxy does; out of the formattable range: kept.
                 if let Ok(time) = httpdate::parse_http_date(&date.trim().replace('-', " ")) {
-                    out.push(format!("{}={}", name, httpdate::fmt_http_date(shift(time))));
+                    out.push(shifted(time).map_or_else(|| part.to_owned(), |date| format!("{name}={date}")));
                 }
             }
             _ => out.push(part.to_owned()),
@@ -317,6 +329,19 @@ mod tests {
                 ignore(|o| o.use_headers = vec!["accept".into()]),
                 false,
             ),
+            // Every value of a field, joined: two fields are one "a, b".
+            (
+                request("GET", "http://a.test/", &[("Accept", "a"), ("Accept", "b")], None),
+                request("GET", "http://a.test/", &[("Accept", "a, b")], None),
+                ignore(|o| o.use_headers = vec!["accept".into()]),
+                true,
+            ),
+            (
+                request("GET", "http://a.test/", &[("Accept", "a"), ("Accept", "b")], None),
+                request("GET", "http://a.test/", &[("Accept", "a")], None),
+                ignore(|o| o.use_headers = vec!["accept".into()]),
+                false,
+            ),
             // The Host the client named is the host, in any case, with or without a port.
             (
                 request("GET", "http://10.0.0.1/", &[("Host", "Shop.Test:80")], None),
@@ -367,6 +392,7 @@ mod tests {
             ("Last-Modified", "not a date"),
             ("Set-Cookie", "s=1; Path=/; Expires=Thu, 22-Oct-2015 07:28:00 GMT; HttpOnly"),
             ("Set-Cookie", "t=2; expires=yesterday; Max-Age=60"),
+            ("Set-Cookie", "far=1; Expires=Fri, 31 Dec 9999 23:59:59 GMT"),
             ("X-Other", "Wed, 21 Oct 2015 07:28:00 GMT"),
         ])
         .expect("valid");
@@ -381,9 +407,18 @@ mod tests {
                 ("Last-Modified", "not a date".to_owned()),
                 ("Set-Cookie", "s=1; Path=/; Expires=Fri, 23 Oct 2015 07:28:00 GMT; HttpOnly".to_owned()),
                 ("Set-Cookie", "t=2; Max-Age=60".to_owned()),
+                ("Set-Cookie", "far=1; Expires=Fri, 31 Dec 9999 23:59:59 GMT".to_owned()),
                 ("X-Other", "Wed, 21 Oct 2015 07:28:00 GMT".to_owned()),
             ]
         );
+        // Moved back before 1970 (a recording clock ahead of ours): kept as it was.
+        let mut deleted = Response::new(200, "OK").expect("valid");
+        deleted.timestamp_start = Some(now);
+        deleted.headers =
+            Headers::from_pairs([("Set-Cookie", "gone=; Expires=Thu, 01 Jan 1970 00:00:00 GMT")]).expect("valid");
+        let before = deleted.clone();
+        refresh(&mut deleted, recorded);
+        assert_eq!(deleted, before);
         // Without a recording time nothing moves.
         let mut unknown = Response::new(200, "OK").expect("valid");
         unknown.headers = Headers::from_pairs([("Date", "Wed, 21 Oct 2015 07:28:00 GMT")]).expect("valid");

@@ -138,9 +138,10 @@ impl ServerReplay {
         self.skipped
     }
 
-    /// What a request nothing matches gets.
+    /// What a request nothing matches gets: `server_replay_extra` while saved responses
+    /// are left (as mitmproxy, which forwards once it has served them all).
     pub(crate) fn extra(&self) -> ReplayExtra {
-        self.options.extra
+        if self.left() == 0 { ReplayExtra::Forward } else { self.options.extra }
     }
 
     /// Whether a request's body takes part in matching (so it must be read first).

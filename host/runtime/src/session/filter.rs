@@ -1,14 +1,16 @@
 //! Manifest filters: which plugins a flow's hooks call. A plugin whose manifest has a
 //! `filter` is called only for the flows it matches, so it costs nothing elsewhere. A
-//! filter that reads nothing of the response is matched once, at the flow's first hook,
-//! and the answer holds for the whole flow; one that does is matched at each hook against
-//! the flow as it is when the hook starts (before the response, `~s` is false).
+//! filter that reads only what the request head settles (method, URL, domain, request
+//! fields, client address, kind) is matched once, at the flow's first hook, and the
+//! answer holds for the whole flow; any other is matched at each hook against the flow
+//! as it is when the hook starts (before the response `~s` is false, `~dst` matches once
+//! the server is chosen, `~e` in the error hook). Replay marks are not visible here.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use flowgate_flow::{
-    Address, Client, DataMessage, Flow, FlowInfo, HttpFlow, Payload, Request, Response, Server, Timestamp,
+    Address, Client, DataMessage, Flow, FlowError, FlowInfo, HttpFlow, Payload, Request, Response, Server, Timestamp,
 };
 
 use crate::plugin::Plugin;
@@ -43,7 +45,7 @@ impl FlowFilters {
                 (None, None) => true,
                 (None, Some(filter)) => {
                     let matched = filter.matches(flow);
-                    if !filter.needs_response() {
+                    if filter.settled_by_request_head() {
                         self.decided[i] = Some(matched);
                     }
                     matched
@@ -60,6 +62,7 @@ impl FlowFilters {
         info: &FlowInfo,
         request: &mut Request,
         response: Option<&mut Response>,
+        error: Option<&str>,
     ) {
         if !self.pending() {
             return;
@@ -70,7 +73,8 @@ impl FlowFilters {
             response: response.as_deref_mut().map(std::mem::take),
             websocket: None,
         };
-        let flow = with_server(Flow::new(info.id, client(info), Timestamp::default(), Payload::Http(http)), info);
+        let mut flow = with_server(Flow::new(info.id, client(info), Timestamp::default(), Payload::Http(http)), info);
+        flow.error = error.map(|message| FlowError { message: message.to_owned(), timestamp: Timestamp::default() });
         self.decide(chain, &flow);
         if let Payload::Http(http) = flow.payload {
             *request = http.request;

@@ -59,7 +59,7 @@ impl HttpFlowSession {
     }
 
     async fn chain(&mut self, hook: Hook, request: &mut Request, mut response: Option<&mut Response>) -> HttpAction {
-        self.filters.decide_http(&self.slots.chain, &self.flow, request, response.as_deref_mut());
+        self.filters.decide_http(&self.slots.chain, &self.flow, request, response.as_deref_mut(), None);
         let admitted = &self.filters.admitted;
         let flow = &mut self.flow;
         let flow_id = flow.id;
@@ -232,7 +232,7 @@ impl HttpFlowSession {
 
     /// `error`: the flow failed; informational.
     pub async fn error(&mut self, request: &mut Request, message: &str) {
-        self.filters.decide_http(&self.slots.chain, &self.flow, request, None);
+        self.filters.decide_http(&self.slots.chain, &self.flow, request, None, Some(message));
         let admitted = &self.filters.admitted;
         let flow = &mut self.flow;
         let flow_id = flow.id;
