@@ -358,6 +358,36 @@ fn plugin_test_over_recorded_flows_reports_changes_and_checks_expectations() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains(r#"missing "X-Checked: yes", unexpected "X-Checked: no""#), "{stdout}");
+    // config.toml's table for this plugin applies, another plugin's is ignored, and
+    // --set wins over the file.
+    let conf = confdir();
+    std::fs::create_dir_all(&conf).expect("confdir");
+    std::fs::write(
+        conf.join("config.toml"),
+        "[other-plugin]\nx = \"1\"\n[add-header]\nresponse = \"X-Checked: file\"\n",
+    )
+    .expect("config.toml");
+    let with_config = |more: &[&str]| {
+        let manifest = plugin("");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_flowgate"));
+        command.arg("--confdir").arg(&conf).args(["plugin", "test"]).arg(&manifest).arg("--flows").arg(&recording);
+        String::from_utf8_lossy(&command.args(more).output().expect("flowgate runs").stdout).into_owned()
+    };
+    let stdout = with_config(&[]);
+    assert_eq!(stdout.matches("+ X-Checked: file").count(), 2, "{stdout}");
+    let stdout = with_config(&["--set", "add-header.response=X-Checked: cli"]);
+    assert_eq!(stdout.matches("+ X-Checked: cli").count(), 2, "{stdout}");
+    // The same for a test case (here the synthetic GET): the other plugin's table is no error.
+    let out = Command::new(env!("CARGO_BIN_EXE_flowgate"))
+        .arg("--confdir")
+        .arg(&conf)
+        .args(["plugin", "test"])
+        .arg(plugin(""))
+        .output()
+        .expect("flowgate runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("+ X-Checked: file"), "{stdout}");
     // With a manifest filter, only the POST is the plugin's.
     let out = test(&plugin("filter = \"~m POST\"\n"), &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
