@@ -30,7 +30,7 @@ use crate::conn::ConnCtx;
 use crate::egress::resolve_checked;
 use crate::error::{Error, UpstreamError};
 use crate::record::{self, FlowRecord, Kind, Outcome};
-use crate::replay::ReplayExtra;
+use crate::replay::Answered;
 use crate::upstream::{self, Body, Outbound, Target};
 
 /// A request as a client layer received it.
@@ -374,146 +374,23 @@ pub(crate) async fn handle(
     if let Some(resp) = ex.act(action).await? {
         return Ok(resp);
     }
-    let replayed = match &opts.server_replay {
-        Some(replay) => match replay.answer(&ex.request, now()) {
-            Some(response) => Some(response),
-            None => match replay.extra() {
-                ReplayExtra::Forward => None,
-                ReplayExtra::Kill => {
-                    let message = "no saved response matches (server_replay_extra=kill)".to_owned();
-                    ex.session.error(&mut ex.request, &message).await;
-                    ex.record(Outcome::Error(message));
-                    return Err(Killed);
-                }
-                ReplayExtra::Status(status) => Some(Response {
-                    status,
-                    reason: canonical_reason(status),
-                    body: Some(Bytes::new()),
-                    ..Response::default()
-                }),
-            },
-        },
-        None => None,
-    };
-    let (mut response, upstream_body) = match replayed {
-        Some(saved) => {
+    let (mut response, upstream_body) = match opts.server_replay.as_ref().map(|r| r.answer(&ex.request, now())) {
+        Some(Answered::Saved(saved)) => {
             ex.replay = Some(Replay::Response);
-            let head = ex.request.method == "HEAD";
-            replayed_response(saved, head)
+            crate::replay::as_upstream_response(saved, ex.request.method == "HEAD")
         }
-        None => {
-            // A streamed request body goes through the chunk hooks while it is sent upstream. The
-            // pump task borrows the flow's session meanwhile (an empty stand-in takes its place)
-            // and gives it back when the body ends.
-            let mut pump = None;
-            if let Some(source) = stream_source {
-                // The stand-in has the flow's facts, so whatever it might record is the flow's.
-                let stand_in = ctx.flows.http_flow(ex.session.flow.clone());
-                let session = std::mem::replace(&mut ex.session, stand_in);
-                let (stream, returned) = stream_request_body(session, ex.request.clone(), source);
-                body = Some(ex.tee(stream, |c| &mut c.request));
-                pump = Some(returned);
+        Some(Answered::Kill) => {
+            let message = "no saved response matches (server_replay_extra=kill)".to_owned();
+            ex.session.error(&mut ex.request, &message).await;
+            ex.record(Outcome::Error(message));
+            return Err(Killed);
+        }
+        Some(Answered::Forward) | None => {
+            let leg = UpstreamLeg { original, fixed, stream_source, body, request_trailers, interim };
+            match send_upstream(&mut ex, leg).await? {
+                Ok(sent) => sent,
+                Err(reply) => return Ok(reply),
             }
-
-            // To the upstream. What goes out is what the flow holds: framing fields follow the
-            // body the plugins left.
-            let prior_knowledge =
-                fixed.as_ref().is_some_and(|f| f.prior_knowledge) && ex.request.scheme == Scheme::Http;
-            let mut target =
-                Target { prior_knowledge, ..Target::new(ex.request.scheme, ex.request.host.clone(), ex.request.port) };
-            if (target.scheme, &target.host, target.port) != (original.scheme, &original.host, original.port) {
-                match rerouted(&ctx, ex.session.reroute(), &target).await {
-                    Ok(pinned) => target.pinned = pinned,
-                    Err(message) => return Ok(ex.fail(Error::Plugin(message)).await),
-                }
-            } else {
-                // Inside a tunnel a plugin moved, the flows go where the tunnel was checked to go.
-                target.pinned = original.pinned;
-                // The client's SNI stays the server name unless a plugin sent the request elsewhere.
-                target.sni = original.sni.clone();
-            }
-            if pump.is_some() {
-                // Chunk hooks may change sizes: the body goes chunked.
-                ex.request.headers.remove("content-length");
-            }
-            if let Some(bytes) = &ex.request.body {
-                // A body with trailers or transfer codings goes chunked: no length.
-                if request_trailers.is_some() || ex.request.headers.contains("transfer-encoding") {
-                    ex.request.headers.remove("content-length");
-                } else if bytes.is_empty()
-                    && !ex.request.headers.contains("content-length")
-                    && !method_has_body(&ex.request)
-                {
-                    // A GET stays without a length.
-                } else {
-                    set_length(&mut ex.request.headers, bytes.len());
-                }
-            }
-            let open = ctx.upstreams.lock().await.take(&target);
-            let mut sender = match open {
-                Some(sender) => sender,
-                None => {
-                    let address = format!("{}:{}", target.host, target.port);
-                    if !ctx.server_connect(address.clone()).await {
-                        return Ok(ex.fail(UpstreamError::Refused(address)).await);
-                    }
-                    match upstream::connect(&ctx.proxy, &ctx.mode, &target).await {
-                        Ok(connected) => {
-                            ctx.session.lock().await.server_connected().await;
-                            connected.sender
-                        }
-                        Err(e) => return Ok(ex.fail(e).await),
-                    }
-                }
-            };
-            let upstream_body = match (body, ex.request.body.clone()) {
-                (_, Some(bytes)) => with_trailers(bytes, request_trailers),
-                (Some(stream), None) => stream,
-                (None, None) => full(Bytes::new()),
-            };
-            // HTTP/1.1 to an upstream proxy takes plain-HTTP requests in absolute form.
-            let absolute = matches!(*ctx.mode, Mode::Upstream { .. }) && target.scheme == Scheme::Http;
-            ex.session.flow.server_address = Some(format!("{}:{}", target.host, target.port));
-            // The upstream's stalls are bounded; the request body's waits for the client are not
-            // its (body_read_timeout bounds those).
-            let turn = Turn::new();
-            let upstream_body = Watched::new(upstream_body, turn.clone()).boxed();
-            let outbound = Outbound { request: &ex.request, absolute, body: upstream_body, interim };
-            let head_stall = Stall {
-                what: "response head from the upstream",
-                after: opts.upstream_timeout,
-                option: "upstream_timeout",
-            };
-            let sent = turn.bound(sender.send(outbound, opts), head_stall).await;
-            if let Some(returned) = pump
-                && let Ok(pumped) = returned.await
-            {
-                ex.session = pumped.session;
-                // The chunk hooks' edits (and the trailers) land on the flow itself.
-                ex.request = pumped.request;
-                // A plugin that stopped the body decides the flow's fate, not the upstream's
-                // reaction to the cut-off body.
-                if let Some(action) = pumped.stopped {
-                    drop(sent);
-                    if let Some(resp) = ex.act(action).await? {
-                        return Ok(resp);
-                    }
-                    return Ok(ex.fail(Error::Internal("a plugin stopped the request body".to_owned())).await);
-                }
-            }
-            let (mut response, upstream_body) = match sent {
-                Ok(r) => r,
-                Err(e) => return Ok(ex.fail(e).await),
-            };
-            response.timestamp_start = Some(now());
-            let body_stall = Stall {
-                what: "response body data from the upstream",
-                after: opts.upstream_timeout,
-                option: "upstream_timeout",
-            };
-            let upstream_body = ProgressTimeout::new(upstream_body, body_stall).boxed();
-            ctx.upstreams.lock().await.put(target, sender);
-            (response, upstream_body)
         }
     };
 
@@ -611,26 +488,137 @@ pub(crate) async fn handle(
     Ok(Reply { response, body: client_body })
 }
 
-/// A saved response as the upstream's would come: its body whole, framed by its length
-/// (a recording's `Transfer-Encoding` described the wire it came on, not this body).
-fn replayed_response(mut saved: Response, head: bool) -> (Response, Body) {
-    let body = saved.body.take().unwrap_or_default();
-    let trailers = std::mem::take(&mut saved.trailers);
-    if head || matches!(saved.status, 100..=199 | 204 | 304) {
-        // No body, and the fields say what a GET's would have been: kept as saved.
-    } else if trailers.is_empty() {
-        saved.headers.remove("transfer-encoding");
-        set_length(&mut saved.headers, body.len());
-    } else {
-        saved.headers.remove("transfer-encoding");
-        saved.headers.remove("content-length");
+/// What the upstream leg of an exchange takes from the request's side.
+struct UpstreamLeg<B> {
+    /// Where the client sent the request (before plugins).
+    original: Target,
+    /// The layer's fixed target, if any.
+    fixed: Option<Target>,
+    /// A request body to stream through the chunk hooks while it goes up.
+    stream_source: Option<B>,
+    /// A request body passed (or streamed past the buffer) as it is.
+    body: Option<Body>,
+    /// The buffered request body's trailers.
+    request_trailers: Option<hyper::HeaderMap>,
+    /// Where the upstream's 1xx responses go.
+    interim: Option<Interim>,
+}
+
+/// Sends the request to its upstream (checked if a plugin moved it, on a pooled or new
+/// connection) and returns the response head and body; `Err` is the reply that ended
+/// the flow instead (recorded already).
+async fn send_upstream<B>(ex: &mut Exchange, leg: UpstreamLeg<B>) -> Result<Result<(Response, Body), Reply>, Killed>
+where
+    B: hyper::body::Body<Data = Bytes, Error = crate::upstream::BoxError> + Unpin + Send + 'static,
+{
+    let UpstreamLeg { original, fixed, stream_source, mut body, request_trailers, interim } = leg;
+    let ctx = ex.ctx.clone();
+    let opts = &ctx.proxy.options;
+    // A streamed request body goes through the chunk hooks while it is sent upstream. The
+    // pump task borrows the flow's session meanwhile (an empty stand-in takes its place)
+    // and gives it back when the body ends.
+    let mut pump = None;
+    if let Some(source) = stream_source {
+        // The stand-in has the flow's facts, so whatever it might record is the flow's.
+        let stand_in = ctx.flows.http_flow(ex.session.flow.clone());
+        let session = std::mem::replace(&mut ex.session, stand_in);
+        let (stream, returned) = stream_request_body(session, ex.request.clone(), source);
+        body = Some(ex.tee(stream, |c| &mut c.request));
+        pump = Some(returned);
     }
-    saved.timestamp_start = Some(now());
-    saved.timestamp_end = None;
-    let mut map = hyper::HeaderMap::new();
-    fill_headers(&mut map, &trailers);
-    let trailers = (!map.is_empty()).then_some(map);
-    (saved, with_trailers(body, trailers))
+
+    // To the upstream. What goes out is what the flow holds: framing fields follow the
+    // body the plugins left.
+    let prior_knowledge = fixed.as_ref().is_some_and(|f| f.prior_knowledge) && ex.request.scheme == Scheme::Http;
+    let mut target =
+        Target { prior_knowledge, ..Target::new(ex.request.scheme, ex.request.host.clone(), ex.request.port) };
+    if (target.scheme, &target.host, target.port) != (original.scheme, &original.host, original.port) {
+        match rerouted(&ctx, ex.session.reroute(), &target).await {
+            Ok(pinned) => target.pinned = pinned,
+            Err(message) => return Ok(Err(ex.fail(Error::Plugin(message)).await)),
+        }
+    } else {
+        // Inside a tunnel a plugin moved, the flows go where the tunnel was checked to go.
+        target.pinned = original.pinned;
+        // The client's SNI stays the server name unless a plugin sent the request elsewhere.
+        target.sni = original.sni.clone();
+    }
+    if pump.is_some() {
+        // Chunk hooks may change sizes: the body goes chunked.
+        ex.request.headers.remove("content-length");
+    }
+    if let Some(bytes) = &ex.request.body {
+        // A body with trailers or transfer codings goes chunked: no length.
+        if request_trailers.is_some() || ex.request.headers.contains("transfer-encoding") {
+            ex.request.headers.remove("content-length");
+        } else if bytes.is_empty() && !ex.request.headers.contains("content-length") && !method_has_body(&ex.request) {
+            // A GET stays without a length.
+        } else {
+            set_length(&mut ex.request.headers, bytes.len());
+        }
+    }
+    let open = ctx.upstreams.lock().await.take(&target);
+    let mut sender = match open {
+        Some(sender) => sender,
+        None => {
+            let address = format!("{}:{}", target.host, target.port);
+            if !ctx.server_connect(address.clone()).await {
+                return Ok(Err(ex.fail(UpstreamError::Refused(address)).await));
+            }
+            match upstream::connect(&ctx.proxy, &ctx.mode, &target).await {
+                Ok(connected) => {
+                    ctx.session.lock().await.server_connected().await;
+                    connected.sender
+                }
+                Err(e) => return Ok(Err(ex.fail(e).await)),
+            }
+        }
+    };
+    let upstream_body = match (body, ex.request.body.clone()) {
+        (_, Some(bytes)) => with_trailers(bytes, request_trailers),
+        (Some(stream), None) => stream,
+        (None, None) => full(Bytes::new()),
+    };
+    // HTTP/1.1 to an upstream proxy takes plain-HTTP requests in absolute form.
+    let absolute = matches!(*ctx.mode, Mode::Upstream { .. }) && target.scheme == Scheme::Http;
+    ex.session.flow.server_address = Some(format!("{}:{}", target.host, target.port));
+    // The upstream's stalls are bounded; the request body's waits for the client are not
+    // its (body_read_timeout bounds those).
+    let turn = Turn::new();
+    let upstream_body = Watched::new(upstream_body, turn.clone()).boxed();
+    let outbound = Outbound { request: &ex.request, absolute, body: upstream_body, interim };
+    let head_stall =
+        Stall { what: "response head from the upstream", after: opts.upstream_timeout, option: "upstream_timeout" };
+    let sent = turn.bound(sender.send(outbound, opts), head_stall).await;
+    if let Some(returned) = pump
+        && let Ok(pumped) = returned.await
+    {
+        ex.session = pumped.session;
+        // The chunk hooks' edits (and the trailers) land on the flow itself.
+        ex.request = pumped.request;
+        // A plugin that stopped the body decides the flow's fate, not the upstream's
+        // reaction to the cut-off body.
+        if let Some(action) = pumped.stopped {
+            drop(sent);
+            if let Some(resp) = ex.act(action).await? {
+                return Ok(Err(resp));
+            }
+            return Ok(Err(ex.fail(Error::Internal("a plugin stopped the request body".to_owned())).await));
+        }
+    }
+    let (mut response, upstream_body) = match sent {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(ex.fail(e).await)),
+    };
+    response.timestamp_start = Some(now());
+    let body_stall = Stall {
+        what: "response body data from the upstream",
+        after: opts.upstream_timeout,
+        option: "upstream_timeout",
+    };
+    let upstream_body = ProgressTimeout::new(upstream_body, body_stall).boxed();
+    ctx.upstreams.lock().await.put(target, sender);
+    Ok(Ok((response, upstream_body)))
 }
 
 /// Checks a destination a plugin rerouted the flow to, with that plugin's
@@ -673,12 +661,12 @@ pub(crate) async fn rerouted(
 
 /// Sets `Content-Length` to `length`, keeping the field as it was (its place and its
 /// name's case) where it already says so.
-fn set_length(headers: &mut Headers, length: usize) {
+pub(crate) fn set_length(headers: &mut Headers, length: usize) {
     let value = length.to_string();
-    let name = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("content-length")).map(|(n, _)| n.to_owned());
     if headers.get_all("content-length").eq([value.as_bytes()]) {
         return;
     }
+    let name = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("content-length")).map(|(n, _)| n.to_owned());
     let _ = headers.set(name.as_deref().unwrap_or("content-length"), value.as_bytes());
 }
 

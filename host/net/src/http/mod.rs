@@ -4,7 +4,7 @@
 //! are in [`body`]; the CA download host is [`cert`]; the HTTP/2 pieces flowgate owns
 //! are in [`h2`].
 
-mod body;
+pub(crate) mod body;
 mod cert;
 pub(crate) mod connect;
 pub(crate) mod exchange;

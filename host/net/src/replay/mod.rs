@@ -24,7 +24,7 @@ pub use matching::MatchOptions;
 use crate::conn::ConnCtx;
 use crate::http::exchange::{self, Inbound};
 use crate::record::Outcome;
-use crate::upstream::Target;
+use crate::upstream::{Body, Target};
 use crate::{Mode, Proxy};
 
 /// What a request no saved response matches gets (mitmproxy's `server_replay_extra`).
@@ -49,6 +49,16 @@ impl ReplayExtra {
             other => Err(format!("{other:?}: expected forward, kill, 204, 400, 404 or 500")),
         }
     }
+}
+
+/// What server replay does with a request.
+pub(crate) enum Answered {
+    /// Answer with this response, in place of the upstream's.
+    Saved(Response),
+    /// Send it upstream.
+    Forward,
+    /// Close the client's connection (`server_replay_extra=kill`).
+    Kill,
 }
 
 /// Server replay's options (mitmproxy's `server_replay_*`).
@@ -140,7 +150,7 @@ impl ServerReplay {
 
     /// What a request nothing matches gets: `server_replay_extra` while saved responses
     /// are left (as mitmproxy, which forwards once it has served them all).
-    pub(crate) fn extra(&self) -> ReplayExtra {
+    fn extra(&self) -> ReplayExtra {
         if self.left() == 0 { ReplayExtra::Forward } else { self.options.extra }
     }
 
@@ -149,8 +159,26 @@ impl ServerReplay {
         !self.options.matching.ignore_content
     }
 
+    /// What `request` gets: the saved response for it (refreshed to `now` unless told
+    /// not to), else what `server_replay_extra` says (an empty answer counts as saved).
+    pub(crate) fn answer(&self, request: &flowgate_flow::Request, now: Timestamp) -> Answered {
+        match self.saved_for(request, now) {
+            Some(response) => Answered::Saved(response),
+            None => match self.extra() {
+                ReplayExtra::Forward => Answered::Forward,
+                ReplayExtra::Kill => Answered::Kill,
+                ReplayExtra::Status(status) => Answered::Saved(Response {
+                    status,
+                    reason: exchange::canonical_reason(status),
+                    body: Some(Bytes::new()),
+                    ..Response::default()
+                }),
+            },
+        }
+    }
+
     /// The saved response for `request`, refreshed to `now` unless told not to.
-    pub(crate) fn answer(&self, request: &flowgate_flow::Request, now: Timestamp) -> Option<Response> {
+    fn saved_for(&self, request: &flowgate_flow::Request, now: Timestamp) -> Option<Response> {
         let key = matching::key(request, &self.options.matching);
         let mut saved = self.saved.lock().unwrap_or_else(PoisonError::into_inner);
         let queue = saved.get_mut(&key)?;
@@ -173,6 +201,28 @@ impl ServerReplay {
         }
         Some(response)
     }
+}
+
+/// A saved response as the upstream's would come: its body whole, framed by its length
+/// (a recording's `Transfer-Encoding` described the wire it came on, not this body).
+pub(crate) fn as_upstream_response(mut saved: Response, head: bool) -> (Response, Body) {
+    let body = saved.body.take().unwrap_or_default();
+    let trailers = std::mem::take(&mut saved.trailers);
+    if head || matches!(saved.status, 100..=199 | 204 | 304) {
+        // No body, and the fields say what a GET's would have been: kept as saved.
+    } else if trailers.is_empty() {
+        saved.headers.remove("transfer-encoding");
+        exchange::set_length(&mut saved.headers, body.len());
+    } else {
+        saved.headers.remove("transfer-encoding");
+        saved.headers.remove("content-length");
+    }
+    saved.timestamp_start = Some(crate::capture::now());
+    saved.timestamp_end = None;
+    let mut map = hyper::HeaderMap::new();
+    exchange::fill_headers(&mut map, &trailers);
+    let trailers = (!map.is_empty()).then_some(map);
+    (saved, crate::http::body::with_trailers(body, trailers))
 }
 
 /// What became of a request client replay sent again.
