@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use support::{Flowgate, Origin, curl};
+use support::{Flowgate, Nginx, Origin, curl};
 
 /// The non-Rust example plugins; `every_plugin_project_is_tested` checks this list
 /// against plugins/*/plugin.toml, so a plugin without a test here fails the suite.
@@ -102,6 +102,94 @@ fn json_rewrite_in_javascript_edits_api_responses() {
     let page = curl(&["-x", &fg.proxy(), &origin.url("http", "/page")]);
     assert!(page.body.starts_with("<h1>Example Domain</h1>"), "{}", page.body);
     assert!(!page.headers.contains("x-json-rewrite"), "{}", page.headers);
+}
+
+/// json-rewrite on an origin that compresses on the fly (nginx `gzip on`, chunked): the
+/// plugin reads the JSON decoded (`decoded-body`) and writes it back gzip-encoded
+/// (`set-decoded-body`) with a `Content-Length` that fits, so the client gets what it
+/// asked for. Before WIT 0.2.1 it passed such answers untouched.
+#[test]
+fn json_rewrite_edits_gzip_json_from_nginx() {
+    let manifest = built("json-rewrite");
+    let doc = format!(
+        r#"{{"user":{{"name":"Ada","email":"ada@example.com"}},"features":{{"beta":false}},"notes":"{}"}}"#,
+        "compressible ".repeat(200)
+    );
+    // /user.json is compressed as it is sent (chunked); /static/user.json is the .gz beside
+    // it (gzip_static: a Content-Length).
+    let gz = flowgate_content::encode("gzip", doc.as_bytes()).expect("gzip");
+    let nginx = Nginx::start(
+        &[("user.json", doc.as_bytes()), ("static/user.json.gz", &gz)],
+        "gzip on; gzip_types application/json; gzip_min_length 1; location /static/ { gzip_static on; }",
+    );
+    let url = nginx.url("/user.json");
+    let direct = curl(&["--compressed", &url]);
+    assert!(direct.headers.to_ascii_lowercase().contains("content-encoding: gzip"), "nginx compresses: {direct:?}");
+    assert!(direct.body.contains("ada@example.com"), "{}", direct.body);
+
+    let fg = start(&manifest, &[r#"json-rewrite.fields=user.email="hidden@example.com", features.beta=true"#]);
+    // curl decodes the answer itself (and fails on a body that is not gzip).
+    let reply = curl(&["-x", &fg.proxy(), "--compressed", &url]);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let headers = reply.headers.to_ascii_lowercase();
+    assert!(headers.contains("content-encoding: gzip"), "still gzip-encoded: {headers}");
+    assert!(headers.contains("x-json-rewrite: 2"), "{headers}");
+    let json: serde_json::Value = serde_json::from_str(&reply.body).expect("JSON");
+    assert_eq!(json["user"]["email"], "hidden@example.com", "{}", reply.body);
+    assert_eq!(json["features"]["beta"], true, "{}", reply.body);
+    assert_eq!(json["notes"].as_str().map(str::len), Some(13 * 200), "other fields are kept");
+
+    // The bytes on the wire, from a file nginx sends with a Content-Length: gzip that
+    // decodes to the rewritten JSON, and a Content-Length that is their size.
+    let raw = fg.confdir.join("raw.gz");
+    let fetch = |via_proxy: bool| {
+        let mut curl = std::process::Command::new("curl");
+        curl.args(["-s", "-S", "--max-time", "20", "-H", "Accept-Encoding: gzip", "-D", "-", "-o"]).arg(&raw);
+        if via_proxy {
+            curl.args(["-x", &fg.proxy()]);
+        }
+        let out = curl.arg(nginx.url("/static/user.json")).output().expect("curl runs");
+        (String::from_utf8_lossy(&out.stdout).to_ascii_lowercase(), std::fs::read(&raw).expect("body"))
+    };
+    let (head, bytes) = fetch(false);
+    assert!(head.contains(&format!("content-length: {}\r\n", gz.len())) && bytes == gz, "gzip_static: {head}");
+    let (head, bytes) = fetch(true);
+    assert!(head.contains("content-encoding: gzip") && head.contains("x-json-rewrite: 2"), "{head}");
+    assert!(head.contains(&format!("content-length: {}\r\n", bytes.len())), "{} bytes: {head}", bytes.len());
+    let decoded = flowgate_content::decode("gzip", &bytes, &flowgate_content::Limits::default()).expect("gzip");
+    let json: serde_json::Value = serde_json::from_slice(&decoded).expect("JSON");
+    assert_eq!(json["user"]["email"], "hidden@example.com");
+}
+
+/// A plugin built against the frozen `flowgate:plugin@0.2.0` WIT (tests/e2e/wit-0.2.0, as
+/// released) loads and works in this 0.2.1 host, beside a plugin built against 0.2.1:
+/// 0.2.x only adds, and a user's plugin never has to be rebuilt for it.
+#[test]
+fn a_plugin_built_against_wit_0_2_0_still_loads() {
+    let project = support::confdir();
+    std::fs::create_dir_all(project.join("src")).expect("dir");
+    let source = root().join("plugins/header-block");
+    std::fs::copy(source.join("src/plugin.c"), project.join("src/plugin.c")).expect("copy");
+    let wit = root().join("tests/e2e/wit-0.2.0").canonicalize().expect("frozen WIT");
+    let toml = std::fs::read_to_string(source.join("plugin.toml")).expect("manifest");
+    let toml = toml.replace(r#"wit = "../../wit""#, &format!("wit = {:?}", wit.display().to_string()));
+    assert!(toml.contains("wit-0.2.0"), "the manifest points at the frozen WIT: {toml}");
+    std::fs::write(project.join("plugin.toml"), toml).expect("write");
+    assert_ok("plugin build (0.2.0)", &flowgate(&["plugin", "build"], &project));
+    let component = std::fs::read(project.join("header_block.wasm")).expect("built");
+    let has = |needle: &str| component.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(has("flowgate:plugin/types@0.2.0") && !has("flowgate:plugin/types@0.2.1"), "built against 0.2.0");
+
+    let origin = Origin::start(false);
+    let old = project.join("plugin.toml").display().to_string();
+    let new = built("json-rewrite").display().to_string();
+    let cache = cache_set();
+    let fg = Flowgate::start(&["-s", &old, "-s", &new, "--set", &cache]);
+    let blocked = curl(&["-x", &fg.proxy(), "-A", "sqlmap/1.7.2#stable", &origin.url("http", "/login")]);
+    assert_eq!(blocked.status, 403, "{blocked:?}");
+    assert!(blocked.body.contains("blocked by header-block"), "{}", blocked.body);
+    let reply = curl(&["-x", &fg.proxy(), &origin.url("http", "/api/user")]);
+    assert!(reply.headers.contains("x-json-rewrite: 2"), "the 0.2.1 plugin beside it works: {reply:?}");
 }
 
 #[test]

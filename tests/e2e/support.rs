@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -439,6 +439,86 @@ impl Mitmdump {
 impl Drop for Mitmdump {
     fn drop(&mut self) {
         let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// nginx (Debian's, installed by tests/run.sh through tests/bench/tools.sh): an origin
+// nobody here wrote, for what it does its own way (gzip on the fly, chunked).
+
+pub struct Nginx {
+    pub child: Child,
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+impl Nginx {
+    /// nginx on 127.0.0.1 serving `files` (path, content) from its root, with `server_conf`
+    /// added to its `server` block (e.g. `gzip on;`), once its port accepts.
+    pub fn start(files: &[(&str, &[u8])], server_conf: &str) -> Nginx {
+        let dir = confdir();
+        let www = dir.join("www");
+        std::fs::create_dir_all(&www).expect("temp dir");
+        for (path, content) in files {
+            let path = www.join(path);
+            std::fs::create_dir_all(path.parent().expect("in www")).expect("temp dir");
+            std::fs::write(path, content).expect("write");
+        }
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            probe.local_addr().expect("addr").port()
+        };
+        let d = dir.display();
+        let conf = format!(
+            "worker_processes 1;\ndaemon off;\nerror_log {d}/error.log warn;\npid {d}/nginx.pid;\n\
+             events {{ worker_connections 256; }}\nhttp {{\n  access_log off;\n  types {{ application/json json; text/html html; }}\n\
+             client_body_temp_path {d}/tmp-body;\n  proxy_temp_path {d}/tmp-proxy;\n  fastcgi_temp_path {d}/tmp-fcgi;\n\
+             uwsgi_temp_path {d}/tmp-uwsgi;\n  scgi_temp_path {d}/tmp-scgi;\n\
+             server {{ listen 127.0.0.1:{port}; root {d}/www; {server_conf} }}\n}}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).expect("write");
+        // nginx's workers run as another user.
+        fn readable(path: &Path) {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = if path.is_dir() { 0o755 } else { 0o644 };
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
+                readable(&entry.path());
+            }
+        }
+        readable(&dir);
+        let bin = ["/usr/sbin/nginx", "nginx"].into_iter().find(|b| Path::new(b).exists()).unwrap_or("nginx");
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("nginx runs (tests/run.sh installs it): {e}"));
+        let mut nginx = Nginx { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nginx did not listen on {port}");
+            if nginx.child.try_wait().expect("nginx status").is_some() {
+                let log = std::fs::read_to_string(nginx.dir.join("error.log")).unwrap_or_default();
+                panic!("nginx exited: {log}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        nginx
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM is nginx's fast shutdown: the master takes its worker with it.
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
         let _ = self.child.wait();
     }
 }

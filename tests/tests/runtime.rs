@@ -199,6 +199,80 @@ async fn rewrite_body() {
     assert!(failures.iter().any(|f| f.to_string().contains("max_body_bytes")), "{failures:?}");
 }
 
+/// A response whose body is `text` encoded with `coding`, as an origin sends it.
+fn encoded_response(coding: &str, text: &[u8]) -> flowgate_flow::Response {
+    let body = flowgate_content::encode(coding, text).expect("encodes");
+    let mut resp = response(&body);
+    resp.headers.append("Content-Encoding", coding.as_bytes()).expect("valid");
+    resp
+}
+
+/// `decoded-body` / `set-decoded-body` (WIT 0.2.1): rewrite-body edits a compressed body
+/// decoded and sends it on encoded the same way; a bomb, an unknown coding and a corrupt
+/// body are left as they came, with the reason in the log.
+#[tokio::test]
+async fn rewrite_body_decodes_and_encodes_again() {
+    let logs = Logs::default();
+    let rt = Runtime::new(logs.config()).expect("runtime");
+    let m = manifest(
+        REWRITE_BODY,
+        "name = \"rbd\"\n[config]\npattern = \"Example (\\\\w+)\"\nreplacement = \"Flowgate $1\"\nside = \"both\"\n",
+    );
+    let chain = chain_of(&rt, &[m]).await;
+    let conn = chain.connection(connection(1, "127.0.0.1:5000"));
+    for (n, coding) in ["gzip", "deflate", "br", "zstd", "gzip, br", "identity"].into_iter().enumerate() {
+        let mut session = conn.http_flow(flow(n as u64 + 10, 1));
+        let mut req = request("http://example.test/", 0);
+        req.headers.append("Content-Encoding", coding.as_bytes()).expect("valid");
+        session.request_headers(&mut req).await;
+        req.body = Some(flowgate_content::encode(coding, b"q=Example Query").expect("encodes").into());
+        session.request(&mut req).await;
+        let sent = flowgate_content::decode(coding, req.body.as_deref().expect("body"), &Default::default());
+        assert_eq!(sent.as_deref(), Ok(&b"q=Flowgate Query"[..]), "{coding}");
+
+        let mut resp = encoded_response(coding, b"<h1>Example Domain</h1>");
+        let original = resp.body.clone();
+        session.response_headers(&mut req, &mut resp).await;
+        assert_eq!(resp.body_mode, BodyMode::Buffer, "{coding}");
+        session.response(&mut req, &mut resp).await;
+        let body = resp.body.as_deref().expect("body");
+        assert_ne!(Some(body), original.as_deref(), "{coding}: changed");
+        let decoded = flowgate_content::decode(coding, body, &Default::default());
+        assert_eq!(decoded.as_deref(), Ok(&b"<h1>Flowgate Domain</h1>"[..]), "{coding}: encoded again the same way");
+        assert_eq!(resp.headers.get_str("content-encoding"), Some(coding), "{coding}");
+        assert!(session.failures().is_empty(), "{coding}: {:?}", session.failures());
+    }
+
+    // Left as they came: a bomb (64 MiB of zeros in 64 KiB of gzip, over max_body_bytes and
+    // the ratio cap), a coding nobody knows, a body that is not what its coding says.
+    let bomb = flowgate_content::encode("gzip", &vec![b'E'; 64 << 20]).expect("encodes");
+    let cases: [(&str, Vec<u8>, &str); 3] = [
+        ("gzip", bomb, "limit exceeded"),
+        ("compress", b"Example Domain".to_vec(), "unsupported"),
+        ("gzip", b"Example Domain, not gzip".to_vec(), "does not decode"),
+    ];
+    for (n, (coding, body, why)) in cases.into_iter().enumerate() {
+        let mut session = conn.http_flow(flow(n as u64 + 20, 1));
+        let mut req = request("http://example.test/", 0);
+        let mut resp = response(&body);
+        resp.headers.append("Content-Encoding", coding.as_bytes()).expect("valid");
+        session.response_headers(&mut req, &mut resp).await;
+        session.response(&mut req, &mut resp).await;
+        assert_eq!(resp.body.as_deref(), Some(body.as_slice()), "{coding}: untouched");
+        let messages = logs.messages("rbd");
+        assert!(messages.iter().any(|m| m.contains(why)), "{why}: {messages:?}");
+    }
+
+    // Streaming sees the bytes as sent, so an encoded body is not streamed through it.
+    let m = manifest(REWRITE_BODY, "[config]\npattern = \"secret\"\nstream = true\n");
+    let chain = chain_of(&rt, &[m]).await;
+    let mut session = chain.connection(connection(2, "127.0.0.1:5001")).http_flow(flow(30, 2));
+    let mut req = request("http://example.test/", 0);
+    let mut resp = encoded_response("gzip", b"secret");
+    session.response_headers(&mut req, &mut resp).await;
+    assert_eq!(resp.body_mode, BodyMode::Pass);
+}
+
 #[tokio::test]
 async fn request_id() {
     let logs = Logs::default();
@@ -977,7 +1051,7 @@ async fn load_errors_name_the_file_and_problem() {
     let none = dir.join("none.wasm");
     std::fs::write(&none, wat::parse_str("(component)").expect("valid WAT")).expect("write");
     let err = rt.load(&none).await.expect_err("no groups");
-    assert!(err.to_string().contains("exports no flowgate:plugin@0.2.0 hook group"), "{err}");
+    assert!(err.to_string().contains("exports no flowgate:plugin@0.2 hook group"), "{err}");
 
     // A component built against the 0.1.0 contract is refused with how to rebuild it.
     let old = dir.join("old.wasm");

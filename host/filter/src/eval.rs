@@ -22,6 +22,9 @@ pub(crate) struct Subject<'a> {
     metadata: OnceCell<String>,
     dns_query: OnceCell<Vec<u8>>,
     dns_response: OnceCell<Vec<u8>>,
+    /// HTTP bodies with their content coding undone, when they have one that decodes.
+    request_body: OnceCell<Option<Vec<u8>>>,
+    response_body: OnceCell<Option<Vec<u8>>>,
 }
 
 impl<'a> Subject<'a> {
@@ -35,6 +38,8 @@ impl<'a> Subject<'a> {
             metadata: OnceCell::new(),
             dns_query: OnceCell::new(),
             dns_response: OnceCell::new(),
+            request_body: OnceCell::new(),
+            response_body: OnceCell::new(),
         }
     }
 
@@ -188,9 +193,16 @@ fn body(rex: &Rex, s: &Subject<'_>, sides: Sides) -> bool {
         |messages: &[DataMessage]| messages.iter().any(|m| side(m.from_client) && rex.is_match_bytes(&m.content));
     match &s.flow.payload {
         Payload::Http(h) => {
-            let request = sides.client && h.request.body.as_ref().is_some_and(|b| rex.is_match_bytes(b));
+            let request = sides.client
+                && h.request
+                    .body
+                    .as_ref()
+                    .is_some_and(|b| rex.is_match_bytes(content(&s.request_body, &h.request.headers, b)));
             let response = || {
-                sides.server && h.response.as_ref().and_then(|r| r.body.as_ref()).is_some_and(|b| rex.is_match_bytes(b))
+                sides.server
+                    && h.response.as_ref().is_some_and(|r| {
+                        r.body.as_ref().is_some_and(|b| rex.is_match_bytes(content(&s.response_body, &r.headers, b)))
+                    })
             };
             // mitmproxy records only data messages (text and binary) on a WebSocket.
             let websocket = || {
@@ -213,6 +225,20 @@ fn body(rex: &Rex, s: &Subject<'_>, sides: Sides) -> bool {
                         .is_some_and(|r| rex.is_match_bytes(s.dns_response.get_or_init(|| dns_text(r)))))
         }
     }
+}
+
+/// An HTTP body as mitmproxy's `get_content(strict=False)`: decoded when its
+/// `content-encoding` is one flowgate knows and it decodes within the caps, else as it is.
+fn content<'b>(cache: &'b OnceCell<Option<Vec<u8>>>, headers: &Headers, raw: &'b [u8]) -> &'b [u8] {
+    let decoded = cache.get_or_init(|| {
+        let codings: Vec<&[u8]> = headers.get_all("content-encoding").collect();
+        if codings.is_empty() {
+            return None;
+        }
+        let coding = codings.iter().map(|c| String::from_utf8_lossy(c)).collect::<Vec<_>>().join(", ");
+        flowgate_content::decode(&coding, raw, &flowgate_content::Limits::default()).ok()
+    });
+    decoded.as_deref().unwrap_or(raw)
 }
 
 /// A header block as mitmproxy's `bytes(headers)`: `name: value\r\n` per field, as received.

@@ -22,7 +22,7 @@
 //! | `~u rex`, or a bare `rex` | the request's pretty URL (with the Host header's host), a DNS query's first name |
 //! | `~h rex`, `~hq rex`, `~hs rex` | header lines `name: value` (CR LF ended, multi-line) of request or response |
 //! | `~t rex`, `~tq rex`, `~ts rex` | the Content-Type value of request or response |
-//! | `~b rex`, `~bq rex`, `~bs rex` | bodies: HTTP bodies and WebSocket messages, TCP/UDP messages, DNS messages as text; `~bq` client side, `~bs` server side |
+//! | `~b rex`, `~bq rex`, `~bs rex` | bodies: HTTP bodies (decoded when their `Content-Encoding` is gzip, deflate, br or zstd and they decode within 64 MiB, else as recorded, as mitmproxy's `get_content(strict=False)`) and WebSocket messages, TCP/UDP messages, DNS messages as text; `~bq` client side, `~bs` server side |
 //! | `~src rex`, `~dst rex` | `ip:port` of the client; `host:port` of the server |
 //!
 //! `!x` negates, `x & y` and `x | y` combine (`!` binds tightest, then `&`, then `|`), `( )`
@@ -61,8 +61,6 @@
 //!   class). Look-around, backreferences, conditionals, atomic groups, possessive
 //!   quantifiers, `\N{...}` and `(?#...)` do not compile: such a filter is refused. Without
 //!   multi-line mode `$` matches only at the very end (Python's also before a final `\n`).
-//! - Bodies are searched as recorded; mitmproxy decodes a `Content-Encoding` (gzip,
-//!   deflate, br, zstd) first.
 //! - Metadata lines for `~meta` are in key order (flowgate keeps metadata sorted; mitmproxy
 //!   in insertion order).
 //! - DNS as text: HTTPS (type 65) records are written as hex (mitmproxy writes their fields),

@@ -281,6 +281,43 @@ fn body_of(body: &Option<bytes::Bytes>, hook: Hook, whole_in: Hook) -> Result<Ve
     }
 }
 
+/// `body` with the `content-encoding` of `headers` undone, within the plugin's body cap and
+/// a ratio cap (a decompression bomb stops there); as it is when there is no coding.
+fn decoded(body: Vec<u8>, headers: &Headers, max_size: usize) -> Result<Vec<u8>, WitError> {
+    let coding = content_encoding(headers);
+    if no_coding(&coding) {
+        return Ok(body);
+    }
+    let limits = flowgate_content::Limits { max_size, max_ratio: 1000 };
+    flowgate_content::decode(&coding, &body, &limits).map_err(content_error)
+}
+
+/// `body` encoded with the `content-encoding` of `headers`.
+fn encoded(body: Vec<u8>, headers: &Headers) -> Result<Vec<u8>, WitError> {
+    let coding = content_encoding(headers);
+    if no_coding(&coding) {
+        return Ok(body);
+    }
+    flowgate_content::encode(&coding, &body).map_err(content_error)
+}
+
+/// Every `content-encoding` field of a message as one list.
+fn content_encoding(headers: &Headers) -> String {
+    header_values(headers, "content-encoding").join(", ")
+}
+
+fn no_coding(coding: &str) -> bool {
+    coding.split(',').map(str::trim).all(|c| c.is_empty() || c.eq_ignore_ascii_case("identity"))
+}
+
+fn content_error(e: flowgate_content::Error) -> WitError {
+    match e {
+        flowgate_content::Error::Unsupported(_) => WitError::Unsupported(e.to_string()),
+        flowgate_content::Error::TooLarge { .. } => WitError::LimitExceeded(e.to_string()),
+        flowgate_content::Error::Corrupt { .. } => WitError::Other(e.to_string()),
+    }
+}
+
 fn header_values(headers: &Headers, name: &str) -> Vec<String> {
     headers.get_all(name).map(value_to_text).collect()
 }
@@ -516,6 +553,21 @@ impl types::HostRequest for StoreState {
         }
         Ok(self.request_mut(&r)?.map(|req| req.body = Some(body.into())))
     }
+    fn decoded_body(&mut self, r: Resource<RequestRes>) -> wasmtime::Result<Result<Vec<u8>, WitError>> {
+        let hook = self.call.hook;
+        let max = self.plugin.manifest.limits.max_body_bytes;
+        let request = self.request(&r)?;
+        Ok(body_of(&request.body, hook, Hook::Request).and_then(|body| decoded(body, &request.headers, max)))
+    }
+    fn set_decoded_body(&mut self, r: Resource<RequestRes>, body: Vec<u8>) -> wasmtime::Result<Result<(), WitError>> {
+        if let Err(e) = self.check_body_size(body.len()) {
+            return Ok(Err(e));
+        }
+        Ok(self.request_mut(&r)?.and_then(|req| {
+            req.body = Some(encoded(body, &req.headers)?.into());
+            Ok(())
+        }))
+    }
     fn trailers(&mut self, r: Resource<RequestRes>) -> wasmtime::Result<Vec<types::Header>> {
         Ok(to_wit_headers(&self.request(&r)?.trailers))
     }
@@ -601,6 +653,21 @@ impl types::HostResponse for StoreState {
             return Ok(Err(e));
         }
         Ok(self.response_mut(&r)?.map(|resp| resp.body = Some(body.into())))
+    }
+    fn decoded_body(&mut self, r: Resource<ResponseRes>) -> wasmtime::Result<Result<Vec<u8>, WitError>> {
+        let hook = self.call.hook;
+        let max = self.plugin.manifest.limits.max_body_bytes;
+        let response = self.response(&r)?;
+        Ok(body_of(&response.body, hook, Hook::Response).and_then(|body| decoded(body, &response.headers, max)))
+    }
+    fn set_decoded_body(&mut self, r: Resource<ResponseRes>, body: Vec<u8>) -> wasmtime::Result<Result<(), WitError>> {
+        if let Err(e) = self.check_body_size(body.len()) {
+            return Ok(Err(e));
+        }
+        Ok(self.response_mut(&r)?.and_then(|resp| {
+            resp.body = Some(encoded(body, &resp.headers)?.into());
+            Ok(())
+        }))
     }
     fn trailers(&mut self, r: Resource<ResponseRes>) -> wasmtime::Result<Vec<types::Header>> {
         Ok(to_wit_headers(&self.response(&r)?.trailers))

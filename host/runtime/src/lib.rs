@@ -1,6 +1,6 @@
 //! flowgate's plugin runtime: the only crate that knows wasmtime.
 //!
-//! It loads plugins (WebAssembly components built against `flowgate:plugin@0.2.0`),
+//! It loads plugins (WebAssembly components built against `flowgate:plugin@0.2` (0.2.0 and 0.2.1)),
 //! checks them against their manifests, and runs their hooks in a sandbox: a memory cap,
 //! a wall-clock deadline per hook (epoch interruption), optional fuel, capped logs and
 //! state, a failure policy, a CPU budget and a circuit breaker. It does no network IO; the network layer

@@ -266,7 +266,7 @@ impl Runtime {
             .inner
             .linker
             .instantiate_pre(&component)
-            .map_err(|e| component_error(format!("does not match the flowgate:plugin@0.2.0 WIT: {e:#}")))?;
+            .map_err(|e| component_error(format!("does not match the flowgate:plugin@0.2 WIT: {e:#}")))?;
 
         let exported: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_owned()).collect();
         if let Some(version) = exported.iter().find_map(|e| older_contract(e)) {
@@ -306,7 +306,7 @@ impl Runtime {
         }
         if groups.is_empty() {
             return Err(component_error(format!(
-                "exports no flowgate:plugin@0.2.0 hook group (it exports: {})",
+                "exports no flowgate:plugin@0.2 hook group (it exports: {})",
                 if exported.is_empty() { "nothing".to_owned() } else { exported.join(", ") }
             )));
         }
@@ -342,7 +342,7 @@ impl Runtime {
         // component that does not match the WIT is refused at load, not at its first flow.
         let probe = plugin.instantiate().await.map_err(|f| {
             let hint =
-                if f.message.contains("(limits.") { "" } else { " (does it match the flowgate:plugin@0.2.0 WIT?)" };
+                if f.message.contains("(limits.") { "" } else { " (does it match the flowgate:plugin@0.2 WIT?)" };
             component_error(format!("cannot be instantiated{hint}: {}", f.message))
         })?;
         if plugin.model() == crate::InstanceModel::Pooled {
@@ -369,7 +369,7 @@ fn older_contract(name: &str) -> Option<String> {
 
 fn older_contract_error(version: &str) -> String {
     format!(
-        "was built against flowgate:plugin@{version}; this flowgate speaks flowgate:plugin@0.2.0. \
+        "was built against flowgate:plugin@{version}; this flowgate speaks flowgate:plugin@0.2.1 (and loads every 0.2.x plugin). \
          Rebuild it against the new WIT: `flowgate plugin build DIR` (which vendors wit/ for \
          JavaScript, Python and C), or `cargo build` with the flowgate-sdk from this release \
          (Rust). 0.2.0 changed flow and connection ids to strings and websocket-end's arguments"

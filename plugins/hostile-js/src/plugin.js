@@ -10,8 +10,8 @@
 //
 // With failure = "fail-open" every one of these must end with the flow going on upstream
 // as if the plugin were not there, and with the proxy still serving.
-import { get as configGet } from "flowgate:plugin/config@0.2.0";
-import { log } from "flowgate:plugin/log@0.2.0";
+import { get as configGet } from "flowgate:plugin/config@0.2.1";
+import { log } from "flowgate:plugin/log@0.2.1";
 
 const CONTINUE = { tag: "continue" };
 

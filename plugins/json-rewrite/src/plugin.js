@@ -11,13 +11,15 @@
 //   create_missing  "true" to also create a missing last key when its parent object
 //                   exists (default "false": only fields already present are rewritten).
 //
-// Only responses whose content-type mentions "json" and that are not content-encoded
-// (gzip etc.) are buffered and rewritten. When at least one field changed, the body is
-// re-serialized (compactly) and an `x-json-rewrite: N` header says how many fields changed.
+// Only responses whose content-type mentions "json" are buffered and rewritten. A
+// content-encoded body (gzip, deflate, br, zstd) is read decoded and written back encoded
+// the same way (`decodedBody` / `setDecodedBody`, WIT 0.2.1), so the client still gets
+// what it asked for. When at least one field changed, the body is re-serialized
+// (compactly) and an `x-json-rewrite: N` header says how many fields changed.
 // A body that is not valid JSON is passed on untouched, with a warning in the log.
 // Malformed assignments are logged once as errors and skipped; the rest still apply.
-import { get as configGet } from "flowgate:plugin/config@0.2.0";
-import { log } from "flowgate:plugin/log@0.2.0";
+import { get as configGet } from "flowgate:plugin/config@0.2.1";
+import { log } from "flowgate:plugin/log@0.2.1";
 
 const CONTINUE = { tag: "continue" };
 const encoder = new TextEncoder();
@@ -152,11 +154,6 @@ export const http = {
     if (settings().rules.length === 0) return CONTINUE;
     const contentType = response.getHeader("content-type").join(",").toLowerCase();
     if (!contentType.includes("json")) return CONTINUE;
-    const encoding = response.getHeader("content-encoding").join(",").trim().toLowerCase();
-    if (encoding !== "" && encoding !== "identity") {
-      log("debug", `not rewriting ${request.url()}: content-encoding ${encoding}`);
-      return CONTINUE;
-    }
     try {
       response.setBodyMode("buffer");
     } catch (e) {
@@ -172,9 +169,10 @@ export const http = {
     if (rules.length === 0) return CONTINUE;
     let bytes;
     try {
-      bytes = response.body();
+      bytes = response.decodedBody();
     } catch (e) {
-      // invalid-state: we did not buffer this one (not JSON); limit-exceeded: too big.
+      // invalid-state: we did not buffer this one (not JSON); limit-exceeded: too big or a
+      // decompression bomb; unsupported: a content coding the host does not know.
       if (e?.payload?.tag !== "invalid-state") log("warn", `cannot read the body of ${request.url()}: ${describe(e)}`);
       return CONTINUE;
     }
@@ -192,7 +190,7 @@ export const http = {
     }
     if (changed.length === 0) return CONTINUE;
     try {
-      response.setBody(encoder.encode(JSON.stringify(doc)));
+      response.setDecodedBody(encoder.encode(JSON.stringify(doc)));
       response.setHeader("x-json-rewrite", String(changed.length));
       log("info", `${request.url()}: rewrote ${changed.join(", ")}`);
     } catch (e) {

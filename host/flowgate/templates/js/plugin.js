@@ -3,8 +3,8 @@
 // Blocks requests under config.blocked_path with a 403 and adds an x-greeting header
 // (config.greeting) to every response. Each hook of the exported `http` interface must
 // be present; the ones this plugin does not need just let the flow continue.
-import { get as configGet } from "flowgate:plugin/config@0.2.0";
-import { log } from "flowgate:plugin/log@0.2.0";
+import { get as configGet } from "flowgate:plugin/config@0.2.1";
+import { log } from "flowgate:plugin/log@0.2.1";
 
 const CONTINUE = { tag: "continue" };
 const encoder = new TextEncoder();
