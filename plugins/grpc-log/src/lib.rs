@@ -38,7 +38,7 @@ impl HttpHooks for GrpcLog {
         let _ = flow.set_metadata("grpc.status", &status);
         let _ = flow.set_metadata("grpc.message", &message);
         if status != "0" || config::get("log").as_deref() != Some("errors") {
-            log::info(&format!("grpc {} status {status} {message}", request.path()).trim_end().to_owned());
+            log::info(format!("grpc {} status {status} {message}", request.path()).trim_end());
         }
         Verdict::Continue
     }
