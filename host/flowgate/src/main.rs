@@ -41,6 +41,9 @@ const OPTIONS_HELP: &str = "Options for --set KEY=VALUE (default in brackets):
   rawtcp=BOOL                      relay unrecognised bytes in tunnels as raw TCP flows [true]
   server_first_timeout=DURATION    wait in a tunnel for the client before the server may speak first [1s]
   tcp_timeout=DURATION             idle raw TCP and passed-through TLS flows are closed [600s]
+  websocket=BOOL                   relay WebSocket upgrades (off: the Upgrade field is not forwarded) [true]
+  websocket_max_message_size=SIZE  largest WebSocket message or frame; a larger one closes with 1009 [16MiB]
+  websocket_idle_timeout=DURATION  a WebSocket with no frame either way for this long is closed [600s]
   http2=BOOL                       speak HTTP/2 [true]
   http2_max_concurrent_streams=N   [100]
   http2_max_header_list_size=SIZE  [64KiB]
@@ -353,6 +356,12 @@ fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> 
             "http2_idle_timeout" => proxy.http2_idle_timeout = parse_duration(value).map_err(|e| bad(&e))?,
             "server_first_timeout" => proxy.server_first_timeout = parse_duration(value).map_err(|e| bad(&e))?,
             "tcp_timeout" => proxy.tcp_timeout = parse_duration(value).map_err(|e| bad(&e))?,
+            "websocket" => proxy.websocket = value.parse().map_err(|e| bad(&e))?,
+            "websocket_max_message_size" => {
+                proxy.websocket_max_message_size =
+                    flowgate_runtime::manifest::parse_size(value).map_err(|e| bad(&e))?.max(125)
+            }
+            "websocket_idle_timeout" => proxy.websocket_idle_timeout = parse_duration(value).map_err(|e| bad(&e))?,
             "rawtcp" => proxy.rawtcp = value.parse().map_err(|e| bad(&e))?,
             "ssl_insecure" => proxy.ssl_insecure = value.parse().map_err(|e| bad(&e))?,
             "certs" => proxy.certs.push(flowgate_net::GivenCert::parse(value).map_err(|e| bad(&e))?),

@@ -64,6 +64,7 @@ mod stall;
 mod tcp;
 mod tls;
 mod upstream;
+mod websocket;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -112,6 +112,15 @@ pub struct ProxyOptions {
     /// directions before it is closed (`tcp_timeout`, default 600 s, as in mitmproxy).
     /// Before either side has said anything, `header_read_timeout` applies.
     pub tcp_timeout: Duration,
+    /// Relay WebSocket upgrades (`websocket`, default true, as mitmproxy); off, a request's
+    /// `Upgrade` is not forwarded (it is hop-by-hop), so the upstream answers it as HTTP.
+    pub websocket: bool,
+    /// Largest WebSocket message (and frame) relayed (`websocket_max_message_size`, default
+    /// 16 MiB); a larger one closes the WebSocket with 1009 both ways.
+    pub websocket_max_message_size: usize,
+    /// A WebSocket with no frame either way for this long is closed
+    /// (`websocket_idle_timeout`, default 600 s).
+    pub websocket_idle_timeout: Duration,
 }
 
 impl Default for ProxyOptions {
@@ -151,6 +160,9 @@ impl Default for ProxyOptions {
             rawtcp: true,
             server_first_timeout: Duration::from_secs(1),
             tcp_timeout: Duration::from_secs(600),
+            websocket: true,
+            websocket_max_message_size: 16 << 20,
+            websocket_idle_timeout: Duration::from_secs(600),
         }
     }
 }

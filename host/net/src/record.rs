@@ -66,6 +66,30 @@ pub enum Kind {
         /// Why it ended abnormally, if it did.
         error: Option<String>,
     },
+    /// One message of a WebSocket (mitmdump prints a line per message).
+    WebSocketMessage {
+        /// The server and the handshake's path, `host:port/path`.
+        server: String,
+        /// Sent by the client (else by the server).
+        from_client: bool,
+        /// What it was.
+        kind: flowgate_flow::MessageKind,
+        /// Its payload's size.
+        size: u64,
+    },
+    /// A WebSocket ended.
+    WebSocketEnd {
+        /// The handshake's URL.
+        url: String,
+        /// The close code (1005: a close without one; 1006: no close frame).
+        code: Option<u16>,
+        /// The close reason.
+        reason: String,
+        /// Whether the client closed first.
+        closed_by_client: bool,
+        /// Why it ended abnormally, if it did.
+        error: Option<String>,
+    },
 }
 
 /// One finished flow, as printed by mitmdump-style output.
@@ -198,6 +222,29 @@ impl std::fmt::Display for FlowRecord {
                     human_size(*client_bytes),
                     human_size(*server_bytes)
                 )?;
+                if let Some(e) = error {
+                    write!(f, " error: {e}")?;
+                }
+            }
+            Kind::WebSocketMessage { server, from_client, kind, size } => {
+                // mitmdump: `client -> WebSocket text message -> server/path`.
+                let arrow = if *from_client { "->" } else { "<-" };
+                let kind = format!("{kind:?}").to_ascii_lowercase();
+                write!(f, "{} {arrow} WebSocket {kind} message {arrow} {server} {}", self.client, human_size(*size))?;
+                for failure in &self.failures {
+                    write!(f, " [{failure}]")?;
+                }
+                return Ok(());
+            }
+            Kind::WebSocketEnd { url, code, reason, closed_by_client, error } => {
+                let by = if *closed_by_client { "client" } else { "server" };
+                write!(f, "{}: WebSocket {url} closed by {by}", self.client)?;
+                if let Some(code) = code {
+                    write!(f, ": {code}")?;
+                }
+                if !reason.is_empty() {
+                    write!(f, " ({reason})")?;
+                }
                 if let Some(e) = error {
                     write!(f, " error: {e}")?;
                 }

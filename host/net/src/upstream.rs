@@ -77,12 +77,13 @@ impl Sender {
         }
     }
 
-    /// Sends a request; the response head comes back, the body as it arrives.
+    /// Sends a request; the response head comes back, the body as it arrives, and after
+    /// an HTTP/1.1 `101` the upgraded connection.
     pub async fn send(
         &mut self,
         out: Outbound<'_>,
         options: &crate::ProxyOptions,
-    ) -> Result<(Response, Body), UpstreamError> {
+    ) -> Result<(Response, Body, Option<crate::websocket::Side>), UpstreamError> {
         match self {
             Sender::H1(client) => client.send(out, options).await,
             Sender::H2(sender) => {
@@ -110,7 +111,7 @@ impl Sender {
                     headers: to_headers(&parts.headers),
                     ..Response::default()
                 };
-                Ok((response, body.map_err(Into::into).boxed()))
+                Ok((response, body.map_err(Into::into).boxed(), None))
             }
         }
     }

@@ -32,6 +32,7 @@ use crate::error::{Error, UpstreamError};
 use crate::record::{self, FlowRecord, Kind, Outcome};
 use crate::replay::Answered;
 use crate::upstream::{self, Body, Outbound, Target};
+use crate::websocket::{self, Side};
 
 /// A request as a client layer received it.
 pub(crate) struct Inbound {
@@ -53,6 +54,9 @@ pub(crate) struct Reply {
     pub response: Response,
     /// The body.
     pub body: Body,
+    /// A WebSocket the upstream agreed to: the client's layer sends the 101 head, then
+    /// hands its connection to [`websocket::run`].
+    pub upgrade: Option<Box<websocket::Start>>,
 }
 
 /// Where interim (1xx) responses from the upstream go, for layers that can send them.
@@ -62,7 +66,7 @@ impl Reply {
     /// A reply with a whole body.
     pub fn whole(status: u16, headers: Headers, body: impl Into<Bytes>) -> Reply {
         let response = Response { status, reason: canonical_reason(status), headers, ..Response::default() };
-        Reply { response, body: full(body) }
+        Reply { response, body: full(body), upgrade: None }
     }
 }
 
@@ -181,6 +185,13 @@ impl Exchange {
         self.record_line(outcome);
     }
 
+    /// The flow with `response`, as a long-lived flow (a WebSocket) hands it to the store.
+    pub fn flow_for_store(&self, response: &Response) -> Flow {
+        let outcome =
+            Outcome::Response { status: response.status, reason: response.reason.clone(), size: Some(0), local: false };
+        self.flow(&outcome, Some(response))
+    }
+
     /// The flow as the model records it.
     fn flow(&self, outcome: &Outcome, response: Option<&Response>) -> Flow {
         let ctx = &self.ctx;
@@ -210,7 +221,7 @@ impl Exchange {
     }
 
     /// Reports the flow's one-line record.
-    fn record_line(&self, outcome: Outcome) {
+    pub fn record_line(&self, outcome: Outcome) {
         if let Some(tap) = &self.ctx.replay {
             tap.put(&outcome);
         }
@@ -374,34 +385,52 @@ pub(crate) async fn handle(
     if let Some(resp) = ex.act(action).await? {
         return Ok(resp);
     }
-    let (mut response, upstream_body) = match opts.server_replay.as_ref().map(|r| r.answer(&ex.request, now())) {
-        Some(Answered::Saved(saved)) => {
-            ex.replay = Some(Replay::Response);
-            crate::replay::as_upstream_response(saved, ex.request.method == "HEAD")
+    if websocket::is_upgrade(&ex.request) {
+        if opts.websocket {
+            websocket::prepare(&mut ex.request);
+        } else {
+            // Hop-by-hop: without it the upstream answers the request as HTTP.
+            ex.request.headers.remove("upgrade");
         }
-        Some(Answered::Kill) => {
-            let message = "no saved response matches (server_replay_extra=kill)".to_owned();
-            ex.session.error(&mut ex.request, &message).await;
-            ex.record(Outcome::Error(message));
-            return Err(Killed);
-        }
-        Some(Answered::Forward) | None => {
-            let leg = UpstreamLeg { original, fixed, stream_source, body, request_trailers, interim };
-            match send_upstream(&mut ex, leg).await? {
-                Ok(sent) => sent,
-                Err(reply) => return Ok(reply),
+    }
+    let (mut response, upstream_body, upgraded) =
+        match opts.server_replay.as_ref().map(|r| r.answer(&ex.request, now())) {
+            Some(Answered::Saved(saved)) => {
+                ex.replay = Some(Replay::Response);
+                let (response, body) = crate::replay::as_upstream_response(saved, ex.request.method == "HEAD");
+                (response, body, None)
             }
-        }
-    };
+            Some(Answered::Kill) => {
+                let message = "no saved response matches (server_replay_extra=kill)".to_owned();
+                ex.session.error(&mut ex.request, &message).await;
+                ex.record(Outcome::Error(message));
+                return Err(Killed);
+            }
+            Some(Answered::Forward) | None => {
+                let leg = UpstreamLeg { original, fixed, stream_source, body, request_trailers, interim };
+                match send_upstream(&mut ex, leg).await? {
+                    Ok(sent) => sent,
+                    Err(reply) => return Ok(reply),
+                }
+            }
+        };
 
     // Back to the client.
     if response.reason.is_empty() {
         response.reason = canonical_reason(response.status);
     }
     let upstream_length = declared_length(&response.headers);
+    if response.status == 101 && (upgraded.is_none() || !websocket::is_upgrade(&ex.request)) {
+        // Only a WebSocket upgrade is asked for (h2c is the client layer's own).
+        let message = "the upstream switched protocols unasked (101 to a request that is not a WebSocket upgrade)";
+        return Ok(ex.fail(UpstreamError::Wire(message.to_owned())).await);
+    }
     let action = ex.session.response_headers(&mut ex.request, &mut response).await;
     if let Some(resp) = ex.act(action).await? {
         return Ok(resp);
+    }
+    if let Some(upstream) = upgraded {
+        return websocket_reply(ex, response, upstream).await;
     }
     let mut stream_body = None;
     let mut response_trailers = None;
@@ -485,7 +514,28 @@ pub(crate) async fn handle(
     }
     drop(request_held);
     ex.record_with(outcome, Some(bodiless.as_ref().unwrap_or(&response)));
-    Ok(Reply { response, body: client_body })
+    Ok(Reply { response, body: client_body, upgrade: None })
+}
+
+/// The upstream agreed to a WebSocket: the `response` hooks see the 101 (a plugin may
+/// still answer instead, and the upstream connection is dropped), the handshake is
+/// reported as the flow's line, and the reply carries what the WebSocket layer needs once
+/// the client's layer has sent the 101.
+async fn websocket_reply(mut ex: Exchange, mut response: Response, upstream: Side) -> Result<Reply, Killed> {
+    response.body = Some(Bytes::new());
+    let action = ex.session.response(&mut ex.request, &mut response).await;
+    if let Some(resp) = ex.act(action).await? {
+        return Ok(resp);
+    }
+    ex.record_line(Outcome::Response {
+        status: response.status,
+        reason: response.reason.clone(),
+        size: Some(0),
+        local: false,
+    });
+    let head = Response { body: None, ..response.clone() };
+    let start = websocket::Start { ex, response, upstream };
+    Ok(Reply { response: head, body: full(Bytes::new()), upgrade: Some(Box::new(start)) })
 }
 
 /// What the upstream leg of an exchange takes from the request's side.
@@ -507,7 +557,10 @@ struct UpstreamLeg<B> {
 /// Sends the request to its upstream (checked if a plugin moved it, on a pooled or new
 /// connection) and returns the response head and body; `Err` is the reply that ended
 /// the flow instead (recorded already).
-async fn send_upstream<B>(ex: &mut Exchange, leg: UpstreamLeg<B>) -> Result<Result<(Response, Body), Reply>, Killed>
+async fn send_upstream<B>(
+    ex: &mut Exchange,
+    leg: UpstreamLeg<B>,
+) -> Result<Result<(Response, Body, Option<Side>), Reply>, Killed>
 where
     B: hyper::body::Body<Data = Bytes, Error = crate::upstream::BoxError> + Unpin + Send + 'static,
 {
@@ -574,6 +627,10 @@ where
             }
         }
     };
+    if sender.is_h2() && websocket::is_upgrade(&ex.request) {
+        let message = "the upstream speaks HTTP/2: WebSocket over HTTP/2 (RFC 8441) is not supported yet";
+        return Ok(Err(ex.fail(UpstreamError::Wire(message.to_owned())).await));
+    }
     let upstream_body = match (body, ex.request.body.clone()) {
         (_, Some(bytes)) => with_trailers(bytes, request_trailers),
         (Some(stream), None) => stream,
@@ -606,7 +663,7 @@ where
             return Ok(Err(ex.fail(Error::Internal("a plugin stopped the request body".to_owned())).await));
         }
     }
-    let (mut response, upstream_body) = match sent {
+    let (mut response, upstream_body, upgraded) = match sent {
         Ok(r) => r,
         Err(e) => return Ok(Err(ex.fail(e).await)),
     };
@@ -618,7 +675,7 @@ where
     };
     let upstream_body = ProgressTimeout::new(upstream_body, body_stall).boxed();
     ctx.upstreams.lock().await.put(target, sender);
-    Ok(Ok((response, upstream_body)))
+    Ok(Ok((response, upstream_body, upgraded)))
 }
 
 /// Checks a destination a plugin rerouted the flow to, with that plugin's

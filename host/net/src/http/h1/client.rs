@@ -87,12 +87,13 @@ impl Client {
         alive
     }
 
-    /// Sends a request and reads the response head; the body comes as it is read.
+    /// Sends a request and reads the response head; the body comes as it is read. After
+    /// a `101 Switching Protocols` the connection itself comes back instead.
     pub async fn send(
         &mut self,
         out: Outbound<'_>,
         options: &crate::ProxyOptions,
-    ) -> Result<(Response, Body), UpstreamError> {
+    ) -> Result<(Response, Body, Option<crate::websocket::Side>), UpstreamError> {
         let conn = match std::mem::replace(&mut *self.lock(), Slot::Busy) {
             Slot::Idle(conn) => conn,
             other => {
@@ -167,6 +168,24 @@ impl Client {
         let keep_alive = codec::keeps_alive(head.version, &head.headers) && head.framing != Framing::Close;
         let framing = head.framing;
         let response = head.into_response();
+        if response.status == 101 {
+            // Switching protocols: the connection is the caller's from here on.
+            let wr = match writer {
+                Writer::Done(wr) => Some(wr),
+                Writer::Running(rx, task) => {
+                    let wr = rx.await.ok().flatten();
+                    task.abort();
+                    wr
+                }
+            };
+            *self.lock() = Slot::Closed;
+            let Some(wr) = wr else {
+                return Err(UpstreamError::Wire("writing the upgrading request failed".into()));
+            };
+            let io: crate::conn::BoxIo = Box::new(rd.unsplit(wr));
+            let upgraded = crate::websocket::Side { io, buf };
+            return Ok((response, crate::http::full(Bytes::new()), Some(upgraded)));
+        }
         let mut body = ResponseBody {
             decoder: Decoder::new(framing),
             reading: Some(Reading { rd, buf, writer }),
@@ -178,7 +197,7 @@ impl Client {
         if body.decoder.is_done() {
             body.finish();
         }
-        Ok((response, body.boxed()))
+        Ok((response, body.boxed(), None))
     }
 }
 
@@ -197,6 +216,11 @@ fn request_head(request: &Request, absolute: bool, body: &Body) -> Result<(Vec<u
     // HTTP/2 and HTTP/3 split cookies into fields; HTTP/1.1 has one (RFC 9113 8.2.3).
     let from_multiplexed = matches!(request.version, HttpVersion::Http2 | HttpVersion::Http3);
     codec::put_fields(&mut head, headers, from_multiplexed);
+    if crate::websocket::is_upgrade(request) {
+        // Hop-by-hop, so not copied above: this hop upgrades too.
+        codec::put_field(&mut head, "Connection", b"Upgrade");
+        codec::put_field(&mut head, "Upgrade", b"websocket");
+    }
     // An HTTP/2 client always takes trailers, and an HTTP/1.1 one that asked: say so,
     // with `TE` named in Connection as a hop-by-hop field must be (RFC 9110 7.6.1).
     let asked = headers.get_all("te").any(|v| String::from_utf8_lossy(v).to_ascii_lowercase().contains("trailers"));

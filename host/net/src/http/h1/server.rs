@@ -163,7 +163,21 @@ where
                 return Next::Done;
             }
         }
-        let Ok(reply) = reply else { return Next::Done };
+        let Ok(mut reply) = reply else { return Next::Done };
+        if let Some(start) = reply.upgrade.take() {
+            // A WebSocket: the 101 goes out, then the connection is the WebSocket layer's.
+            let mut out = b"HTTP/1.1 101 Switching Protocols\r\n".to_vec();
+            codec::put_fields(&mut out, &reply.response.headers, false);
+            codec::put_field(&mut out, "Connection", b"Upgrade");
+            codec::put_field(&mut out, "Upgrade", b"websocket");
+            out.extend_from_slice(b"\r\n");
+            if wr.write_all(&out).await.is_err() || wr.flush().await.is_err() {
+                return Next::Done;
+            }
+            let client = crate::websocket::Side { io: rd.unsplit(wr), buf };
+            crate::websocket::run(ctx.clone(), *start, client).await;
+            return Next::Done;
+        }
         let close = !keep_alive || feeder.failed || ctx.proxy.is_closing();
         // The rest of the request body keeps coming while the response goes out.
         let wrote = {
@@ -331,7 +345,7 @@ impl<'a> To<'a> {
 /// Writes a reply in HTTP/1.1 framing; `Ok(true)` if the connection can carry another
 /// request after it.
 async fn write_reply(wr: &mut WriteHalf<BoxIo>, reply: Reply, to: To<'_>) -> Result<bool, BoxError> {
-    let Reply { response, body } = reply;
+    let Reply { response, body, .. } = reply;
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", response.status, reason(&response)).as_bytes());
     codec::put_fields(&mut out, &response.headers, false);

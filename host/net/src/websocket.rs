@@ -1,0 +1,440 @@
+//! The WebSocket layer (RFC 6455): after an HTTP/1.1 upgrade the exchange agreed to with
+//! the upstream, frames are relayed both ways, each message is recorded (to the flow file
+//! as it passes) and printed like mitmdump's, and plugins that export the `websocket`
+//! group see `websocket-start`, every message (reassembled from its frames, which they may
+//! edit, drop, multiply or answer with kill, and beside which they may inject messages
+//! toward either side) and `websocket-end`. Without such a plugin frames go on as they
+//! come, one frame at a time. Ping, pong and close frames are forwarded (so the endpoints
+//! answer each other) and recorded with their payloads. The frame codec is
+//! `flowgate-ws`, sans-IO.
+//!
+//! Not a connection-level switch: a WebSocket inside an HTTP/2 stream (RFC 8441) is not a
+//! connection, so the HTTP layer hands this layer both byte streams instead.
+//! Extensions are not negotiated yet: `Sec-WebSocket-Extensions` is removed from the
+//! client's offer, so neither side compresses.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use flowgate_flow::{
+    FlowKind, HttpFlow, MessageKind, Payload, Request, Response, WebSocketClose, WebSocketData, WebSocketMessage,
+};
+use flowgate_runtime::{WebSocketAction, WebSocketFlowSession};
+use flowgate_store::flowfile::NewMessages;
+use flowgate_ws::{Decoder, Frame, Limits, OpCode, Reassembler, Role};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{Mutex, Semaphore, mpsc};
+
+use crate::capture::{Stored, now};
+use crate::conn::{BoxIo, ConnCtx};
+use crate::http::exchange::Exchange;
+use crate::record::{FlowRecord, Kind};
+
+/// One side of an upgraded connection: the stream, and what was read past the 101 head.
+pub(crate) struct Side {
+    pub io: BoxIo,
+    pub buf: BytesMut,
+}
+
+/// What the exchange hands over once the upstream answered 101.
+pub(crate) struct Start {
+    /// The handshake's flow: its request, plugin session and facts.
+    pub ex: Exchange,
+    /// The 101 as the plugins left it.
+    pub response: Response,
+    /// The upstream connection.
+    pub upstream: Side,
+}
+
+/// Bytes queued toward one side at most (a larger message waits for the queue to be
+/// empty): a slow reader slows its sender, it never grows memory.
+const QUEUE_BYTES: usize = 1 << 20;
+/// Bytes read at a time.
+const READ_SIZE: usize = 16 << 10;
+/// How long the other side has to answer a close before both connections are closed.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether a request asks to become a WebSocket (RFC 6455 section 4.1): an HTTP/1.1 GET
+/// with `Upgrade: websocket` and `Connection: upgrade`.
+pub(crate) fn is_upgrade(request: &Request) -> bool {
+    let upgrade = request
+        .headers
+        .get_all("upgrade")
+        .any(|v| String::from_utf8_lossy(v).split(',').any(|p| p.trim().eq_ignore_ascii_case("websocket")));
+    upgrade
+        && request.method == "GET"
+        && request.version == flowgate_flow::HttpVersion::Http11
+        && flowgate_h1::connection_tokens(&request.headers).iter().any(|t| t == "upgrade")
+}
+
+/// Prepares a WebSocket request for the upstream: its extension offers are removed (none
+/// is negotiated yet), so no frame arrives compressed.
+pub(crate) fn prepare(request: &mut Request) {
+    request.headers.remove("sec-websocket-extensions");
+}
+
+/// Runs the WebSocket until both sides closed, one broke, or it idled out; records it.
+pub(crate) async fn run(ctx: Arc<ConnCtx>, start: Start, client: Side) {
+    let Start { ex, response, upstream } = start;
+    let mut info = ex.session.flow.clone();
+    info.kind = FlowKind::WebSocket;
+    let session = ctx.flows.websocket_flow(info);
+    let hooks = session.has_plugins();
+    let flow = Arc::new(Shared {
+        ctx: ctx.clone(),
+        path: ex.request.path.clone(),
+        server: ex.session.flow.server_address.clone().unwrap_or_default(),
+        session: Mutex::new(session),
+        hooks,
+        store: ctx.proxy.store.clone(),
+        id: ex.session.flow.id,
+        close: std::sync::Mutex::new(None),
+    });
+    if let Some(store) = &flow.store {
+        let mut begun = ex.flow_for_store(&response);
+        if let Payload::Http(http) = &mut begun.payload {
+            http.websocket = Some(WebSocketData::default());
+        }
+        store(Stored::Begun(begun));
+    }
+    let began = std::time::Instant::now();
+    let mut error = None;
+    if hooks && let Some(stop) = flow.session.lock().await.start().await {
+        error = Some(format!("websocket-start: {stop}"));
+    }
+    if error.is_none() {
+        error = relay(&flow, client, upstream).await.err();
+    }
+    let close = flow.close.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    let close = close.unwrap_or(WebSocketClose { code: Some(1006), reason: String::new(), closed_by_client: false });
+    if hooks {
+        let mut session = flow.session.lock().await;
+        let closed = flowgate_runtime::WebSocketClose {
+            code: close.code,
+            reason: close.reason.clone(),
+            closed_by_client: close.closed_by_client,
+        };
+        session.end(&closed).await;
+    }
+    let failures: Vec<String> = flow.session.lock().await.failures().iter().map(ToString::to_string).collect();
+    if let Some(store) = &flow.store {
+        let mut ended = ex.flow_for_store(&response);
+        if let Payload::Http(HttpFlow { websocket, .. }) = &mut ended.payload {
+            *websocket =
+                Some(WebSocketData { messages: Vec::new(), close: Some(close.clone()), timestamp_end: Some(now()) });
+        }
+        if let Some(message) = &error {
+            ended.error = Some(flowgate_flow::FlowError { message: message.clone(), timestamp: now() });
+        }
+        crate::record::note_failures(&mut ended, flow.session.lock().await.failures());
+        store(Stored::Ended(ended));
+    }
+    let kind = Kind::WebSocketEnd {
+        url: ex.request.url(),
+        code: close.code,
+        reason: close.reason,
+        closed_by_client: close.closed_by_client,
+        error,
+    };
+    let record =
+        FlowRecord { id: flow.id, client: ctx.client, kind, duration: began.elapsed(), failures, replay: None };
+    (ctx.proxy.sink)(&record);
+}
+
+/// What both directions of one WebSocket share.
+struct Shared {
+    ctx: Arc<ConnCtx>,
+    path: String,
+    server: String,
+    session: Mutex<WebSocketFlowSession>,
+    hooks: bool,
+    store: Option<crate::capture::FlowStore>,
+    id: flowgate_flow::Uuid,
+    /// The first close frame seen, and who sent it.
+    close: std::sync::Mutex<Option<WebSocketClose>>,
+}
+
+impl Shared {
+    /// A message passed (or a plugin injected one): its line, and the flow file's copy.
+    fn saw(&self, message: &WebSocketMessage) {
+        if message.kind == MessageKind::Close {
+            let mut close = self.close.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if close.is_none() {
+                let parsed = flowgate_ws::parse_close(&message.data).ok();
+                let (code, reason) = parsed.map_or((None, String::new()), |c| (c.code, c.reason));
+                *close = Some(WebSocketClose {
+                    code: Some(code.unwrap_or(1005)),
+                    reason,
+                    closed_by_client: message.from_client,
+                });
+            }
+        }
+        let kind = Kind::WebSocketMessage {
+            server: format!("{}{}", self.server, self.path),
+            from_client: message.from_client,
+            kind: message.kind,
+            size: message.data.len() as u64,
+        };
+        let record = FlowRecord {
+            id: self.id,
+            client: self.ctx.client,
+            kind,
+            duration: std::time::Duration::ZERO,
+            failures: Vec::new(),
+            replay: None,
+        };
+        (self.ctx.proxy.sink)(&record);
+        if let Some(store) = &self.store {
+            store(Stored::Messages { id: self.id, messages: NewMessages::WebSocket(vec![message.clone()]) });
+        }
+    }
+}
+
+/// Frames toward one side, with the bytes they hold counted against [`QUEUE_BYTES`].
+#[derive(Clone)]
+struct Outbox {
+    tx: mpsc::Sender<(Bytes, u32)>,
+    room: Arc<Semaphore>,
+    /// Frames toward a server are masked (RFC 6455 section 5.3).
+    masked: bool,
+}
+
+impl Outbox {
+    /// Queues a frame; false once the side is gone.
+    async fn send(&self, frame: &Frame) -> bool {
+        let mut out = BytesMut::with_capacity(frame.payload.len() + 14);
+        let mask = self.masked.then(rand::random::<[u8; 4]>);
+        flowgate_ws::encode(frame, mask, &mut out);
+        let cost = u32::try_from(out.len().min(QUEUE_BYTES)).unwrap_or(u32::MAX);
+        let Ok(permit) = self.room.acquire_many(cost).await else { return false };
+        permit.forget();
+        self.tx.send((out.freeze(), cost)).await.is_ok()
+    }
+
+    /// Queues a whole message as frames (plugins' messages were checked: a control
+    /// message is short, text is UTF-8).
+    async fn send_message(&self, message: &WebSocketMessage) -> bool {
+        let message =
+            flowgate_ws::Message { kind: opcode_of(message.kind), payload: message.data.clone(), compressed: false };
+        let Ok(frames) = flowgate_ws::fragment(&message, 1 << 20) else { return true };
+        for frame in &frames {
+            if !self.send(frame).await {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Writes what an [`Outbox`] queues to one side, each write within `send_timeout`.
+async fn writer(
+    mut wr: WriteHalf<BoxIo>,
+    mut rx: mpsc::Receiver<(Bytes, u32)>,
+    room: Arc<Semaphore>,
+    ctx: Arc<ConnCtx>,
+) {
+    let timeout = ctx.proxy.options.send_timeout;
+    while let Some((bytes, cost)) = rx.recv().await {
+        let wrote = tokio::time::timeout(timeout, async {
+            wr.write_all(&bytes).await?;
+            wr.flush().await
+        })
+        .await;
+        room.add_permits(cost as usize);
+        if !matches!(wrote, Ok(Ok(()))) {
+            rx.close();
+            break;
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+fn outbox(wr: WriteHalf<BoxIo>, masked: bool, ctx: &Arc<ConnCtx>) -> (Outbox, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(64);
+    let room = Arc::new(Semaphore::new(QUEUE_BYTES));
+    let task = tokio::spawn(writer(wr, rx, room.clone(), ctx.clone()));
+    (Outbox { tx, room, masked }, task)
+}
+
+/// How one direction ended.
+enum Ended {
+    /// It forwarded a close frame.
+    Closed,
+    /// Its side went away without one.
+    Gone,
+}
+
+/// Relays both directions until each forwarded a close (the other side then has
+/// [`CLOSE_TIMEOUT`] to answer), one side went away, or an error.
+async fn relay(flow: &Arc<Shared>, client: Side, upstream: Side) -> Result<(), String> {
+    let (client_rd, client_wr) = tokio::io::split(client.io);
+    let (server_rd, server_wr) = tokio::io::split(upstream.io);
+    let ctx = &flow.ctx;
+    let (to_client, client_writer) = outbox(client_wr, false, ctx);
+    let (to_server, server_writer) = outbox(server_wr, true, ctx);
+    let boxes = Boxes { to_client: to_client.clone(), to_server: to_server.clone() };
+    let up = pump(flow, Direction { from_client: true, rd: client_rd, buf: client.buf }, boxes.clone());
+    let down = pump(flow, Direction { from_client: false, rd: server_rd, buf: upstream.buf }, boxes.clone());
+    tokio::pin!(up, down);
+    let result = tokio::select! {
+        r = &mut up => finish(r, &mut down).await,
+        r = &mut down => finish(r, &mut up).await,
+    };
+    drop((boxes, to_client, to_server));
+    // The writers end once their queues are written (or a write stalls past send_timeout).
+    let _ = tokio::join!(client_writer, server_writer);
+    result
+}
+
+/// One direction ended: if with a close, the other has [`CLOSE_TIMEOUT`] to end too.
+async fn finish(
+    first: Result<Ended, String>,
+    other: &mut std::pin::Pin<&mut impl std::future::Future<Output = Result<Ended, String>>>,
+) -> Result<(), String> {
+    match first {
+        Ok(Ended::Closed) => match tokio::time::timeout(CLOSE_TIMEOUT, other.as_mut()).await {
+            Ok(Ok(_)) | Err(_) => Ok(()),
+            Ok(Err(e)) => Err(e),
+        },
+        Ok(Ended::Gone) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[derive(Clone)]
+struct Boxes {
+    to_client: Outbox,
+    to_server: Outbox,
+}
+
+impl Boxes {
+    fn toward(&self, client: bool) -> &Outbox {
+        if client { &self.to_client } else { &self.to_server }
+    }
+}
+
+struct Direction {
+    from_client: bool,
+    rd: ReadHalf<BoxIo>,
+    buf: BytesMut,
+}
+
+/// Reads one side's frames and sends them (or what plugins made of its messages) on.
+async fn pump(flow: &Arc<Shared>, mut dir: Direction, boxes: Boxes) -> Result<Ended, String> {
+    let opts = &flow.ctx.proxy.options;
+    let limits =
+        Limits { max_frame_size: opts.websocket_max_message_size, max_message_size: opts.websocket_max_message_size };
+    let role = if dir.from_client { Role::Client } else { Role::Server };
+    let decoder = Decoder::new(role, limits);
+    let mut messages = Reassembler::new(limits);
+    let from = if dir.from_client { "client" } else { "server" };
+    let forward = boxes.toward(!dir.from_client);
+    loop {
+        let frame = match decoder.decode(&mut dir.buf) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => {
+                if dir.buf.capacity() - dir.buf.len() < READ_SIZE {
+                    dir.buf.reserve(READ_SIZE);
+                }
+                match tokio::time::timeout(opts.websocket_idle_timeout, dir.rd.read_buf(&mut dir.buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => return Ok(Ended::Gone),
+                    Ok(Ok(_)) => continue,
+                    Err(_) => {
+                        let reason = format!("idle for {:?} (websocket_idle_timeout)", opts.websocket_idle_timeout);
+                        close_both(&boxes, 1001, "idle").await;
+                        return Err(reason);
+                    }
+                }
+            }
+            Err(e) => {
+                // A frame the other side cannot take: both sides are told why and closed.
+                close_both(&boxes, e.close_code(), "").await;
+                return Err(format!("the {from} sent a bad frame: {e}"));
+            }
+        };
+        let is_close = frame.opcode == OpCode::Close;
+        if !flow.hooks {
+            // As it comes: the frame goes on, and the recording gets each whole message.
+            if !forward.send(&frame).await {
+                return Ok(Ended::Gone);
+            }
+        }
+        let message = match messages.push(frame) {
+            Ok(Some(m)) => m,
+            Ok(None) => continue,
+            Err(e) => {
+                close_both(&boxes, e.close_code(), "").await;
+                return Err(format!("the {from} sent a bad message: {e}"));
+            }
+        };
+        let message = WebSocketMessage {
+            from_client: dir.from_client,
+            kind: kind_of(message.kind),
+            data: message.payload,
+            timestamp: now(),
+        };
+        flow.saw(&message);
+        if flow.hooks {
+            let (action, injected) = {
+                let mut session = flow.session.lock().await;
+                let action = session.message(message).await;
+                (action, session.take_injected())
+            };
+            match action {
+                WebSocketAction::Forward(out) => {
+                    for m in &out {
+                        if !forward.send_message(m).await {
+                            return Ok(Ended::Gone);
+                        }
+                    }
+                }
+                WebSocketAction::Kill => {
+                    close_both(&boxes, 1000, "killed by a plugin").await;
+                    return Err("killed by a plugin".to_owned());
+                }
+                WebSocketAction::Fail(failure) => {
+                    close_both(&boxes, 1011, "").await;
+                    return Err(failure.to_string());
+                }
+            }
+            for injected in injected {
+                if let flowgate_flow::Injected::WebSocket(m) = injected {
+                    let m = WebSocketMessage { timestamp: now(), ..m };
+                    flow.saw(&m);
+                    let _ = boxes.toward(!m.from_client).send_message(&m).await;
+                }
+            }
+        }
+        if is_close {
+            return Ok(Ended::Closed);
+        }
+    }
+}
+
+/// Sends a close frame with `code` to both sides.
+async fn close_both(boxes: &Boxes, code: u16, reason: &str) {
+    let payload = flowgate_ws::close_payload(Some(code), reason);
+    let frame = Frame { fin: true, rsv1: false, opcode: OpCode::Close, payload };
+    let _ = boxes.to_client.send(&frame).await;
+    let _ = boxes.to_server.send(&frame).await;
+}
+
+fn kind_of(kind: flowgate_ws::MessageKind) -> MessageKind {
+    match kind {
+        flowgate_ws::MessageKind::Text => MessageKind::Text,
+        flowgate_ws::MessageKind::Binary => MessageKind::Binary,
+        flowgate_ws::MessageKind::Ping => MessageKind::Ping,
+        flowgate_ws::MessageKind::Pong => MessageKind::Pong,
+        flowgate_ws::MessageKind::Close => MessageKind::Close,
+    }
+}
+
+fn opcode_of(kind: MessageKind) -> flowgate_ws::MessageKind {
+    match kind {
+        MessageKind::Text => flowgate_ws::MessageKind::Text,
+        MessageKind::Binary => flowgate_ws::MessageKind::Binary,
+        MessageKind::Ping => flowgate_ws::MessageKind::Ping,
+        MessageKind::Pong => flowgate_ws::MessageKind::Pong,
+        MessageKind::Close => flowgate_ws::MessageKind::Close,
+    }
+}
