@@ -6,8 +6,9 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use flowgate_filter::Filter;
-use flowgate_flow::{Flow, Headers, Payload};
-use flowgate_net::FlowRecord;
+use flowgate_flow::{Flow, Headers, Payload, Uuid};
+use flowgate_net::{FlowRecord, Kind, Stored};
+use flowgate_store::flowfile::NewMessages;
 
 use crate::output::Output;
 
@@ -23,6 +24,14 @@ pub struct Dump {
     pub filter: Option<Filter>,
     pub detail: u8,
     pub output: Arc<Output>,
+    /// WebSockets in progress that the filter matched: the line their messages print.
+    pub open: std::sync::Mutex<std::collections::HashMap<Uuid, WebSocketLine>>,
+}
+
+/// Who a WebSocket's messages go between, as their lines say.
+pub struct WebSocketLine {
+    client: std::net::SocketAddr,
+    server: String,
 }
 
 impl Dump {
@@ -35,6 +44,54 @@ impl Dump {
     /// else the proxy's one-line records are enough.
     pub fn needs_flows(&self) -> bool {
         self.prints() && (self.filter.is_some() || self.detail > 1)
+    }
+
+    /// Prints what the flow store is handed: whole flows as they end, a WebSocket's
+    /// handshake when it begins and a line per message as they pass (mitmdump's
+    /// `websocket_message`), for the flows the filter matches.
+    pub fn stored(&self, stored: &Stored) {
+        let open = || self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match stored {
+            Stored::Whole(flow) => self.show(flow),
+            Stored::Begun(flow) => {
+                let Payload::Http(http) = &flow.payload else { return };
+                if !self.prints() || self.filter.as_ref().is_some_and(|f| !f.matches(flow)) {
+                    return;
+                }
+                self.show(flow);
+                let server = flow.server.as_ref().map(|s| s.address.to_string()).unwrap_or_default();
+                let line = WebSocketLine { client: flow.client.peer, server: format!("{server}{}", http.request.path) };
+                open().insert(flow.id, line);
+            }
+            Stored::Messages { id, messages: NewMessages::WebSocket(messages) } => {
+                let open = open();
+                let Some(line) = open.get(id) else { return };
+                for m in messages {
+                    let kind = Kind::WebSocketMessage {
+                        server: line.server.clone(),
+                        from_client: m.from_client,
+                        kind: m.kind,
+                        size: m.data.len() as u64,
+                    };
+                    let record = FlowRecord {
+                        id: *id,
+                        client: line.client,
+                        kind,
+                        duration: std::time::Duration::ZERO,
+                        failures: Vec::new(),
+                        replay: None,
+                    };
+                    self.output.line(record.to_string());
+                }
+            }
+            Stored::Messages { .. } => {}
+            Stored::Ended(flow) => {
+                let was_open = open().remove(&flow.id).is_some();
+                if was_open || !matches!(&flow.payload, Payload::Http(h) if h.websocket.is_some()) {
+                    self.show(flow);
+                }
+            }
+        }
     }
 
     /// Prints `flow` if the filter matches it.

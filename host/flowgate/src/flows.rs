@@ -125,11 +125,11 @@ impl Flows {
 
     /// What happened to a live flow (or one read from a file, as [`Stored::Whole`]).
     pub fn add(&self, stored: Stored) {
-        if let Some(flow) = stored.ended() {
-            self.dump.show(flow);
-            if let Some(har) = &self.har {
-                har.add(flow);
-            }
+        self.dump.stored(&stored);
+        if let Some(flow) = stored.ended()
+            && let Some(har) = &self.har
+        {
+            har.add(flow);
         }
         if let Some(save) = &self.save {
             save.add(stored);

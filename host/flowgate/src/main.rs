@@ -597,6 +597,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         filter: words_filter(&cli.filter)?,
         detail: settings.flows.detail.unwrap_or(1),
         output: output.clone(),
+        open: Default::default(),
     };
     let save = match settings.flows.save.clone() {
         Some(target) => Some(save::SaveStream::start(target, settings.flows.save_filter.clone())?),

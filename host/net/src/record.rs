@@ -131,14 +131,27 @@ impl FlowRecord {
                     (None, Some(error)) => Outcome::Error(error.message.clone()),
                     (None, None) => Outcome::Error("no response".to_owned()),
                 };
-                let end = http.response.as_ref().and_then(|r| r.timestamp_start).or(error_at);
-                let kind = Kind::Http {
-                    method: request.method.clone(),
-                    url: request.url(),
-                    version: request.version.as_str().to_owned(),
-                    outcome,
-                };
-                (kind, since_start(end, request.timestamp_start))
+                if let Some(ws) = &http.websocket
+                    && let Some(close) = &ws.close
+                {
+                    let kind = Kind::WebSocketEnd {
+                        url: request.url(),
+                        code: close.code,
+                        reason: close.reason.clone(),
+                        closed_by_client: close.closed_by_client,
+                        error: flow.error.as_ref().map(|e| e.message.clone()),
+                    };
+                    (kind, since_start(ws.timestamp_end.or(error_at), request.timestamp_start))
+                } else {
+                    let end = http.response.as_ref().and_then(|r| r.timestamp_start).or(error_at);
+                    let kind = Kind::Http {
+                        method: request.method.clone(),
+                        url: request.url(),
+                        version: request.version.as_str().to_owned(),
+                        outcome,
+                    };
+                    (kind, since_start(end, request.timestamp_start))
+                }
             }
             Payload::Tcp(messages) => {
                 let sent = |from_client: bool, key: &str| match flow.metadata.get(key).and_then(|n| n.parse().ok()) {

@@ -10,8 +10,14 @@
 //!
 //! Not a connection-level switch: a WebSocket inside an HTTP/2 stream (RFC 8441) is not a
 //! connection, so the HTTP layer hands this layer both byte streams instead.
-//! Extensions are not negotiated yet: `Sec-WebSocket-Extensions` is removed from the
-//! client's offer, so neither side compresses.
+//!
+//! permessage-deflate (RFC 7692) is negotiated with each side on its own: the client's
+//! offer is answered by flowgate, flowgate makes its own offer to the upstream, and either
+//! leg may end up with or without compression or with other parameters. Compressed
+//! messages are inflated as they arrive (within `websocket_max_message_size`, so a deflate
+//! bomb closes with 1009) and deflated again for the other leg, so plugins and the flow
+//! file always see plain messages. Other extensions are removed from the offer, never
+//! passed through blindly.
 
 use std::sync::Arc;
 
@@ -21,7 +27,7 @@ use flowgate_flow::{
 };
 use flowgate_runtime::{WebSocketAction, WebSocketFlowSession};
 use flowgate_store::flowfile::NewMessages;
-use flowgate_ws::{Decoder, Frame, Limits, OpCode, Reassembler, Role};
+use flowgate_ws::{Decoder, DeflateConfig, Deflater, Extension, Frame, Inflater, Limits, OpCode, Reassembler, Role};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{Mutex, Semaphore, mpsc};
 
@@ -44,6 +50,15 @@ pub(crate) struct Start {
     pub response: Response,
     /// The upstream connection.
     pub upstream: Side,
+    /// What each leg negotiated.
+    pub legs: Legs,
+}
+
+/// The permessage-deflate each leg agreed to, if any.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Legs {
+    pub client: Option<DeflateConfig>,
+    pub server: Option<DeflateConfig>,
 }
 
 /// Bytes queued toward one side at most (a larger message waits for the queue to be
@@ -67,15 +82,50 @@ pub(crate) fn is_upgrade(request: &Request) -> bool {
         && flowgate_h1::connection_tokens(&request.headers).iter().any(|t| t == "upgrade")
 }
 
-/// Prepares a WebSocket request for the upstream: its extension offers are removed (none
-/// is negotiated yet), so no frame arrives compressed.
-pub(crate) fn prepare(request: &mut Request) {
+/// Prepares a WebSocket request for the upstream: the client's extension offers are
+/// replaced by flowgate's own permessage-deflate offer (made when the client offered it).
+/// Returns the client's permessage-deflate offers, for [`negotiate`].
+pub(crate) fn prepare(request: &mut Request) -> Vec<Extension> {
+    let offered: Vec<Extension> = request
+        .headers
+        .get_all("sec-websocket-extensions")
+        .filter_map(|v| flowgate_ws::parse_extensions(&String::from_utf8_lossy(v)).ok())
+        .flatten()
+        .filter(|e| e.name.eq_ignore_ascii_case("permessage-deflate"))
+        .collect();
     request.headers.remove("sec-websocket-extensions");
+    if !offered.is_empty() {
+        let _ = request.headers.append("Sec-WebSocket-Extensions", flowgate_ws::client_offer().as_bytes());
+    }
+    offered
+}
+
+/// After the upstream's 101: the server's answer checked against flowgate's offer, and the
+/// client's offers answered in the 101 the client gets (its `Sec-WebSocket-Extensions`
+/// replaced). `Err` when the server answered with something not offered.
+pub(crate) fn negotiate(offered: &[Extension], response: &mut Response) -> Result<Legs, String> {
+    let answers: Vec<String> =
+        response.headers.get_all("sec-websocket-extensions").map(|v| String::from_utf8_lossy(v).into_owned()).collect();
+    let answer = answers.join(", ");
+    let server = match answer.trim() {
+        "" => None,
+        _ if offered.is_empty() => {
+            return Err(format!("the upstream answered Sec-WebSocket-Extensions {answer:?}, which was not offered"));
+        }
+        _ => flowgate_ws::check_response(&answer)
+            .map_err(|e| format!("the upstream's Sec-WebSocket-Extensions {answer:?}: {e}"))?,
+    };
+    response.headers.remove("sec-websocket-extensions");
+    let client = flowgate_ws::accept_offer(offered).map(|(config, value)| {
+        let _ = response.headers.append("Sec-WebSocket-Extensions", value.as_bytes());
+        config
+    });
+    Ok(Legs { client, server })
 }
 
 /// Runs the WebSocket until both sides closed, one broke, or it idled out; records it.
 pub(crate) async fn run(ctx: Arc<ConnCtx>, start: Start, client: Side) {
-    let Start { ex, response, upstream } = start;
+    let Start { ex, response, upstream, legs } = start;
     let mut info = ex.session.flow.clone();
     info.kind = FlowKind::WebSocket;
     let session = ctx.flows.websocket_flow(info);
@@ -103,7 +153,7 @@ pub(crate) async fn run(ctx: Arc<ConnCtx>, start: Start, client: Side) {
         error = Some(format!("websocket-start: {stop}"));
     }
     if error.is_none() {
-        error = relay(&flow, client, upstream).await.err();
+        error = relay(&flow, client, upstream, legs).await.err();
     }
     let close = flow.close.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let close = close.unwrap_or(WebSocketClose { code: Some(1006), reason: String::new(), closed_by_client: false });
@@ -197,6 +247,10 @@ struct Outbox {
     room: Arc<Semaphore>,
     /// Frames toward a server are masked (RFC 6455 section 5.3).
     masked: bool,
+    /// The side's permessage-deflate compressor, if it agreed to one; locked while a
+    /// message is queued, so messages from both directions (injected ones) stay whole
+    /// and in the compressor's order.
+    deflater: Arc<Mutex<Option<Deflater>>>,
 }
 
 impl Outbox {
@@ -211,11 +265,19 @@ impl Outbox {
         self.tx.send((out.freeze(), cost)).await.is_ok()
     }
 
-    /// Queues a whole message as frames (plugins' messages were checked: a control
-    /// message is short, text is UTF-8).
+    /// Queues a whole message as frames, compressed if the side agreed to it (plugins'
+    /// messages were checked: a control message is short, text is UTF-8).
     async fn send_message(&self, message: &WebSocketMessage) -> bool {
-        let message =
-            flowgate_ws::Message { kind: opcode_of(message.kind), payload: message.data.clone(), compressed: false };
+        let mut deflater = self.deflater.lock().await;
+        let kind = opcode_of(message.kind);
+        let data_message = matches!(message.kind, MessageKind::Text | MessageKind::Binary);
+        let message = match deflater.as_mut() {
+            Some(deflater) if data_message => {
+                let payload = Bytes::from(deflater.deflate(&message.data));
+                flowgate_ws::Message { kind, payload, compressed: true }
+            }
+            _ => flowgate_ws::Message { kind, payload: message.data.clone(), compressed: false },
+        };
         let Ok(frames) = flowgate_ws::fragment(&message, 1 << 20) else { return true };
         for frame in &frames {
             if !self.send(frame).await {
@@ -249,11 +311,16 @@ async fn writer(
     let _ = wr.shutdown().await;
 }
 
-fn outbox(wr: WriteHalf<BoxIo>, masked: bool, ctx: &Arc<ConnCtx>) -> (Outbox, tokio::task::JoinHandle<()>) {
+fn outbox(
+    wr: WriteHalf<BoxIo>,
+    masked: bool,
+    deflater: Option<Deflater>,
+    ctx: &Arc<ConnCtx>,
+) -> (Outbox, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(64);
     let room = Arc::new(Semaphore::new(QUEUE_BYTES));
     let task = tokio::spawn(writer(wr, rx, room.clone(), ctx.clone()));
-    (Outbox { tx, room, masked }, task)
+    (Outbox { tx, room, masked, deflater: Arc::new(Mutex::new(deflater)) }, task)
 }
 
 /// How one direction ended.
@@ -266,15 +333,33 @@ enum Ended {
 
 /// Relays both directions until each forwarded a close (the other side then has
 /// [`CLOSE_TIMEOUT`] to answer), one side went away, or an error.
-async fn relay(flow: &Arc<Shared>, client: Side, upstream: Side) -> Result<(), String> {
+async fn relay(flow: &Arc<Shared>, client: Side, upstream: Side, legs: Legs) -> Result<(), String> {
     let (client_rd, client_wr) = tokio::io::split(client.io);
     let (server_rd, server_wr) = tokio::io::split(upstream.io);
     let ctx = &flow.ctx;
-    let (to_client, client_writer) = outbox(client_wr, false, ctx);
-    let (to_server, server_writer) = outbox(server_wr, true, ctx);
+    // Toward the client flowgate is the server, toward the upstream the client.
+    let (to_client, client_writer) = outbox(client_wr, false, legs.client.map(|c| c.deflater(Role::Server)), ctx);
+    let (to_server, server_writer) = outbox(server_wr, true, legs.server.map(|c| c.deflater(Role::Client)), ctx);
     let boxes = Boxes { to_client: to_client.clone(), to_server: to_server.clone() };
-    let up = pump(flow, Direction { from_client: true, rd: client_rd, buf: client.buf }, boxes.clone());
-    let down = pump(flow, Direction { from_client: false, rd: server_rd, buf: upstream.buf }, boxes.clone());
+    // Frames go on as they come only where nothing needs the whole message: no plugin,
+    // and no compression on either leg.
+    let whole = flow.hooks || legs.client.is_some() || legs.server.is_some();
+    let up = Direction {
+        from_client: true,
+        rd: client_rd,
+        buf: client.buf,
+        inflater: legs.client.map(|c| c.inflater(Role::Client)),
+        whole,
+    };
+    let down = Direction {
+        from_client: false,
+        rd: server_rd,
+        buf: upstream.buf,
+        inflater: legs.server.map(|c| c.inflater(Role::Server)),
+        whole,
+    };
+    let up = pump(flow, up, boxes.clone());
+    let down = pump(flow, down, boxes.clone());
     tokio::pin!(up, down);
     let result = tokio::select! {
         r = &mut up => finish(r, &mut down).await,
@@ -317,6 +402,10 @@ struct Direction {
     from_client: bool,
     rd: ReadHalf<BoxIo>,
     buf: BytesMut,
+    /// The sender's permessage-deflate decompressor, if its leg agreed to one.
+    inflater: Option<Inflater>,
+    /// Messages are sent on whole (plugins or compression), not frame by frame.
+    whole: bool,
 }
 
 /// Reads one side's frames and sends them (or what plugins made of its messages) on.
@@ -325,7 +414,8 @@ async fn pump(flow: &Arc<Shared>, mut dir: Direction, boxes: Boxes) -> Result<En
     let limits =
         Limits { max_frame_size: opts.websocket_max_message_size, max_message_size: opts.websocket_max_message_size };
     let role = if dir.from_client { Role::Client } else { Role::Server };
-    let decoder = Decoder::new(role, limits);
+    let mut decoder = Decoder::new(role, limits);
+    decoder.allow_rsv1 = dir.inflater.is_some();
     let mut messages = Reassembler::new(limits);
     let from = if dir.from_client { "client" } else { "server" };
     let forward = boxes.toward(!dir.from_client);
@@ -353,7 +443,7 @@ async fn pump(flow: &Arc<Shared>, mut dir: Direction, boxes: Boxes) -> Result<En
             }
         };
         let is_close = frame.opcode == OpCode::Close;
-        if !flow.hooks {
+        if !dir.whole {
             // As it comes: the frame goes on, and the recording gets each whole message.
             if !forward.send(&frame).await {
                 return Ok(Ended::Gone);
@@ -367,14 +457,32 @@ async fn pump(flow: &Arc<Shared>, mut dir: Direction, boxes: Boxes) -> Result<En
                 return Err(format!("the {from} sent a bad message: {e}"));
             }
         };
-        let message = WebSocketMessage {
-            from_client: dir.from_client,
-            kind: kind_of(message.kind),
-            data: message.payload,
-            timestamp: now(),
+        let data = match (&mut dir.inflater, message.compressed) {
+            (Some(inflater), true) => {
+                let inflated = inflater.inflate(&message.payload, limits.max_message_size).and_then(|data| {
+                    if message.kind == flowgate_ws::MessageKind::Text {
+                        flowgate_ws::validate_text(&data)?;
+                    }
+                    Ok(data)
+                });
+                match inflated {
+                    Ok(data) => Bytes::from(data),
+                    Err(e) => {
+                        close_both(&boxes, e.close_code(), "").await;
+                        return Err(format!("the {from} sent a bad compressed message: {e}"));
+                    }
+                }
+            }
+            _ => message.payload,
         };
+        let message =
+            WebSocketMessage { from_client: dir.from_client, kind: kind_of(message.kind), data, timestamp: now() };
         flow.saw(&message);
-        if flow.hooks {
+        if dir.whole && !flow.hooks {
+            if !forward.send_message(&message).await {
+                return Ok(Ended::Gone);
+            }
+        } else if flow.hooks {
             let (action, injected) = {
                 let mut session = flow.session.lock().await;
                 let action = session.message(message).await;

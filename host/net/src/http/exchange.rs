@@ -385,9 +385,10 @@ pub(crate) async fn handle(
     if let Some(resp) = ex.act(action).await? {
         return Ok(resp);
     }
+    let mut offered = Vec::new();
     if websocket::is_upgrade(&ex.request) {
         if opts.websocket {
-            websocket::prepare(&mut ex.request);
+            offered = websocket::prepare(&mut ex.request);
         } else {
             // Hop-by-hop: without it the upstream answers the request as HTTP.
             ex.request.headers.remove("upgrade");
@@ -430,7 +431,7 @@ pub(crate) async fn handle(
         return Ok(resp);
     }
     if let Some(upstream) = upgraded {
-        return websocket_reply(ex, response, upstream).await;
+        return websocket_reply(ex, response, upstream, &offered).await;
     }
     let mut stream_body = None;
     let mut response_trailers = None;
@@ -521,7 +522,16 @@ pub(crate) async fn handle(
 /// still answer instead, and the upstream connection is dropped), the handshake is
 /// reported as the flow's line, and the reply carries what the WebSocket layer needs once
 /// the client's layer has sent the 101.
-async fn websocket_reply(mut ex: Exchange, mut response: Response, upstream: Side) -> Result<Reply, Killed> {
+async fn websocket_reply(
+    mut ex: Exchange,
+    mut response: Response,
+    upstream: Side,
+    offered: &[flowgate_ws::Extension],
+) -> Result<Reply, Killed> {
+    let legs = match websocket::negotiate(offered, &mut response) {
+        Ok(legs) => legs,
+        Err(message) => return Ok(ex.fail(UpstreamError::Wire(message)).await),
+    };
     response.body = Some(Bytes::new());
     let action = ex.session.response(&mut ex.request, &mut response).await;
     if let Some(resp) = ex.act(action).await? {
@@ -534,7 +544,7 @@ async fn websocket_reply(mut ex: Exchange, mut response: Response, upstream: Sid
         local: false,
     });
     let head = Response { body: None, ..response.clone() };
-    let start = websocket::Start { ex, response, upstream };
+    let start = websocket::Start { ex, response, upstream, legs };
     Ok(Reply { response: head, body: full(Bytes::new()), upgrade: Some(Box::new(start)) })
 }
 

@@ -1,0 +1,172 @@
+//! WebSocket through the real proxy, driven by Python's `websockets` (tests/e2e/py/ws.py)
+//! on both ends: regular mode over ws:// and wss:// (CONNECT, TLS intercepted with
+//! flowgate's CA trusted), reverse mode, with and without permessage-deflate (negotiated
+//! with each side on its own), close codes both ways, the flow file's copy, and the
+//! `websocket` option off.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use support::{Flowgate, confdir, python};
+
+fn script() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/e2e/py/ws.py").display().to_string()
+}
+
+/// ws.py's echo server; killed when dropped.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let mut child = Command::new(python())
+            .arg(script())
+            .arg("server")
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python runs");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("the server's port");
+        let port = line.trim().parse().unwrap_or_else(|_| panic!("ws.py server printed {line:?}"));
+        Server { child, port }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs ws.py's client and returns its report.
+fn client(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(python()).arg(script()).arg("client").args(args).output().expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ws.py client {args:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+/// What every run of the client must have seen.
+fn assert_echoed(report: &serde_json::Value, deflate: bool) {
+    for key in ["text", "binary", "fragmented", "ping"] {
+        assert_eq!(report[key], true, "{key}: {report}");
+    }
+    assert_eq!(report["client_close"], serde_json::json!([4000, "bye"]), "{report}");
+    assert_eq!(report["server_close"], serde_json::json!([4002, "server bye"]), "{report}");
+    let expected = if deflate { serde_json::json!(["permessage-deflate"]) } else { serde_json::json!([]) };
+    assert_eq!(report["client_negotiated"], expected, "the client's leg: {report}");
+    assert_eq!(report["server"]["negotiated"], expected, "the server's leg: {report}");
+    if deflate {
+        // flowgate's own offer, not the client's passed on.
+        assert_eq!(report["server"]["offer"], "permessage-deflate; client_max_window_bits", "{report}");
+    }
+}
+
+/// The lines flowgate printed for the two connections of one client run.
+fn assert_lines(fg: &Flowgate, port: u16) {
+    let path = format!("127.0.0.1:{port}/chat");
+    fg.flow_line(&format!("GET http://127.0.0.1:{port}/chat << 101 Switching Protocols"));
+    fg.flow_line(&format!("-> WebSocket text message -> {path} 5b"));
+    fg.flow_line(&format!("<- WebSocket binary message <- {path} 1.0m"));
+    fg.flow_line(&format!("-> WebSocket ping message -> {path} 2b"));
+    fg.flow_line(&format!("<- WebSocket pong message <- {path} 2b"));
+    fg.flow_line("closed by client: 4000 (bye)");
+    fg.flow_line("closed by server: 4002 (server bye)");
+}
+
+#[test]
+fn python_websockets_through_regular_mode_with_and_without_deflate() {
+    for deflate in [true, false] {
+        let compression = if deflate { "deflate" } else { "none" };
+        let server = Server::start(&["--compression", compression]);
+        let fg = Flowgate::start(&[]);
+        let url = format!("ws://127.0.0.1:{}/chat", server.port);
+        let report = client(&[&url, "--proxy", &fg.proxy(), "--compression", compression]);
+        assert_echoed(&report, deflate);
+        assert_lines(&fg, server.port);
+    }
+}
+
+#[test]
+fn python_websockets_over_wss_through_an_intercepted_tunnel() {
+    let dir = confdir();
+    std::fs::create_dir_all(&dir).expect("dir");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params").self_signed(&key).expect("cert");
+    let (cert_file, key_file) = (dir.join("origin.pem"), dir.join("origin.key"));
+    std::fs::write(&cert_file, cert.pem()).expect("write");
+    std::fs::write(&key_file, key.serialize_pem()).expect("write");
+    let server = Server::start(&["--tls", &cert_file.display().to_string(), &key_file.display().to_string()]);
+    // The origin's certificate is its own: flowgate is told not to check it (-k).
+    let fg = Flowgate::start(&["-k"]);
+    let url = format!("wss://localhost:{}/chat", server.port);
+    let ca = fg.ca().display().to_string();
+    let report = client(&[&url, "--proxy", &fg.proxy(), "--ca", &ca]);
+    assert_echoed(&report, true);
+    fg.flow_line(&format!("GET https://localhost:{}/chat << 101 Switching Protocols", server.port));
+    fg.flow_line("closed by client: 4000 (bye)");
+}
+
+#[test]
+fn python_websockets_through_reverse_mode_and_into_the_flow_file() {
+    let server = Server::start(&[]);
+    let dir = confdir();
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("ws.flows");
+    let mode = format!("reverse:http://127.0.0.1:{}", server.port);
+    let fg = Flowgate::start(&["--mode", &mode, "-w", &file.display().to_string()]);
+    let url = format!("ws://127.0.0.1:{}/chat", fg.port);
+    let report = client(&[&url]);
+    assert_echoed(&report, true);
+    // With -w the lines come from what the flow store is handed: the same lines.
+    assert_lines(&fg, server.port);
+    // SIGTERM: the flow file is flushed before flowgate exits.
+    let mut fg = fg;
+    let _ = Command::new("kill").arg(fg.child.id().to_string()).status();
+    assert!(fg.child.wait().expect("exits").success());
+
+    // Both WebSockets are in the file with every message, plain (inflated), and how each
+    // closed.
+    let flows: Vec<flowgate_flow::Flow> =
+        flowgate_store::open(&file).expect("reads").map(|f| f.expect("a flow")).collect();
+    let sockets: Vec<&flowgate_flow::WebSocketData> = flows
+        .iter()
+        .filter_map(|f| match &f.payload {
+            flowgate_flow::Payload::Http(h) => h.websocket.as_ref(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sockets.len(), 2, "{flows:?}");
+    let first = sockets[0];
+    let texts: Vec<&[u8]> = first.messages.iter().map(|m| m.data.as_ref()).collect();
+    assert!(texts.contains(&&b"hello"[..]) && texts.contains(&&b"fragmented"[..]), "{texts:?}");
+    assert!(first.messages.iter().any(|m| m.data.len() == 1 << 20 && !m.from_client), "the 1 MiB echo");
+    let close = first.close.as_ref().expect("closed");
+    assert_eq!((close.code, close.reason.as_str(), close.closed_by_client), (Some(4000), "bye", true));
+    let close = sockets[1].close.as_ref().expect("closed");
+    assert_eq!((close.code, close.closed_by_client), (Some(4002), false));
+}
+
+#[test]
+fn websocket_off_forwards_no_upgrade() {
+    let server = Server::start(&[]);
+    let fg = Flowgate::start(&["--set", "websocket=false"]);
+    let url = format!("ws://127.0.0.1:{}/chat", server.port);
+    let out = Command::new(python())
+        .arg(script())
+        .args(["client", &url, "--proxy", &fg.proxy()])
+        .output()
+        .expect("python runs");
+    assert!(!out.status.success(), "the upgrade went through");
+    // websockets answers a request without Upgrade with 426.
+    fg.flow_line(&format!("GET http://127.0.0.1:{}/chat << 426", server.port));
+}
