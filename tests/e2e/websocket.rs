@@ -2,7 +2,8 @@
 //! on both ends: regular mode over ws:// and wss:// (CONNECT, TLS intercepted with
 //! flowgate's CA trusted), reverse mode, with and without permessage-deflate (negotiated
 //! with each side on its own), close codes both ways, the flow file's copy, and the
-//! `websocket` option off.
+//! `websocket` option off; plugins in the message hooks (rewrite, drop, multiply, inject,
+//! kill) and hostile ones (a trap, an endless loop) contained.
 
 mod support;
 
@@ -10,6 +11,8 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
+use flowgate_tests::manifest;
+use flowgate_tests::plugins::{SPIN_FOREVER, TRAP, WEBSOCKET_REWRITE};
 use support::{Flowgate, confdir, python};
 
 fn script() -> String {
@@ -169,4 +172,66 @@ fn websocket_off_forwards_no_upgrade() {
     assert!(!out.status.success(), "the upgrade went through");
     // websockets answers a request without Upgrade with 426.
     fg.flow_line(&format!("GET http://127.0.0.1:{}/chat << 426", server.port));
+}
+
+/// ws.py's converse: sends `send`, reads `expect` messages; returns what came and the close.
+fn converse(url: &str, proxy: &str, send: &[&str], expect: usize) -> (Vec<String>, serde_json::Value) {
+    let mut args = vec!["converse".to_owned(), url.to_owned(), "--proxy".to_owned(), proxy.to_owned()];
+    args.extend(["--expect".to_owned(), expect.to_string()]);
+    for text in send {
+        args.extend(["--send".to_owned(), (*text).to_owned()]);
+    }
+    let out = Command::new(python()).arg(script()).args(&args).output().expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ws.py {args:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let received = report["received"]
+        .as_array()
+        .expect("received")
+        .iter()
+        .map(|m| m.as_str().unwrap_or("<binary>").to_owned())
+        .collect();
+    (received, report["close"].clone())
+}
+
+#[test]
+fn a_plugin_rewrites_drops_multiplies_and_injects_messages() {
+    let server = Server::start(&[]);
+    let config = "[config]\nfrom = \"Example\"\nto = \"Flowgate\"\ndrop = \"secret\"\ntwice = \"again\"\n\
+                  greeting = \"welcome\"\nkill_on = \"goodbye\"\n";
+    let m = manifest(WEBSOCKET_REWRITE, &format!("name = \"wsr\"\n{config}"));
+    let fg = Flowgate::start(&["-s", &m.display().to_string()]);
+    let url = format!("ws://127.0.0.1:{}/chat", server.port);
+    // The greeting comes first; "secret" never reaches the server; "again" reaches it
+    // twice (two echoes); the server's echo of "hello Example" is rewritten (deflate on
+    // both legs: the plugin sees plain text).
+    let (received, _) = converse(&url, &fg.proxy(), &["secret", "again", "hello Example"], 4);
+    assert_eq!(received, ["welcome", "again", "again", "hello Flowgate"]);
+    // kill_on: both sides are closed.
+    let (received, close) = converse(&url, &fg.proxy(), &["goodbye"], 2);
+    assert_eq!(received, ["welcome"], "{close}");
+    assert_eq!(close[0], 1000, "{close}");
+    fg.flow_line("error: killed by a plugin");
+}
+
+#[test]
+fn hostile_plugins_in_the_message_hook_are_contained() {
+    let server = Server::start(&[]);
+    let spin = manifest(SPIN_FOREVER, "name = \"spin\"\n[limits]\nhook_timeout_ms = 100\ncpu_per_second = \"10s\"\n");
+    let trap = manifest(TRAP, "name = \"trap\"\n[limits]\ncrash_budget = 100\n");
+    let fg = Flowgate::start(&["-s", &spin.display().to_string(), "-s", &trap.display().to_string()]);
+    let url = format!("ws://127.0.0.1:{}/chat", server.port);
+    let proxy = fg.proxy();
+    // Another WebSocket at the same time is not held up by the hostile messages.
+    let calm = std::thread::spawn({
+        let (url, proxy) = (url.clone(), proxy.clone());
+        move || converse(&url, &proxy, &["calm 1", "calm 2", "calm 3"], 3)
+    });
+    // Both fail open: the messages go on as they came, and the WebSocket with them.
+    let (received, close) = converse(&url, &proxy, &["spin now", "trap now", "fine"], 3);
+    assert_eq!(received, ["spin now", "trap now", "fine"], "{close}");
+    let (calm, _) = calm.join().expect("calm client");
+    assert_eq!(calm, ["calm 1", "calm 2", "calm 3"]);
+    let end = fg.flow_line("plugin spin failed in websocket-message");
+    assert!(end.contains("plugin trap failed in websocket-message: trap"), "{end}");
 }

@@ -1159,7 +1159,16 @@ async fn shipped_manifests_load() {
     loaded.sort();
     assert_eq!(
         loaded,
-        ["add-header", "block-list", "dns-override", "grpc-log", "request-id", "rewrite-body", "tcp-rewrite"]
+        [
+            "add-header",
+            "block-list",
+            "dns-override",
+            "grpc-log",
+            "request-id",
+            "rewrite-body",
+            "tcp-rewrite",
+            "websocket-rewrite"
+        ]
     );
 }
 
@@ -1198,6 +1207,46 @@ async fn tcp_rewrite() {
     tcp.end().await;
     assert!(tcp.failures().is_empty(), "{:?}", tcp.failures());
     assert_eq!(plugin.stats().calls, 5);
+}
+
+#[tokio::test]
+async fn websocket_rewrite() {
+    use flowgate_flow::{MessageKind, WebSocketMessage};
+    use flowgate_runtime::{WebSocketAction, WebSocketClose};
+    let rt = runtime();
+    let m = manifest(
+        WEBSOCKET_REWRITE,
+        "name = \"wsr\"\n[config]\nfrom = \"Example\"\nto = \"Flowgate\"\ndrop = \"secret\"\ntwice = \"again\"\n\
+         kill_on = \"goodbye\"\ngreeting = \"welcome\"\n",
+    );
+    let chain = chain_of(&rt, &[m]).await;
+    let plugin = &chain.plugins()[0];
+    assert_eq!(plugin.exported_groups(), ["websocket"]);
+    let conn = chain.connection(connection(1, "127.0.0.1:5000"));
+    let mut ws =
+        conn.websocket_flow(flowgate_flow::FlowInfo { kind: flowgate_flow::FlowKind::WebSocket, ..flow(2, 1) });
+    assert!(ws.has_plugins());
+    assert_eq!(ws.start().await, None);
+    let greeting =
+        WebSocketMessage { from_client: false, kind: MessageKind::Text, data: "welcome".into(), ..Default::default() };
+    assert_eq!(ws.take_injected(), [Injected::WebSocket(greeting)]);
+    let text = |from_client: bool, t: &'static str| WebSocketMessage {
+        from_client,
+        kind: MessageKind::Text,
+        data: t.into(),
+        ..Default::default()
+    };
+    // side = server: the server's text is rewritten, the client's is not.
+    assert_eq!(ws.message(text(false, "Example")).await, WebSocketAction::Forward(vec![text(false, "Flowgate")]));
+    assert_eq!(ws.message(text(true, "Example")).await, WebSocketAction::Forward(vec![text(true, "Example")]));
+    assert_eq!(ws.message(text(true, "secret")).await, WebSocketAction::Forward(Vec::new()));
+    assert_eq!(ws.message(text(true, "again")).await, WebSocketAction::Forward(vec![text(true, "again"); 2]));
+    let binary = WebSocketMessage { kind: MessageKind::Binary, ..text(false, "Example") };
+    assert_eq!(ws.message(binary.clone()).await, WebSocketAction::Forward(vec![binary]));
+    assert_eq!(ws.message(text(true, "goodbye")).await, WebSocketAction::Kill);
+    ws.end(&WebSocketClose { code: Some(1000), reason: String::new(), closed_by_client: true }).await;
+    assert_eq!(ws.flow.metadata.get("websocket-rewrite.closed").map(String::as_str), Some("1000"));
+    assert!(ws.failures().is_empty(), "{:?}", ws.failures());
 }
 
 #[tokio::test]

@@ -149,11 +149,16 @@ pub(crate) async fn run(ctx: Arc<ConnCtx>, start: Start, client: Side) {
     }
     let began = std::time::Instant::now();
     let mut error = None;
-    if hooks && let Some(stop) = flow.session.lock().await.start().await {
-        error = Some(format!("websocket-start: {stop}"));
+    let mut greetings = Vec::new();
+    if hooks {
+        let mut session = flow.session.lock().await;
+        if let Some(stop) = session.start().await {
+            error = Some(format!("websocket-start: {stop}"));
+        }
+        greetings = session.take_injected();
     }
     if error.is_none() {
-        error = relay(&flow, client, upstream, legs).await.err();
+        error = relay(&flow, client, upstream, legs, greetings).await.err();
     }
     let close = flow.close.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let close = close.unwrap_or(WebSocketClose { code: Some(1006), reason: String::new(), closed_by_client: false });
@@ -333,7 +338,13 @@ enum Ended {
 
 /// Relays both directions until each forwarded a close (the other side then has
 /// [`CLOSE_TIMEOUT`] to answer), one side went away, or an error.
-async fn relay(flow: &Arc<Shared>, client: Side, upstream: Side, legs: Legs) -> Result<(), String> {
+async fn relay(
+    flow: &Arc<Shared>,
+    client: Side,
+    upstream: Side,
+    legs: Legs,
+    greetings: Vec<flowgate_flow::Injected>,
+) -> Result<(), String> {
     let (client_rd, client_wr) = tokio::io::split(client.io);
     let (server_rd, server_wr) = tokio::io::split(upstream.io);
     let ctx = &flow.ctx;
@@ -341,6 +352,8 @@ async fn relay(flow: &Arc<Shared>, client: Side, upstream: Side, legs: Legs) -> 
     let (to_client, client_writer) = outbox(client_wr, false, legs.client.map(|c| c.deflater(Role::Server)), ctx);
     let (to_server, server_writer) = outbox(server_wr, true, legs.server.map(|c| c.deflater(Role::Client)), ctx);
     let boxes = Boxes { to_client: to_client.clone(), to_server: to_server.clone() };
+    // What plugins sent from websocket-start goes first.
+    send_injected(flow, &boxes, greetings).await;
     // Frames go on as they come only where nothing needs the whole message: no plugin,
     // and no compression on either leg.
     let whole = flow.hooks || legs.client.is_some() || legs.server.is_some();
@@ -358,12 +371,16 @@ async fn relay(flow: &Arc<Shared>, client: Side, upstream: Side, legs: Legs) -> 
         inflater: legs.server.map(|c| c.inflater(Role::Server)),
         whole,
     };
-    let up = pump(flow, up, boxes.clone());
-    let down = pump(flow, down, boxes.clone());
-    tokio::pin!(up, down);
-    let result = tokio::select! {
-        r = &mut up => finish(r, &mut down).await,
-        r = &mut down => finish(r, &mut up).await,
+    // The pumps (and the outboxes they hold) are gone once this block ends, so the
+    // writers see their queues close.
+    let result = {
+        let up = pump(flow, up, boxes.clone());
+        let down = pump(flow, down, boxes.clone());
+        tokio::pin!(up, down);
+        tokio::select! {
+            r = &mut up => finish(r, &mut down).await,
+            r = &mut down => finish(r, &mut up).await,
+        }
     };
     drop((boxes, to_client, to_server));
     // The writers end once their queues are written (or a write stalls past send_timeout).
@@ -505,16 +522,21 @@ async fn pump(flow: &Arc<Shared>, mut dir: Direction, boxes: Boxes) -> Result<En
                     return Err(failure.to_string());
                 }
             }
-            for injected in injected {
-                if let flowgate_flow::Injected::WebSocket(m) = injected {
-                    let m = WebSocketMessage { timestamp: now(), ..m };
-                    flow.saw(&m);
-                    let _ = boxes.toward(!m.from_client).send_message(&m).await;
-                }
-            }
+            send_injected(flow, &boxes, injected).await;
         }
         if is_close {
             return Ok(Ended::Closed);
+        }
+    }
+}
+
+/// Sends the messages plugins injected, each toward the side it was meant for.
+async fn send_injected(flow: &Shared, boxes: &Boxes, injected: Vec<flowgate_flow::Injected>) {
+    for injected in injected {
+        if let flowgate_flow::Injected::WebSocket(m) = injected {
+            let m = WebSocketMessage { timestamp: now(), ..m };
+            flow.saw(&m);
+            let _ = boxes.toward(!m.from_client).send_message(&m).await;
         }
     }
 }

@@ -1,10 +1,12 @@
-//! spin-forever (hostile): loops forever in `request-headers`. The host must interrupt
-//! it at its deadline and keep other flows going.
+//! spin-forever (hostile): loops forever in `request-headers`, and in `websocket-message`
+//! for text messages that start with `spin`. The host must interrupt it at its deadline
+//! and keep other flows going.
 //!
 //! `config.path`, if set, limits the spinning to requests whose path starts with it (so a
 //! test can make one stream of a connection slow and keep the others fast).
 
-use flowgate_sdk::{Flow, HttpHooks, Request, Verdict, config, export_plugin};
+use flowgate_sdk::websocket::{Message, MessageKind, MessageVerdict};
+use flowgate_sdk::{Flow, HttpHooks, Request, Verdict, WebSocketHooks, config, export_plugin};
 
 struct SpinForever;
 
@@ -21,4 +23,16 @@ impl HttpHooks for SpinForever {
     }
 }
 
-export_plugin!(SpinForever: http);
+impl WebSocketHooks for SpinForever {
+    fn websocket_message(_flow: &Flow, message: Message) -> MessageVerdict {
+        if message.kind != MessageKind::Text || !message.data.starts_with(b"spin") {
+            return MessageVerdict::Continue;
+        }
+        let mut n: u64 = message.data.len() as u64;
+        loop {
+            n = std::hint::black_box(n.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+    }
+}
+
+export_plugin!(SpinForever: http, websocket);

@@ -1,10 +1,12 @@
 //! trap (hostile): panics — a trap in the sandbox — on requests whose path starts with
-//! `/trap`; on any other request it tags it with `x-trap-plugin: survived`.
+//! `/trap`, and on WebSocket text messages that start with `trap`; on any other request
+//! it tags it with `x-trap-plugin: survived`.
 //!
 //! `[config]`: `hook` — where it traps: `request-headers` (default) or
 //! `request-body-chunk` (it streams the request body and traps on its first chunk).
 
-use flowgate_sdk::{BodyMode, Flow, HttpHooks, Request, Verdict, config, export_plugin};
+use flowgate_sdk::websocket::{Message, MessageKind, MessageVerdict};
+use flowgate_sdk::{BodyMode, Flow, HttpHooks, Request, Verdict, WebSocketHooks, config, export_plugin};
 
 struct Trap;
 
@@ -33,4 +35,13 @@ impl HttpHooks for Trap {
     }
 }
 
-export_plugin!(Trap: http);
+impl WebSocketHooks for Trap {
+    fn websocket_message(_flow: &Flow, message: Message) -> MessageVerdict {
+        if message.kind == MessageKind::Text && message.data.starts_with(b"trap") {
+            panic!("trap plugin asked to trap on a WebSocket message");
+        }
+        MessageVerdict::Continue
+    }
+}
+
+export_plugin!(Trap: http, websocket);

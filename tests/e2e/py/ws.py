@@ -8,6 +8,9 @@
       Drives the server through flowgate and prints one JSON line of what it saw: text,
       1 MiB of binary, a fragmented message, a ping, a close with 4000 "bye" from the
       client, then a second connection the server closes.
+  ws.py converse URL [--proxy URL] --expect N [--send TEXT]...
+      Sends each TEXT, reads until N messages came (or 20 s, or the close), and prints
+      {"received": [...], "close": [code, reason]}.
 """
 
 import argparse
@@ -87,6 +90,27 @@ async def run_client(args):
     print(json.dumps(report), flush=True)
 
 
+async def run_converse(args):
+    received = []
+
+    async def read(ws):
+        try:
+            while len(received) < args.expect:
+                received.append(await ws.recv())
+        except websockets.ConnectionClosed:
+            pass
+
+    async with connect(args.url, proxy=args.proxy, max_size=None) as ws:
+        reader = asyncio.create_task(read(ws))
+        for text in args.send:
+            await ws.send(text)
+        try:
+            await asyncio.wait_for(reader, 20)
+        except asyncio.TimeoutError:
+            pass
+    print(json.dumps({"received": received, "close": [ws.close_code, ws.close_reason]}), flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="role", required=True)
@@ -98,8 +122,14 @@ def main():
     client.add_argument("--proxy")
     client.add_argument("--ca")
     client.add_argument("--compression", default="deflate")
+    converse = sub.add_parser("converse")
+    converse.add_argument("url")
+    converse.add_argument("--proxy")
+    converse.add_argument("--expect", type=int, required=True)
+    converse.add_argument("--send", action="append", default=[])
     args = parser.parse_args()
-    asyncio.run(run_server(args) if args.role == "server" else run_client(args))
+    run = {"server": run_server, "client": run_client, "converse": run_converse}[args.role]
+    asyncio.run(run(args))
 
 
 if __name__ == "__main__":

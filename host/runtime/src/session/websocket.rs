@@ -111,8 +111,10 @@ impl WebSocketFlowSession {
             async |store, groups| {
                 let Some(g) = &groups.websocket else { return Ok(Applied::Kept) };
                 let limit = store.data().plugin.manifest.limits.max_body_bytes;
+                // `current` changes only once the plugin's call succeeded: a plugin that
+                // fails (fail-open) lets the messages go on as they came to it.
                 let mut out = Vec::with_capacity(current.len());
-                for m in current.drain(..) {
+                for m in current.clone() {
                     let lent = Lent::new(store, Some(&mut *flow), None, None, None)?;
                     let wit = to_wit_message(&m);
                     let verdict = g.call_websocket_message(&mut *store, borrow(&lent.flow)?, &wit).await;
