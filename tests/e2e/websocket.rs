@@ -27,9 +27,18 @@ struct Server {
 
 impl Server {
     fn start(extra: &[&str]) -> Server {
+        Server::spawn("server", extra)
+    }
+
+    /// One of ws.py's other servers (`bomb-server`, `flood-server`).
+    fn start_role(role: &str) -> Server {
+        Server::spawn(role, &[])
+    }
+
+    fn spawn(role: &str, extra: &[&str]) -> Server {
         let mut child = Command::new(python())
             .arg(script())
-            .arg("server")
+            .arg(role)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -234,4 +243,50 @@ fn hostile_plugins_in_the_message_hook_are_contained() {
     assert_eq!(calm, ["calm 1", "calm 2", "calm 3"]);
     let end = fg.flow_line("plugin spin failed in websocket-message");
     assert!(end.contains("plugin trap failed in websocket-message: trap"), "{end}");
+}
+
+/// flowgate's peak resident memory so far (VmHWM), in MiB.
+fn peak_mib(fg: &Flowgate) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", fg.child.id())).expect("/proc");
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
+    line.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()).expect("kB") / 1024
+}
+
+/// A raw peer's run: its JSON line.
+fn raw(role: &str, url: &str, proxy: &str) -> serde_json::Value {
+    let out = Command::new(python()).arg(script()).args([role, url, "--proxy", proxy]).output().expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ws.py {role} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+#[test]
+fn deflate_bombs_from_either_side_close_with_1009_in_bounded_memory() {
+    // 256 MiB of zeros in one compressed message of ~256 KiB, past the 16 MiB cap.
+    let echo = Server::start(&[]);
+    let fg = Flowgate::start(&[]);
+    let from_client = raw("bomb-client", &format!("ws://127.0.0.1:{}/chat", echo.port), &fg.proxy());
+    assert_eq!(from_client["close"], 1009, "{from_client}");
+    fg.flow_line("sent a bad compressed message");
+
+    let bomber = Server::start_role("bomb-server");
+    let (received, close) = converse(&format!("ws://127.0.0.1:{}/chat", bomber.port), &fg.proxy(), &[], 1);
+    assert!(received.is_empty(), "{received:?}");
+    assert_eq!(close[0], 1009, "{close}");
+    let peak = peak_mib(&fg);
+    eprintln!("flowgate peak RSS: {peak} MiB");
+    assert!(peak < 128, "flowgate peaked at {peak} MiB for two 256 MiB bombs");
+}
+
+#[test]
+fn a_slow_reader_holds_the_sender_back_in_bounded_memory() {
+    let flood = Server::start_role("flood-server");
+    let fg = Flowgate::start(&[]);
+    let report = raw("slow-client", &format!("ws://127.0.0.1:{}/chat", flood.port), &fg.proxy());
+    assert_eq!(report["messages"], 100, "{report}");
+    assert_eq!(report["bytes"], 100 << 20, "{report}");
+    fg.flow_line("closed by server: 1000 (flooded)");
+    let peak = peak_mib(&fg);
+    eprintln!("flowgate peak RSS: {peak} MiB");
+    assert!(peak < 96, "flowgate peaked at {peak} MiB relaying 100 MiB to a slow reader");
 }

@@ -11,14 +11,28 @@
   ws.py converse URL [--proxy URL] --expect N [--send TEXT]...
       Sends each TEXT, reads until N messages came (or 20 s, or the close), and prints
       {"received": [...], "close": [code, reason]}.
+  ws.py bomb-server
+      A raw WebSocket server: agrees to permessage-deflate and sends one compressed
+      message that inflates to 256 MiB of zeros.
+  ws.py bomb-client URL --proxy URL
+      The same bomb from a raw client (the request goes to the proxy in absolute form);
+      prints {"close": code} of the close frame that came back.
+  ws.py flood-server
+      Sends 100 messages of 1 MiB to each client, then closes with 1000.
+  ws.py slow-client URL --proxy URL
+      Reads what the flood server sends, slowly; prints {"messages": n, "bytes": n}.
 """
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import json
 import os
 import ssl
+import struct
 import sys
+import zlib
 
 import websockets
 from websockets.asyncio.client import connect
@@ -111,6 +125,152 @@ async def run_converse(args):
     print(json.dumps({"received": received, "close": [ws.close_code, ws.close_reason]}), flush=True)
 
 
+BOMB_SIZE = 256 << 20
+
+
+def bomb():
+    """permessage-deflate's payload of BOMB_SIZE zeros: about 256 KiB on the wire."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    chunk = bytes(1 << 20)
+    out = b"".join(compressor.compress(chunk) for _ in range(BOMB_SIZE >> 20))
+    out += compressor.flush(zlib.Z_SYNC_FLUSH)
+    assert out.endswith(b"\x00\x00\xff\xff")
+    return out[:-4]
+
+
+def frame(opcode, payload, rsv1=False, mask=False):
+    head = bytes([0x80 | (0x40 if rsv1 else 0) | opcode])
+    mask_bit = 0x80 if mask else 0
+    n = len(payload)
+    if n < 126:
+        head += bytes([mask_bit | n])
+    elif n < 65536:
+        head += bytes([mask_bit | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([mask_bit | 127]) + struct.pack("!Q", n)
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload)) if n < 4096 else _mask(payload, key)
+    return head + key + masked
+
+
+def _mask(payload, key):
+    repeated = (key * (len(payload) // 4 + 1))[: len(payload)]
+    return (int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")).to_bytes(len(payload), "big")
+
+
+async def read_head(reader):
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    fields = {}
+    for line in lines[1:]:
+        if ":" in line:
+            name, value = line.split(":", 1)
+            fields[name.strip().lower()] = value.strip()
+    return lines[0], fields
+
+
+async def read_frame(reader):
+    b0, b1 = await reader.readexactly(2)
+    n = b1 & 0x7F
+    if n == 126:
+        n = struct.unpack("!H", await reader.readexactly(2))[0]
+    elif n == 127:
+        n = struct.unpack("!Q", await reader.readexactly(8))[0]
+    key = await reader.readexactly(4) if b1 & 0x80 else None
+    payload = await reader.readexactly(n)
+    if key:
+        payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return b0 & 0x0F, payload
+
+
+async def run_bomb_server(args):
+    payload = bomb()
+
+    async def handle(reader, writer):
+        try:
+            _, fields = await read_head(reader)
+            accept = base64.b64encode(hashlib.sha1((fields["sec-websocket-key"] +
+                                      "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+            answer = ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      f"Sec-WebSocket-Accept: {accept}\r\n")
+            if "permessage-deflate" in fields.get("sec-websocket-extensions", ""):
+                answer += "Sec-WebSocket-Extensions: permessage-deflate\r\n"
+            writer.write((answer + "\r\n").encode())
+            writer.write(frame(2, payload, rsv1=True))
+            await writer.drain()
+            while True:
+                opcode, _ = await read_frame(reader)
+                if opcode == 8:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await server.serve_forever()
+
+
+async def run_bomb_client(args):
+    payload = bomb()
+    proxy = args.proxy.split("://", 1)[1]
+    host, port = proxy.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    target = args.url.replace("ws://", "http://", 1)
+    authority = target.split("/")[2]
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write((f"GET {target} HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                  "Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n").encode())
+    status, fields = await read_head(reader)
+    assert " 101 " in status and "permessage-deflate" in fields.get("sec-websocket-extensions", ""), (status, fields)
+    writer.write(frame(2, payload, rsv1=True, mask=True))
+    await writer.drain()
+    code = None
+    try:
+        while True:
+            opcode, data = await asyncio.wait_for(read_frame(reader), 20)
+            if opcode == 8:
+                code = struct.unpack("!H", data[:2])[0] if len(data) >= 2 else None
+                break
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    print(json.dumps({"close": code}), flush=True)
+
+
+async def run_flood_server(args):
+    blob = os.urandom(1 << 20)
+
+    async def flood(ws):
+        try:
+            for _ in range(100):
+                await ws.send(blob)
+            await ws.close(1000, "flooded")
+        except websockets.ConnectionClosed:
+            pass
+
+    async with serve(flood, "127.0.0.1", 0, compression=None, max_size=None) as server:
+        print(server.sockets[0].getsockname()[1], flush=True)
+        await asyncio.Future()
+
+
+async def run_slow_client(args):
+    count = total = 0
+    async with connect(args.url, proxy=args.proxy, compression=None, max_size=None, max_queue=1) as ws:
+        try:
+            while True:
+                message = await ws.recv()
+                count += 1
+                total += len(message)
+                # A slow reader: the proxy has to hold back, not buffer.
+                await asyncio.sleep(0.005)
+        except websockets.ConnectionClosed:
+            pass
+    print(json.dumps({"messages": count, "bytes": total}), flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="role", required=True)
@@ -127,8 +287,15 @@ def main():
     converse.add_argument("--proxy")
     converse.add_argument("--expect", type=int, required=True)
     converse.add_argument("--send", action="append", default=[])
+    for role in ("bomb-server", "flood-server"):
+        sub.add_parser(role)
+    for role in ("bomb-client", "slow-client"):
+        peer = sub.add_parser(role)
+        peer.add_argument("url")
+        peer.add_argument("--proxy", required=True)
     args = parser.parse_args()
-    run = {"server": run_server, "client": run_client, "converse": run_converse}[args.role]
+    run = {"server": run_server, "client": run_client, "converse": run_converse, "bomb-server": run_bomb_server,
+           "bomb-client": run_bomb_client, "flood-server": run_flood_server, "slow-client": run_slow_client}[args.role]
     asyncio.run(run(args))
 
 
