@@ -166,6 +166,18 @@ fn python_websockets_through_reverse_mode_and_into_the_flow_file() {
     assert_eq!((close.code, close.reason.as_str(), close.closed_by_client), (Some(4000), "bye", true));
     let close = sockets[1].close.as_ref().expect("closed");
     assert_eq!((close.code, close.closed_by_client), (Some(4002), false));
+
+    // HAR export: the messages as Chrome writes them.
+    let out = Command::new(env!("CARGO_BIN_EXE_flowgate"))
+        .args(["export", "har"])
+        .arg(&file)
+        .output()
+        .expect("flowgate runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let har: serde_json::Value = serde_json::from_slice(&out.stdout).expect("HAR");
+    let messages = har["log"]["entries"][0]["_webSocketMessages"].as_array().expect("_webSocketMessages");
+    assert_eq!(messages.len(), first.messages.len(), "{messages:?}");
+    assert!(messages.iter().any(|m| m["type"] == "send" && m["data"] == "hello"), "{messages:?}");
 }
 
 #[test]
@@ -289,4 +301,73 @@ fn a_slow_reader_holds_the_sender_back_in_bounded_memory() {
     let peak = peak_mib(&fg);
     eprintln!("flowgate peak RSS: {peak} MiB");
     assert!(peak < 96, "flowgate peaked at {peak} MiB relaying 100 MiB to a slow reader");
+}
+
+/// The WebSockets in a flow file: (client messages, server messages, close) each.
+fn sockets_in(file: &Path) -> Vec<(Vec<String>, Vec<String>, Option<flowgate_flow::WebSocketClose>)> {
+    flowgate_store::open(file)
+        .expect("reads")
+        .map(|f| f.expect("a flow"))
+        .filter_map(|f| match f.payload {
+            flowgate_flow::Payload::Http(h) => h.websocket,
+            _ => None,
+        })
+        .map(|ws| {
+            let texts = |from_client: bool| {
+                ws.messages
+                    .iter()
+                    .filter(|m| m.from_client == from_client && m.kind == flowgate_flow::MessageKind::Text)
+                    .map(|m| String::from_utf8_lossy(&m.data).into_owned())
+                    .collect()
+            };
+            (texts(true), texts(false), ws.close.clone())
+        })
+        .collect()
+}
+
+/// SIGTERM, then the exit (the flow file flushed).
+fn stop(mut fg: Flowgate) {
+    let _ = Command::new("kill").arg(fg.child.id().to_string()).status();
+    assert!(fg.child.wait().expect("exits").success());
+}
+
+#[test]
+fn a_recorded_websocket_replays_against_the_server_and_to_a_client() {
+    let dir = confdir();
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (recorded, replayed) = (dir.join("recorded.flows"), dir.join("replayed.flows"));
+    let server = Server::start(&[]);
+    let url = format!("ws://127.0.0.1:{}/chat", server.port);
+    let fg = Flowgate::start(&["-w", &recorded.display().to_string()]);
+    let said = ["one", "two", "three"];
+    let (received, _) = converse(&url, &fg.proxy(), &said, 3);
+    assert_eq!(received, said);
+    stop(fg);
+    let original = sockets_in(&recorded);
+    assert_eq!(original.len(), 1);
+    assert_eq!(original[0].1, said, "the server's messages as recorded");
+
+    // Client replay: the WebSocket opened again, the client's messages sent, the same
+    // answers from the live server, all recorded as a new flow.
+    let out = Command::new(env!("CARGO_BIN_EXE_flowgate"))
+        .arg("--confdir")
+        .arg(&dir)
+        .args(["-n", "-C", &recorded.display().to_string(), "-w", &replayed.display().to_string()])
+        .output()
+        .expect("flowgate runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("[replay] GET") && stdout.contains("101"), "{stdout}");
+    let again = sockets_in(&replayed);
+    assert_eq!(again.len(), 1, "{stdout}");
+    assert_eq!(again[0].0, original[0].0, "the client's messages sent again");
+    assert_eq!(again[0].1, original[0].1, "the same server messages");
+    assert_eq!(again[0].2.as_ref().map(|c| (c.code, c.closed_by_client)), Some((Some(1000), true)));
+
+    // Server replay: with no origin running, the recorded server answers a live client.
+    drop(server);
+    let fg = Flowgate::start(&["-S", &recorded.display().to_string(), "--keepserving"]);
+    let (received, close) = converse(&url, &fg.proxy(), &said, 3);
+    assert_eq!(received, said, "{close}");
+    fg.flow_line("<< [replay] 101");
 }

@@ -189,7 +189,12 @@ impl Exchange {
     pub fn flow_for_store(&self, response: &Response) -> Flow {
         let outcome =
             Outcome::Response { status: response.status, reason: response.reason.clone(), size: Some(0), local: false };
-        self.flow(&outcome, Some(response))
+        let mut flow = self.flow(&outcome, Some(response));
+        // The upgrading request had no body (RFC 6455 section 4.1): stored empty.
+        if let Payload::Http(http) = &mut flow.payload {
+            http.request.body.get_or_insert_with(Bytes::new);
+        }
+        flow
     }
 
     /// The flow as the model records it.
@@ -396,10 +401,21 @@ pub(crate) async fn handle(
     }
     let (mut response, upstream_body, upgraded) =
         match opts.server_replay.as_ref().map(|r| r.answer(&ex.request, now())) {
-            Some(Answered::Saved(saved)) => {
+            Some(Answered::Saved(response, saved)) => {
                 ex.replay = Some(Replay::Response);
-                let (response, body) = crate::replay::as_upstream_response(saved, ex.request.method == "HEAD");
-                (response, body, None)
+                match saved.as_ref().and_then(|s| s.websocket.as_ref()) {
+                    // A recorded WebSocket: its server's side is played to this client.
+                    Some(recorded) if websocket::is_upgrade(&ex.request) && response.status == 101 => {
+                        let response = websocket::replayed_handshake(response, &ex.request);
+                        let server = websocket::scripted(flowgate_ws::Role::Server, recorded);
+                        (response, full(Bytes::new()), Some(server))
+                    }
+                    _ => {
+                        let head = ex.request.method == "HEAD";
+                        let (response, body) = crate::replay::as_upstream_response(response, head);
+                        (response, body, None)
+                    }
+                }
             }
             Some(Answered::Kill) => {
                 let message = "no saved response matches (server_replay_extra=kill)".to_owned();

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
-use flowgate_flow::{Flow, Payload, Response, Timestamp};
+use flowgate_flow::{Flow, Payload, Response, Timestamp, WebSocketData};
 pub use matching::MatchOptions;
 
 use crate::conn::ConnCtx;
@@ -53,12 +53,20 @@ impl ReplayExtra {
 
 /// What server replay does with a request.
 pub(crate) enum Answered {
-    /// Answer with this response, in place of the upstream's.
-    Saved(Response),
+    /// Answer with this response, in place of the upstream's (and, after a 101, play the
+    /// recorded server's side of the WebSocket).
+    Saved(Response, Option<Arc<Saved>>),
     /// Send it upstream.
     Forward,
     /// Close the client's connection (`server_replay_extra=kill`).
     Kill,
+}
+
+/// One saved answer: the response, and the WebSocket that followed it, if one did.
+#[derive(Debug)]
+pub(crate) struct Saved {
+    pub response: Response,
+    pub websocket: Option<WebSocketData>,
 }
 
 /// Server replay's options (mitmproxy's `server_replay_*`).
@@ -89,7 +97,7 @@ impl Default for ServerReplayOptions {
 /// used once (in the order saved) unless `server_replay_reuse`.
 pub struct ServerReplay {
     options: ServerReplayOptions,
-    saved: Mutex<HashMap<Vec<u8>, VecDeque<Arc<Response>>>>,
+    saved: Mutex<HashMap<Vec<u8>, VecDeque<Arc<Saved>>>>,
     left: AtomicUsize,
     skipped: usize,
     /// Told when the last saved response has been served.
@@ -107,16 +115,16 @@ impl ServerReplay {
     /// response whose body was not stored cannot be served; those are counted in
     /// [`ServerReplay::skipped`]).
     pub fn new(flows: impl IntoIterator<Item = Flow>, options: ServerReplayOptions) -> ServerReplay {
-        let mut saved: HashMap<Vec<u8>, VecDeque<Arc<Response>>> = HashMap::new();
+        let mut saved: HashMap<Vec<u8>, VecDeque<Arc<Saved>>> = HashMap::new();
         let (mut count, mut skipped) = (0, 0);
         for flow in flows {
             let Payload::Http(http) = flow.payload else { continue };
             match http.response {
-                Some(response) if response.body.is_some() && http.websocket.is_none() => {
+                Some(response) if response.body.is_some() || http.websocket.is_some() => {
                     saved
                         .entry(matching::key(&http.request, &options.matching))
                         .or_default()
-                        .push_back(Arc::new(response));
+                        .push_back(Arc::new(Saved { response, websocket: http.websocket }));
                     count += 1;
                 }
                 _ => skipped += 1,
@@ -163,22 +171,25 @@ impl ServerReplay {
     /// not to), else what `server_replay_extra` says (an empty answer counts as saved).
     pub(crate) fn answer(&self, request: &flowgate_flow::Request, now: Timestamp) -> Answered {
         match self.saved_for(request, now) {
-            Some(response) => Answered::Saved(response),
+            Some((response, saved)) => Answered::Saved(response, Some(saved)),
             None => match self.extra() {
                 ReplayExtra::Forward => Answered::Forward,
                 ReplayExtra::Kill => Answered::Kill,
-                ReplayExtra::Status(status) => Answered::Saved(Response {
-                    status,
-                    reason: exchange::canonical_reason(status),
-                    body: Some(Bytes::new()),
-                    ..Response::default()
-                }),
+                ReplayExtra::Status(status) => Answered::Saved(
+                    Response {
+                        status,
+                        reason: exchange::canonical_reason(status),
+                        body: Some(Bytes::new()),
+                        ..Response::default()
+                    },
+                    None,
+                ),
             },
         }
     }
 
     /// The saved response for `request`, refreshed to `now` unless told not to.
-    fn saved_for(&self, request: &flowgate_flow::Request, now: Timestamp) -> Option<Response> {
+    fn saved_for(&self, request: &flowgate_flow::Request, now: Timestamp) -> Option<(Response, Arc<Saved>)> {
         let key = matching::key(request, &self.options.matching);
         let mut saved = self.saved.lock().unwrap_or_else(PoisonError::into_inner);
         let queue = saved.get_mut(&key)?;
@@ -195,11 +206,11 @@ impl ServerReplay {
             found
         };
         drop(saved);
-        let mut response = Response::clone(&found);
+        let mut response = found.response.clone();
         if self.options.refresh {
             matching::refresh(&mut response, now);
         }
-        Some(response)
+        Some((response, found))
     }
 }
 
@@ -265,10 +276,11 @@ impl Proxy {
         let Payload::Http(http) = &flow.payload else {
             return Replayed::Skipped("not an HTTP flow");
         };
-        if http.websocket.is_some() {
-            return Replayed::Skipped("a WebSocket flow");
-        }
         let mut request = http.request.clone();
+        if http.websocket.is_some() {
+            // The scripted client does not compress: no extension is offered for it.
+            request.headers.remove("sec-websocket-extensions");
+        }
         if request.body.is_none() {
             return Replayed::Skipped("its request body was not stored");
         }
@@ -292,9 +304,16 @@ impl Proxy {
             .filter(|sni| !sni.eq_ignore_ascii_case(&request.host));
         let inbound = Inbound { request, scheme: None, authority: None, body: crate::http::full(Bytes::new()) };
         let replied = exchange::handle(ctx.clone(), inbound, Some(target), None).await;
-        if let Ok(reply) = replied {
-            // The flow is recorded once its body has passed; what it says is not kept.
-            let _ = http_body_util::BodyExt::collect(reply.body).await;
+        if let Ok(mut reply) = replied {
+            match (reply.upgrade.take(), &http.websocket) {
+                // A WebSocket again: the recorded client's messages are sent.
+                (Some(start), Some(recorded)) => {
+                    let client = crate::websocket::scripted(flowgate_ws::Role::Client, recorded);
+                    crate::websocket::run(ctx.clone(), *start, client).await;
+                }
+                // The flow is recorded once its body has passed; what it says is not kept.
+                _ => drop(http_body_util::BodyExt::collect(reply.body).await),
+            }
         }
         ctx.release().await;
         match tap.take() {
