@@ -371,3 +371,54 @@ fn a_recorded_websocket_replays_against_the_server_and_to_a_client() {
     assert_eq!(received, said, "{close}");
     fg.flow_line("<< [replay] 101");
 }
+
+#[test]
+fn chromium_sees_a_plugin_rewrite_server_messages_on_an_https_page() {
+    let dir = confdir();
+    std::fs::create_dir_all(&dir).expect("dir");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params").self_signed(&key).expect("cert");
+    let (cert_file, key_file) = (dir.join("origin.pem"), dir.join("origin.key"));
+    std::fs::write(&cert_file, cert.pem()).expect("write");
+    std::fs::write(&key_file, key.serialize_pem()).expect("write");
+    let server = Server::start(&["--tls", &cert_file.display().to_string(), &key_file.display().to_string()]);
+    let rewrite = manifest(WEBSOCKET_REWRITE, "[config]\nfrom = \"Example\"\nto = \"Flowgate\"\n");
+    let fg = Flowgate::start(&["-k", "-s", &rewrite.display().to_string()]);
+    // Chromium trusts flowgate's CA by its public key hash (SPKI pinning), as Chromium documents.
+    let spki = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl x509 -in '{}' -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64",
+            fg.ca().display()
+        ))
+        .output()
+        .expect("openssl runs");
+    let spki = String::from_utf8_lossy(&spki.stdout).trim().to_owned();
+    let profile = dir.join("profile");
+    // The page opens wss://localhost/chat, sends "hello Example" and shows the answer; the
+    // page's load waits for it (ws.py), so --dump-dom has it.
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--proxy-bypass-list=<-loopback>",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--proxy-server={}", fg.proxy()))
+        .arg(format!("--ignore-certificate-errors-spki-list={spki}"))
+        .arg("--dump-dom")
+        .arg(format!("https://localhost:{}/page", server.port))
+        .output()
+        .expect("chromium runs (CI installs Debian's chromium)");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(dom.contains(r#"<p id="out">got: hello Flowgate</p>"#), "the plugin's change is on the page: {dom}");
+    fg.flow_line(&format!("GET https://localhost:{}/chat << 101 Switching Protocols", server.port));
+    fg.flow_line("closed by server: 1000");
+}

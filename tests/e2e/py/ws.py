@@ -3,7 +3,11 @@
   ws.py server [--tls CERT KEY] [--compression deflate|none]
       An echo server on 127.0.0.1: prints its port, then echoes every message. Asked
       "extensions?" it answers with what it negotiated and the offer it got; asked "close
-      please" it closes with 4002 "server bye".
+      please" it closes with 4002 "server bye". Plain HTTP requests for /page get a page
+      whose script opens a WebSocket back to /chat, sends "hello Example", writes the
+      answer into <p id="out"> and acknowledges it; the page's last script (/wait.js)
+      is answered only after the acknowledgement, so the page has loaded once the answer
+      is in it (what `chromium --dump-dom` waits for).
   ws.py client URL [--proxy URL] [--ca PEM] [--compression deflate|none]
       Drives the server through flowgate and prints one JSON line of what it saw: text,
       1 MiB of binary, a fragmented message, a ping, a close with 4000 "bye" from the
@@ -39,15 +43,31 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 
 
+PAGE = """<!doctype html><html><head><title>ws</title></head><body><p id="out">waiting</p>
+<script>
+const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/chat");
+ws.onopen = () => ws.send("hello Example");
+ws.onmessage = (e) => { document.getElementById("out").textContent = "got: " + e.data; ws.send("ack"); };
+ws.onerror = () => { document.getElementById("out").textContent = "error"; };
+</script>
+<script src="/wait.js"></script></body></html>
+"""
+
+
 def compression(name):
     return None if name == "none" else "deflate"
 
 
 async def run_server(args):
+    acknowledged = asyncio.Event()
+
     async def echo(ws):
         try:
             async for message in ws:
-                if message == "extensions?":
+                if message == "ack":
+                    acknowledged.set()
+                    await ws.close(1000)
+                elif message == "extensions?":
                     offer = ws.request.headers.get("Sec-WebSocket-Extensions", "")
                     names = [e.name for e in ws.protocol.extensions]
                     await ws.send(json.dumps({"offer": offer, "negotiated": names}))
@@ -58,12 +78,27 @@ async def run_server(args):
         except websockets.ConnectionClosed:
             pass
 
+    async def page(connection, request):
+        if request.path == "/page":
+            response = connection.respond(200, PAGE)
+            response.headers["Content-Type"] = "text/html; charset=utf-8"
+            return response
+        if request.path == "/wait.js":
+            try:
+                await asyncio.wait_for(acknowledged.wait(), 20)
+            except asyncio.TimeoutError:
+                pass
+            response = connection.respond(200, "// the answer is in the page\n")
+            response.headers["Content-Type"] = "text/javascript"
+            return response
+        return None
+
     context = None
     if args.tls:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(args.tls[0], args.tls[1])
     async with serve(echo, "127.0.0.1", 0, ssl=context, compression=compression(args.compression),
-                     max_size=None) as server:
+                     max_size=None, process_request=page) as server:
         print(server.sockets[0].getsockname()[1], flush=True)
         await asyncio.Future()
 
