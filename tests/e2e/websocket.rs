@@ -16,7 +16,11 @@ use flowgate_tests::plugins::{SPIN_FOREVER, TRAP, WEBSOCKET_REWRITE};
 use support::{Flowgate, confdir, python};
 
 fn script() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/e2e/py/ws.py").display().to_string()
+    py("ws.py")
+}
+
+fn py(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/e2e/py").join(name).display().to_string()
 }
 
 /// ws.py's echo server; killed when dropped.
@@ -36,8 +40,12 @@ impl Server {
     }
 
     fn spawn(role: &str, extra: &[&str]) -> Server {
+        Server::spawn_script(&script(), role, extra)
+    }
+
+    fn spawn_script(script: &str, role: &str, extra: &[&str]) -> Server {
         let mut child = Command::new(python())
-            .arg(script())
+            .arg(script)
             .arg(role)
             .args(extra)
             .stdout(Stdio::piped())
@@ -110,14 +118,8 @@ fn python_websockets_through_regular_mode_with_and_without_deflate() {
 #[test]
 fn python_websockets_over_wss_through_an_intercepted_tunnel() {
     let dir = confdir();
-    std::fs::create_dir_all(&dir).expect("dir");
-    let key = rcgen::KeyPair::generate().expect("key");
-    let cert =
-        rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params").self_signed(&key).expect("cert");
-    let (cert_file, key_file) = (dir.join("origin.pem"), dir.join("origin.key"));
-    std::fs::write(&cert_file, cert.pem()).expect("write");
-    std::fs::write(&key_file, key.serialize_pem()).expect("write");
-    let server = Server::start(&["--tls", &cert_file.display().to_string(), &key_file.display().to_string()]);
+    let (cert, key) = localhost_cert(&dir);
+    let server = Server::start(&["--tls", &cert, &key]);
     // The origin's certificate is its own: flowgate is told not to check it (-k).
     let fg = Flowgate::start(&["-k"]);
     let url = format!("wss://localhost:{}/chat", server.port);
@@ -375,14 +377,8 @@ fn a_recorded_websocket_replays_against_the_server_and_to_a_client() {
 #[test]
 fn chromium_sees_a_plugin_rewrite_server_messages_on_an_https_page() {
     let dir = confdir();
-    std::fs::create_dir_all(&dir).expect("dir");
-    let key = rcgen::KeyPair::generate().expect("key");
-    let cert =
-        rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params").self_signed(&key).expect("cert");
-    let (cert_file, key_file) = (dir.join("origin.pem"), dir.join("origin.key"));
-    std::fs::write(&cert_file, cert.pem()).expect("write");
-    std::fs::write(&key_file, key.serialize_pem()).expect("write");
-    let server = Server::start(&["--tls", &cert_file.display().to_string(), &key_file.display().to_string()]);
+    let (cert, key) = localhost_cert(&dir);
+    let server = Server::start(&["--tls", &cert, &key]);
     let rewrite = manifest(WEBSOCKET_REWRITE, "[config]\nfrom = \"Example\"\nto = \"Flowgate\"\n");
     let fg = Flowgate::start(&["-k", "-s", &rewrite.display().to_string()]);
     // Chromium trusts flowgate's CA by its public key hash (SPKI pinning), as Chromium documents.
@@ -421,4 +417,52 @@ fn chromium_sees_a_plugin_rewrite_server_messages_on_an_https_page() {
     assert!(dom.contains(r#"<p id="out">got: hello Flowgate</p>"#), "the plugin's change is on the page: {dom}");
     fg.flow_line(&format!("GET https://localhost:{}/chat << 101 Switching Protocols", server.port));
     fg.flow_line("closed by server: 1000");
+}
+
+/// A self-signed certificate for localhost, written to `dir`: (certificate, key) paths.
+fn localhost_cert(dir: &Path) -> (String, String) {
+    std::fs::create_dir_all(dir).expect("dir");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params").self_signed(&key).expect("cert");
+    let (cert_file, key_file) = (dir.join("origin.pem"), dir.join("origin.key"));
+    std::fs::write(&cert_file, cert.pem()).expect("write");
+    std::fs::write(&key_file, key.serialize_pem()).expect("write");
+    (cert_file.display().to_string(), key_file.display().to_string())
+}
+
+#[test]
+fn rfc8441_websockets_over_http2_on_either_side() {
+    // An HTTP/2 client's extended CONNECT (Python h2, raw frames) to an HTTP/1.1 origin.
+    let server = Server::start(&[]);
+    let fg = Flowgate::start(&["--mode", &format!("reverse:http://127.0.0.1:{}", server.port)]);
+    let out = Command::new(python())
+        .arg(py("h2ws.py"))
+        .args(["client", "127.0.0.1", &fg.port.to_string(), "/chat"])
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON");
+    assert_eq!(report, serde_json::json!({"status": 200, "echo": "hello over h2", "close": 1000}));
+    fg.flow_line(&format!("GET http://127.0.0.1:{}/chat HTTP/2.0 << 101 Switching Protocols", server.port));
+    fg.flow_line("closed by client: 1000");
+
+    // An HTTP/1.1 client (websockets) to an origin that speaks only HTTP/2 (ALPN h2) and
+    // takes WebSockets as extended CONNECT.
+    let (cert, key) = localhost_cert(&confdir());
+    let h2_origin = Server::spawn_script(&py("h2ws.py"), "server", &[&cert, &key]);
+    let fg = Flowgate::start(&["-k", "--mode", &format!("reverse:https://localhost:{}", h2_origin.port)]);
+    let url = format!("ws://127.0.0.1:{}/chat", fg.port);
+    let out = Command::new(python())
+        .arg(script())
+        .args(["converse", &url, "--expect", "2", "--send", "one", "--send", "two"])
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON");
+    assert_eq!(report["received"], serde_json::json!(["one", "two"]), "{report}");
+    fg.flow_line(&format!("GET https://localhost:{}/chat << 101 Switching Protocols", h2_origin.port));
+    fg.flow_line("closed by client: 1000");
 }

@@ -103,7 +103,35 @@ impl Sender {
                     uri.parse().map_err(|e| UpstreamError::Wire(format!("invalid request target {uri:?}: {e}")))?;
                 fill_headers(upstream_req.headers_mut(), &request.headers);
                 upstream_req.headers_mut().remove("host");
-                let resp = sender.send_request(upstream_req).await.map_err(UpstreamError::Request)?;
+                // A WebSocket goes up as RFC 8441's extended CONNECT: no key, no Upgrade.
+                let websocket = crate::websocket::is_upgrade(request);
+                if websocket {
+                    *upstream_req.method_mut() = hyper::Method::CONNECT;
+                    upstream_req.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
+                    upstream_req.headers_mut().remove("sec-websocket-key");
+                }
+                let mut resp = sender.send_request(upstream_req).await.map_err(UpstreamError::Request)?;
+                if websocket && resp.status() == hyper::StatusCode::OK {
+                    let upgraded = hyper::upgrade::on(&mut resp)
+                        .await
+                        .map_err(|e| UpstreamError::Wire(format!("the WebSocket stream did not open: {e}")))?;
+                    // To the client's HTTP/1.1 layer it is the 101 it asked for.
+                    let mut headers = to_headers(resp.headers());
+                    let key = request.headers.get("sec-websocket-key").unwrap_or_default();
+                    let _ = headers.set("Sec-WebSocket-Accept", crate::websocket::accept_key(key).as_bytes());
+                    let response = Response {
+                        status: 101,
+                        reason: "Switching Protocols".to_owned(),
+                        version: flowgate_flow::HttpVersion::Http2,
+                        headers,
+                        ..Response::default()
+                    };
+                    let side = crate::websocket::Side {
+                        io: Box::new(hyper_util::rt::TokioIo::new(upgraded)),
+                        buf: bytes::BytesMut::new(),
+                    };
+                    return Ok((response, crate::http::full(bytes::Bytes::new()), Some(side)));
+                }
                 let (parts, body) = resp.into_parts();
                 let response = Response {
                     status: parts.status.as_u16(),

@@ -75,7 +75,9 @@ const READ_SIZE: usize = 16 << 10;
 const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Whether a request asks to become a WebSocket (RFC 6455 section 4.1): an HTTP/1.1 GET
-/// with `Upgrade: websocket` and `Connection: upgrade`.
+/// with `Upgrade: websocket` and `Connection: upgrade` (or an HTTP/2 extended CONNECT,
+/// which the HTTP/2 layer turns into one: no HTTP/2 request carries these fields from
+/// the wire).
 pub(crate) fn is_upgrade(request: &Request) -> bool {
     let upgrade = request
         .headers
@@ -83,7 +85,7 @@ pub(crate) fn is_upgrade(request: &Request) -> bool {
         .any(|v| String::from_utf8_lossy(v).split(',').any(|p| p.trim().eq_ignore_ascii_case("websocket")));
     upgrade
         && request.method == "GET"
-        && request.version == flowgate_flow::HttpVersion::Http11
+        && matches!(request.version, flowgate_flow::HttpVersion::Http11 | flowgate_flow::HttpVersion::Http2)
         && flowgate_h1::connection_tokens(&request.headers).iter().any(|t| t == "upgrade")
 }
 

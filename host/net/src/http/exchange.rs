@@ -653,10 +653,6 @@ where
             }
         }
     };
-    if sender.is_h2() && websocket::is_upgrade(&ex.request) {
-        let message = "the upstream speaks HTTP/2: WebSocket over HTTP/2 (RFC 8441) is not supported yet";
-        return Ok(Err(ex.fail(UpstreamError::Wire(message.to_owned())).await));
-    }
     let upstream_body = match (body, ex.request.body.clone()) {
         (_, Some(bytes)) => with_trailers(bytes, request_trailers),
         (Some(stream), None) => stream,

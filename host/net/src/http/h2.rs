@@ -27,6 +27,10 @@ pub(crate) fn server_builder(options: &ProxyOptions) -> hyper::server::conn::htt
     if !options.http2_ping_keepalive.is_zero() {
         builder.keep_alive_interval(options.http2_ping_keepalive).keep_alive_timeout(PING_ANSWER_TIMEOUT);
     }
+    if options.websocket {
+        // RFC 8441: WebSocket over an HTTP/2 stream (extended CONNECT).
+        builder.enable_connect_protocol();
+    }
     builder
 }
 

@@ -171,6 +171,10 @@ async fn h2_stream(
 ) -> Result<hyper::Response<Body>, Killed> {
     let headers = exchange::to_headers(req.headers());
     let version = exchange::version_of(req.version());
+    let protocol = req.extensions().get::<hyper::ext::Protocol>().map(|p| p.as_str().to_ascii_lowercase());
+    if req.method() == hyper::Method::CONNECT && protocol.as_deref() == Some("websocket") {
+        return websocket_stream(ctx, req, headers, fixed, open).await;
+    }
     if req.method() == hyper::Method::CONNECT && fixed.is_none() {
         let Some(authority) = req.uri().authority().cloned() else {
             return Ok(to_hyper(exchange::status_response(400, "CONNECT needs host:port"), open));
@@ -209,6 +213,57 @@ async fn h2_stream(
         body: req.into_body().map_err(Into::into).boxed(),
     };
     exchange::handle(ctx, inbound, fixed, None).await.map(|reply| to_hyper(reply, open))
+}
+
+/// A WebSocket over an HTTP/2 stream (RFC 8441's extended CONNECT): the exchange sees it
+/// as the HTTP/1.1 upgrade it becomes toward the upstream (`GET` with `Upgrade:
+/// websocket` and a fresh `Sec-WebSocket-Key`), the client gets `200` once the upstream
+/// agreed, and the stream is then the WebSocket layer's.
+async fn websocket_stream(
+    ctx: Arc<ConnCtx>,
+    mut req: hyper::Request<hyper::body::Incoming>,
+    mut headers: flowgate_flow::Headers,
+    fixed: Option<Target>,
+    open: OpenStream,
+) -> Result<hyper::Response<Body>, Killed> {
+    use base64::Engine;
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
+    let _ = headers.append("Upgrade", b"websocket");
+    let _ = headers.append("Connection", b"Upgrade");
+    let _ = headers.set("Sec-WebSocket-Key", key.as_bytes());
+    let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".to_owned());
+    let request = flowgate_flow::Request {
+        method: "GET".to_owned(),
+        path,
+        version: flowgate_flow::HttpVersion::Http2,
+        headers,
+        ..Default::default()
+    };
+    let inbound = exchange::Inbound {
+        request,
+        scheme: req.uri().scheme_str().map(str::to_owned),
+        authority: req.uri().authority().map(|a| a.as_str().to_owned()),
+        body: full(Bytes::new()),
+    };
+    let mut reply = exchange::handle(ctx.clone(), inbound, fixed, None).await?;
+    let Some(start) = reply.upgrade.take() else { return Ok(to_hyper(reply, open)) };
+    reply.response.status = 200;
+    reply.response.headers.remove("sec-websocket-accept");
+    let response = to_hyper(exchange::Reply { upgrade: None, ..reply }, OpenStream::new(&open.0));
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let client =
+                    crate::websocket::Side { io: Box::new(TokioIo::new(upgraded)), buf: bytes::BytesMut::new() };
+                crate::websocket::run(ctx, *start, client).await;
+            }
+            Err(e) => tracing::debug!("{}: the WebSocket stream did not open: {e}", ctx.client),
+        }
+        // The stream counts as open until the WebSocket ends.
+        drop(open);
+    });
+    Ok(response)
 }
 
 /// A reply as hyper's HTTP/2 server writes it (names lowercase, hop-by-hop fields gone).

@@ -224,7 +224,7 @@ fn request_head(request: &Request, absolute: bool, body: &Body) -> Result<(Vec<u
     // An HTTP/2 client always takes trailers, and an HTTP/1.1 one that asked: say so,
     // with `TE` named in Connection as a hop-by-hop field must be (RFC 9110 7.6.1).
     let asked = headers.get_all("te").any(|v| String::from_utf8_lossy(v).to_ascii_lowercase().contains("trailers"));
-    if from_multiplexed || asked {
+    if (from_multiplexed || asked) && !crate::websocket::is_upgrade(request) {
         codec::put_field(&mut head, "TE", b"trailers");
         codec::put_field(&mut head, "Connection", b"TE");
     }
