@@ -466,3 +466,20 @@ fn rfc8441_websockets_over_http2_on_either_side() {
     fg.flow_line(&format!("GET https://localhost:{}/chat << 101 Switching Protocols", h2_origin.port));
     fg.flow_line("closed by client: 1000");
 }
+
+#[test]
+fn frames_and_messages_over_their_caps_close_with_1009() {
+    let server = Server::start(&["--compression", "none"]);
+    let url = format!("ws://127.0.0.1:{}/chat", server.port);
+    let big = "x".repeat(100 << 10);
+    // A 100 KiB frame against a 64 KiB frame cap: refused from its header.
+    let fg = Flowgate::start(&["--set", "websocket_max_frame_size=64KiB"]);
+    let (received, close) = converse(&url, &fg.proxy(), &["small", &big], 2);
+    assert_eq!(received, ["small"], "{close}");
+    assert_eq!(close[0], 1009, "{close}");
+    fg.flow_line("over websocket_max_frame_size (65536)");
+    // The same against a message cap.
+    let fg = Flowgate::start(&["--set", "websocket_max_message_size=64KiB"]);
+    let (_, close) = converse(&url, &fg.proxy(), &[&big], 1);
+    assert_eq!(close[0], 1009, "{close}");
+}

@@ -42,7 +42,9 @@ const OPTIONS_HELP: &str = "Options for --set KEY=VALUE (default in brackets):
   server_first_timeout=DURATION    wait in a tunnel for the client before the server may speak first [1s]
   tcp_timeout=DURATION             idle raw TCP and passed-through TLS flows are closed [600s]
   websocket=BOOL                   relay WebSocket upgrades (off: the Upgrade field is not forwarded) [true]
-  websocket_max_message_size=SIZE  largest WebSocket message or frame; a larger one closes with 1009 [16MiB]
+  websocket_max_message_size=SIZE  largest WebSocket message (inflated); a larger one closes with 1009 [16MiB]
+  websocket_max_frame_size=SIZE    largest WebSocket frame; refused from its header with 1009 [16MiB]
+  websocket_queue_size=SIZE        bytes queued toward one side; a slow reader holds its sender back [1MiB]
   websocket_idle_timeout=DURATION  a WebSocket with no frame either way for this long is closed [600s]
   http2=BOOL                       speak HTTP/2 [true]
   http2_max_concurrent_streams=N   [100]
@@ -360,6 +362,15 @@ fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> 
             "websocket_max_message_size" => {
                 proxy.websocket_max_message_size =
                     flowgate_runtime::manifest::parse_size(value).map_err(|e| bad(&e))?.max(125)
+            }
+            "websocket_max_frame_size" => {
+                proxy.websocket_max_frame_size =
+                    flowgate_runtime::manifest::parse_size(value).map_err(|e| bad(&e))?.max(125)
+            }
+            "websocket_queue_size" => {
+                proxy.websocket_queue_size = flowgate_runtime::manifest::parse_size(value)
+                    .map_err(|e| bad(&e))?
+                    .clamp(1 << 10, u32::MAX as usize)
             }
             "websocket_idle_timeout" => proxy.websocket_idle_timeout = parse_duration(value).map_err(|e| bad(&e))?,
             "rawtcp" => proxy.rawtcp = value.parse().map_err(|e| bad(&e))?,

@@ -115,9 +115,16 @@ pub struct ProxyOptions {
     /// Relay WebSocket upgrades (`websocket`, default true, as mitmproxy); off, a request's
     /// `Upgrade` is not forwarded (it is hop-by-hop), so the upstream answers it as HTTP.
     pub websocket: bool,
-    /// Largest WebSocket message (and frame) relayed (`websocket_max_message_size`, default
-    /// 16 MiB); a larger one closes the WebSocket with 1009 both ways.
+    /// Largest WebSocket message relayed, all its frames together and inflated
+    /// (`websocket_max_message_size`, default 16 MiB); a larger one closes the WebSocket
+    /// with 1009 both ways.
     pub websocket_max_message_size: usize,
+    /// Largest WebSocket frame (`websocket_max_frame_size`, default 16 MiB); a larger one
+    /// closes the WebSocket with 1009 before its payload is read.
+    pub websocket_max_frame_size: usize,
+    /// Bytes queued toward one side of a WebSocket at most (`websocket_queue_size`,
+    /// default 1 MiB): a slow reader holds its sender back.
+    pub websocket_queue_size: usize,
     /// A WebSocket with no frame either way for this long is closed
     /// (`websocket_idle_timeout`, default 600 s).
     pub websocket_idle_timeout: Duration,
@@ -162,6 +169,8 @@ impl Default for ProxyOptions {
             tcp_timeout: Duration::from_secs(600),
             websocket: true,
             websocket_max_message_size: 16 << 20,
+            websocket_max_frame_size: 16 << 20,
+            websocket_queue_size: 1 << 20,
             websocket_idle_timeout: Duration::from_secs(600),
         }
     }

@@ -66,9 +66,6 @@ pub(crate) struct Legs {
     pub server: Option<DeflateConfig>,
 }
 
-/// Bytes queued toward one side at most (a larger message waits for the queue to be
-/// empty): a slow reader slows its sender, it never grows memory.
-const QUEUE_BYTES: usize = 1 << 20;
 /// Bytes read at a time.
 const READ_SIZE: usize = 16 << 10;
 /// How long the other side has to answer a close before both connections are closed.
@@ -252,11 +249,15 @@ impl Shared {
     }
 }
 
-/// Frames toward one side, with the bytes they hold counted against [`QUEUE_BYTES`].
+/// Frames toward one side, with the bytes they hold counted against
+/// `websocket_queue_size` (a larger frame waits for the queue to be empty): a slow reader
+/// slows its sender, it never grows memory.
 #[derive(Clone)]
 struct Outbox {
     tx: mpsc::Sender<(Bytes, u32)>,
     room: Arc<Semaphore>,
+    /// `websocket_queue_size`.
+    capacity: usize,
     /// Frames toward a server are masked (RFC 6455 section 5.3).
     masked: bool,
     /// The side's permessage-deflate compressor, if it agreed to one; locked while a
@@ -271,7 +272,7 @@ impl Outbox {
         let mut out = BytesMut::with_capacity(frame.payload.len() + 14);
         let mask = self.masked.then(rand::random::<[u8; 4]>);
         flowgate_ws::encode(frame, mask, &mut out);
-        let cost = u32::try_from(out.len().min(QUEUE_BYTES)).unwrap_or(u32::MAX);
+        let cost = u32::try_from(out.len().min(self.capacity)).unwrap_or(u32::MAX);
         let Ok(permit) = self.room.acquire_many(cost).await else { return false };
         permit.forget();
         self.tx.send((out.freeze(), cost)).await.is_ok()
@@ -330,9 +331,10 @@ fn outbox(
     ctx: &Arc<ConnCtx>,
 ) -> (Outbox, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(64);
-    let room = Arc::new(Semaphore::new(QUEUE_BYTES));
+    let capacity = ctx.proxy.options.websocket_queue_size;
+    let room = Arc::new(Semaphore::new(capacity));
     let task = tokio::spawn(writer(wr, rx, room.clone(), ctx.clone()));
-    (Outbox { tx, room, masked, deflater: Arc::new(Mutex::new(deflater)) }, task)
+    (Outbox { tx, room, capacity, masked, deflater: Arc::new(Mutex::new(deflater)) }, task)
 }
 
 /// How one direction ended.
@@ -436,7 +438,7 @@ struct Direction {
 async fn pump(flow: &Arc<Shared>, mut dir: Direction, boxes: Boxes) -> Result<Ended, String> {
     let opts = &flow.ctx.proxy.options;
     let limits =
-        Limits { max_frame_size: opts.websocket_max_message_size, max_message_size: opts.websocket_max_message_size };
+        Limits { max_frame_size: opts.websocket_max_frame_size, max_message_size: opts.websocket_max_message_size };
     let role = if dir.from_client { Role::Client } else { Role::Server };
     let mut decoder = Decoder::new(role, limits);
     decoder.allow_rsv1 = dir.inflater.is_some();
