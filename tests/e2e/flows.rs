@@ -303,7 +303,8 @@ fn a_head_answer_is_recorded_with_an_empty_body() {
 }
 
 /// kill -9 under load, ten times with fixed seeds: every file reads (a torn last record is
-/// skipped) and holds every flow the clients had finished but at most the ones in flight;
+/// skipped) and holds every flow the clients had finished but at most the ones in flight
+/// and the records still on their way to the writer thread (two per client);
 /// SIGTERM under load: flowgate finishes what is in flight, closes the connections, and
 /// the file holds every flow that finished (tests/e2e/py/crash.py, eight http.client
 /// clients on keep-alive connections).

