@@ -87,8 +87,11 @@ pub(crate) fn is_upgrade(request: &Request) -> bool {
 }
 
 /// Prepares a WebSocket request for the upstream: the client's extension offers are
-/// replaced by flowgate's own permessage-deflate offer (made when the client offered it).
-/// Returns the client's permessage-deflate offers, for [`negotiate`].
+/// replaced by flowgate's own permessage-deflate offers (made when the client offered
+/// it): the client's well-formed ones with the same parameters, which flowgate can take
+/// whatever the server answers, so a server that asks for particular parameters (no
+/// context takeover) gets what the client would have agreed to. Returns the client's
+/// permessage-deflate offers, for [`negotiate`].
 pub(crate) fn prepare(request: &mut Request) -> Vec<Extension> {
     let offered: Vec<Extension> = request
         .headers
@@ -99,7 +102,13 @@ pub(crate) fn prepare(request: &mut Request) -> Vec<Extension> {
         .collect();
     request.headers.remove("sec-websocket-extensions");
     if !offered.is_empty() {
-        let _ = request.headers.append("Sec-WebSocket-Extensions", flowgate_ws::client_offer().as_bytes());
+        let ours: Vec<Extension> =
+            offered.iter().filter(|o| flowgate_ws::accept_offer(std::slice::from_ref(*o)).is_some()).cloned().collect();
+        let value = match ours.is_empty() {
+            true => flowgate_ws::client_offer().to_owned(),
+            false => flowgate_ws::format_extensions(&ours),
+        };
+        let _ = request.headers.append("Sec-WebSocket-Extensions", value.as_bytes());
     }
     offered
 }

@@ -8,6 +8,16 @@
       answer into <p id="out"> and acknowledges it; the page's last script (/wait.js)
       is answered only after the acknowledgement, so the page has loaded once the answer
       is in it (what `chromium --dump-dom` waits for).
+  ws.py echo
+      A plain echo server on wsproto (permessage-deflate, no message cap, no pings of its
+      own), the server under test for Autobahn's fuzzing client (tests/e2e/autobahn.rs);
+      prints its port. wsproto rather than websockets: websockets answers a close that
+      comes between the fragments of a message with 1002 (Autobahn 7.1.5 fails on it).
+  ws.py autobahn-client BASE [--proxy URL]
+      The client under test for Autobahn's fuzzing server (kosoku -m fuzzingserver):
+      asks /getCaseCount, echoes every message of /runCase?case=N for each case (one at a
+      time), then asks /updateReports; offers permessage-deflate with the parameters the
+      12.x/13.x cases take.
   ws.py client URL [--proxy URL] [--ca PEM] [--compression deflate|none]
       Drives the server through flowgate and prints one JSON line of what it saw: text,
       1 MiB of binary, a fragmented message, a ping, a close with 4000 "bye" from the
@@ -101,6 +111,83 @@ async def run_server(args):
                      max_size=None, process_request=page) as server:
         print(server.sockets[0].getsockname()[1], flush=True)
         await asyncio.Future()
+
+
+async def run_echo(args):
+    import wsproto
+    import wsproto.events as ev
+    from wsproto.extensions import PerMessageDeflate
+
+    async def handle(reader, writer):
+        conn = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+        parts = {True: [], False: []}  # text?, the message so far
+        closing = False
+        try:
+            while True:
+                data = await reader.read(65536)
+                conn.receive_data(data or None)
+                for event in conn.events():
+                    if isinstance(event, ev.Request):
+                        out = conn.send(ev.AcceptConnection(extensions=[PerMessageDeflate()]))
+                    elif isinstance(event, ev.Message):
+                        text = isinstance(event, ev.TextMessage)
+                        parts[text].append(event.data)
+                        out = b""
+                        if event.message_finished:
+                            whole = ("" if text else b"").join(parts[text])
+                            parts[text] = []
+                            out = conn.send(ev.TextMessage(data=whole) if text else ev.BytesMessage(data=whole))
+                    elif isinstance(event, ev.Ping):
+                        out = conn.send(event.response())
+                    elif isinstance(event, ev.CloseConnection):
+                        if conn.state == wsproto.connection.ConnectionState.REMOTE_CLOSING:
+                            out = conn.send(event.response())
+                        else:
+                            # wsproto found a protocol error (1002, 1007, ...): say so, hang up.
+                            out = frame(8, struct.pack("!H", event.code) + (event.reason or "").encode()[:123])
+                        closing = True
+                    else:
+                        out = b""
+                    writer.write(out)
+                await writer.drain()
+                if not data or closing or conn.state == wsproto.connection.ConnectionState.CLOSED:
+                    break
+        except wsproto.utilities.RemoteProtocolError as e:
+            # The client broke the protocol: tell it why (1002, 1007, ...), then hang up.
+            if e.event_hint is not None:
+                try:
+                    writer.write(conn.send(e.event_hint))
+                    await writer.drain()
+                except (ConnectionError, wsproto.utilities.LocalProtocolError):
+                    pass
+        except (ConnectionError, wsproto.utilities.LocalProtocolError):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await server.serve_forever()
+
+
+async def run_autobahn_client(args):
+    from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+
+    offer = ClientPerMessageDeflateFactory(client_no_context_takeover=True, client_max_window_bits=True)
+    options = dict(max_size=None, max_queue=None, ping_interval=None, open_timeout=30, close_timeout=10,
+                   proxy=args.proxy, extensions=[offer], compression=None)
+    base = args.url.rstrip("/")
+    async with connect(f"{base}/getCaseCount", **options) as ws:
+        count = int(await ws.recv())
+    for case in range(1, count + 1):
+        try:
+            async with connect(f"{base}/runCase?case={case}&agent=flowgate", **options) as ws:
+                async for message in ws:
+                    await ws.send(message)
+        except Exception:
+            pass  # many cases end in a protocol error or an abrupt close on purpose
+    async with connect(f"{base}/updateReports?agent=flowgate", **options):
+        pass
+    print(json.dumps({"cases": count}), flush=True)
 
 
 async def run_client(args):
@@ -322,15 +409,16 @@ def main():
     converse.add_argument("--proxy")
     converse.add_argument("--expect", type=int, required=True)
     converse.add_argument("--send", action="append", default=[])
-    for role in ("bomb-server", "flood-server"):
+    for role in ("bomb-server", "flood-server", "echo"):
         sub.add_parser(role)
-    for role in ("bomb-client", "slow-client"):
+    for role in ("bomb-client", "slow-client", "autobahn-client"):
         peer = sub.add_parser(role)
         peer.add_argument("url")
-        peer.add_argument("--proxy", required=True)
+        peer.add_argument("--proxy", required=role != "autobahn-client")
     args = parser.parse_args()
     run = {"server": run_server, "client": run_client, "converse": run_converse, "bomb-server": run_bomb_server,
-           "bomb-client": run_bomb_client, "flood-server": run_flood_server, "slow-client": run_slow_client}[args.role]
+           "bomb-client": run_bomb_client, "echo": run_echo,
+           "autobahn-client": run_autobahn_client, "flood-server": run_flood_server, "slow-client": run_slow_client}[args.role]
     asyncio.run(run(args))
 
 
