@@ -518,41 +518,9 @@ fn chromium_loads_an_https_page_through_flowgate() {
     let tls_origin = Origin::start(true);
     let rewrite = manifest(REWRITE_BODY, "[config]\npattern = \"Example Domain\"\nreplacement = \"Flowgate Domain\"\n");
     let fg = Flowgate::start(&["-k", "-s", &rewrite]);
-    // Chromium trusts the CA by its public key hash (SPKI pinning), as Chromium documents.
-    let spki = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "openssl x509 -in '{}' -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64",
-            fg.ca().display()
-        ))
-        .output()
-        .expect("openssl runs");
-    let spki = String::from_utf8_lossy(&spki.stdout).trim().to_owned();
-    assert_eq!(spki.len(), 44, "a base64 SHA-256: {spki:?}");
-    let profile = confdir();
-    let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--proxy-bypass-list=<-loopback>",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(format!("--proxy-server={}", fg.proxy()))
-        .arg(format!("--ignore-certificate-errors-spki-list={spki}"))
-        .arg("--dump-dom")
-        .arg(tls_origin.url("https", "/page"))
-        .output()
-        .expect("chromium runs (CI installs Debian's chromium)");
-    let dom = String::from_utf8_lossy(&out.stdout);
+    let dom = support::chromium_dom(&fg, &tls_origin.url("https", "/page"));
     assert!(dom.contains("<h1>Flowgate Domain</h1>"), "the plugin's change is in the page: {dom}");
     fg.flow_line(&format!("GET {} << 200 OK", tls_origin.url("https", "/page")));
-    let _ = std::fs::remove_dir_all(profile);
 }
 
 #[test]

@@ -523,6 +523,43 @@ impl Drop for Nginx {
     }
 }
 
+/// Debian's headless Chromium loading `url` through `fg`, flowgate's CA trusted by its
+/// public key hash (SPKI pinning, as Chromium documents): the page's DOM once it loaded.
+pub fn chromium_dom(fg: &Flowgate, url: &str) -> String {
+    let spki = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl x509 -in '{}' -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64",
+            fg.ca().display()
+        ))
+        .output()
+        .expect("openssl runs");
+    let spki = String::from_utf8_lossy(&spki.stdout).trim().to_owned();
+    assert_eq!(spki.len(), 44, "a base64 SHA-256: {spki:?}");
+    let profile = confdir();
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--proxy-bypass-list=<-loopback>",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--proxy-server={}", fg.proxy()))
+        .arg(format!("--ignore-certificate-errors-spki-list={spki}"))
+        .arg("--dump-dom")
+        .arg(url)
+        .output()
+        .expect("chromium runs (CI installs Debian's chromium)");
+    let _ = std::fs::remove_dir_all(profile);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[derive(Debug)]
 pub struct Reply {
     pub status: u16,

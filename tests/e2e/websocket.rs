@@ -283,6 +283,14 @@ fn deflate_bombs_from_either_side_close_with_1009_in_bounded_memory() {
     assert_eq!(from_client["close"], 1009, "{from_client}");
     fg.flow_line("sent a bad compressed message");
 
+    // Under a cap past the bomb's size the ratio cap stops it (100 times its ~256 KiB).
+    let roomy = Flowgate::start(&["--set", "websocket_max_message_size=512MiB"]);
+    let from_client = raw("bomb-client", &format!("ws://127.0.0.1:{}/chat", echo.port), &roomy.proxy());
+    assert_eq!(from_client["close"], 1009, "{from_client}");
+    let peak = peak_mib(&roomy);
+    eprintln!("flowgate peak RSS: {peak} MiB");
+    assert!(peak < 128, "flowgate peaked at {peak} MiB for a 256 MiB bomb under a 512 MiB cap");
+
     let bomber = Server::start_role("bomb-server");
     let (received, close) = converse(&format!("ws://127.0.0.1:{}/chat", bomber.port), &fg.proxy(), &[], 1);
     assert!(received.is_empty(), "{received:?}");
@@ -381,39 +389,9 @@ fn chromium_sees_a_plugin_rewrite_server_messages_on_an_https_page() {
     let server = Server::start(&["--tls", &cert, &key]);
     let rewrite = manifest(WEBSOCKET_REWRITE, "[config]\nfrom = \"Example\"\nto = \"Flowgate\"\n");
     let fg = Flowgate::start(&["-k", "-s", &rewrite.display().to_string()]);
-    // Chromium trusts flowgate's CA by its public key hash (SPKI pinning), as Chromium documents.
-    let spki = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "openssl x509 -in '{}' -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64",
-            fg.ca().display()
-        ))
-        .output()
-        .expect("openssl runs");
-    let spki = String::from_utf8_lossy(&spki.stdout).trim().to_owned();
-    let profile = dir.join("profile");
     // The page opens wss://localhost/chat, sends "hello Example" and shows the answer; the
-    // page's load waits for it (ws.py), so --dump-dom has it.
-    let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--proxy-bypass-list=<-loopback>",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(format!("--proxy-server={}", fg.proxy()))
-        .arg(format!("--ignore-certificate-errors-spki-list={spki}"))
-        .arg("--dump-dom")
-        .arg(format!("https://localhost:{}/page", server.port))
-        .output()
-        .expect("chromium runs (CI installs Debian's chromium)");
-    let dom = String::from_utf8_lossy(&out.stdout);
+    // page's load waits for it (ws.py), so the dumped DOM has it.
+    let dom = support::chromium_dom(&fg, &format!("https://localhost:{}/page", server.port));
     assert!(dom.contains(r#"<p id="out">got: hello Flowgate</p>"#), "the plugin's change is on the page: {dom}");
     fg.flow_line(&format!("GET https://localhost:{}/chat << 101 Switching Protocols", server.port));
     fg.flow_line("closed by server: 1000");

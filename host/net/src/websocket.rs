@@ -494,12 +494,14 @@ async fn pump(flow: &Arc<Shared>, mut dir: Direction, boxes: Boxes) -> Result<En
         };
         let data = match (&mut dir.inflater, message.compressed) {
             (Some(inflater), true) => {
-                let inflated = inflater.inflate(&message.payload, limits.max_message_size).and_then(|data| {
-                    if message.kind == flowgate_ws::MessageKind::Text {
-                        flowgate_ws::validate_text(&data)?;
-                    }
-                    Ok(data)
-                });
+                let inflated = inflater
+                    .inflate(&message.payload, inflate_limit(message.payload.len(), &limits))
+                    .and_then(|data| {
+                        if message.kind == flowgate_ws::MessageKind::Text {
+                            flowgate_ws::validate_text(&data)?;
+                        }
+                        Ok(data)
+                    });
                 match inflated {
                     Ok(data) => Bytes::from(data),
                     Err(e) => {
@@ -544,6 +546,38 @@ async fn pump(flow: &Arc<Shared>, mut dir: Direction, boxes: Boxes) -> Result<En
         }
         if is_close {
             return Ok(Ended::Closed);
+        }
+    }
+}
+
+/// How far a compressed message of `compressed` bytes may inflate: the message cap, and
+/// [`MAX_RATIO`] times its size past the first MiB (which any ratio may reach: small
+/// messages compress very well), so a deflate bomb stops early even under a large
+/// `websocket_max_message_size` (deflate reaches about 1030:1 at most, so a ratio cap
+/// must sit well below that to matter).
+fn inflate_limit(compressed: usize, limits: &Limits) -> usize {
+    limits.max_message_size.min(compressed.saturating_mul(MAX_RATIO).max(1 << 20))
+}
+
+/// The most a compressed message past 1 MiB may grow by inflating.
+const MAX_RATIO: usize = 100;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inflating_is_capped_by_size_and_ratio() {
+        let limits = |max: usize| Limits { max_frame_size: max, max_message_size: max };
+        for (compressed, max, limit) in [
+            (10, 16 << 20, 1 << 20),            // small: any ratio up to 1 MiB
+            (100 << 10, 16 << 20, 10_240_000),  // 100 KiB: at most 100 times
+            (1 << 20, 16 << 20, 16 << 20),      // the message cap first
+            (256 << 10, 512 << 20, 26_214_400), // a 256 MiB bomb under a 512 MiB cap
+            (usize::MAX, 16 << 20, 16 << 20),   // no overflow
+            (10, 1000, 1000),                   // a cap under 1 MiB
+        ] {
+            assert_eq!(inflate_limit(compressed, &limits(max)), limit, "{compressed} bytes, cap {max}");
         }
     }
 }

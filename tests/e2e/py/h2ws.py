@@ -12,7 +12,6 @@ does when the server allows extended CONNECT.
 
 import asyncio
 import json
-import os
 import ssl
 import struct
 import sys
@@ -22,23 +21,9 @@ import h2.connection
 import h2.events
 import h2.settings
 
+from ws import frame  # beside this script
+
 CONNECT_PROTOCOL = h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL
-
-
-def frame(opcode, payload, mask):
-    head = bytes([0x80 | opcode])
-    n = len(payload)
-    bit = 0x80 if mask else 0
-    if n < 126:
-        head += bytes([bit | n])
-    elif n < 65536:
-        head += bytes([bit | 126]) + struct.pack("!H", n)
-    else:
-        head += bytes([bit | 127]) + struct.pack("!Q", n)
-    if not mask:
-        return head + payload
-    key = os.urandom(4)
-    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
 def frames(buf):
