@@ -562,26 +562,6 @@ fn inflate_limit(compressed: usize, limits: &Limits) -> usize {
 /// The most a compressed message past 1 MiB may grow by inflating.
 const MAX_RATIO: usize = 100;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn inflating_is_capped_by_size_and_ratio() {
-        let limits = |max: usize| Limits { max_frame_size: max, max_message_size: max };
-        for (compressed, max, limit) in [
-            (10, 16 << 20, 1 << 20),            // small: any ratio up to 1 MiB
-            (100 << 10, 16 << 20, 10_240_000),  // 100 KiB: at most 100 times
-            (1 << 20, 16 << 20, 16 << 20),      // the message cap first
-            (256 << 10, 512 << 20, 26_214_400), // a 256 MiB bomb under a 512 MiB cap
-            (usize::MAX, 16 << 20, 16 << 20),   // no overflow
-            (10, 1000, 1000),                   // a cap under 1 MiB
-        ] {
-            assert_eq!(inflate_limit(compressed, &limits(max)), limit, "{compressed} bytes, cap {max}");
-        }
-    }
-}
-
 /// Sends the messages plugins injected, each toward the side it was meant for.
 async fn send_injected(flow: &Shared, boxes: &Boxes, injected: Vec<flowgate_flow::Injected>) {
     for injected in injected {
@@ -789,5 +769,25 @@ impl Script {
     async fn close(&mut self, payload: Bytes) {
         let close = flowgate_ws::Message { kind: flowgate_ws::MessageKind::Close, payload, compressed: false };
         self.send(&close).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inflating_is_capped_by_size_and_ratio() {
+        let limits = |max: usize| Limits { max_frame_size: max, max_message_size: max };
+        for (compressed, max, limit) in [
+            (10, 16 << 20, 1 << 20),            // small: any ratio up to 1 MiB
+            (100 << 10, 16 << 20, 10_240_000),  // 100 KiB: at most 100 times
+            (1 << 20, 16 << 20, 16 << 20),      // the message cap first
+            (256 << 10, 512 << 20, 26_214_400), // a 256 MiB bomb under a 512 MiB cap
+            (usize::MAX, 16 << 20, 16 << 20),   // no overflow
+            (10, 1000, 1000),                   // a cap under 1 MiB
+        ] {
+            assert_eq!(inflate_limit(compressed, &limits(max)), limit, "{compressed} bytes, cap {max}");
+        }
     }
 }
