@@ -461,3 +461,16 @@ fn frames_and_messages_over_their_caps_close_with_1009() {
     let (_, close) = converse(&url, &fg.proxy(), &[&big], 1);
     assert_eq!(close[0], 1009, "{close}");
 }
+
+#[test]
+fn a_websocket_through_upstream_mode_into_another_proxy() {
+    let server = Server::start(&[]);
+    let outer = Flowgate::start(&[]);
+    let inner = Flowgate::start(&["--mode", &format!("upstream:{}", outer.proxy())]);
+    let url = format!("ws://127.0.0.1:{}/chat", server.port);
+    let (received, close) = converse(&url, &inner.proxy(), &["one", "two"], 2);
+    assert_eq!(received, ["one", "two"], "{close}");
+    // Both proxies relayed it as a WebSocket.
+    inner.flow_line("closed by client: 1000");
+    outer.flow_line("closed by client: 1000");
+}
