@@ -7,7 +7,8 @@
 //!
 //! Implement the hook traits you need — each method has a no-op default — and name the
 //! groups you implement in [`export_plugin!`]. The host calls only the groups a plugin
-//! exports, so a hook you do not export costs nothing.
+//! exports, and with `#[flowgate_sdk::hooks]` on an impl only the hooks that impl
+//! writes out: a hook you do not write costs nothing.
 //!
 //! # Example
 //!
@@ -19,6 +20,7 @@
 //!
 //! struct Tagger;
 //!
+//! #[flowgate_sdk::hooks] // request-headers and response are called, no other HTTP hook
 //! impl HttpHooks for Tagger {
 //!     fn request_headers(_flow: &Flow, request: &Request) -> Verdict {
 //!         if request.path().starts_with("/admin") {
@@ -106,6 +108,7 @@ pub mod __groups {
     group_bindings!(tcp, "tcp-plugin", "export_tcp", "flowgate_sdk::__groups::tcp");
     group_bindings!(udp, "udp-plugin", "export_udp", "flowgate_sdk::__groups::udp");
     group_bindings!(dns, "dns-plugin", "export_dns", "flowgate_sdk::__groups::dns");
+    group_bindings!(hook_list, "hook-list-plugin", "export_hook_list", "flowgate_sdk::__groups::hook_list");
 }
 
 use __imports::flowgate::plugin as wit;
@@ -283,6 +286,10 @@ pub mod outbound_http {
 
 /// Lifecycle hooks (mitmproxy's `configure`, `running`, `done`).
 pub trait LifecycleHooks {
+    /// The hooks this impl defines, by WIT name; `#[flowgate_sdk::hooks]` on the impl sets
+    /// it from the impl's methods. The default names them all, so all are called.
+    const IMPLEMENTED: &'static [&'static str] = &["configure", "running", "done"];
+
     /// Called once at load; an error refuses the plugin with this message.
     fn configure() -> Result<(), String> {
         Ok(())
@@ -295,6 +302,11 @@ pub trait LifecycleHooks {
 
 /// Connection hooks.
 pub trait ConnectionHooks {
+    /// The hooks this impl defines, by WIT name; `#[flowgate_sdk::hooks]` on the impl sets
+    /// it from the impl's methods. The default names them all, so all are called.
+    const IMPLEMENTED: &'static [&'static str] =
+        &["client-connected", "client-disconnected", "server-connect", "server-connected", "server-disconnected"];
+
     /// A client connected; return false to close it.
     fn client_connected(_conn: &Connection) -> bool {
         true
@@ -313,6 +325,10 @@ pub trait ConnectionHooks {
 
 /// TLS hooks.
 pub trait TlsHooks {
+    /// The hooks this impl defines, by WIT name; `#[flowgate_sdk::hooks]` on the impl sets
+    /// it from the impl's methods. The default names them all, so all are called.
+    const IMPLEMENTED: &'static [&'static str] = &["tls-clienthello", "tls-established", "tls-failed"];
+
     /// Intercept or pass through.
     fn tls_clienthello(_conn: &Connection, _hello: tls::ClientHello) -> TlsDecision {
         TlsDecision::Intercept
@@ -325,6 +341,19 @@ pub trait TlsHooks {
 
 /// HTTP hooks, in the order they fire for a flow.
 pub trait HttpHooks {
+    /// The hooks this impl defines, by WIT name; `#[flowgate_sdk::hooks]` on the impl sets
+    /// it from the impl's methods. The default names them all, so all are called.
+    const IMPLEMENTED: &'static [&'static str] = &[
+        "http-connect",
+        "request-headers",
+        "request-body-chunk",
+        "request",
+        "response-headers",
+        "response-body-chunk",
+        "response",
+        "error",
+    ];
+
     /// `CONNECT host:port` reached the explicit proxy.
     fn http_connect(_flow: &Flow, _request: &Request) -> Verdict {
         Verdict::Continue
@@ -365,6 +394,10 @@ pub trait HttpHooks {
 
 /// WebSocket hooks.
 pub trait WebSocketHooks {
+    /// The hooks this impl defines, by WIT name; `#[flowgate_sdk::hooks]` on the impl sets
+    /// it from the impl's methods. The default names them all, so all are called.
+    const IMPLEMENTED: &'static [&'static str] = &["websocket-start", "websocket-message", "websocket-end"];
+
     /// The WebSocket opened.
     fn websocket_start(_flow: &Flow) {}
     /// A message; continue, replace (drop or inject) or kill.
@@ -377,6 +410,10 @@ pub trait WebSocketHooks {
 
 /// TCP hooks.
 pub trait TcpHooks {
+    /// The hooks this impl defines, by WIT name; `#[flowgate_sdk::hooks]` on the impl sets
+    /// it from the impl's methods. The default names them all, so all are called.
+    const IMPLEMENTED: &'static [&'static str] = &["tcp-start", "tcp-message", "tcp-end", "tcp-error"];
+
     /// A TCP flow started.
     fn tcp_start(_flow: &Flow) {}
     /// Data from one side.
@@ -391,6 +428,10 @@ pub trait TcpHooks {
 
 /// UDP hooks.
 pub trait UdpHooks {
+    /// The hooks this impl defines, by WIT name; `#[flowgate_sdk::hooks]` on the impl sets
+    /// it from the impl's methods. The default names them all, so all are called.
+    const IMPLEMENTED: &'static [&'static str] = &["udp-start", "udp-message", "udp-end", "udp-error"];
+
     /// A UDP flow started.
     fn udp_start(_flow: &Flow) {}
     /// A datagram from one side.
@@ -405,6 +446,10 @@ pub trait UdpHooks {
 
 /// DNS hooks.
 pub trait DnsHooks {
+    /// The hooks this impl defines, by WIT name; `#[flowgate_sdk::hooks]` on the impl sets
+    /// it from the impl's methods. The default names them all, so all are called.
+    const IMPLEMENTED: &'static [&'static str] = &["dns-request", "dns-response", "dns-error"];
+
     /// A query arrived; answer it yourself with `DnsVerdict::Respond`.
     fn dns_request(_flow: &Flow, _query: dns::Message) -> dns::DnsVerdict {
         dns::DnsVerdict::Continue
@@ -422,10 +467,55 @@ pub trait DnsHooks {
 /// `export_plugin!(MyPlugin: http, tls)` exports the `http` and `tls` groups; `MyPlugin`
 /// must implement [`HttpHooks`] and [`TlsHooks`]. Groups: `lifecycle`, `connection`,
 /// `tls`, `http`, `websocket`, `tcp`, `udp`, `dns`.
+///
+/// It also exports the WIT's `hook-list`: the hooks of those groups that `MyPlugin`
+/// implements, so the host calls only those. Put `#[flowgate_sdk::hooks]` on each hook
+/// impl to have it name just the methods the impl writes; an impl without it names all
+/// of its trait's hooks (each is called, the unwritten ones doing nothing).
 #[macro_export]
 macro_rules! export_plugin {
     ($ty:ident : $($group:ident),+ $(,)?) => {
         $( $crate::__export_group!($group $ty); )+
+        impl $crate::__groups::hook_list::exports::flowgate::plugin::hook_list::Guest for $ty {
+            fn implemented() -> ::std::vec::Vec<::std::string::String> {
+                let mut names = ::std::vec::Vec::new();
+                $( names.extend($crate::__implemented!($group $ty).iter().map(|n| ::std::string::String::from(*n))); )+
+                names
+            }
+        }
+        $crate::__groups::hook_list::export_hook_list!($ty with_types_in $crate::__groups::hook_list);
+    };
+}
+
+/// Lets `#[flowgate_sdk::hooks]` be written as an attribute from this crate.
+pub use flowgate_sdk_macros::hooks;
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __implemented {
+    (lifecycle $ty:ident) => {
+        <$ty as $crate::LifecycleHooks>::IMPLEMENTED
+    };
+    (connection $ty:ident) => {
+        <$ty as $crate::ConnectionHooks>::IMPLEMENTED
+    };
+    (tls $ty:ident) => {
+        <$ty as $crate::TlsHooks>::IMPLEMENTED
+    };
+    (http $ty:ident) => {
+        <$ty as $crate::HttpHooks>::IMPLEMENTED
+    };
+    (websocket $ty:ident) => {
+        <$ty as $crate::WebSocketHooks>::IMPLEMENTED
+    };
+    (tcp $ty:ident) => {
+        <$ty as $crate::TcpHooks>::IMPLEMENTED
+    };
+    (udp $ty:ident) => {
+        <$ty as $crate::UdpHooks>::IMPLEMENTED
+    };
+    (dns $ty:ident) => {
+        <$ty as $crate::DnsHooks>::IMPLEMENTED
     };
 }
 

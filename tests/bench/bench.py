@@ -2,9 +2,12 @@
 in one run, with alternating rounds and medians.
 
 Targets: direct (no proxy), flowgate (no plugin), flowgate + a Rust plugin on every HTTP
-hook (request-id), mitmdump. Scenarios: plain HTTP/1 through the explicit proxy, HTTPS via
-CONNECT with interception over HTTP/1.1 and over HTTP/2, reverse mode, a new TLS
-connection per request, a 1 GiB streamed body (throughput, peak RSS), many idle
+hook (request-id), mitmdump, and with --hudsucker hudsucker's no-op MITM proxy (a Rust
+library; tests/bench/hudsucker) in the explicit-proxy load scenarios and the sweep.
+Scenarios: plain HTTP/1 through the explicit proxy, HTTPS via CONNECT with interception
+over HTTP/1.1 and over HTTP/2, a new TLS connection per request, a concurrency sweep
+(HTTPS via CONNECT, HTTP/1.1, oha -c 1/10/100/500: req/s and p99 of direct, flowgate and
+hudsucker), reverse mode, a 1 GiB streamed body (throughput, peak RSS), many idle
 intercepted TLS connections (RSS per connection) and a hostile plugin's CPU (spin: the
 other flows' throughput and p99 with and without 10 flows making spin-forever spin).
 
@@ -169,7 +172,8 @@ def stop(proc):
 
 
 class Proxy:
-    """One proxy process: flowgate or mitmdump, in regular or reverse mode."""
+    """One proxy process: flowgate or mitmdump, in regular or reverse mode, or hudsucker-noop
+    (regular mode only: an explicit proxy intercepting every CONNECT)."""
 
     def __init__(self, kind, args, work, name, mode="regular", plugins=None):
         self.kind, self.name, self.port = kind, name, free_port()
@@ -183,6 +187,12 @@ class Proxy:
             for p in plugins if plugins is not None else [plugin] if plugin else []:
                 cmd += ["-s", p]
             self.ca = self.confdir / "flowgate-ca-cert.pem"
+        elif kind == "hudsucker":
+            if mode != "regular":
+                raise ValueError(f"hudsucker-noop has no {mode} mode")
+            # A CA made at start, its certificate written here; upstream certificates unchecked.
+            cmd = [args.hudsucker, "--port", str(self.port), "--ca-dir", str(self.confdir)]
+            self.ca = self.confdir / "hudsucker-ca-cert.pem"
         else:
             cmd = [args.mitmdump, "-q", "--ssl-insecure", "--listen-host", "127.0.0.1", "-p", str(self.port),
                    "--mode", mode, "--set", f"confdir={self.confdir}",
@@ -298,6 +308,8 @@ def idle_tls(proxy, origin, count):
 
 
 TARGETS = ["direct", "flowgate", "flowgate+plugin", "mitmdump"]
+# With --hudsucker: measured in these scenarios only (explicit proxy; no reverse mode, no plugins).
+HUDSUCKER_SCENARIOS = ("h1-plain", "h1-https", "h2-https", "new-tls", "sweep")
 
 
 def load_scenarios(origin):
@@ -324,23 +336,24 @@ def plugin_of(args, name):
 
 def kind_of(target):
     """Which program a target runs (`baseline` is flowgate too, another build of it)."""
-    return "mitmdump" if target == "mitmdump" else "flowgate"
+    return target if target in ("mitmdump", "hudsucker") else "flowgate"
 
 
-def measure(args, name, targets, request):
+def measure(args, name, targets, request, seconds=None):
     """Rounds of oha against every target, the order rotating each round; `request(target)`
     gives the URL, oha's extra arguments, the connections and the proxy (None: direct)."""
+    seconds = seconds or args.seconds
     runs = {t: [] for t in targets}
     for r in range(args.rounds):
         order = targets[r % len(targets):] + targets[:r % len(targets)]
         for t in order:
             url, extra, conns, proxy = request(t)
             if proxy is None:
-                res = oha(args, url, extra, args.seconds, conns)
+                res = oha(args, url, extra, seconds, conns)
                 res["peak_rss_kib"] = None
             else:
                 with RssSampler(proxy.proc.pid) as s:
-                    res = oha(args, url, extra, args.seconds, conns)
+                    res = oha(args, url, extra, seconds, conns)
                 res["peak_rss_kib"] = s.peak
             runs[t].append(res)
             log(f"{name} round {r + 1} {t}: {res['rps']:.0f} req/s, p99 {res['p99_ms']:.2f} ms")
@@ -357,7 +370,8 @@ def run(args):
     results = {"schema": SCHEMA, "mode": "quick" if args.quick else "full",
                "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
                "settings": {"rounds": args.rounds, "seconds": args.seconds, "body_bytes": big,
-                            "idle_connections": args.idle, "idle_connections_mitmdump": args.idle_mitmdump},
+                            "idle_connections": args.idle, "idle_connections_mitmdump": args.idle_mitmdump,
+                            "sweep_connections": args.sweep, "sweep_seconds": args.sweep_seconds},
                "scenarios": {}}
     try:
         extra_targets = [f"flowgate+{n}" for n, _ in args.extra_plugins]
@@ -366,20 +380,47 @@ def run(args):
         for t in TARGETS[1:] + extra_targets:
             if t != "mitmdump" or args.mitmdump:
                 procs[t] = Proxy(kind_of(t), args, work, t)
+        # hudsucker: the explicit-proxy load scenarios and the sweep only (HUDSUCKER_SCENARIOS).
+        if args.hudsucker and (not args.only or set(args.only) & set(HUDSUCKER_SCENARIOS)):
+            procs["hudsucker"] = Proxy("hudsucker", args, work, "hudsucker")
         # The extra plugins take part in the load scenarios and reverse mode only.
         targets = [t for t in TARGETS if t == "direct" or t in procs]
         load_targets = targets + extra_targets
+
+        def request_via(t, url, extra, conns, tls):
+            if t == "direct":
+                return url, extra + (["--cacert", str(origin.ca)] if tls else []), conns, None
+            p = procs[t]
+            return url, extra + ["-x", p.url] + (["--cacert", str(p.ca)] if tls else []), conns, p
 
         for name, desc, url, extra, conns, tls in load_scenarios(origin):
             if args.only and name not in args.only:
                 continue
             def request(t, url=url, extra=extra, conns=conns, tls=tls):
-                if t == "direct":
-                    return url, extra + (["--cacert", str(origin.ca)] if tls else []), conns, None
-                p = procs[t]
-                return url, extra + ["-x", p.url] + (["--cacert", str(p.ca)] if tls else []), conns, p
+                return request_via(t, url, extra, conns, tls)
 
-            results["scenarios"][name] = summarize(desc, measure(args, name, load_targets, request))
+            these = load_targets + (["hudsucker"] if "hudsucker" in procs and name in HUDSUCKER_SCENARIOS else [])
+            results["scenarios"][name] = summarize(desc, measure(args, name, these, request))
+
+        # The concurrency sweep: HTTPS via CONNECT over HTTP/1.1, oha -c N for each N.
+        if args.sweep and (not args.only or "sweep" in args.only):
+            sweep_targets = (["direct", "flowgate"] + (["baseline"] if "baseline" in procs else [])
+                             + (["hudsucker"] if "hudsucker" in procs else []))
+            url = f"https://localhost:{origin.https}/small"
+            runs = {}
+            for c in args.sweep:
+                def request(t, c=c):
+                    return request_via(t, url, ["--http-version", "1.1"], c, True)
+
+                point = measure(args, f"sweep -c {c}", sweep_targets, request, seconds=args.sweep_seconds)
+                runs.update({f"{t} c={c}": rs for t, rs in point.items()})
+            results["scenarios"]["sweep"] = summarize(
+                f"HTTPS via CONNECT, intercepted, HTTP/1.1, oha -c {'/'.join(map(str, args.sweep))} "
+                f"({args.sweep_seconds:g} s per point and round)", runs)
+            results["scenarios"]["sweep"]["connections"] = args.sweep
+            results["scenarios"]["sweep"]["sweep_targets"] = sweep_targets
+        if "hudsucker" in procs:
+            procs.pop("hudsucker").stop()
 
         # Reverse mode: each proxy in front of the cleartext origin.
         if not args.only or "reverse" in args.only:
@@ -532,28 +573,39 @@ def merge(counts):
 
 
 def ratios(results):
+    """Throughput ratios per scenario (the sweep: one row per connection count, `sweep c=N`)."""
     out = {}
     for name, sc in results["scenarios"].items():
-        t = sc["targets"]
-        key = "rps" if name not in ("body",) else "mb_per_s"
         if name in ("idle-tls", "spin"):
             continue
+        key = "rps" if name not in ("body",) else "mb_per_s"
+        if name == "sweep":
+            for c in sc.get("connections", []):
+                suffix = f" c={c}"
+                t = {k.removesuffix(suffix): v for k, v in sc["targets"].items() if k.endswith(suffix)}
+                out[f"sweep c={c}"] = target_ratios(t, key)
+        else:
+            out[name] = target_ratios(sc["targets"], key)
+    return out
 
-        def ratio(a, b):
-            if a in t and b in t and t[b].get(key):
-                return t[a][key] / t[b][key]
-            return None
 
-        out[name] = {"flowgate/direct": ratio("flowgate", "direct"),
-                     "flowgate+plugin/direct": ratio("flowgate+plugin", "direct"),
-                     "flowgate/mitmdump": ratio("flowgate", "mitmdump"),
-                     "flowgate+plugin/mitmdump": ratio("flowgate+plugin", "mitmdump"),
-                     "plugin/no-plugin": ratio("flowgate+plugin", "flowgate")}
-        if "baseline" in t:
-            out[name]["flowgate/baseline"] = ratio("flowgate", "baseline")
-        for target in t:
-            if target.startswith("flowgate+") and target != "flowgate+plugin":
-                out[name][f"{target.removeprefix('flowgate+')}/no-plugin"] = ratio(target, "flowgate")
+def target_ratios(t, key):
+    def ratio(a, b):
+        if a in t and b in t and t[b].get(key):
+            return t[a][key] / t[b][key]
+        return None
+
+    out = {"flowgate/direct": ratio("flowgate", "direct"),
+           "flowgate+plugin/direct": ratio("flowgate+plugin", "direct"),
+           "flowgate/mitmdump": ratio("flowgate", "mitmdump"),
+           "flowgate+plugin/mitmdump": ratio("flowgate+plugin", "mitmdump"),
+           "plugin/no-plugin": ratio("flowgate+plugin", "flowgate"),
+           "flowgate/hudsucker": ratio("flowgate", "hudsucker")}
+    if "baseline" in t:
+        out["flowgate/baseline"] = ratio("flowgate", "baseline")
+    for target in t:
+        if target.startswith("flowgate+") and target != "flowgate+plugin":
+            out[f"{target.removeprefix('flowgate+')}/no-plugin"] = ratio(target, "flowgate")
     return out
 
 
@@ -587,10 +639,27 @@ def table(results):
         for t, v in spin.items():
             lines.append(f"| 10 spinning | {t} | {fmt(v['rps_kept'], '.2f')} | {fmt(v['p99_factor'], '.2f')} | "
                          f"{fmt(v['slow_flows_rps'], '.0f')} |")
-    lines += ["", "| scenario | flowgate/direct | flowgate+plugin/direct | flowgate/mitmdump | plugin/no-plugin |", "|---|---:|---:|---:|---:|"]
+    sweep = results["scenarios"].get("sweep")
+    if sweep:
+        names = sweep["sweep_targets"]
+        lines += ["", "| sweep -c | " + " | ".join(f"{t} req/s | {t} p99 ms" for t in names) + " |"
+                  + (" flowgate/hudsucker |" if "hudsucker" in names else ""),
+                  "|---:|" + "---:|---:|" * len(names) + ("---:|" if "hudsucker" in names else "")]
+        for c in sweep["connections"]:
+            cells = []
+            for t in names:
+                v = sweep["targets"].get(f"{t} c={c}")
+                cells += [fmt(v and v["rps"], ".0f"), fmt(v and v["p99_ms"], ".2f")]
+            if "hudsucker" in names:
+                cells.append(fmt(results["ratios"].get(f"sweep c={c}", {}).get("flowgate/hudsucker"), ".2f"))
+            lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    hud = any(r.get("flowgate/hudsucker") is not None for r in results["ratios"].values())
+    lines += ["", "| scenario | flowgate/direct | flowgate+plugin/direct | flowgate/mitmdump | plugin/no-plugin |"
+              + (" flowgate/hudsucker |" if hud else ""), "|---|---:|---:|---:|---:|" + ("---:|" if hud else "")]
     for name, r in results["ratios"].items():
         lines.append(f"| {name} | {fmt(r['flowgate/direct'], '.2f')} | {fmt(r['flowgate+plugin/direct'], '.2f')} | "
-                     f"{fmt(r['flowgate/mitmdump'], '.1f')} | {fmt(r['plugin/no-plugin'], '.2f')} |")
+                     f"{fmt(r['flowgate/mitmdump'], '.1f')} | {fmt(r['plugin/no-plugin'], '.2f')} |"
+                     + (f" {fmt(r['flowgate/hudsucker'], '.2f')} |" if hud else ""))
     extra = sorted({k for r in results["ratios"].values() for k in r
                     if (k.endswith("/no-plugin") and k != "plugin/no-plugin") or k == "flowgate/baseline"})
     if extra:
@@ -617,11 +686,18 @@ def main():
     p.add_argument("--oha", default=shutil.which("oha") or "oha")
     p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
     p.add_argument("--mitmdump", default=shutil.which("mitmdump"), help="omit to skip mitmdump")
+    p.add_argument("--hudsucker", help="hudsucker-noop (tests/bench/hudsucker, built by tests/bench/tools.sh): adds "
+                   "target 'hudsucker', hudsucker's no-op MITM proxy, to h1-plain, h1-https, h2-https, new-tls and the "
+                   "sweep; omit to skip it")
     p.add_argument("--baseline", help="another flowgate binary (say, main's) measured beside --flowgate "
                    "in the load scenarios and reverse mode, as target 'baseline'")
     p.add_argument("--only", type=lambda s: s.split(","), default=None,
-                   help="comma-separated load scenarios to run (h1-plain,h1-https,h2-https,new-tls,reverse,spin); "
+                   help="comma-separated load scenarios to run (h1-plain,h1-https,h2-https,new-tls,sweep,reverse,spin); "
                    "body and idle-tls are skipped with it")
+    p.add_argument("--sweep", type=lambda s: [int(c) for c in s.split(",") if c],
+                   help="the sweep's connection counts, comma-separated (default 1,10,100,500; quick: 10,100; "
+                   "an empty string skips the sweep)")
+    p.add_argument("--sweep-seconds", type=float, help="seconds of load per sweep point and round (default 3; quick: 1)")
     p.add_argument("--rounds", type=int)
     p.add_argument("--seconds", type=float)
     p.add_argument("--body-size", type=int)
@@ -630,8 +706,10 @@ def main():
     p.add_argument("--out", default="target/bench/report.json")
     p.add_argument("--keep", action="store_true", help="keep the working directory")
     args = p.parse_args()
-    quick = dict(rounds=3, seconds=1.0, body_size=256 << 20, idle=1000, idle_mitmdump=200)
-    full = dict(rounds=5, seconds=5, body_size=1 << 30, idle=10000, idle_mitmdump=1000)
+    quick = dict(rounds=3, seconds=1.0, body_size=256 << 20, idle=1000, idle_mitmdump=200,
+                 sweep=[10, 100], sweep_seconds=1.0)
+    full = dict(rounds=5, seconds=5, body_size=1 << 30, idle=10000, idle_mitmdump=1000,
+                sweep=[1, 10, 100, 500], sweep_seconds=3.0)
     for k, v in (quick if args.quick else full).items():
         if getattr(args, k) is None:
             setattr(args, k, v)

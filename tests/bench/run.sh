@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# The benchmark harness: flowgate against direct, mitmdump and flowgate with a Rust plugin on
-# every HTTP hook, and a hostile plugin spinning on 10 flows (spin), in one run (see tests/bench/bench.py for targets and scenarios).
+# The benchmark harness: flowgate against direct, mitmdump, hudsucker (a Rust MITM proxy
+# library, no-op) and flowgate with a Rust plugin on every HTTP hook, a concurrency sweep, and a
+# hostile plugin spinning on 10 flows (spin), in one run (see tests/bench/bench.py for targets and scenarios).
 #   bash tests/bench/run.sh --quick     # under 3 minutes
 #   bash tests/bench/run.sh             # full: 5 rounds of 5 s, 1 GiB body, 10,000 idle TLS
-# Installs its tools on a fresh machine, builds flowgate (release) and the request-id
-# plugin, prints a table and writes target/bench/report.json.
+# Installs its tools on a fresh machine, builds flowgate (release), the request-id plugin and
+# hudsucker-noop (tests/bench/hudsucker), prints a table and writes target/bench/report.json.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source tests/bench/tools.sh
+bench_hudsucker
 rustup target add wasm32-wasip2 >/dev/null
 cargo build --release -p flowgate
 cargo build --release --manifest-path plugins/Cargo.toml --target wasm32-wasip2 -p request-id -p spin-forever
@@ -16,4 +18,4 @@ exec python3 tests/bench/bench.py \
     --flowgate target/release/flowgate \
     --plugin plugins/target/wasm32-wasip2/release/request_id.wasm \
     --spin-plugin plugins/target/wasm32-wasip2/release/spin_forever.wasm \
-    --oha "$OHA" --mitmdump "$MITMDUMP" "$@"
+    --oha "$OHA" --mitmdump "$MITMDUMP" --hudsucker "$HUDSUCKER" "$@"

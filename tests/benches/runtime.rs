@@ -1,10 +1,11 @@
 //! Plugin runtime benchmarks with real compiled components: instantiation per flow, an
-//! empty hook call, and a request-headers hook that reads and sets two headers on a
-//! 20-header request, for each instance model. Run with `cargo bench -p flowgate-tests`.
+//! empty hook call, a request-headers hook that reads and sets two headers on a
+//! 20-header request, one host call of each kind (host-calls), and a whole flow for
+//! each instance model. Run with `cargo bench -p flowgate-tests`.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use flowgate_runtime::{Chain, HttpFlowSession, InstanceModel, Runtime, RuntimeConfig};
-use flowgate_tests::plugins::{ADD_HEADER, REQUEST_ID};
+use flowgate_tests::plugins::{ADD_HEADER, HOST_CALLS, REQUEST_ID};
 use flowgate_tests::{cache_dir, connection, flow, manifest, request, response};
 
 fn tokio() -> tokio::runtime::Runtime {
@@ -58,6 +59,35 @@ fn benches(c: &mut Criterion) {
             criterion::BatchSize::SmallInput,
         )
     });
+
+    // One host call: host-calls makes it `n` times in one hook (request-headers, or
+    // request for the body), on the 20-header request (a 1 KiB body); what one call costs
+    // is the difference between n = 101 and n = 1, over 100.
+    let mut with_body = template.clone();
+    with_body.body = Some(bytes::Bytes::from(vec![b'x'; 1024]));
+    for call in ["get-header", "headers", "set-header", "body"] {
+        for n in [1, 101] {
+            let chain = load(&rt, &runtime, HOST_CALLS, &format!("[config]\ncall = \"{call}\"\nn = \"{n}\"\n"));
+            let conn = chain.connection(connection(3, "127.0.0.1:5002"));
+            let mut i = 0;
+            c.bench_function(&format!("host call: {call} x{n}"), |b| {
+                b.iter_batched_ref(
+                    || with_body.clone(),
+                    |req| {
+                        i += 1;
+                        rt.block_on(async {
+                            let mut s = conn.http_flow(flow(i, 3));
+                            s.request_headers(req).await;
+                            if call == "body" {
+                                s.request(req).await;
+                            }
+                        })
+                    },
+                    criterion::BatchSize::SmallInput,
+                )
+            });
+        }
+    }
 
     // A whole flow's four HTTP hooks, including getting an instance, per model.
     for model in [InstanceModel::PerFlow, InstanceModel::Pooled] {

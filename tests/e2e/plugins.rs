@@ -451,3 +451,93 @@ fn the_proxy_listens_only_once_its_plugins_are_loaded() {
     assert!(reply.headers.contains("x-greeting: hello from slow-load"), "{}", reply.headers);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Hot reload: the `-s` files are watched. Under load (curl in a loop through the proxy),
+/// a changed config and then a changed component switch the responses over with no
+/// request failing, and a broken component is refused while the running version stays.
+#[test]
+fn a_changed_plugin_is_reloaded_under_load() {
+    let dir = std::env::temp_dir().join(format!("flowgate-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let wasm = dir.join("plugin.wasm");
+    let manifest = dir.join("plugin.toml");
+    // Written whole under another name, then renamed: a reload never sees half a file.
+    let replace = |path: &Path, bytes: &[u8]| {
+        let tmp = dir.join(".incoming");
+        std::fs::write(&tmp, bytes).expect("write");
+        std::fs::rename(&tmp, path).expect("rename");
+    };
+    let config = |version: &str| {
+        format!("name = \"live\"\nwasm = \"plugin.wasm\"\n[config]\nresponse = \"X-Version: {version}\"\n")
+    };
+    replace(&wasm, &std::fs::read(flowgate_tests::plugins::ADD_HEADER).expect("add-header is built"));
+    replace(&manifest, config("one").as_bytes());
+    let origin = Origin::start(false);
+    let fg = start(&manifest, &[]);
+
+    // The load: one curl after another, each response's status and headers kept.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen: Arc<Mutex<Vec<(u16, String)>>> = Arc::default();
+    let looping = {
+        let (stop, seen, proxy, url) = (stop.clone(), seen.clone(), fg.proxy(), origin.url("http", "/live"));
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = Command::new("curl")
+                    .args(["-s", "--max-time", "10", "-o", "/dev/null", "-D", "-", "-x", &proxy, &url])
+                    .output()
+                    .expect("curl runs");
+                let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+                let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+                seen.lock().expect("seen").push((status, head));
+            }
+        })
+    };
+    // Waits (bounded) until `n` responses after the `from`-th satisfy `want`; returns how
+    // many responses there were then.
+    let until = |from: usize, n: usize, want: &dyn Fn(&str) -> bool, what: &str| -> usize {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            {
+                let seen = seen.lock().expect("seen");
+                if seen.iter().skip(from).filter(|(_, h)| want(h)).count() >= n {
+                    return seen.len();
+                }
+            }
+            assert!(Instant::now() < deadline, "no {what} after {from} responses");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let now = until(0, 3, &|h| h.contains("x-version: one"), "x-version: one");
+
+    // A new config: the manifest changes.
+    replace(&manifest, config("two").as_bytes());
+    let now = until(now, 3, &|h| h.contains("x-version: two"), "x-version: two");
+    assert_eq!(fg.count_logs("reloaded plugin live"), 1);
+
+    // A new component: request-id instead of add-header.
+    replace(&wasm, &std::fs::read(flowgate_tests::plugins::REQUEST_ID).expect("request-id is built"));
+    let now = until(now, 3, &|h| h.contains("x-request-id:") && !h.contains("x-version"), "request-id's header");
+
+    // A broken component is refused and request-id stays.
+    replace(&wasm, b"\0asm but not really");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fg.count_logs("refused, plugin live keeps running as it was") == 0 {
+        assert!(Instant::now() < deadline, "the broken component was not refused");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let refused_at = seen.lock().expect("seen").len();
+    until(refused_at, 5, &|_| true, "responses after the refusal");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    looping.join().expect("the curl loop");
+
+    let seen = seen.lock().expect("seen");
+    let failed: Vec<_> = seen.iter().filter(|(status, _)| *status != 200).collect();
+    assert!(failed.is_empty(), "{} of {} requests failed: {failed:?}", failed.len(), seen.len());
+    assert!(
+        seen[refused_at..].iter().all(|(_, h)| h.contains("x-request-id:")),
+        "after the refusal request-id still answers"
+    );
+    assert!(seen[now..].iter().all(|(_, h)| !h.contains("x-version")), "no response went back to add-header");
+    assert_eq!(fg.count_logs("reloaded plugin live"), 2, "the config, then the component");
+    let _ = std::fs::remove_dir_all(&dir);
+}

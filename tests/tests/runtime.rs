@@ -1390,3 +1390,84 @@ async fn manifest_filter_limits_the_flows_a_plugin_sees() {
     let err = rt.load(&manifest(REQUEST_ID, "filter = \"~d (\"\n")).await.expect_err("a bad filter");
     assert!(err.to_string().contains("filter:"), "{err}");
 }
+
+/// One ordinary HTTP flow's four hooks through `chain`.
+async fn four_hooks(chain: &Chain, id: u64) -> (flowgate_flow::Request, flowgate_flow::Response) {
+    let conn = chain.connection(connection(id, "127.0.0.1:5000"));
+    let mut session = conn.http_flow(flow(id, id));
+    let mut req = request("http://example.test/", 0);
+    assert_eq!(session.request_headers(&mut req).await, HttpAction::Continue);
+    assert_eq!(session.request(&mut req).await, HttpAction::Continue);
+    let mut resp = response(b"ok");
+    assert_eq!(session.response_headers(&mut req, &mut resp).await, HttpAction::Continue);
+    assert_eq!(session.response(&mut req, &mut resp).await, HttpAction::Continue);
+    assert!(session.failures().is_empty(), "{:?}", session.failures());
+    (req, resp)
+}
+
+/// A plugin is called only for the hooks it implements: what its impls write, when they
+/// carry `#[flowgate_sdk::hooks]` (the SDK exports the list as `hook-list`), or the
+/// manifest's `hooks`; with neither, every hook of its groups.
+#[tokio::test]
+async fn only_the_hooks_a_plugin_implements_are_called() {
+    let rt = runtime();
+    let add = "name = \"add-header\"\n[config]\nrequest = \"X-Added: yes\"\nresponse = \"Server: flowgate\"\n";
+    let chain = chain_of(&rt, &[manifest(ADD_HEADER, add)]).await;
+    let plugin = &chain.plugins()[0];
+    let lifecycle = [Hook::Configure, Hook::Running, Hook::Done];
+    assert_eq!(plugin.called_hooks(), [&lifecycle[..], &[Hook::RequestHeaders, Hook::ResponseHeaders]].concat());
+    let before = plugin.stats().calls;
+    let (req, resp) = four_hooks(&chain, 1).await;
+    assert_eq!(header(&req, "x-added").as_deref(), Some("yes"));
+    assert_eq!(resp.headers.get_str("server"), Some("flowgate"));
+    assert_eq!(plugin.stats().calls - before, 2, "request-headers and response-headers, not request or response");
+
+    // trap's impls carry no attribute: every hook of its two groups is called.
+    let chain = chain_of(&rt, &[manifest(TRAP, "name = \"trap\"\n")]).await;
+    let plugin = &chain.plugins()[0];
+    assert_eq!(plugin.called_hooks().len(), 8 + 3, "{:?}", plugin.called_hooks());
+    let (req, _) = four_hooks(&chain, 2).await;
+    assert_eq!(header(&req, "x-trap-plugin").as_deref(), Some("survived"));
+    assert_eq!(plugin.stats().calls, 4);
+
+    // The manifest says it for languages without the macro, and wins over the export.
+    let chain = chain_of(&rt, &[manifest(TRAP, "name = \"trap\"\nhooks = [\"request-headers\"]\n")]).await;
+    let plugin = &chain.plugins()[0];
+    assert_eq!(plugin.called_hooks(), [Hook::RequestHeaders]);
+    let (req, _) = four_hooks(&chain, 3).await;
+    assert_eq!(header(&req, "x-trap-plugin").as_deref(), Some("survived"));
+    assert_eq!(plugin.stats().calls, 1);
+    let only_response = "name = \"add-header\"\nhooks = [\"response-headers\"]\n[config]\nrequest = \"X-Added: yes\"\nresponse = \"Server: flowgate\"\n";
+    let chain = chain_of(&rt, &[manifest(ADD_HEADER, only_response)]).await;
+    assert_eq!(
+        chain.plugins()[0].called_hooks(),
+        [&lifecycle[..], &[Hook::ResponseHeaders]].concat(),
+        "lifecycle hooks always run"
+    );
+    let (req, resp) = four_hooks(&chain, 4).await;
+    assert_eq!(header(&req, "x-added"), None, "request-headers is not called");
+    assert_eq!(resp.headers.get_str("server"), Some("flowgate"));
+
+    // A name that is no hook is refused at load, with the name.
+    let err = rt.load(&manifest(TRAP, "hooks = [\"request_headers\"]\n")).await.expect_err("not a hook's name");
+    assert!(err.to_string().contains("unknown hook \"request_headers\""), "{err}");
+}
+
+/// The benchmark fixture makes the host call it is told to, `n` times, and says so.
+#[tokio::test]
+async fn host_calls() {
+    let rt = runtime();
+    for call in ["get-header", "headers", "set-header", "body", "none"] {
+        let m = manifest(HOST_CALLS, &format!("name = \"host-calls\"\n[config]\ncall = \"{call}\"\nn = \"7\"\n"));
+        let chain = chain_of(&rt, &[m]).await;
+        let conn = chain.connection(connection(1, "127.0.0.1:5000"));
+        let mut session = conn.http_flow(flow(1, 1));
+        let mut req = request("http://example.test/", 2);
+        req.body = Some(bytes::Bytes::from_static(b"a body"));
+        assert_eq!(session.request_headers(&mut req).await, HttpAction::Continue);
+        assert_eq!(session.request(&mut req).await, HttpAction::Continue);
+        assert!(session.failures().is_empty(), "{call}: {:?}", session.failures());
+        assert_eq!(header(&req, "x-host-calls-done").as_deref(), Some("7"), "{call}");
+        assert_eq!(header(&req, "x-host-calls").as_deref(), (call == "set-header").then_some("6"), "{call}");
+    }
+}

@@ -42,6 +42,48 @@ pub enum Hook {
 }
 
 impl Hook {
+    /// Every hook, in WIT order.
+    pub const ALL: [Hook; 33] = [
+        Hook::Configure,
+        Hook::Running,
+        Hook::Done,
+        Hook::ClientConnected,
+        Hook::ClientDisconnected,
+        Hook::ServerConnect,
+        Hook::ServerConnected,
+        Hook::ServerDisconnected,
+        Hook::TlsClienthello,
+        Hook::TlsEstablished,
+        Hook::TlsFailed,
+        Hook::RequestHeaders,
+        Hook::RequestBodyChunk,
+        Hook::Request,
+        Hook::ResponseHeaders,
+        Hook::ResponseBodyChunk,
+        Hook::Response,
+        Hook::Error,
+        Hook::HttpConnect,
+        Hook::WebsocketStart,
+        Hook::WebsocketMessage,
+        Hook::WebsocketEnd,
+        Hook::TcpStart,
+        Hook::TcpMessage,
+        Hook::TcpEnd,
+        Hook::TcpError,
+        Hook::UdpStart,
+        Hook::UdpMessage,
+        Hook::UdpEnd,
+        Hook::UdpError,
+        Hook::DnsRequest,
+        Hook::DnsResponse,
+        Hook::DnsError,
+    ];
+
+    /// The hook a WIT name names (`request-headers`), if any.
+    pub fn from_name(name: &str) -> Option<Hook> {
+        Hook::ALL.into_iter().find(|h| h.name() == name)
+    }
+
     /// The hook's WIT name.
     pub fn name(self) -> &'static str {
         match self {
@@ -146,5 +188,20 @@ pub struct PluginFailure {
 impl fmt::Display for PluginFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "plugin {} failed in {}: {}: {}", self.plugin, self.hook, self.kind.name(), self.message)
+    }
+}
+
+#[cfg(test)]
+mod hook_names {
+    use super::Hook;
+
+    #[test]
+    fn every_hook_is_named_once_and_found_by_its_name() {
+        for (i, hook) in Hook::ALL.into_iter().enumerate() {
+            assert_eq!(hook as usize, i, "ALL is in declaration order");
+            assert_eq!(Hook::from_name(hook.name()), Some(hook));
+        }
+        assert_eq!(Hook::from_name("request_headers"), None);
+        assert_eq!(Hook::from_name(""), None);
     }
 }

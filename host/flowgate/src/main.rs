@@ -9,6 +9,7 @@ mod plugin_build;
 mod plugin_flows;
 mod plugin_new;
 mod plugin_test;
+mod reload;
 mod replay;
 mod save;
 
@@ -666,6 +667,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         RuntimeConfig { outbound: Some(Arc::new(flowgate_net::OutboundClient::new())), ..settings.runtime };
     let plugin_runtime = Runtime::new(runtime_config)?;
     let mut plugins = Vec::new();
+    let mut sources = Vec::new();
     for path in &cli.plugins {
         // `--set NAME.KEY=VALUE` targets the plugin by its manifest's name (or, for a bare
         // .wasm, its file name); the manifest's directory name works too.
@@ -695,7 +697,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             plugin.compiled()
         );
         plugins.push(plugin);
+        sources.push(reload::Source { path: path.clone(), overrides });
     }
+    let loaded = plugins.clone();
     let chain = Chain::new(plugins);
     for failure in chain.running().await {
         eprintln!("flowgate: {failure}");
@@ -710,7 +714,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     });
     let server_replay = proxy_options.server_replay.clone();
-    let proxy = Proxy::new(chain.clone(), Arc::new(ca), proxy_options, sink, flows.store());
+    let proxy = Proxy::new(chain, Arc::new(ca), proxy_options, sink, flows.store());
+    // Plugins' files are watched and reloaded when they change, as mitmproxy's scripts.
+    let _watching =
+        (!sources.is_empty()).then(|| reload::watch(plugin_runtime.clone(), sources, loaded, proxy.plugins().clone()));
     let mut tasks = Vec::new();
     for (mode, addr, bound) in listeners {
         let listener = bound.listen().with_context(|| format!("cannot listen on {addr}"))?;
@@ -763,7 +770,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if drained > 0 {
         eprintln!("flowgate: {drained} client connections were still open after {DRAIN_TIMEOUT:?}; closing them");
     }
-    for failure in chain.done().await {
+    for failure in proxy.plugins().current().done().await {
         eprintln!("flowgate: {failure}");
     }
     finish(&flows, &output)

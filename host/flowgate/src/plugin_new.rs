@@ -27,7 +27,20 @@ description = "Write flowgate plugins in Rust (vendored by `flowgate plugin new`
 
 [dependencies]
 wit-bindgen = { version = "0.61", default-features = false, features = ["macros", "realloc"] }
+flowgate-sdk-macros = { path = "macros" }
 "#;
+
+const SDK_MACROS_LIB: &str = include_str!("../../../sdk/macros/src/lib.rs");
+const SDK_MACROS_CARGO: &str = r##"[package]
+name = "flowgate-sdk-macros"
+version = "0.1.0"
+edition = "2024"
+publish = false
+description = "#[flowgate_sdk::hooks] (vendored by `flowgate plugin new`)"
+
+[lib]
+proc-macro = true
+"##;
 
 const PLUGIN_TOML: &str = include_str!("../templates/common/plugin.toml");
 const README: &str = include_str!("../templates/common/README.md");
@@ -45,6 +58,8 @@ fn language_files(lang: Lang) -> Vec<(&'static str, &'static str)> {
             ("src/lib.rs", include_str!("../templates/rust/lib.rs")),
             ("flowgate-sdk/Cargo.toml", SDK_CARGO),
             ("flowgate-sdk/src/lib.rs", SDK_LIB),
+            ("flowgate-sdk/macros/Cargo.toml", SDK_MACROS_CARGO),
+            ("flowgate-sdk/macros/src/lib.rs", SDK_MACROS_LIB),
         ],
         Lang::Js => vec![
             ("package.json", include_str!("../templates/js/package.json")),

@@ -70,7 +70,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flowgate_ca::CertificateAuthority;
-use flowgate_runtime::Chain;
+use flowgate_runtime::{Chain, ChainHandle};
 
 pub use capture::{FlowStore, Stored};
 pub use egress::{CheckedError, OutboundClient, resolve_checked};
@@ -85,7 +85,8 @@ pub use tls::load_trusted_ca;
 
 /// The proxy: plugins, CA, options and where flows are reported.
 pub struct Proxy {
-    pub(crate) chain: Chain,
+    /// The plugins; a reload replaces them for new flows.
+    pub(crate) chain: ChainHandle,
     pub(crate) ca: Arc<CertificateAuthority>,
     pub(crate) options: ProxyOptions,
     pub(crate) sink: FlowSink,
@@ -121,6 +122,11 @@ impl Proxy {
         self.options.max_connections - self.connections.available_permits()
     }
 
+    /// The plugins new flows get, which [`ChainHandle::replace`] swaps (hot reload).
+    pub fn plugins(&self) -> &ChainHandle {
+        &self.chain
+    }
+
     /// A proxy running `chain` with certificates from `ca`: each finished flow's record goes
     /// to `sink`, and the whole flow to `store` if there is one.
     pub fn new(
@@ -137,7 +143,7 @@ impl Proxy {
         let handshakes = tokio::sync::Semaphore::new(options.max_handshakes);
         let buffers = memory::BufferBudget::new(options.buffer_memory_limit);
         Arc::new(Proxy {
-            chain,
+            chain: ChainHandle::new(chain),
             ca,
             options,
             sink,

@@ -143,12 +143,13 @@ pub(crate) async fn run(ctx: Arc<ConnCtx>, start: Start, client: Side) {
     info.kind = FlowKind::WebSocket;
     let session = ctx.flows.websocket_flow(info);
     let hooks = session.has_plugins();
+    let messages = session.sees_messages();
     let flow = Arc::new(Shared {
         ctx: ctx.clone(),
         path: ex.request.path.clone(),
         server: ex.session.flow.server_address.clone().unwrap_or_default(),
         session: Mutex::new(session),
-        hooks,
+        messages,
         store: ctx.proxy.store.clone(),
         id: ex.session.flow.id,
         close: std::sync::Mutex::new(None),
@@ -215,7 +216,8 @@ struct Shared {
     path: String,
     server: String,
     session: Mutex<WebSocketFlowSession>,
-    hooks: bool,
+    /// Whether a plugin's `websocket-message` sees the messages.
+    messages: bool,
     store: Option<crate::capture::FlowStore>,
     id: flowgate_flow::Uuid,
     /// The first close frame seen, and who sent it.
@@ -374,7 +376,7 @@ async fn relay(
     send_injected(flow, &boxes, greetings).await;
     // Frames go on as they come only where nothing needs the whole message: no plugin,
     // and no compression on either leg.
-    let whole = flow.hooks || legs.client.is_some() || legs.server.is_some();
+    let whole = flow.messages || legs.client.is_some() || legs.server.is_some();
     let up = Direction {
         from_client: true,
         rd: client_rd,
@@ -515,11 +517,11 @@ async fn pump(flow: &Arc<Shared>, mut dir: Direction, boxes: Boxes) -> Result<En
         let message =
             WebSocketMessage { from_client: dir.from_client, kind: kind_of(message.kind), data, timestamp: now() };
         flow.saw(&message);
-        if dir.whole && !flow.hooks {
+        if dir.whole && !flow.messages {
             if !forward.send_message(&message).await {
                 return Ok(Ended::Gone);
             }
-        } else if flow.hooks {
+        } else if flow.messages {
             let (action, injected) = {
                 let mut session = flow.session.lock().await;
                 let action = session.message(message).await;

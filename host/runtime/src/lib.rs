@@ -24,7 +24,7 @@ pub use outbound::{OutboundError, OutboundFuture, OutboundHttp, OutboundRequest,
 pub use plugin::{Compiled, Plugin, PluginStats};
 pub use runtime::{LoadError, Runtime, RuntimeConfig};
 pub use session::{
-    Chain, ConnectionSession, DataAction, DataFlowSession, DnsAction, DnsFlowSession, FlowStarter, HttpAction,
-    HttpFlowSession, Reroute, TlsSide, WebSocketAction, WebSocketClose, WebSocketFlowSession,
+    Chain, ChainHandle, ConnectionSession, DataAction, DataFlowSession, DnsAction, DnsFlowSession, FlowStarter,
+    HttpAction, HttpFlowSession, Reroute, TlsSide, WebSocketAction, WebSocketClose, WebSocketFlowSession,
 };
 pub use stderr::STDERR_TAIL_BYTES;

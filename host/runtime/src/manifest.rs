@@ -166,6 +166,11 @@ pub struct Manifest {
     /// `~d api.example.com & ~m POST`); `None` calls it for every flow. Flow hooks only:
     /// connection, TLS and lifecycle hooks are not a flow's.
     pub filter: Option<flowgate_filter::Filter>,
+    /// `hooks`: the hooks the plugin implements, by WIT name (`["request-headers"]`); the
+    /// host calls no other. `None` leaves it to the component's `hook-list` export, and
+    /// without that every hook of its exported groups is called. For plugins whose
+    /// language has no SDK macro to say it (JavaScript, Python, C).
+    pub hooks: Option<Vec<flowgate_flow::Hook>>,
 }
 
 /// Why a manifest was refused.
@@ -189,6 +194,7 @@ struct RawManifest {
     #[serde(default)]
     config: BTreeMap<String, toml::Value>,
     filter: Option<String>,
+    hooks: Option<Vec<String>>,
     /// How `flowgate plugin build` makes the `.wasm`; the runtime ignores it.
     #[serde(default)]
     #[allow(dead_code, reason = "read by the flowgate binary's `plugin build`, accepted here")]
@@ -312,6 +318,7 @@ impl Manifest {
             capabilities: Capabilities::default(),
             config: BTreeMap::new(),
             filter: None,
+            hooks: None,
         }
     }
 
@@ -341,6 +348,18 @@ impl Manifest {
         if let Some(text) = raw.filter {
             let filter = flowgate_filter::Filter::parse(&text).map_err(|e| ManifestError(format!("filter: {e}")))?;
             manifest.filter = Some(filter);
+        }
+        if let Some(names) = raw.hooks {
+            let mut hooks = Vec::new();
+            for name in &names {
+                let hook = flowgate_flow::Hook::from_name(name).ok_or_else(|| {
+                    ManifestError(format!(
+                        "hooks: unknown hook {name:?} (WIT names, e.g. \"request-headers\", \"response\", \"websocket-message\")"
+                    ))
+                })?;
+                hooks.push(hook);
+            }
+            manifest.hooks = Some(hooks);
         }
         manifest.instance = raw.instance.unwrap_or(InstanceModel::DEFAULT);
         manifest.failure = raw.failure.unwrap_or(FailurePolicy::FailOpen);

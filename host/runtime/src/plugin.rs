@@ -33,6 +33,8 @@ pub(crate) struct GroupIndices {
     pub tcp: Option<hooks::tcp::GuestIndices>,
     pub udp: Option<hooks::udp::GuestIndices>,
     pub dns: Option<hooks::dns::GuestIndices>,
+    /// The optional `hook-list` export (not a group: which hooks the plugin implements).
+    pub hook_list: Option<hooks::hook_list::GuestIndices>,
 }
 
 impl GroupIndices {
@@ -72,7 +74,49 @@ pub(crate) struct LiveGroups {
     pub tcp: Option<hooks::tcp::Guest>,
     pub udp: Option<hooks::udp::Guest>,
     pub dns: Option<hooks::dns::Guest>,
+    pub hook_list: Option<hooks::hook_list::Guest>,
 }
+
+/// A set of hooks (one bit per [`Hook`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HookSet(u64);
+
+impl HookSet {
+    /// Every hook.
+    pub const ALL: HookSet = HookSet(u64::MAX);
+
+    fn bit(hook: Hook) -> u64 {
+        1 << (hook as u32)
+    }
+
+    pub fn of(hooks: impl IntoIterator<Item = Hook>) -> HookSet {
+        HookSet(hooks.into_iter().fold(0, |set, h| set | HookSet::bit(h)))
+    }
+
+    pub fn contains(self, hook: Hook) -> bool {
+        self.0 & HookSet::bit(hook) != 0
+    }
+
+    /// What a plugin's `hook-list` export returned, which is untrusted: the first
+    /// `MAX_HOOK_NAMES` names are read, those that name no hook are skipped (a newer SDK
+    /// may name hooks this host does not have) and returned apart, at most eight of them,
+    /// each cut to 64 bytes, for the log.
+    pub fn from_export(names: &[String]) -> (HookSet, Vec<String>) {
+        let mut unknown = Vec::new();
+        let mut hooks = Vec::new();
+        for name in names.iter().take(MAX_HOOK_NAMES) {
+            match Hook::from_name(name) {
+                Some(hook) => hooks.push(hook),
+                None if unknown.len() < 8 => unknown.push(name.chars().take(64).collect()),
+                None => {}
+            }
+        }
+        (HookSet::of(hooks), unknown)
+    }
+}
+
+/// How many names of a `hook-list` export are read (there are 33 hooks).
+pub(crate) const MAX_HOOK_NAMES: usize = 64;
 
 /// One instantiated plugin with its own store.
 pub(crate) struct LiveInstance {
@@ -146,6 +190,9 @@ pub struct Plugin {
     pub(crate) shared: Arc<PluginShared>,
     pub(crate) pre: InstancePre<StoreState>,
     pub(crate) groups: GroupIndices,
+    /// The hooks it implements (manifest `hooks`, else its `hook-list` export, else all):
+    /// no other is called. Set once at load.
+    pub(crate) hooks: std::sync::OnceLock<HookSet>,
     pub(crate) health: Health,
     pub(crate) pool: Mutex<Vec<LiveInstance>>,
     pub(crate) runtime: Arc<RuntimeInner>,
@@ -224,6 +271,46 @@ impl Plugin {
     /// The hook groups it exports, e.g. `["http"]`.
     pub fn exported_groups(&self) -> Vec<&'static str> {
         self.groups.names()
+    }
+
+    /// Whether the host calls `hook` on it: the plugin implements it (by its manifest's
+    /// `hooks`, its `hook-list` export, or by default). Its group must be exported too.
+    /// Lifecycle hooks (`configure`, `running`, `done`) run once each and are always
+    /// called: a list that forgets `configure` must not skip checking the config.
+    pub fn implements(&self, hook: Hook) -> bool {
+        matches!(hook, Hook::Configure | Hook::Running | Hook::Done)
+            || self.hooks.get().copied().unwrap_or(HookSet::ALL).contains(hook)
+    }
+
+    /// The hooks of its exported groups that the host calls, e.g. `["request-headers"]`.
+    pub fn called_hooks(&self) -> Vec<Hook> {
+        Hook::ALL.into_iter().filter(|h| self.implements(*h) && self.exports_group_of(*h)).collect()
+    }
+
+    /// Whether it exports the group `hook` belongs to.
+    fn exports_group_of(&self, hook: Hook) -> bool {
+        let g = &self.groups;
+        match hook {
+            Hook::Configure | Hook::Running | Hook::Done => g.lifecycle.is_some(),
+            Hook::ClientConnected
+            | Hook::ClientDisconnected
+            | Hook::ServerConnect
+            | Hook::ServerConnected
+            | Hook::ServerDisconnected => g.connection.is_some(),
+            Hook::TlsClienthello | Hook::TlsEstablished | Hook::TlsFailed => g.tls.is_some(),
+            Hook::RequestHeaders
+            | Hook::RequestBodyChunk
+            | Hook::Request
+            | Hook::ResponseHeaders
+            | Hook::ResponseBodyChunk
+            | Hook::Response
+            | Hook::Error
+            | Hook::HttpConnect => g.http.is_some(),
+            Hook::WebsocketStart | Hook::WebsocketMessage | Hook::WebsocketEnd => g.websocket.is_some(),
+            Hook::TcpStart | Hook::TcpMessage | Hook::TcpEnd | Hook::TcpError => g.tcp.is_some(),
+            Hook::UdpStart | Hook::UdpMessage | Hook::UdpEnd | Hook::UdpError => g.udp.is_some(),
+            Hook::DnsRequest | Hook::DnsResponse | Hook::DnsError => g.dns.is_some(),
+        }
     }
 
     /// Its counters.
@@ -372,6 +459,7 @@ impl Plugin {
             tcp: g.tcp.as_ref().map(|i| i.load(&mut store, &instance)).transpose().map_err(fail)?,
             udp: g.udp.as_ref().map(|i| i.load(&mut store, &instance)).transpose().map_err(fail)?,
             dns: g.dns.as_ref().map(|i| i.load(&mut store, &instance)).transpose().map_err(fail)?,
+            hook_list: g.hook_list.as_ref().map(|i| i.load(&mut store, &instance)).transpose().map_err(fail)?,
         };
         let born_with = store.data().limiter.granted;
         Ok(LiveInstance { store, groups, born_with })
@@ -550,6 +638,24 @@ impl Plugin {
         result
     }
 
+    /// Asks the `hook-list` export which hooks the plugin implements (on `live`, under
+    /// the plugin's limits); `Ok(None)` if it has no such export.
+    pub(crate) async fn implemented_hooks(&self, live: &mut LiveInstance) -> Result<Option<Vec<String>>, String> {
+        if live.groups.hook_list.is_none() {
+            return Ok(None);
+        }
+        let (names, _) = self
+            .invoke(live, Hook::Configure, None, async |store, groups| match &groups.hook_list {
+                Some(g) => g.call_implemented(store).await,
+                None => Ok(Vec::new()),
+            })
+            .await
+            .map_err(|f| format!("hook-list: {}", f.message))?;
+        // The load's own question, not a hook call the plugin's counters count.
+        self.health.calls.fetch_sub(1, Ordering::Relaxed);
+        Ok(Some(names))
+    }
+
     /// Runs `running` or `done`, if the plugin exports the lifecycle group.
     pub(crate) async fn lifecycle(&self, hook: Hook) -> Result<(), PluginFailure> {
         if self.groups.lifecycle.is_none() {
@@ -564,5 +670,31 @@ impl Plugin {
         })
         .await
         .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{HookSet, MAX_HOOK_NAMES};
+    use flowgate_flow::Hook;
+
+    #[test]
+    fn a_hook_list_export_is_read_within_bounds() {
+        let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let (set, unknown) = HookSet::from_export(&names(&["request-headers", "response", "teleport"]));
+        assert!(set.contains(Hook::RequestHeaders) && set.contains(Hook::Response));
+        assert!(!set.contains(Hook::Request) && !set.contains(Hook::WebsocketMessage));
+        assert_eq!(unknown, ["teleport"]);
+        assert_eq!(HookSet::from_export(&[]).0, HookSet::of(Vec::new()), "an empty list: nothing is called");
+
+        // A hostile list: only the first names are read, unknown ones kept short and few.
+        let mut long = vec!["x".repeat(10_000); 1000];
+        long.push("request".to_owned());
+        let (set, unknown) = HookSet::from_export(&long);
+        assert!(!set.contains(Hook::Request), "past the first {MAX_HOOK_NAMES} names");
+        assert_eq!(unknown.len(), 8);
+        assert!(unknown.iter().all(|n| n.len() == 64));
+        let every: Vec<String> = Hook::ALL.iter().map(|h| h.name().to_owned()).collect();
+        assert_eq!(HookSet::from_export(&every).0, HookSet::of(Hook::ALL));
     }
 }

@@ -20,7 +20,7 @@ use crate::budget::{CpuBudget, CpuLimits};
 use crate::host::{KvState, LogLevel, LogRecord, LogSink, PluginShared, StoreState};
 use crate::manifest::{MAX_MEMORY_BYTES, Manifest};
 use crate::outbound::OutboundHttp;
-use crate::plugin::{Compiled, GroupIndices, Health, Plugin};
+use crate::plugin::{Compiled, GroupIndices, Health, HookSet, Plugin};
 
 /// Settings of the plugin runtime as a whole. Per-plugin limits live in the manifest.
 #[derive(Clone)]
@@ -304,6 +304,9 @@ impl Runtime {
         if exports("dns") {
             groups.dns = Some(hooks::dns::GuestIndices::new(&pre).map_err(|e| wrong("dns", e))?);
         }
+        if exported.iter().any(|e| e.starts_with("flowgate:plugin/hook-list@0.2.")) {
+            groups.hook_list = Some(hooks::hook_list::GuestIndices::new(&pre).map_err(|e| wrong("hook-list", e))?);
+        }
         if groups.is_empty() {
             return Err(component_error(format!(
                 "exports no flowgate:plugin@0.2 hook group (it exports: {})",
@@ -333,6 +336,7 @@ impl Runtime {
             shared,
             pre,
             groups,
+            hooks: std::sync::OnceLock::new(),
             health,
             pool: Mutex::new(Vec::new()),
             runtime: self.inner.clone(),
@@ -345,6 +349,24 @@ impl Runtime {
                 if f.message.contains("(limits.") { "" } else { " (does it match the flowgate:plugin@0.2 WIT?)" };
             component_error(format!("cannot be instantiated{hint}: {}", f.message))
         })?;
+        let mut probe = probe;
+        let hooks = match &plugin.shared.manifest.hooks {
+            Some(named) => HookSet::of(named.iter().copied()),
+            None => match plugin.implemented_hooks(&mut probe).await.map_err(component_error)? {
+                Some(names) => {
+                    let (set, unknown) = HookSet::from_export(&names);
+                    if !unknown.is_empty() {
+                        tracing::warn!(
+                            "plugin {}: hook-list names hooks this flowgate does not have, ignored: {unknown:?}",
+                            plugin.name()
+                        );
+                    }
+                    set
+                }
+                None => HookSet::ALL,
+            },
+        };
+        plugin.hooks.set(hooks).expect("set once, here");
         if plugin.model() == crate::InstanceModel::Pooled {
             plugin.release_pooled(probe);
         }

@@ -38,6 +38,7 @@ fn cached(key: &'static str) -> &'static Rules {
     cell.get_or_init(|| rules(key).unwrap_or_default())
 }
 
+#[flowgate_sdk::hooks]
 impl LifecycleHooks for AddHeader {
     fn configure() -> Result<(), String> {
         let n = rules("request")?.len() + rules("response")?.len();
@@ -48,6 +49,7 @@ impl LifecycleHooks for AddHeader {
     }
 }
 
+#[flowgate_sdk::hooks]
 impl HttpHooks for AddHeader {
     fn request_headers(_flow: &Flow, request: &Request) -> Verdict {
         for (name, value) in cached("request") {

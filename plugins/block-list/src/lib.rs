@@ -38,6 +38,7 @@ fn host_matches(pattern: &str, host: &str) -> bool {
     }
 }
 
+#[flowgate_sdk::hooks]
 impl HttpHooks for BlockList {
     fn request_headers(_flow: &Flow, request: &Request) -> Verdict {
         let host = request.host().to_ascii_lowercase();

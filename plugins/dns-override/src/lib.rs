@@ -37,6 +37,7 @@ fn blocked(name: &str) -> bool {
     config::get("block").is_some_and(|names| names.split_whitespace().any(|n| normal(n) == normal(name)))
 }
 
+#[flowgate_sdk::hooks]
 impl DnsHooks for DnsOverride {
     fn dns_request(flow: &Flow, query: Message) -> DnsVerdict {
         let Some(question) = query.questions.first() else { return DnsVerdict::Continue };

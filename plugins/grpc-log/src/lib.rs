@@ -21,6 +21,7 @@ fn field(response: &Response, name: &str) -> Option<String> {
     from_trailers.or_else(|| response.get_header(name).into_iter().next())
 }
 
+#[flowgate_sdk::hooks]
 impl HttpHooks for GrpcLog {
     fn response_headers(_flow: &Flow, _request: &Request, response: &Response) -> Verdict {
         if is_grpc(response) {

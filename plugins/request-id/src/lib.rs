@@ -26,6 +26,7 @@ fn agent_class(agent: &str) -> &'static str {
     }
 }
 
+#[flowgate_sdk::hooks]
 impl HttpHooks for RequestId {
     fn http_connect(_flow: &Flow, _request: &Request) -> Verdict {
         Verdict::Continue

@@ -22,6 +22,7 @@ fn reroute(request: &Request) -> Verdict {
     }
 }
 
+#[flowgate_sdk::hooks]
 impl HttpHooks for Reroute {
     fn http_connect(_flow: &Flow, request: &Request) -> Verdict {
         reroute(request)

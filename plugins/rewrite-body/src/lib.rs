@@ -59,6 +59,7 @@ fn rewrite(body: Vec<u8>) -> Option<Vec<u8>> {
     }
 }
 
+#[flowgate_sdk::hooks]
 impl LifecycleHooks for RewriteBody {
     fn configure() -> Result<(), String> {
         let pattern = config::get("pattern").ok_or("config.pattern is required")?;
@@ -70,6 +71,7 @@ impl LifecycleHooks for RewriteBody {
     }
 }
 
+#[flowgate_sdk::hooks]
 impl HttpHooks for RewriteBody {
     fn request_headers(_flow: &Flow, request: &Request) -> Verdict {
         if side_enabled("request")

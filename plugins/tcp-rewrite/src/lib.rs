@@ -34,6 +34,7 @@ fn replace_all(data: &[u8], from: &[u8], to: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+#[flowgate_sdk::hooks]
 impl TcpHooks for TcpRewrite {
     fn tcp_start(flow: &Flow) {
         let _ = flow.set_metadata("tcp-rewrite.started", "yes");

@@ -43,6 +43,7 @@ fn bump(key: &str) -> u64 {
     n
 }
 
+#[flowgate_sdk::hooks]
 impl LifecycleHooks for TlsPassthrough {
     fn configure() -> Result<(), String> {
         for pattern in list("hosts") {
@@ -58,6 +59,7 @@ impl LifecycleHooks for TlsPassthrough {
     }
 }
 
+#[flowgate_sdk::hooks]
 impl ConnectionHooks for TlsPassthrough {
     fn client_connected(conn: &Connection) -> bool {
         let n = bump("connections");
@@ -76,6 +78,7 @@ impl ConnectionHooks for TlsPassthrough {
     }
 }
 
+#[flowgate_sdk::hooks]
 impl TlsHooks for TlsPassthrough {
     fn tls_clienthello(conn: &Connection, hello: ClientHello) -> TlsDecision {
         let Some(sni) = hello.sni.map(|s| s.to_ascii_lowercase()) else { return TlsDecision::Intercept };

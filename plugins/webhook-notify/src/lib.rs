@@ -22,6 +22,7 @@ fn json_string(s: &str) -> String {
     out
 }
 
+#[flowgate_sdk::hooks]
 impl HttpHooks for WebhookNotify {
     fn error(flow: &Flow, request: &Request, message: String) {
         let Some(url) = config::get("url") else { return };

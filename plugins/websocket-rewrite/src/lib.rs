@@ -26,6 +26,7 @@ fn text(message: &Message) -> Option<&str> {
     }
 }
 
+#[flowgate_sdk::hooks]
 impl WebSocketHooks for WebSocketRewrite {
     fn websocket_start(flow: &Flow) {
         if let Some(greeting) = config::get("greeting")

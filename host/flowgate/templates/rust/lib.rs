@@ -7,6 +7,7 @@ use flowgate_sdk::{Flow, HttpHooks, Request, Response, Verdict, config, export_p
 
 struct Plugin;
 
+#[flowgate_sdk::hooks] // flowgate calls the hooks written here, no other
 impl HttpHooks for Plugin {
     fn request_headers(_flow: &Flow, request: &Request) -> Verdict {
         let blocked = config::get("blocked_path").unwrap_or_else(|| "/blocked".to_owned());

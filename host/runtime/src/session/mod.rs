@@ -27,7 +27,8 @@ use crate::plugin::{CallReport, LiveGroups, LiveInstance, Plugin};
 use filter::FlowFilters;
 
 /// The one chain runner every hook goes through: for each plugin, in order, that
-/// `wants` (it exports the hook's group, or chose to stream this body), get an instance
+/// implements the hook (its manifest's `hooks` or `hook-list` export say so, or say
+/// nothing) and `wants` it (it exports the hook's group, or chose to stream this body), get an instance
 /// and run `call` under the plugin's limits (a plugin this flow gave up on is skipped),
 /// then hand the outcome to `fold`, which goes on or stops the chain with a value; the
 /// chain's value is `Some` of what stopped it, or `None`.
@@ -42,7 +43,7 @@ macro_rules! run_chain {
         let mut fold = $crate::session::fold_fn($fold);
         let mut stopped = None;
         for i in 0..$slots.chain.len() {
-            if !wants(i, &$slots.chain[i]) {
+            if !$slots.chain[i].implements($hook) || !wants(i, &$slots.chain[i]) {
                 continue;
             }
             let outcome = $slots.call(i, $hook, $flow_id, $call).await;
@@ -137,9 +138,51 @@ impl Chain {
 
     /// Starts the session of a new client connection.
     pub fn connection(&self, info: ConnectionInfo) -> ConnectionSession {
-        let shared: Arc<[AsyncMutex<Option<LiveInstance>>]> =
-            self.plugins.iter().map(|_| AsyncMutex::new(None)).collect();
-        ConnectionSession { slots: Slots::new(self.plugins.clone(), shared), info }
+        ConnectionSession {
+            slots: Slots::new(self.plugins.clone(), per_connection_slots(&self.plugins)),
+            info,
+            reloadable: None,
+        }
+    }
+}
+
+/// Empty per-connection instance slots, one per plugin.
+fn per_connection_slots(plugins: &[Arc<Plugin>]) -> Arc<[AsyncMutex<Option<LiveInstance>>]> {
+    plugins.iter().map(|_| AsyncMutex::new(None)).collect()
+}
+
+/// The chain a running proxy uses, which a reload replaces while flows run (hot reload,
+/// `-s` files watched): each flow runs start to end on the chain that was current when it
+/// started, so flows in progress finish on the old plugins and new flows, on old
+/// connections too, get the new ones. A connection's own hooks (connect, TLS, disconnect)
+/// stay with the chain it started on.
+#[derive(Clone, Debug, Default)]
+pub struct ChainHandle {
+    current: Arc<std::sync::RwLock<Chain>>,
+}
+
+impl ChainHandle {
+    /// A handle on `chain`.
+    pub fn new(chain: Chain) -> ChainHandle {
+        ChainHandle { current: Arc::new(std::sync::RwLock::new(chain)) }
+    }
+
+    /// The chain new flows get now.
+    pub fn current(&self) -> Chain {
+        self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Makes `chain` the one new flows get; returns the one it replaces.
+    pub fn replace(&self, chain: Chain) -> Chain {
+        std::mem::replace(&mut *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner), chain)
+    }
+
+    /// Starts the session of a new client connection on the current chain; its flows
+    /// follow later replacements.
+    pub fn connection(&self, info: ConnectionInfo) -> ConnectionSession {
+        let mut session = self.current().connection(info);
+        session.reloadable = Some(self.clone());
+        session
     }
 }
 
@@ -395,6 +438,8 @@ pub struct ConnectionSession {
     slots: Slots,
     /// What is known about the connection; plugins read it in connection and TLS hooks.
     pub info: ConnectionInfo,
+    /// Where its flows look for a newer chain, if the proxy reloads plugins.
+    reloadable: Option<ChainHandle>,
 }
 
 /// Which side of the proxy a TLS event is about.
@@ -413,6 +458,7 @@ pub enum TlsSide {
 pub struct FlowStarter {
     chain: Arc<[Arc<Plugin>]>,
     per_connection: Arc<[AsyncMutex<Option<LiveInstance>>]>,
+    reloadable: Option<ChainHandle>,
 }
 
 impl std::fmt::Debug for FlowStarter {
@@ -422,16 +468,27 @@ impl std::fmt::Debug for FlowStarter {
 }
 
 impl FlowStarter {
+    /// The instance slots of a new flow: on the connection's chain, or on a newer one a
+    /// reload made current since the connection began (per-connection instances then
+    /// start afresh for that flow: they belong to the old plugins).
     fn slots(&self) -> Slots {
+        if let Some(handle) = &self.reloadable {
+            let now = handle.current();
+            if !Arc::ptr_eq(&now.plugins, &self.chain) {
+                let fresh = per_connection_slots(&now.plugins);
+                return Slots::new(now.plugins, fresh);
+            }
+        }
         Slots::new(self.chain.clone(), self.per_connection.clone())
     }
 
     /// Starts the session of one HTTP exchange on this connection.
     pub fn http_flow(&self, flow: FlowInfo) -> HttpFlowSession {
-        let n = self.chain.len();
+        let slots = self.slots();
+        let n = slots.chain.len();
         HttpFlowSession {
-            filters: FlowFilters::new(&self.chain),
-            slots: self.slots(),
+            filters: FlowFilters::new(&slots.chain),
+            slots,
             flow,
             request_modes: vec![BodyMode::Pass; n],
             reroute: None,
@@ -441,22 +498,14 @@ impl FlowStarter {
 
     /// Starts the session of a raw TCP flow on this connection.
     pub fn tcp_flow(&self, flow: FlowInfo) -> DataFlowSession {
-        DataFlowSession {
-            filters: FlowFilters::new(&self.chain),
-            slots: self.slots(),
-            flow,
-            protocol: DataProtocol::Tcp,
-        }
+        let slots = self.slots();
+        DataFlowSession { filters: FlowFilters::new(&slots.chain), slots, flow, protocol: DataProtocol::Tcp }
     }
 
     /// Starts the session of a UDP flow on this connection.
     pub fn udp_flow(&self, flow: FlowInfo) -> DataFlowSession {
-        DataFlowSession {
-            filters: FlowFilters::new(&self.chain),
-            slots: self.slots(),
-            flow,
-            protocol: DataProtocol::Udp,
-        }
+        let slots = self.slots();
+        DataFlowSession { filters: FlowFilters::new(&slots.chain), slots, flow, protocol: DataProtocol::Udp }
     }
 
     /// Starts the session of a WebSocket flow on this connection.
@@ -473,7 +522,11 @@ impl FlowStarter {
 impl ConnectionSession {
     /// What starts this connection's flows, usable while the session itself is busy.
     pub fn flows(&self) -> FlowStarter {
-        FlowStarter { chain: self.slots.chain.clone(), per_connection: self.slots.per_connection.clone() }
+        FlowStarter {
+            chain: self.slots.chain.clone(),
+            per_connection: self.slots.per_connection.clone(),
+            reloadable: self.reloadable.clone(),
+        }
     }
 
     /// Starts the session of one HTTP exchange on this connection.

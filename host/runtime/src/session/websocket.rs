@@ -52,6 +52,12 @@ impl WebSocketFlowSession {
         self.slots.chain.iter().any(|p| p.groups.websocket.is_some())
     }
 
+    /// Whether any plugin sees the messages (exports the websocket group and implements
+    /// `websocket-message`): if not, frames may be relayed as they come.
+    pub fn sees_messages(&self) -> bool {
+        self.slots.chain.iter().any(|p| p.groups.websocket.is_some() && p.implements(Hook::WebsocketMessage))
+    }
+
     /// `websocket-start`.
     pub async fn start(&mut self) -> Option<PluginFailure> {
         self.lifecycle(Hook::WebsocketStart, None).await
