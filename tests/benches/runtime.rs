@@ -4,6 +4,7 @@
 //! each instance model. Run with `cargo bench -p flowgate-tests`.
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use flowgate_flow::Request;
 use flowgate_runtime::{Chain, HttpFlowSession, InstanceModel, Runtime, RuntimeConfig};
 use flowgate_tests::plugins::{ADD_HEADER, HOST_CALLS, REQUEST_ID};
 use flowgate_tests::{cache_dir, connection, flow, manifest, request, response};
@@ -25,6 +26,29 @@ fn load(rt: &tokio::runtime::Runtime, runtime: &Runtime, wasm: &str, toml: &str)
 fn unthrottled(chain: &Chain) {
     let stats = chain.plugins()[0].stats();
     assert_eq!((stats.throttled, stats.failures, stats.short_circuited), (0, 0, 0), "{stats:?}");
+}
+
+/// Benchmarks one whole flow's four HTTP hooks through `chain`, each flow new (getting an
+/// instance included), on a copy of `template` and a small response.
+fn bench_flow(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, chain: &Chain, template: &Request) {
+    let conn = chain.connection(connection(2, "127.0.0.1:5001"));
+    let mut n = 0;
+    c.bench_function(name, |b| {
+        b.iter_batched_ref(
+            || (template.clone(), response(b"hello")),
+            |(req, resp)| {
+                n += 1;
+                rt.block_on(async {
+                    let mut s = conn.http_flow(flow(n, 2));
+                    s.request_headers(req).await;
+                    s.request(req).await;
+                    s.response_headers(req, resp).await;
+                    s.response(req, resp).await;
+                })
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
 }
 
 fn warm_session(rt: &tokio::runtime::Runtime, chain: &Chain) -> HttpFlowSession {
@@ -108,48 +132,14 @@ fn benches(c: &mut Criterion) {
     ] {
         let chain =
             load(&rt, &runtime, ADD_HEADER, &format!("{hooks}[config]\nrequest = \"X-A: 1\"\nresponse = \"X-B: 2\"\n"));
-        let conn = chain.connection(connection(4, "127.0.0.1:5003"));
-        let mut n = 0;
-        c.bench_function(&format!("add-header flow ({label})"), |b| {
-            b.iter_batched_ref(
-                || (template.clone(), response(b"hello")),
-                |(req, resp)| {
-                    n += 1;
-                    rt.block_on(async {
-                        let mut s = conn.http_flow(flow(n, 4));
-                        s.request_headers(req).await;
-                        s.request(req).await;
-                        s.response_headers(req, resp).await;
-                        s.response(req, resp).await;
-                    })
-                },
-                criterion::BatchSize::SmallInput,
-            )
-        });
+        bench_flow(c, &rt, &format!("add-header flow ({label})"), &chain, &template);
         unthrottled(&chain);
     }
 
     // A whole flow's four HTTP hooks, including getting an instance, per model.
     for model in [InstanceModel::PerFlow, InstanceModel::Pooled] {
         let chain = load(&rt, &runtime, REQUEST_ID, &format!("instance = \"{}\"\n", model.name()));
-        let conn = chain.connection(connection(2, "127.0.0.1:5001"));
-        let mut n = 0;
-        c.bench_function(&format!("flow with 4 hooks ({})", model.name()), |b| {
-            b.iter_batched_ref(
-                || (template.clone(), response(b"hello")),
-                |(req, resp)| {
-                    n += 1;
-                    rt.block_on(async {
-                        let mut s = conn.http_flow(flow(n, 2));
-                        s.request_headers(req).await;
-                        s.request(req).await;
-                        s.response_headers(req, resp).await;
-                        s.response(req, resp).await;
-                    })
-                },
-                criterion::BatchSize::SmallInput,
-            )
-        });
+        bench_flow(c, &rt, &format!("flow with 4 hooks ({})", model.name()), &chain, &template);
     }
 }
 

@@ -344,12 +344,11 @@ impl Runtime {
         });
         // Exports are type-checked when an instance loads them: do it once now so a
         // component that does not match the WIT is refused at load, not at its first flow.
-        let probe = plugin.instantiate().await.map_err(|f| {
+        let mut probe = plugin.instantiate().await.map_err(|f| {
             let hint =
                 if f.message.contains("(limits.") { "" } else { " (does it match the flowgate:plugin@0.2 WIT?)" };
             component_error(format!("cannot be instantiated{hint}: {}", f.message))
         })?;
-        let mut probe = probe;
         let hooks = match &plugin.shared.manifest.hooks {
             Some(named) => HookSet::of(named.iter().copied()),
             None => match plugin.implemented_hooks(&mut probe).await.map_err(component_error)? {

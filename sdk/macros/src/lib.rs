@@ -6,7 +6,7 @@
 //! No dependencies: the impl's tokens are passed through unchanged, and only its
 //! top-level `fn NAME` pairs are read (a trait impl holds nothing else that is a `fn`).
 
-use proc_macro::{Delimiter, Group, Ident, Literal, Punct, Spacing, Span, TokenStream, TokenTree};
+use proc_macro::{Delimiter, Group, TokenStream, TokenTree};
 
 /// Marks an impl of a flowgate-sdk hook trait so that only the hooks it defines are called.
 ///
@@ -19,13 +19,13 @@ use proc_macro::{Delimiter, Group, Ident, Literal, Punct, Spacing, Span, TokenSt
 #[proc_macro_attribute]
 pub fn hooks(attr: TokenStream, item: TokenStream) -> TokenStream {
     if !attr.is_empty() {
-        return error(Span::call_site(), "#[flowgate_sdk::hooks] takes no arguments");
+        return error("#[flowgate_sdk::hooks] takes no arguments");
     }
     let mut tokens: Vec<TokenTree> = item.into_iter().collect();
     let is_impl = tokens.iter().any(|t| matches!(t, TokenTree::Ident(i) if i.to_string() == "impl"));
     let body = match tokens.last() {
         Some(TokenTree::Group(g)) if is_impl && g.delimiter() == Delimiter::Brace => g.clone(),
-        _ => return error(Span::call_site(), "#[flowgate_sdk::hooks] goes on an `impl HttpHooks for MyPlugin { .. }`"),
+        _ => return error("#[flowgate_sdk::hooks] goes on an `impl HttpHooks for MyPlugin { .. }`"),
     };
     let names = fn_names(body.stream());
     let mut inner: Vec<TokenTree> = body.stream().into_iter().collect();
@@ -59,17 +59,7 @@ fn implemented_const(names: &[String]) -> TokenStream {
     format!("const IMPLEMENTED: &'static [&'static str] = &[{}];", list.join(", ")).parse().expect("a valid const item")
 }
 
-/// `compile_error!("message")` at `span`.
-fn error(span: Span, message: &str) -> TokenStream {
-    let mut lit = Literal::string(message);
-    lit.set_span(span);
-    let args = Group::new(Delimiter::Parenthesis, TokenTree::Literal(lit).into());
-    [
-        TokenTree::Ident(Ident::new("compile_error", span)),
-        TokenTree::Punct(Punct::new('!', Spacing::Alone)),
-        TokenTree::Group(args),
-        TokenTree::Punct(Punct::new(';', Spacing::Alone)),
-    ]
-    .into_iter()
-    .collect()
+/// `compile_error!("message");`
+fn error(message: &str) -> TokenStream {
+    format!("compile_error!({message:?});").parse().expect("a valid macro call")
 }
