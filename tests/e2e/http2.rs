@@ -429,3 +429,81 @@ fn h2load_through_reverse_mode_all_succeed() {
     assert!(text.contains("2000 succeeded, 0 failed, 0 errored"), "{text}");
     assert!(text.contains("status codes: 2000 2xx"), "{text}");
 }
+
+/// nginx's number for the connection a reply came on (`add_header X-Conn $connection`).
+fn upstream_connection(reply: &Reply) -> String {
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let line = reply.headers.lines().find_map(|l| l.strip_prefix("x-conn: ")).expect("nginx sent X-Conn");
+    line.trim().to_owned()
+}
+
+/// The upstream connections `n` client connections (one curl each, one after another)
+/// were answered on, with flowgate started with `args`.
+fn upstream_connections(nginx: &Nginx, n: usize, args: &[&str]) -> Vec<String> {
+    let fg = Flowgate::start(&[&["-k"], args].concat());
+    (0..n)
+        .map(|_| upstream_connection(&curl(&["--cacert", &ca(&fg), "-x", &fg.proxy(), &nginx.tls_url("/small")])))
+        .collect()
+}
+
+#[test]
+fn client_connections_share_an_http2_upstream_where_they_cannot_tell() {
+    let big = vec![b'x'; 24 << 20];
+    let nginx = Nginx::start(&[("small", b"shared\n"), ("big", &big)], "add_header X-Conn $connection always;");
+    let distinct = |conns: &[String]| conns.iter().collect::<std::collections::BTreeSet<_>>().len();
+
+    // Five intercepted TLS client connections, one HTTP/2 connection to nginx.
+    let shared = upstream_connections(&nginx, 5, &[]);
+    assert_eq!(distinct(&shared), 1, "{shared:?}");
+    // A plugin whose hook list leaves out the server connection's hooks keeps sharing on
+    // (tls-passthrough is called for client-connected/-disconnected and TLS).
+    let passthrough = manifest(TLS_PASSTHROUGH, "name = \"passthrough\"\n");
+    let conns = upstream_connections(&nginx, 3, &["-s", &passthrough]);
+    assert_eq!(distinct(&conns), 1, "{conns:?}");
+    // One that is called for server-connect would miss the connections opened for others:
+    // each client connection gets its own again, as does `share_upstream=false`.
+    let watcher = manifest(
+        TLS_PASSTHROUGH,
+        "name = \"watcher\"\nhooks = [\"client-connected\", \"server-connect\", \"tls-clienthello\"]\n",
+    );
+    let conns = upstream_connections(&nginx, 3, &["-s", &watcher]);
+    assert_eq!(distinct(&conns), 3, "{conns:?}");
+    let conns = upstream_connections(&nginx, 3, &["--set", "share_upstream=false"]);
+    assert_eq!(distinct(&conns), 3, "{conns:?}");
+
+    // Clients that stop reading big responses fill their own streams' windows, never the
+    // shared connection's: four of them (more than the 5 MiB a connection window would
+    // otherwise hold) leave the other clients' requests on that connection answered.
+    let fg = Flowgate::start(&["-k"]);
+    let ca = ca(&fg);
+    /// Children killed when the test ends, however it ends.
+    struct Reaped(Vec<Child>);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            for child in &mut self.0 {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+    let mut slow = Reaped(
+        (0..4)
+            .map(|_| {
+                Command::new("curl")
+                    .args(["-s", "--limit-rate", "1K", "-o", "/dev/null", "--cacert", &ca, "-x", &fg.proxy()])
+                    .arg(nginx.tls_url("/big"))
+                    .spawn()
+                    .expect("curl runs")
+            })
+            .collect(),
+    );
+    let fast: Vec<String> = (0..20)
+        .map(|_| {
+            upstream_connection(&curl(&["--max-time", "5", "--cacert", &ca, "-x", &fg.proxy(), &nginx.tls_url("/small")]))
+        })
+        .collect();
+    assert_eq!(distinct(&fast), 1, "{fast:?}");
+    for child in &mut slow.0 {
+        assert!(child.try_wait().expect("curl status").is_none(), "the slow readers were still reading");
+    }
+}

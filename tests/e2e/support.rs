@@ -448,7 +448,10 @@ impl Drop for Mitmdump {
 
 pub struct Nginx {
     pub child: Child,
+    /// Cleartext HTTP/1.1.
     pub port: u16,
+    /// TLS with ALPN `h2` and `http/1.1`, a self-signed certificate for `localhost`.
+    pub tls_port: u16,
     pub dir: PathBuf,
 }
 
@@ -464,17 +467,26 @@ impl Nginx {
             std::fs::create_dir_all(path.parent().expect("in www")).expect("temp dir");
             std::fs::write(path, content).expect("write");
         }
-        let port = {
+        let free_port = || {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             probe.local_addr().expect("addr").port()
         };
+        let (port, tls_port) = (free_port(), free_port());
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        std::fs::write(dir.join("cert.pem"), cert.pem()).expect("write");
+        std::fs::write(dir.join("key.pem"), key.serialize_pem()).expect("write");
         let d = dir.display();
         let conf = format!(
             "worker_processes 1;\ndaemon off;\nerror_log {d}/error.log warn;\npid {d}/nginx.pid;\n\
              events {{ worker_connections 256; }}\nhttp {{\n  access_log off;\n  types {{ application/json json; text/html html; }}\n\
              client_body_temp_path {d}/tmp-body;\n  proxy_temp_path {d}/tmp-proxy;\n  fastcgi_temp_path {d}/tmp-fcgi;\n\
              uwsgi_temp_path {d}/tmp-uwsgi;\n  scgi_temp_path {d}/tmp-scgi;\n\
-             server {{ listen 127.0.0.1:{port}; root {d}/www; {server_conf} }}\n}}\n"
+             server {{ listen 127.0.0.1:{port}; listen 127.0.0.1:{tls_port} ssl http2;\n\
+             ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem; root {d}/www; {server_conf} }}\n}}\n"
         );
         std::fs::write(dir.join("nginx.conf"), conf).expect("write");
         // nginx's workers run as another user.
@@ -497,9 +509,9 @@ impl Nginx {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap_or_else(|e| panic!("nginx runs (tests/run.sh installs it): {e}"));
-        let mut nginx = Nginx { child, port, dir };
+        let mut nginx = Nginx { child, port, tls_port, dir };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while [port, tls_port].iter().any(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_err()) {
             assert!(Instant::now() < deadline, "nginx did not listen on {port}");
             if nginx.child.try_wait().expect("nginx status").is_some() {
                 let log = std::fs::read_to_string(nginx.dir.join("error.log")).unwrap_or_default();
@@ -512,6 +524,11 @@ impl Nginx {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// `https://localhost:PORT/path` on the TLS port.
+    pub fn tls_url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.tls_port)
     }
 }
 

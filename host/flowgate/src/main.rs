@@ -55,6 +55,8 @@ const OPTIONS_HELP: &str = "Options for --set KEY=VALUE (default in brackets):
   http2_max_error_reset_streams=N  [1024]
   http2_ping_keepalive=DURATION    PING an idle HTTP/2 connection, close it if unanswered; 0 off [58s]
   http2_idle_timeout=DURATION      close a client's HTTP/2 connection without streams; 0 off [300s]
+  share_upstream=BOOL              client connections share HTTP/2 upstream connections where they cannot
+                                   tell (no server-connect/-connected/-disconnected plugin, no client_certs) [true]
   ssl_insecure=BOOL                as -k [false]
   ssl_verify_upstream_trusted_ca=PEM  also trust these CAs upstream (beside the OS store and webpki roots) []
   certs=[DOMAIN=]PEM               serve this certificate (and key) for DOMAIN (*, *.x.com) instead of minting; as --certs []
@@ -387,6 +389,7 @@ fn parse_sets(cli: &Cli, confdir: &std::path::Path) -> anyhow::Result<Settings> 
                     flowgate_net::load_trusted_ca(std::path::Path::new(value)).map_err(|e| bad(&e))?
             }
             "http2" => proxy.http2 = value.parse().map_err(|e| bad(&e))?,
+            "share_upstream" => proxy.share_upstream = value.parse().map_err(|e| bad(&e))?,
             "http2_max_concurrent_streams" => {
                 proxy.http2_max_concurrent_streams = value.parse().map_err(|e| bad(&e))?
             }

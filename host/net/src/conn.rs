@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use flowgate_flow::{ConnectionInfo, FlowInfo, FlowKind};
+use flowgate_flow::{ConnectionInfo, FlowInfo, FlowKind, Hook};
 use flowgate_runtime::{ConnectionSession, FlowStarter, HttpFlowSession, TlsSide};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -17,7 +17,8 @@ use crate::detect::{self, Hello};
 use crate::layer::{self, Decision, Layer, Seen, Stage, TlsVerdict};
 use crate::replay::ReplayTap;
 use crate::tls::Prefixed;
-use crate::upstream::Upstreams;
+use crate::error::UpstreamError;
+use crate::upstream::{self, Connected, Sender, Target, Upstreams};
 use crate::{Mode, Proxy};
 
 /// Any stream a layer runs on.
@@ -59,6 +60,11 @@ pub(crate) struct ConnCtx {
     /// stream is running).
     pub flows: FlowStarter,
     pub upstreams: Mutex<Upstreams>,
+    /// Whether its flows may use HTTP/2 upstream connections other client connections
+    /// use too (`share_upstream`): where the client cannot tell — no plugin of its chain
+    /// is called for a server connection's hooks (a shared connection was opened for
+    /// someone else, or long ago), and no client certificate goes upstream.
+    pub share: bool,
     /// The proxy's address the client connected to.
     pub local: SocketAddr,
     /// When the connection was accepted.
@@ -85,7 +91,11 @@ impl ConnCtx {
         let conn_id = proxy.next_id();
         let info = ConnectionInfo { id: conn_id, client_address: client.to_string(), ..ConnectionInfo::default() };
         let session = proxy.chain.connection(info);
+        let share = proxy.options.share_upstream
+            && proxy.options.client_certs.is_none()
+            && ![Hook::ServerConnect, Hook::ServerConnected, Hook::ServerDisconnected].into_iter().any(|h| session.calls(h));
         ConnCtx {
+            share,
             proxy,
             mode,
             client,
@@ -153,6 +163,27 @@ impl ConnCtx {
             client_address: self.client.to_string(),
             ..FlowInfo::default()
         }
+    }
+
+    /// A new upstream connection to `target` for this connection's flows: a shared one if
+    /// there is one and the connection shares, else one opened now (the server-connect
+    /// hooks first, which may refuse it; a new HTTP/2 one is offered for sharing).
+    pub async fn open_upstream(&self, target: &Target) -> Result<Connected, UpstreamError> {
+        if self.share
+            && let Some(shared) = self.proxy.shared.get(&self.mode, target)
+        {
+            return Ok(Connected { sender: Sender::H2(shared.sender), sans: shared.sans });
+        }
+        let address = format!("{}:{}", target.host, target.port);
+        if !self.server_connect(address.clone()).await {
+            return Err(UpstreamError::Refused(address));
+        }
+        let connected = upstream::connect(&self.proxy, &self.mode, target, self.share).await?;
+        self.session.lock().await.server_connected().await;
+        if self.share {
+            self.proxy.shared.offer(&self.mode, target, &connected.sender, &connected.sans);
+        }
+        Ok(connected)
     }
 
     /// Runs the plugins' server-connect hooks for `address`; false if one refused.

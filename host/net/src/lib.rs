@@ -103,6 +103,8 @@ pub struct Proxy {
     pub(crate) handshakes: tokio::sync::Semaphore,
     /// What buffered bodies hold, up to `buffer_memory_limit`.
     pub(crate) buffers: Arc<memory::BufferBudget>,
+    /// HTTP/2 upstream connections client connections share (`share_upstream`).
+    pub(crate) shared: upstream::SharedUpstreams,
     /// Set when the proxy is shutting down ([`Proxy::drain`]): connections finish what
     /// they are doing and close instead of waiting for more.
     closing: tokio::sync::watch::Sender<bool>,
@@ -155,6 +157,7 @@ impl Proxy {
             refused: std::sync::atomic::AtomicU64::new(0),
             handshakes,
             buffers,
+            shared: upstream::SharedUpstreams::default(),
             closing: tokio::sync::watch::Sender::new(false),
         })
     }

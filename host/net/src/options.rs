@@ -100,6 +100,11 @@ pub struct ProxyOptions {
     /// A client's HTTP/2 connection with no open stream for this long is closed with GOAWAY
     /// (`http2_idle_timeout`, default 300 s; 0 turns it off).
     pub http2_idle_timeout: Duration,
+    /// Client connections share HTTP/2 upstream connections to the same server (same TLS
+    /// server name, address and upstream proxy) where they cannot tell: no plugin is
+    /// called for server-connect, -connected or -disconnected, and no `client_certs`
+    /// (`share_upstream`, default true). Off: each client connection opens its own.
+    pub share_upstream: bool,
     /// Relay streams no other layer claims as raw TCP flows (`rawtcp`, default true, as
     /// in mitmproxy): bytes inside a CONNECT tunnel that are neither TLS nor HTTP (SSH,
     /// a binary protocol), or a tunnel whose server speaks first. Off: such tunnels close.
@@ -164,6 +169,7 @@ impl Default for ProxyOptions {
             http2_max_error_reset_streams: 1024,
             http2_ping_keepalive: Duration::from_secs(58),
             http2_idle_timeout: Duration::from_secs(300),
+            share_upstream: true,
             rawtcp: true,
             server_first_timeout: Duration::from_secs(1),
             tcp_timeout: Duration::from_secs(600),

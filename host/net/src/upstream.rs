@@ -236,6 +236,91 @@ impl Upstreams {
     }
 }
 
+/// HTTP/2 upstream connections shared by all client connections (`share_upstream`):
+/// one per server, TLS settings and upstream proxy, so a thousand clients of one origin
+/// are one multiplexed connection to it rather than a thousand. Only HTTP/2 connections
+/// are shared (an HTTP/1.1 one carries one request at a time, and stays its client
+/// connection's), and only where a client cannot tell (see `ConnCtx::share`).
+#[derive(Default)]
+pub(crate) struct SharedUpstreams {
+    conns: std::sync::Mutex<HashMap<SharedKey, SharedConn>>,
+}
+
+/// What identifies a shareable connection: where it goes (the target with its TLS server
+/// name and pinned address), and through which upstream proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct SharedKey {
+    target: Target,
+    via: Option<(Scheme, String, u16)>,
+}
+
+impl SharedKey {
+    fn new(mode: &Mode, target: &Target) -> SharedKey {
+        let via = match mode {
+            Mode::Upstream { scheme, host, port } => Some((*scheme, host.clone(), *port)),
+            _ => None,
+        };
+        SharedKey { target: target.clone(), via }
+    }
+}
+
+/// A shared HTTP/2 connection and what its TLS handshake told.
+#[derive(Clone)]
+pub(crate) struct SharedConn {
+    /// A handle on the connection (clones share it).
+    pub sender: http2::SendRequest<Body>,
+    /// The names its certificate is valid for (TLS only): what a minted certificate for a
+    /// client of this server carries, without a handshake of its own.
+    pub sans: Arc<[String]>,
+}
+
+/// The connection-level receive window of a shared HTTP/2 connection: the largest there
+/// is, so only stream windows (hyper's default, 2 MiB) hold data back.
+const SHARED_CONNECTION_WINDOW: u32 = (1 << 31) - 1;
+
+/// Most servers the shared pool keeps a connection to; past it a new connection stays its
+/// client connection's.
+const MAX_SHARED: usize = 1024;
+
+impl SharedUpstreams {
+    /// The open shared connection to `target`, if there is one.
+    pub fn get(&self, mode: &Mode, target: &Target) -> Option<SharedConn> {
+        let key = SharedKey::new(mode, target);
+        let mut conns = self.conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match conns.get(&key) {
+            Some(conn) if conn.sender.is_closed() => {
+                conns.remove(&key);
+                None
+            }
+            found => found.cloned(),
+        }
+    }
+
+    /// Offers a new connection for sharing: kept unless an open one to the same place is
+    /// (two clients raced to connect: the later one keeps its own), or the pool is full.
+    pub fn offer(&self, mode: &Mode, target: &Target, sender: &Sender, sans: &[String]) {
+        let Sender::H2(sender) = sender else { return };
+        let key = SharedKey::new(mode, target);
+        let mut conns = self.conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if conns.get(&key).is_some_and(|c| !c.sender.is_closed()) {
+            return;
+        }
+        if conns.len() >= MAX_SHARED {
+            conns.retain(|_, c| !c.sender.is_closed());
+            if conns.len() >= MAX_SHARED {
+                return;
+            }
+        }
+        conns.insert(key, SharedConn { sender: sender.clone(), sans: sans.into() });
+    }
+
+    /// Shared connections kept.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.conns.lock().map(|c| c.len()).unwrap_or_default()
+    }
+}
+
 /// Most upstream HTTP/1.1 connections (idle or still sending a response body) a client
 /// connection keeps per target.
 const MAX_IDLE_PER_TARGET: usize = 16;
@@ -246,12 +331,12 @@ const MAX_IDLE_PER_TARGET: usize = 16;
 /// holds open upstream is bounded whatever it asks for.
 const MAX_KEPT_TOTAL: usize = 64;
 
-/// A new upstream connection.
+/// An upstream connection for a client connection's flows.
 pub(crate) struct Connected {
     /// Where requests go.
     pub sender: Sender,
     /// The subject alternative names of the upstream's certificate (TLS only).
-    pub sans: Vec<String>,
+    pub sans: Arc<[String]>,
 }
 
 /// The DNS names and IP addresses a certificate is valid for (at most 32).
@@ -445,17 +530,23 @@ pub(crate) enum Alpn {
     None,
 }
 
-/// Opens a new HTTP connection to `target`.
-pub(crate) async fn connect(proxy: &Proxy, mode: &Mode, target: &Target) -> Result<Connected, UpstreamError> {
+/// Opens a new HTTP connection to `target`; `shared`: it may serve other client
+/// connections too (an HTTP/2 one then lets no slow stream hold the others back).
+pub(crate) async fn connect(
+    proxy: &Proxy,
+    mode: &Mode,
+    target: &Target,
+    shared: bool,
+) -> Result<Connected, UpstreamError> {
     let opened = open(proxy, mode, target, Alpn::Http).await?;
     // An upstream that takes no more of a request fails it after upstream_timeout.
     let io = crate::stall::WriteStall::new(opened.io, proxy.options.upstream_timeout, "upstream_timeout");
     let sender = if opened.h2 || (target.scheme == Scheme::Http && target.prior_knowledge) {
-        handshake_h2(io, &proxy.options).await?
+        handshake_h2(io, &proxy.options, shared).await?
     } else {
         handshake(io)
     };
-    Ok(Connected { sender, sans: opened.sans })
+    Ok(Connected { sender, sans: opened.sans.into() })
 }
 
 /// Asks an upstream proxy for a tunnel with CONNECT. The reply is read a byte at a time so
@@ -494,12 +585,19 @@ fn handshake(io: crate::stall::WriteStall<UpstreamIo>) -> Sender {
 async fn handshake_h2<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     io: IO,
     options: &crate::ProxyOptions,
+    shared: bool,
 ) -> Result<Sender, UpstreamError> {
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
         .max_header_list_size(options.http2_max_header_list_size)
         .header_table_size(options.http2_header_table_size);
+    if shared {
+        // Streams of many clients: a client that reads slowly fills its stream's window
+        // (what is buffered for it stays bounded by that), never the connection's, which
+        // the other clients' streams need.
+        builder.initial_connection_window_size(SHARED_CONNECTION_WINDOW);
+    }
     if !options.http2_ping_keepalive.is_zero() {
         builder
             .keep_alive_interval(options.http2_ping_keepalive)

@@ -284,7 +284,12 @@ impl Plugin {
 
     /// The hooks of its exported groups that the host calls, e.g. `["request-headers"]`.
     pub fn called_hooks(&self) -> Vec<Hook> {
-        Hook::ALL.into_iter().filter(|h| self.implements(*h) && self.exports_group_of(*h)).collect()
+        Hook::ALL.into_iter().filter(|h| self.is_called_for(*h)).collect()
+    }
+
+    /// Whether the host calls it for `hook`: it exports the hook's group and implements it.
+    pub fn is_called_for(&self, hook: Hook) -> bool {
+        self.implements(hook) && self.exports_group_of(hook)
     }
 
     /// Whether it exports the group `hook` belongs to.

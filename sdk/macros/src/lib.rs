@@ -10,7 +10,7 @@ use proc_macro::{Delimiter, Group, TokenStream, TokenTree};
 
 /// Marks an impl of a flowgate-sdk hook trait so that only the hooks it defines are called.
 ///
-/// ```ignore
+/// ```text
 /// #[flowgate_sdk::hooks]
 /// impl HttpHooks for AddHeader {
 ///     fn request_headers(_flow: &Flow, request: &Request) -> Verdict { Verdict::Continue }

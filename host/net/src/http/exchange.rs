@@ -31,7 +31,7 @@ use crate::egress::resolve_checked;
 use crate::error::{Error, UpstreamError};
 use crate::record::{self, FlowRecord, Kind, Outcome};
 use crate::replay::Answered;
-use crate::upstream::{self, Body, Outbound, Target};
+use crate::upstream::{Body, Outbound, Target};
 use crate::websocket::{self, Side};
 
 /// A request as a client layer received it.
@@ -639,19 +639,10 @@ where
     let open = ctx.upstreams.lock().await.take(&target);
     let mut sender = match open {
         Some(sender) => sender,
-        None => {
-            let address = format!("{}:{}", target.host, target.port);
-            if !ctx.server_connect(address.clone()).await {
-                return Ok(Err(ex.fail(UpstreamError::Refused(address)).await));
-            }
-            match upstream::connect(&ctx.proxy, &ctx.mode, &target).await {
-                Ok(connected) => {
-                    ctx.session.lock().await.server_connected().await;
-                    connected.sender
-                }
-                Err(e) => return Ok(Err(ex.fail(e).await)),
-            }
-        }
+        None => match ctx.open_upstream(&target).await {
+            Ok(connected) => connected.sender,
+            Err(e) => return Ok(Err(ex.fail(e).await)),
+        },
     };
     let upstream_body = match (body, ex.request.body.clone()) {
         (_, Some(bytes)) => with_trailers(bytes, request_trailers),

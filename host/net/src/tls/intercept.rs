@@ -13,7 +13,7 @@ use crate::detect::Hello;
 use crate::layer::Stage;
 use crate::tls::terminate::{alpn, terminate};
 use crate::tls::{Offer, Prefixed};
-use crate::upstream::{self, Target};
+use crate::upstream::Target;
 
 /// Runs the layer on `io`, whose replayed prefix holds the ClientHello.
 pub(crate) async fn run(
@@ -33,15 +33,14 @@ pub(crate) async fn run(
     let mut names = vec![name];
     let mut upstream_h2 = false;
     if target.scheme == Scheme::Https
-        && ctx.server_connect(format!("{}:{}", target.host, target.port)).await
-        && let Ok(connected) = upstream::connect(&ctx.proxy, &ctx.mode, &target).await
+        && let Ok(connected) = ctx.open_upstream(&target).await
     {
-        // If connecting fails, the flow that needs the upstream reports it.
+        // If connecting fails, the flow that needs the upstream reports it. A shared
+        // connection answers at once with what its handshake told.
         upstream_h2 = connected.sender.is_h2();
-        ctx.session.lock().await.server_connected().await;
-        for san in connected.sans {
-            if !names.iter().any(|n| n.eq_ignore_ascii_case(&san)) {
-                names.push(san);
+        for san in connected.sans.iter() {
+            if !names.iter().any(|n| n.eq_ignore_ascii_case(san)) {
+                names.push(san.clone());
             }
         }
         ctx.upstreams.lock().await.put(target.clone(), connected.sender);

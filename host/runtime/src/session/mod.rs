@@ -600,6 +600,11 @@ impl ConnectionSession {
         self.conn_chain(Hook::ClientDisconnected).await;
     }
 
+    /// Whether a plugin of the connection's chain is called for `hook`.
+    pub fn calls(&self, hook: Hook) -> bool {
+        self.slots.chain.iter().any(|p| p.is_called_for(hook))
+    }
+
     /// `server-connect`: false means do not connect (the flow fails).
     pub async fn server_connect(&mut self) -> bool {
         self.conn_chain(Hook::ServerConnect).await
