@@ -156,6 +156,11 @@ impl Client {
                 Ok(None) => {}
                 Err(e) => return Err(UpstreamError::Wire(e.to_string())),
             }
+            // An idle connection keeps no buffer; a head (and often the whole body with
+            // it) comes in one read rather than in reads growing from 64 bytes.
+            if buf.capacity() - buf.len() < HEAD_READ / 2 {
+                buf.reserve(HEAD_READ);
+            }
             match rd.read_buf(&mut buf).await {
                 Ok(0) if buf.is_empty() => {
                     return Err(UpstreamError::Wire("the upstream closed the connection without a response".into()));
@@ -350,6 +355,9 @@ struct ResponseBody {
     /// How much the next read may take.
     read_size: usize,
 }
+
+/// What a read of a response head may take at least.
+const HEAD_READ: usize = 8 << 10;
 
 /// The first read of a response body, and the most a read grows to.
 const FIRST_READ: usize = 16 << 10;
