@@ -561,12 +561,6 @@ fn at_least_one(text: &str) -> Result<usize, String> {
 /// A duration as options take it (the same syntax as a manifest's durations).
 use flowgate_runtime::manifest::parse_duration;
 
-/// mimalloc: a proxy allocates and frees buffers of many sizes on every request, from
-/// several threads; glibc's allocator spent ~9% of a plain-HTTP benchmark's CPU (fastbin
-/// consolidation on each larger buffer), mimalloc a third of that.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
