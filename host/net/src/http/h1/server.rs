@@ -32,13 +32,14 @@ where
 {
     let io: BoxIo = Box::new(io);
     let (mut rd, mut wr) = tokio::io::split(io);
-    let mut buf = BytesMut::with_capacity(8 << 10);
+    let mut buf = BytesMut::new();
     let opts = &ctx.proxy.options;
     let limits = Limits { max_headers: opts.max_headers, max_head_bytes: MAX_HEAD_BYTES };
     loop {
-        if buf.is_empty() && buf.capacity() > 16 << 10 {
-            // Between requests an idle connection keeps a small buffer only.
-            buf = BytesMut::with_capacity(8 << 10);
+        if buf.is_empty() {
+            // Between requests an idle connection keeps no buffer (read_head makes one
+            // when the next request starts to arrive).
+            buf = BytesMut::new();
         }
         // Shutting down, a connection waiting for its next request closes.
         let idle = buf.is_empty();
@@ -230,6 +231,9 @@ fn switch(stage: Stage, rd: ReadHalf<BoxIo>, wr: WriteHalf<BoxIo>, buf: BytesMut
     Next::Switch(stage, Box::new(Prefixed::new(buf.to_vec(), rd.unsplit(wr))))
 }
 
+/// The first read of a request on an idle connection: most request heads fit.
+const IDLE_READ: usize = 2 << 10;
+
 /// Reads the next request head: `None` if the client closed the connection between
 /// requests.
 async fn read_head(
@@ -255,6 +259,20 @@ async fn read_head(
             return Ok(Some(head));
         }
         scanned = buf.len();
+        if buf.capacity() == 0 {
+            // Waiting for a request on an idle connection: into a small array the task
+            // holds anyway, so that thousands of idle keep-alive connections hold no
+            // buffer of their own.
+            let mut first = [0u8; IDLE_READ];
+            match rd.read(&mut first).await {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(n) => {
+                    buf.reserve(8 << 10);
+                    buf.extend_from_slice(&first[..n]);
+                }
+            }
+            continue;
+        }
         if buf.capacity() - buf.len() < 4 << 10 {
             buf.reserve(8 << 10);
         }
