@@ -6,6 +6,7 @@
 pub mod given;
 pub(crate) mod intercept;
 pub(crate) mod secure_proxy;
+mod sessions;
 pub(crate) mod terminate;
 
 use std::io;
@@ -78,7 +79,7 @@ pub(crate) struct ServerShared {
     provider: Arc<rustls::crypto::CryptoProvider>,
     /// The TLS versions offered to clients (`tls_version_client_*`).
     versions: Vec<&'static rustls::SupportedProtocolVersion>,
-    sessions: Arc<rustls::server::ServerSessionMemoryCache>,
+    sessions: Arc<sessions::SessionCache>,
 }
 
 /// Sessions kept for resumption across all intercepted connections.
@@ -92,7 +93,7 @@ impl ServerShared {
         ServerShared {
             provider: Arc::new(rustls::crypto::ring::default_provider()),
             versions,
-            sessions: rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_SIZE),
+            sessions: Arc::new(sessions::SessionCache::new(SESSION_CACHE_SIZE)),
         }
     }
 }
