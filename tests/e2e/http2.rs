@@ -499,7 +499,15 @@ fn client_connections_share_an_http2_upstream_where_they_cannot_tell() {
     );
     let fast: Vec<String> = (0..20)
         .map(|_| {
-            upstream_connection(&curl(&["--max-time", "5", "--cacert", &ca, "-x", &fg.proxy(), &nginx.tls_url("/small")]))
+            upstream_connection(&curl(&[
+                "--max-time",
+                "5",
+                "--cacert",
+                &ca,
+                "-x",
+                &fg.proxy(),
+                &nginx.tls_url("/small"),
+            ]))
         })
         .collect();
     assert_eq!(distinct(&fast), 1, "{fast:?}");

@@ -14,10 +14,10 @@ use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
 use crate::detect::{self, Hello};
+use crate::error::UpstreamError;
 use crate::layer::{self, Decision, Layer, Seen, Stage, TlsVerdict};
 use crate::replay::ReplayTap;
 use crate::tls::Prefixed;
-use crate::error::UpstreamError;
 use crate::upstream::{self, Connected, Sender, Target, Upstreams};
 use crate::{Mode, Proxy};
 
@@ -93,7 +93,9 @@ impl ConnCtx {
         let session = proxy.chain.connection(info);
         let share = proxy.options.share_upstream
             && proxy.options.client_certs.is_none()
-            && ![Hook::ServerConnect, Hook::ServerConnected, Hook::ServerDisconnected].into_iter().any(|h| session.calls(h));
+            && ![Hook::ServerConnect, Hook::ServerConnected, Hook::ServerDisconnected]
+                .into_iter()
+                .any(|h| session.calls(h));
         ConnCtx {
             share,
             proxy,

@@ -144,6 +144,7 @@ impl Proxy {
         let connections = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
         let handshakes = tokio::sync::Semaphore::new(options.max_handshakes);
         let buffers = memory::BufferBudget::new(options.buffer_memory_limit);
+        let http2_idle_timeout = options.http2_idle_timeout;
         Arc::new(Proxy {
             chain: ChainHandle::new(chain),
             ca,
@@ -157,7 +158,7 @@ impl Proxy {
             refused: std::sync::atomic::AtomicU64::new(0),
             handshakes,
             buffers,
-            shared: upstream::SharedUpstreams::default(),
+            shared: upstream::SharedUpstreams::new(http2_idle_timeout),
             closing: tokio::sync::watch::Sender::new(false),
         })
     }

@@ -103,7 +103,9 @@ pub struct ProxyOptions {
     /// Client connections share HTTP/2 upstream connections to the same server (same TLS
     /// server name, address and upstream proxy) where they cannot tell: no plugin is
     /// called for server-connect, -connected or -disconnected, and no `client_certs`
-    /// (`share_upstream`, default true). Off: each client connection opens its own.
+    /// (`share_upstream`, default true). Off: each client connection opens its own. A
+    /// shared connection no new client connection took for `http2_idle_timeout` leaves
+    /// the pool.
     pub share_upstream: bool,
     /// Relay streams no other layer claims as raw TCP flows (`rawtcp`, default true, as
     /// in mitmproxy): bytes inside a CONNECT tunnel that are neither TLS nor HTTP (SSH,

@@ -241,9 +241,23 @@ impl Upstreams {
 /// are one multiplexed connection to it rather than a thousand. Only HTTP/2 connections
 /// are shared (an HTTP/1.1 one carries one request at a time, and stays its client
 /// connection's), and only where a client cannot tell (see `ConnCtx::share`).
-#[derive(Default)]
 pub(crate) struct SharedUpstreams {
-    conns: std::sync::Mutex<HashMap<SharedKey, SharedConn>>,
+    conns: std::sync::Mutex<HashMap<SharedKey, Kept>>,
+    /// A connection no client connection took for this long leaves the pool
+    /// (`http2_idle_timeout`; zero: never); it closes once its last user is done.
+    idle: std::time::Duration,
+}
+
+/// A shared connection in the pool, and when a client connection last took it.
+struct Kept {
+    conn: SharedConn,
+    taken: std::time::Instant,
+}
+
+impl Kept {
+    fn usable(&self, idle: std::time::Duration, now: std::time::Instant) -> bool {
+        !self.conn.sender.is_closed() && (idle.is_zero() || now.duration_since(self.taken) < idle)
+    }
 }
 
 /// What identifies a shareable connection: where it goes (the target with its TLS server
@@ -283,41 +297,54 @@ const SHARED_CONNECTION_WINDOW: u32 = (1 << 31) - 1;
 const MAX_SHARED: usize = 1024;
 
 impl SharedUpstreams {
+    /// An empty pool whose connections leave it after `idle` unused.
+    pub fn new(idle: std::time::Duration) -> SharedUpstreams {
+        SharedUpstreams { conns: std::sync::Mutex::default(), idle }
+    }
+
     /// The open shared connection to `target`, if there is one.
     pub fn get(&self, mode: &Mode, target: &Target) -> Option<SharedConn> {
+        self.get_at(mode, target, std::time::Instant::now())
+    }
+
+    /// [`SharedUpstreams::get`] at `now`.
+    fn get_at(&self, mode: &Mode, target: &Target, now: std::time::Instant) -> Option<SharedConn> {
         let key = SharedKey::new(mode, target);
         let mut conns = self.conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match conns.get(&key) {
-            Some(conn) if conn.sender.is_closed() => {
+        match conns.get_mut(&key) {
+            Some(kept) if kept.usable(self.idle, now) => {
+                kept.taken = now;
+                Some(kept.conn.clone())
+            }
+            Some(_) => {
                 conns.remove(&key);
                 None
             }
-            found => found.cloned(),
+            None => None,
         }
     }
 
     /// Offers a new connection for sharing: kept unless an open one to the same place is
     /// (two clients raced to connect: the later one keeps its own), or the pool is full.
     pub fn offer(&self, mode: &Mode, target: &Target, sender: &Sender, sans: &[String]) {
+        self.offer_at(mode, target, sender, sans, std::time::Instant::now());
+    }
+
+    /// [`SharedUpstreams::offer`] at `now`.
+    fn offer_at(&self, mode: &Mode, target: &Target, sender: &Sender, sans: &[String], now: std::time::Instant) {
         let Sender::H2(sender) = sender else { return };
         let key = SharedKey::new(mode, target);
         let mut conns = self.conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if conns.get(&key).is_some_and(|c| !c.sender.is_closed()) {
+        if conns.get(&key).is_some_and(|k| k.usable(self.idle, now)) {
             return;
         }
+        // Closed and long-unused connections go first; each new connection is a chance.
+        conns.retain(|_, k| k.usable(self.idle, now));
         if conns.len() >= MAX_SHARED {
-            conns.retain(|_, c| !c.sender.is_closed());
-            if conns.len() >= MAX_SHARED {
-                return;
-            }
+            return;
         }
-        conns.insert(key, SharedConn { sender: sender.clone(), sans: sans.into() });
-    }
-
-    /// Shared connections kept.
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.conns.lock().map(|c| c.len()).unwrap_or_default()
+        let conn = SharedConn { sender: sender.clone(), sans: sans.into() };
+        conns.insert(key, Kept { conn, taken: now });
     }
 }
 
@@ -624,6 +651,58 @@ mod tests {
         ends.push(server.expect("accepted").0);
         let io = UpstreamIo::Tcp(client.expect("connected"));
         Sender::H1(Client::new(crate::stall::WriteStall::new(io, std::time::Duration::from_secs(5), "x")))
+    }
+
+    /// An HTTP/2 sender on a loopback connection to a hyper server that answers 200.
+    async fn h2_sender(listener: &tokio::net::TcpListener) -> Sender {
+        let addr = listener.local_addr().expect("bound");
+        let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (server, _) = server.expect("accepted");
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(|_req| async {
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(crate::http::full(Bytes::new())))
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(server), service)
+                .await;
+        });
+        handshake_h2(client.expect("connected"), &crate::ProxyOptions::default(), true).await.expect("h2 handshake")
+    }
+
+    #[tokio::test]
+    async fn shared_connections_are_kept_per_place_and_leave_when_unused() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let idle = std::time::Duration::from_secs(300);
+        let pool = SharedUpstreams::new(idle);
+        let t0 = std::time::Instant::now();
+        let a = Target::new(Scheme::Https, "a.test".to_owned(), 443);
+        let via = Mode::Upstream { scheme: Scheme::Http, host: "proxy.test".to_owned(), port: 3128 };
+        let first = h2_sender(&listener).await;
+        pool.offer_at(&Mode::Regular, &a, &first, &["a.test".to_owned()], t0);
+        let got = pool.get_at(&Mode::Regular, &a, t0).expect("shared");
+        assert_eq!(&*got.sans, ["a.test".to_owned()]);
+        // Another place: another SNI, another port, or through an upstream proxy.
+        let other_sni = Target { sni: Some("b.test".to_owned()), ..a.clone() };
+        let other_port = Target { port: 8443, ..a.clone() };
+        assert!(pool.get_at(&Mode::Regular, &other_sni, t0).is_none());
+        assert!(pool.get_at(&Mode::Regular, &other_port, t0).is_none());
+        assert!(pool.get_at(&via, &a, t0).is_none());
+        // An HTTP/1.1 connection is never shared.
+        let mut ends = Vec::new();
+        pool.offer_at(&Mode::Regular, &other_port, &sender(&listener, &mut ends).await, &[], t0);
+        assert!(pool.get_at(&Mode::Regular, &other_port, t0).is_none());
+        // A second connection to the same place does not replace the open one.
+        let second = h2_sender(&listener).await;
+        pool.offer_at(&Mode::Regular, &a, &second, &["second".to_owned()], t0);
+        assert_eq!(&*pool.get_at(&Mode::Regular, &a, t0).expect("shared").sans, ["a.test".to_owned()]);
+        // Taken again just before the idle time runs out, it stays; unused that long, it goes.
+        let later = t0 + idle - std::time::Duration::from_secs(1);
+        assert!(pool.get_at(&Mode::Regular, &a, later).is_some());
+        assert!(pool.get_at(&Mode::Regular, &a, later + idle).is_none());
+        // Then a new connection to the place is kept in its stead.
+        pool.offer_at(&Mode::Regular, &a, &second, &["second".to_owned()], later + idle);
+        assert_eq!(&*pool.get_at(&Mode::Regular, &a, later + idle).expect("shared").sans, ["second".to_owned()]);
+        drop((first, got));
     }
 
     #[tokio::test]
