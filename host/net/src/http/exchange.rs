@@ -425,7 +425,7 @@ pub(crate) async fn handle(
             }
             Some(Answered::Forward) | None => {
                 let leg = UpstreamLeg { original, fixed, stream_source, body, request_trailers, interim };
-                match send_upstream(&mut ex, leg).await? {
+                match Box::pin(send_upstream(&mut ex, leg)).await? {
                     Ok(sent) => sent,
                     Err(reply) => return Ok(reply),
                 }
@@ -447,7 +447,7 @@ pub(crate) async fn handle(
         return Ok(resp);
     }
     if let Some(upstream) = upgraded {
-        return websocket_reply(ex, response, upstream, &offered).await;
+        return Box::pin(websocket_reply(ex, response, upstream, &offered)).await;
     }
     let mut stream_body = None;
     let mut response_trailers = None;

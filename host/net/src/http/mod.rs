@@ -54,7 +54,9 @@ where
         let ctx = service_ctx.clone();
         let fixed = fixed.clone();
         let open = OpenStream::new(&service_streams);
-        async move { h2_stream(ctx, req, fixed, open).await }
+        // Boxed: hyper spawns each stream's future; a pointer moves cheaper than the
+        // flow's state machine.
+        Box::pin(async move { h2_stream(ctx, req, fixed, open).await })
     });
     let builder = h2::server_builder(&ctx.proxy.options);
     let conn = builder.serve_connection(TokioIo::new(io), service);

@@ -46,7 +46,9 @@ macro_rules! run_chain {
             if !$slots.chain[i].implements($hook) || !wants(i, &$slots.chain[i]) {
                 continue;
             }
-            let outcome = $slots.call(i, $hook, $flow_id, $call).await;
+            // Boxed: the call's future (wasmtime's, with the fiber's) is large, and would
+            // otherwise be inline in every flow's future, plugins or not.
+            let outcome = ::std::boxed::Box::pin($slots.call(i, $hook, $flow_id, $call)).await;
             if let ::std::ops::ControlFlow::Break(value) = fold(&mut $slots, i, outcome) {
                 stopped = Some(value);
                 break;
