@@ -171,10 +171,17 @@ impl ConnCtx {
     /// there is one and the connection shares, else one opened now (the server-connect
     /// hooks first, which may refuse it; a new HTTP/2 one is offered for sharing).
     pub async fn open_upstream(&self, target: &Target) -> Result<Connected, UpstreamError> {
-        if self.share
-            && let Some(shared) = self.proxy.shared.get(&self.mode, target)
-        {
-            return Ok(Connected { sender: Sender::H2(shared.sender), sans: shared.sans });
+        let shared = |conn: upstream::SharedConn| Connected { sender: Sender::H2(conn.sender), sans: conn.sans };
+        let mut _first = None;
+        if self.share {
+            if let Some(conn) = self.proxy.shared.get(&self.mode, target) {
+                return Ok(shared(conn));
+            }
+            // Clients arriving together wait for the first one's connection.
+            _first = self.proxy.shared.turn(&self.mode, target).await;
+            if let Some(conn) = self.proxy.shared.get(&self.mode, target) {
+                return Ok(shared(conn));
+            }
         }
         let address = format!("{}:{}", target.host, target.port);
         if !self.server_connect(address.clone()).await {

@@ -243,6 +243,11 @@ impl Upstreams {
 /// connection's), and only where a client cannot tell (see `ConnCtx::share`).
 pub(crate) struct SharedUpstreams {
     conns: std::sync::Mutex<HashMap<SharedKey, Kept>>,
+    /// Places a client connection is opening a connection to now: the clients that arrive
+    /// meanwhile wait for it (one connection for a burst of clients, not one each).
+    opening: std::sync::Mutex<HashMap<SharedKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// Places whose last connection came out HTTP/1.1: nothing to share, nobody waits.
+    http1: std::sync::Mutex<std::collections::HashSet<SharedKey>>,
     /// A connection no client connection took for this long leaves the pool
     /// (`http2_idle_timeout`; zero: never); it closes once its last user is done.
     idle: std::time::Duration,
@@ -299,7 +304,38 @@ const MAX_SHARED: usize = 1024;
 impl SharedUpstreams {
     /// An empty pool whose connections leave it after `idle` unused.
     pub fn new(idle: std::time::Duration) -> SharedUpstreams {
-        SharedUpstreams { conns: std::sync::Mutex::default(), idle }
+        SharedUpstreams {
+            conns: std::sync::Mutex::default(),
+            opening: std::sync::Mutex::default(),
+            http1: std::sync::Mutex::default(),
+            idle,
+        }
+    }
+
+    /// Before opening a connection to `target`: if another client connection is opening
+    /// one now, waits until it is done (its connection is then shared, or it failed and
+    /// each goes on alone: only the first opener holds the others back, so a dead server
+    /// costs the burst one connect timeout, not one each). `Some`: this one is the first;
+    /// the others wait until it is dropped.
+    pub async fn turn(&self, mode: &Mode, target: &Target) -> Option<Opening<'_>> {
+        let key = SharedKey::new(mode, target);
+        if self.http1.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&key) {
+            return None;
+        }
+        let waiting = {
+            let mut opening = self.opening.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match opening.get(&key) {
+                Some(gate) => gate.clone(),
+                None => {
+                    let gate = Arc::new(tokio::sync::Mutex::new(()));
+                    let guard = gate.clone().try_lock_owned().ok()?;
+                    opening.insert(key.clone(), gate);
+                    return Some(Opening { pool: self, key, _guard: guard });
+                }
+            }
+        };
+        drop(waiting.lock().await);
+        None
     }
 
     /// The open shared connection to `target`, if there is one.
@@ -332,8 +368,15 @@ impl SharedUpstreams {
 
     /// [`SharedUpstreams::offer`] at `now`.
     fn offer_at(&self, mode: &Mode, target: &Target, sender: &Sender, sans: &[String], now: std::time::Instant) {
-        let Sender::H2(sender) = sender else { return };
         let key = SharedKey::new(mode, target);
+        let Sender::H2(sender) = sender else {
+            let mut http1 = self.http1.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if http1.len() >= MAX_SHARED {
+                http1.clear();
+            }
+            http1.insert(key);
+            return;
+        };
         let mut conns = self.conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if conns.get(&key).is_some_and(|k| k.usable(self.idle, now)) {
             return;
@@ -345,6 +388,20 @@ impl SharedUpstreams {
         }
         let conn = SharedConn { sender: sender.clone(), sans: sans.into() };
         conns.insert(key, Kept { conn, taken: now });
+    }
+}
+
+/// The first client connection opening a connection to a place (see
+/// [`SharedUpstreams::turn`]); the others go on when it is dropped.
+pub(crate) struct Opening<'a> {
+    pool: &'a SharedUpstreams,
+    key: SharedKey,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        self.pool.opening.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.key);
     }
 }
 
