@@ -171,16 +171,11 @@ impl ConnCtx {
     /// there is one and the connection shares, else one opened now (the server-connect
     /// hooks first, which may refuse it; a new HTTP/2 one is offered for sharing).
     pub async fn open_upstream(&self, target: &Target) -> Result<Connected, UpstreamError> {
-        let shared = |conn: upstream::SharedConn| Connected { sender: Sender::H2(conn.sender), sans: conn.sans };
-        let mut _first = None;
+        let mut claim = None;
         if self.share {
-            if let Some(conn) = self.proxy.shared.get(&self.mode, target) {
-                return Ok(shared(conn));
-            }
-            // Clients arriving together wait for the first one's connection.
-            _first = self.proxy.shared.turn(&self.mode, target).await;
-            if let Some(conn) = self.proxy.shared.get(&self.mode, target) {
-                return Ok(shared(conn));
+            match self.proxy.shared.find(&self.mode, target).await {
+                upstream::Found::Conn(c) => return Ok(Connected { sender: Sender::H2(c.sender), sans: c.sans }),
+                upstream::Found::Open(open) => claim = Some(open),
             }
         }
         let address = format!("{}:{}", target.host, target.port);
@@ -189,8 +184,8 @@ impl ConnCtx {
         }
         let connected = upstream::connect(&self.proxy, &self.mode, target, self.share).await?;
         self.session.lock().await.server_connected().await;
-        if self.share {
-            self.proxy.shared.offer(&self.mode, target, &connected.sender, &connected.sans);
+        if let Some(claim) = claim {
+            claim.offer(&connected.sender, &connected.sans);
         }
         Ok(connected)
     }

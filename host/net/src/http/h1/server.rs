@@ -234,6 +234,9 @@ fn switch(stage: Stage, rd: ReadHalf<BoxIo>, wr: WriteHalf<BoxIo>, buf: BytesMut
 /// The first read of a request on an idle connection: most request heads fit.
 const IDLE_READ: usize = 2 << 10;
 
+/// What the buffer of a request head being read has room for at least, half of it free.
+const HEAD_READ: usize = 8 << 10;
+
 /// Reads the next request head: `None` if the client closed the connection between
 /// requests.
 async fn read_head(
@@ -267,14 +270,14 @@ async fn read_head(
             match rd.read(&mut first).await {
                 Ok(0) | Err(_) => return Ok(None),
                 Ok(n) => {
-                    buf.reserve(8 << 10);
+                    buf.reserve(HEAD_READ);
                     buf.extend_from_slice(&first[..n]);
                 }
             }
             continue;
         }
-        if buf.capacity() - buf.len() < 4 << 10 {
-            buf.reserve(8 << 10);
+        if buf.capacity() - buf.len() < HEAD_READ / 2 {
+            buf.reserve(HEAD_READ);
         }
         match rd.read_buf(buf).await {
             Ok(0) if buf.is_empty() => return Ok(None),

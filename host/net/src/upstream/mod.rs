@@ -24,6 +24,9 @@ use crate::http::h1::client::Client;
 pub(crate) use crate::http::h1::client::Outbound;
 use crate::{Mode, Proxy};
 
+mod shared;
+pub(crate) use shared::{Found, SharedUpstreams};
+
 /// A body sent upstream or to the client.
 pub(crate) type Body = BoxBody<Bytes, BoxError>;
 /// Any body error.
@@ -233,175 +236,6 @@ impl Upstreams {
     #[cfg(test)]
     fn kept(&self) -> usize {
         self.idle.values().map(Vec::len).sum()
-    }
-}
-
-/// HTTP/2 upstream connections shared by all client connections (`share_upstream`):
-/// one per server, TLS settings and upstream proxy, so a thousand clients of one origin
-/// are one multiplexed connection to it rather than a thousand. Only HTTP/2 connections
-/// are shared (an HTTP/1.1 one carries one request at a time, and stays its client
-/// connection's), and only where a client cannot tell (see `ConnCtx::share`).
-pub(crate) struct SharedUpstreams {
-    conns: std::sync::Mutex<HashMap<SharedKey, Kept>>,
-    /// Places a client connection is opening a connection to now: the clients that arrive
-    /// meanwhile wait for it (one connection for a burst of clients, not one each).
-    opening: std::sync::Mutex<HashMap<SharedKey, Arc<tokio::sync::Mutex<()>>>>,
-    /// Places whose last connection came out HTTP/1.1: nothing to share, nobody waits.
-    http1: std::sync::Mutex<std::collections::HashSet<SharedKey>>,
-    /// A connection no client connection took for this long leaves the pool
-    /// (`http2_idle_timeout`; zero: never); it closes once its last user is done.
-    idle: std::time::Duration,
-}
-
-/// A shared connection in the pool, and when a client connection last took it.
-struct Kept {
-    conn: SharedConn,
-    taken: std::time::Instant,
-}
-
-impl Kept {
-    fn usable(&self, idle: std::time::Duration, now: std::time::Instant) -> bool {
-        !self.conn.sender.is_closed() && (idle.is_zero() || now.duration_since(self.taken) < idle)
-    }
-}
-
-/// What identifies a shareable connection: where it goes (the target with its TLS server
-/// name and pinned address), and through which upstream proxy.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct SharedKey {
-    target: Target,
-    via: Option<(Scheme, String, u16)>,
-}
-
-impl SharedKey {
-    fn new(mode: &Mode, target: &Target) -> SharedKey {
-        let via = match mode {
-            Mode::Upstream { scheme, host, port } => Some((*scheme, host.clone(), *port)),
-            _ => None,
-        };
-        SharedKey { target: target.clone(), via }
-    }
-}
-
-/// A shared HTTP/2 connection and what its TLS handshake told.
-#[derive(Clone)]
-pub(crate) struct SharedConn {
-    /// A handle on the connection (clones share it).
-    pub sender: http2::SendRequest<Body>,
-    /// The names its certificate is valid for (TLS only): what a minted certificate for a
-    /// client of this server carries, without a handshake of its own.
-    pub sans: Arc<[String]>,
-}
-
-/// The connection-level receive window of a shared HTTP/2 connection: the largest there
-/// is, so only stream windows (hyper's default, 2 MiB) hold data back.
-const SHARED_CONNECTION_WINDOW: u32 = (1 << 31) - 1;
-
-/// Most servers the shared pool keeps a connection to; past it a new connection stays its
-/// client connection's.
-const MAX_SHARED: usize = 1024;
-
-impl SharedUpstreams {
-    /// An empty pool whose connections leave it after `idle` unused.
-    pub fn new(idle: std::time::Duration) -> SharedUpstreams {
-        SharedUpstreams {
-            conns: std::sync::Mutex::default(),
-            opening: std::sync::Mutex::default(),
-            http1: std::sync::Mutex::default(),
-            idle,
-        }
-    }
-
-    /// Before opening a connection to `target`: if another client connection is opening
-    /// one now, waits until it is done (its connection is then shared, or it failed and
-    /// each goes on alone: only the first opener holds the others back, so a dead server
-    /// costs the burst one connect timeout, not one each). `Some`: this one is the first;
-    /// the others wait until it is dropped.
-    pub async fn turn(&self, mode: &Mode, target: &Target) -> Option<Opening<'_>> {
-        let key = SharedKey::new(mode, target);
-        if self.http1.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&key) {
-            return None;
-        }
-        let waiting = {
-            let mut opening = self.opening.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            match opening.get(&key) {
-                Some(gate) => gate.clone(),
-                None => {
-                    let gate = Arc::new(tokio::sync::Mutex::new(()));
-                    let guard = gate.clone().try_lock_owned().ok()?;
-                    opening.insert(key.clone(), gate);
-                    return Some(Opening { pool: self, key, _guard: guard });
-                }
-            }
-        };
-        drop(waiting.lock().await);
-        None
-    }
-
-    /// The open shared connection to `target`, if there is one.
-    pub fn get(&self, mode: &Mode, target: &Target) -> Option<SharedConn> {
-        self.get_at(mode, target, std::time::Instant::now())
-    }
-
-    /// [`SharedUpstreams::get`] at `now`.
-    fn get_at(&self, mode: &Mode, target: &Target, now: std::time::Instant) -> Option<SharedConn> {
-        let key = SharedKey::new(mode, target);
-        let mut conns = self.conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match conns.get_mut(&key) {
-            Some(kept) if kept.usable(self.idle, now) => {
-                kept.taken = now;
-                Some(kept.conn.clone())
-            }
-            Some(_) => {
-                conns.remove(&key);
-                None
-            }
-            None => None,
-        }
-    }
-
-    /// Offers a new connection for sharing: kept unless an open one to the same place is
-    /// (two clients raced to connect: the later one keeps its own), or the pool is full.
-    pub fn offer(&self, mode: &Mode, target: &Target, sender: &Sender, sans: &[String]) {
-        self.offer_at(mode, target, sender, sans, std::time::Instant::now());
-    }
-
-    /// [`SharedUpstreams::offer`] at `now`.
-    fn offer_at(&self, mode: &Mode, target: &Target, sender: &Sender, sans: &[String], now: std::time::Instant) {
-        let key = SharedKey::new(mode, target);
-        let Sender::H2(sender) = sender else {
-            let mut http1 = self.http1.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if http1.len() >= MAX_SHARED {
-                http1.clear();
-            }
-            http1.insert(key);
-            return;
-        };
-        let mut conns = self.conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if conns.get(&key).is_some_and(|k| k.usable(self.idle, now)) {
-            return;
-        }
-        // Closed and long-unused connections go first; each new connection is a chance.
-        conns.retain(|_, k| k.usable(self.idle, now));
-        if conns.len() >= MAX_SHARED {
-            return;
-        }
-        let conn = SharedConn { sender: sender.clone(), sans: sans.into() };
-        conns.insert(key, Kept { conn, taken: now });
-    }
-}
-
-/// The first client connection opening a connection to a place (see
-/// [`SharedUpstreams::turn`]); the others go on when it is dropped.
-pub(crate) struct Opening<'a> {
-    pool: &'a SharedUpstreams,
-    key: SharedKey,
-    _guard: tokio::sync::OwnedMutexGuard<()>,
-}
-
-impl Drop for Opening<'_> {
-    fn drop(&mut self) {
-        self.pool.opening.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.key);
     }
 }
 
@@ -680,7 +514,7 @@ async fn handshake_h2<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         // Streams of many clients: a client that reads slowly fills its stream's window
         // (what is buffered for it stays bounded by that), never the connection's, which
         // the other clients' streams need.
-        builder.initial_connection_window_size(SHARED_CONNECTION_WINDOW);
+        builder.initial_connection_window_size(shared::CONNECTION_WINDOW);
     }
     if !options.http2_ping_keepalive.is_zero() {
         builder
@@ -702,64 +536,12 @@ mod tests {
     use super::*;
 
     /// An HTTP/1.1 sender on a loopback connection (the far end is kept in `ends`).
-    async fn sender(listener: &tokio::net::TcpListener, ends: &mut Vec<TcpStream>) -> Sender {
+    pub(super) async fn sender(listener: &tokio::net::TcpListener, ends: &mut Vec<TcpStream>) -> Sender {
         let addr = listener.local_addr().expect("bound");
         let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
         ends.push(server.expect("accepted").0);
         let io = UpstreamIo::Tcp(client.expect("connected"));
         Sender::H1(Client::new(crate::stall::WriteStall::new(io, std::time::Duration::from_secs(5), "x")))
-    }
-
-    /// An HTTP/2 sender on a loopback connection to a hyper server that answers 200.
-    async fn h2_sender(listener: &tokio::net::TcpListener) -> Sender {
-        let addr = listener.local_addr().expect("bound");
-        let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        let (server, _) = server.expect("accepted");
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(|_req| async {
-                Ok::<_, std::convert::Infallible>(hyper::Response::new(crate::http::full(Bytes::new())))
-            });
-            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(server), service)
-                .await;
-        });
-        handshake_h2(client.expect("connected"), &crate::ProxyOptions::default(), true).await.expect("h2 handshake")
-    }
-
-    #[tokio::test]
-    async fn shared_connections_are_kept_per_place_and_leave_when_unused() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let idle = std::time::Duration::from_secs(300);
-        let pool = SharedUpstreams::new(idle);
-        let t0 = std::time::Instant::now();
-        let a = Target::new(Scheme::Https, "a.test".to_owned(), 443);
-        let via = Mode::Upstream { scheme: Scheme::Http, host: "proxy.test".to_owned(), port: 3128 };
-        let first = h2_sender(&listener).await;
-        pool.offer_at(&Mode::Regular, &a, &first, &["a.test".to_owned()], t0);
-        let got = pool.get_at(&Mode::Regular, &a, t0).expect("shared");
-        assert_eq!(&*got.sans, ["a.test".to_owned()]);
-        // Another place: another SNI, another port, or through an upstream proxy.
-        let other_sni = Target { sni: Some("b.test".to_owned()), ..a.clone() };
-        let other_port = Target { port: 8443, ..a.clone() };
-        assert!(pool.get_at(&Mode::Regular, &other_sni, t0).is_none());
-        assert!(pool.get_at(&Mode::Regular, &other_port, t0).is_none());
-        assert!(pool.get_at(&via, &a, t0).is_none());
-        // An HTTP/1.1 connection is never shared.
-        let mut ends = Vec::new();
-        pool.offer_at(&Mode::Regular, &other_port, &sender(&listener, &mut ends).await, &[], t0);
-        assert!(pool.get_at(&Mode::Regular, &other_port, t0).is_none());
-        // A second connection to the same place does not replace the open one.
-        let second = h2_sender(&listener).await;
-        pool.offer_at(&Mode::Regular, &a, &second, &["second".to_owned()], t0);
-        assert_eq!(&*pool.get_at(&Mode::Regular, &a, t0).expect("shared").sans, ["a.test".to_owned()]);
-        // Taken again just before the idle time runs out, it stays; unused that long, it goes.
-        let later = t0 + idle - std::time::Duration::from_secs(1);
-        assert!(pool.get_at(&Mode::Regular, &a, later).is_some());
-        assert!(pool.get_at(&Mode::Regular, &a, later + idle).is_none());
-        // Then a new connection to the place is kept in its stead.
-        pool.offer_at(&Mode::Regular, &a, &second, &["second".to_owned()], later + idle);
-        assert_eq!(&*pool.get_at(&Mode::Regular, &a, later + idle).expect("shared").sans, ["second".to_owned()]);
-        drop((first, got));
     }
 
     #[tokio::test]
