@@ -6,7 +6,6 @@
 //! connection: the HTTP/1 and HTTP/2 layers hand it an [`Inbound`] and write the
 //! [`Reply`] back in their own framing, so HTTP/3 and replay can drive it too.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,24 +14,27 @@ use flowgate_flow::{
     Address, BodyMode, Flow, FlowError, Headers, HttpFlow, HttpVersion, LocalResponse, Payload, Replay, Request,
     Response, Scheme, Server, TlsInfo,
 };
-use flowgate_runtime::{HttpAction, HttpFlowSession, Reroute};
+use flowgate_runtime::{HttpAction, HttpFlowSession};
 use http_body_util::BodyExt;
 
-use super::body::{
-    Buffered, Held, ProgressTimeout, Stall, Turn, Watched, buffer, stream_request_body, stream_through_plugins,
-    with_trailers,
-};
+use super::body::{Buffered, ProgressTimeout, Stall, buffer};
 use super::cert::{CERT_HOSTS, cert_page};
 use super::{Killed, full};
+
+mod response;
+mod upstream_leg;
+
 use crate::Mode;
 use crate::capture::{Capture, Pending, Tee, now};
 use crate::conn::ConnCtx;
-use crate::egress::resolve_checked;
-use crate::error::{Error, UpstreamError};
+use crate::error::Error;
 use crate::record::{self, FlowRecord, Kind, Outcome};
 use crate::replay::Answered;
-use crate::upstream::{Body, Outbound, Target};
-use crate::websocket::{self, Side};
+use crate::upstream::{Body, Target};
+use crate::websocket;
+use response::respond;
+pub(crate) use upstream_leg::rerouted;
+use upstream_leg::{UpstreamLeg, send_upstream};
 
 /// A request as a client layer received it.
 pub(crate) struct Inbound {
@@ -399,334 +401,39 @@ pub(crate) async fn handle(
             ex.request.headers.remove("upgrade");
         }
     }
-    let (mut response, upstream_body, upgraded) =
-        match opts.server_replay.as_ref().map(|r| r.answer(&ex.request, now())) {
-            Some(Answered::Saved(response, saved)) => {
-                ex.replay = Some(Replay::Response);
-                match saved.as_ref().and_then(|s| s.websocket.as_ref()) {
-                    // A recorded WebSocket: its server's side is played to this client.
-                    Some(recorded) if websocket::is_upgrade(&ex.request) && response.status == 101 => {
-                        let response = websocket::replayed_handshake(response, &ex.request);
-                        let server = websocket::scripted(flowgate_ws::Role::Server, recorded);
-                        (response, full(Bytes::new()), Some(server))
-                    }
-                    _ => {
-                        let head = ex.request.method == "HEAD";
-                        let (response, body) = crate::replay::as_upstream_response(response, head);
-                        (response, body, None)
-                    }
+    let (response, upstream_body, upgraded) = match opts.server_replay.as_ref().map(|r| r.answer(&ex.request, now())) {
+        Some(Answered::Saved(response, saved)) => {
+            ex.replay = Some(Replay::Response);
+            match saved.as_ref().and_then(|s| s.websocket.as_ref()) {
+                // A recorded WebSocket: its server's side is played to this client.
+                Some(recorded) if websocket::is_upgrade(&ex.request) && response.status == 101 => {
+                    let response = websocket::replayed_handshake(response, &ex.request);
+                    let server = websocket::scripted(flowgate_ws::Role::Server, recorded);
+                    (response, full(Bytes::new()), Some(server))
                 }
-            }
-            Some(Answered::Kill) => {
-                let message = "no saved response matches (server_replay_extra=kill)".to_owned();
-                ex.session.error(&mut ex.request, &message).await;
-                ex.record(Outcome::Error(message));
-                return Err(Killed);
-            }
-            Some(Answered::Forward) | None => {
-                let leg = UpstreamLeg { original, fixed, stream_source, body, request_trailers, interim };
-                match Box::pin(send_upstream(&mut ex, leg)).await? {
-                    Ok(sent) => sent,
-                    Err(reply) => return Ok(reply),
-                }
-            }
-        };
-
-    // Back to the client.
-    if response.reason.is_empty() {
-        response.reason = canonical_reason(response.status);
-    }
-    let upstream_length = declared_length(&response.headers);
-    if response.status == 101 && (upgraded.is_none() || !websocket::is_upgrade(&ex.request)) {
-        // Only a WebSocket upgrade is asked for (h2c is the client layer's own).
-        let message = "the upstream switched protocols unasked (101 to a request that is not a WebSocket upgrade)";
-        return Ok(ex.fail(UpstreamError::Wire(message.to_owned())).await);
-    }
-    let action = ex.session.response_headers(&mut ex.request, &mut response).await;
-    if let Some(resp) = ex.act(action).await? {
-        return Ok(resp);
-    }
-    if let Some(upstream) = upgraded {
-        return Box::pin(websocket_reply(ex, response, upstream, &offered)).await;
-    }
-    let mut stream_body = None;
-    let mut response_trailers = None;
-    let mut response_held = None;
-    if response.body.is_none() && response.body_mode == BodyMode::Stream {
-        if !hyper::body::Body::is_end_stream(&upstream_body) {
-            return Ok(stream_through_plugins(ex, response, upstream_body));
-        }
-        // Nothing will come (a HEAD answer, a 204, gRPC's trailers-only answer): the end
-        // goes through the chunk hooks now. An empty result keeps the response without a
-        // body (HTTP/2: HEADERS with END_STREAM, which gRPC needs) and its headers as
-        // they are; bytes a plugin made become the body.
-        match ex.session.response_body_chunk(&mut ex.request, &mut response, Vec::new(), true).await {
-            Ok(out) if out.is_empty() => stream_body = Some(full(Bytes::new())),
-            Ok(out) => response.body = Some(out.into()),
-            Err(action) => {
-                if let Some(resp) = ex.act(action).await? {
-                    return Ok(resp);
+                _ => {
+                    let head = ex.request.method == "HEAD";
+                    let (response, body) = crate::replay::as_upstream_response(response, head);
+                    (response, body, None)
                 }
             }
         }
-    }
-    let no_body = ex.request.method == "HEAD" || matches!(response.status, 100..=199 | 204 | 304);
-    if response.body.is_none() && stream_body.is_none() && response.body_mode != BodyMode::Pass {
-        let length = if no_body { Some(0) } else { upstream_length };
-        match buffer(upstream_body, opts, &ctx.proxy.buffers, length).await {
-            Ok(Buffered::Whole(bytes, trailers, held)) => {
-                response_held = Some(held);
-                // A HEAD answer's length is the one a GET would have had: it stays.
-                if !no_body {
-                    response.body = Some(bytes);
-                } else {
-                    stream_body = Some(full(Bytes::new()));
-                }
-                if let Some(t) = &trailers {
-                    response.trailers = to_headers(t);
-                }
-                response_trailers = trailers;
+        Some(Answered::Kill) => {
+            let message = "no saved response matches (server_replay_extra=kill)".to_owned();
+            ex.session.error(&mut ex.request, &message).await;
+            ex.record(Outcome::Error(message));
+            return Err(Killed);
+        }
+        Some(Answered::Forward) | None => {
+            let leg = UpstreamLeg { original, fixed, stream_source, body, request_trailers, interim };
+            match Box::pin(send_upstream(&mut ex, leg)).await? {
+                Ok(sent) => sent,
+                Err(reply) => return Ok(reply),
             }
-            Ok(Buffered::Streamed(stream)) => {
-                ex.session.flow.metadata.insert("flowgate.streamed".to_owned(), "response".to_owned());
-                stream_body = Some(stream);
-            }
-            Err(e) => return Ok(ex.fail(e.of_response()).await),
         }
-    } else if response.body.is_none() && stream_body.is_none() {
-        stream_body = Some(upstream_body);
-    }
-    let action = ex.session.response(&mut ex.request, &mut response).await;
-    if let Some(resp) = ex.act(action).await? {
-        return Ok(resp);
-    }
-    let size = match &response.body {
-        Some(b) => Some(b.len() as u64),
-        None => upstream_length,
     };
-    // Trailers go after a chunked body (HTTP/1.1) or as a HEADERS frame (HTTP/2), so a
-    // body with trailers gets no content-length.
-    if let Some(bytes) = &response.body {
-        if response_trailers.is_some() || response.headers.contains("transfer-encoding") {
-            response.headers.remove("content-length");
-        } else {
-            set_length(&mut response.headers, bytes.len());
-        }
-    }
-    let mut client_body = match (stream_body, response.body.clone()) {
-        (_, Some(bytes)) => with_trailers(bytes, response_trailers),
-        (Some(stream), None) => stream,
-        (None, None) => full(Bytes::new()),
-    };
-    let outcome = Outcome::Response { status: response.status, reason: response.reason.clone(), size, local: false };
-    // Nothing follows a HEAD answer, a 1xx, 204 or 304 (the client's layer never reads
-    // the body): recorded as empty, not as a body that was not stored.
-    let bodiless =
-        (no_body && response.body.is_none()).then(|| Response { body: Some(Bytes::new()), ..response.clone() });
-    if let Some(held) = response_held {
-        // The buffered body counts against buffer_memory_limit until it is written.
-        client_body = Held::new(client_body, held).boxed();
-    } else if bodiless.is_none() {
-        client_body = ex.tee(client_body, |c| &mut c.response);
-    }
-    drop(request_held);
-    ex.record_with(outcome, Some(bodiless.as_ref().unwrap_or(&response)));
-    Ok(Reply { response, body: client_body, upgrade: None })
-}
 
-/// The upstream agreed to a WebSocket: the `response` hooks see the 101 (a plugin may
-/// still answer instead, and the upstream connection is dropped), the handshake is
-/// reported as the flow's line, and the reply carries what the WebSocket layer needs once
-/// the client's layer has sent the 101.
-async fn websocket_reply(
-    mut ex: Exchange,
-    mut response: Response,
-    upstream: Side,
-    offered: &[flowgate_ws::Extension],
-) -> Result<Reply, Killed> {
-    let legs = match websocket::negotiate(offered, &mut response) {
-        Ok(legs) => legs,
-        Err(message) => return Ok(ex.fail(UpstreamError::Wire(message)).await),
-    };
-    response.body = Some(Bytes::new());
-    let action = ex.session.response(&mut ex.request, &mut response).await;
-    if let Some(resp) = ex.act(action).await? {
-        return Ok(resp);
-    }
-    ex.record_line(Outcome::Response {
-        status: response.status,
-        reason: response.reason.clone(),
-        size: Some(0),
-        local: false,
-    });
-    let head = Response { body: None, ..response.clone() };
-    let start = websocket::Start { ex, response, upstream, legs };
-    Ok(Reply { response: head, body: full(Bytes::new()), upgrade: Some(Box::new(start)) })
-}
-
-/// What the upstream leg of an exchange takes from the request's side.
-struct UpstreamLeg<B> {
-    /// Where the client sent the request (before plugins).
-    original: Target,
-    /// The layer's fixed target, if any.
-    fixed: Option<Target>,
-    /// A request body to stream through the chunk hooks while it goes up.
-    stream_source: Option<B>,
-    /// A request body passed (or streamed past the buffer) as it is.
-    body: Option<Body>,
-    /// The buffered request body's trailers.
-    request_trailers: Option<hyper::HeaderMap>,
-    /// Where the upstream's 1xx responses go.
-    interim: Option<Interim>,
-}
-
-/// Sends the request to its upstream (checked if a plugin moved it, on a pooled or new
-/// connection) and returns the response head and body; `Err` is the reply that ended
-/// the flow instead (recorded already).
-async fn send_upstream<B>(
-    ex: &mut Exchange,
-    leg: UpstreamLeg<B>,
-) -> Result<Result<(Response, Body, Option<Side>), Reply>, Killed>
-where
-    B: hyper::body::Body<Data = Bytes, Error = crate::upstream::BoxError> + Unpin + Send + 'static,
-{
-    let UpstreamLeg { original, fixed, stream_source, mut body, request_trailers, interim } = leg;
-    let ctx = ex.ctx.clone();
-    let opts = &ctx.proxy.options;
-    // A streamed request body goes through the chunk hooks while it is sent upstream. The
-    // pump task borrows the flow's session meanwhile (an empty stand-in takes its place)
-    // and gives it back when the body ends.
-    let mut pump = None;
-    if let Some(source) = stream_source {
-        // The stand-in has the flow's facts, so whatever it might record is the flow's.
-        let stand_in = ctx.flows.http_flow(ex.session.flow.clone());
-        let session = std::mem::replace(&mut ex.session, stand_in);
-        let (stream, returned) = stream_request_body(session, ex.request.clone(), source);
-        body = Some(ex.tee(stream, |c| &mut c.request));
-        pump = Some(returned);
-    }
-
-    // To the upstream. What goes out is what the flow holds: framing fields follow the
-    // body the plugins left.
-    let prior_knowledge = fixed.as_ref().is_some_and(|f| f.prior_knowledge) && ex.request.scheme == Scheme::Http;
-    let mut target =
-        Target { prior_knowledge, ..Target::new(ex.request.scheme, ex.request.host.clone(), ex.request.port) };
-    if (target.scheme, &target.host, target.port) != (original.scheme, &original.host, original.port) {
-        match rerouted(&ctx, ex.session.reroute(), &target).await {
-            Ok(pinned) => target.pinned = pinned,
-            Err(message) => return Ok(Err(ex.fail(Error::Plugin(message)).await)),
-        }
-    } else {
-        // Inside a tunnel a plugin moved, the flows go where the tunnel was checked to go.
-        target.pinned = original.pinned;
-        // The client's SNI stays the server name unless a plugin sent the request elsewhere.
-        target.sni = original.sni.clone();
-    }
-    if pump.is_some() {
-        // Chunk hooks may change sizes: the body goes chunked.
-        ex.request.headers.remove("content-length");
-    }
-    if let Some(bytes) = &ex.request.body {
-        // A body with trailers or transfer codings goes chunked: no length.
-        if request_trailers.is_some() || ex.request.headers.contains("transfer-encoding") {
-            ex.request.headers.remove("content-length");
-        } else if bytes.is_empty() && !ex.request.headers.contains("content-length") && !method_has_body(&ex.request) {
-            // A GET stays without a length.
-        } else {
-            set_length(&mut ex.request.headers, bytes.len());
-        }
-    }
-    let open = ctx.upstreams.lock().await.take(&target);
-    let mut sender = match open {
-        Some(sender) => sender,
-        None => match ctx.open_upstream(&target).await {
-            Ok(connected) => connected.sender,
-            Err(e) => return Ok(Err(ex.fail(e).await)),
-        },
-    };
-    let upstream_body = match (body, ex.request.body.clone()) {
-        (_, Some(bytes)) => with_trailers(bytes, request_trailers),
-        (Some(stream), None) => stream,
-        (None, None) => full(Bytes::new()),
-    };
-    // HTTP/1.1 to an upstream proxy takes plain-HTTP requests in absolute form.
-    let absolute = matches!(*ctx.mode, Mode::Upstream { .. }) && target.scheme == Scheme::Http;
-    ex.session.flow.server_address = Some(format!("{}:{}", target.host, target.port));
-    // The upstream's stalls are bounded; the request body's waits for the client are not
-    // its (body_read_timeout bounds those).
-    let turn = Turn::new();
-    let upstream_body = Watched::new(upstream_body, turn.clone()).boxed();
-    let outbound = Outbound { request: &ex.request, absolute, body: upstream_body, interim };
-    let head_stall =
-        Stall { what: "response head from the upstream", after: opts.upstream_timeout, option: "upstream_timeout" };
-    let sent = turn.bound(sender.send(outbound, opts), head_stall).await;
-    if let Some(returned) = pump
-        && let Ok(pumped) = returned.await
-    {
-        ex.session = pumped.session;
-        // The chunk hooks' edits (and the trailers) land on the flow itself.
-        ex.request = pumped.request;
-        // A plugin that stopped the body decides the flow's fate, not the upstream's
-        // reaction to the cut-off body.
-        if let Some(action) = pumped.stopped {
-            drop(sent);
-            if let Some(resp) = ex.act(action).await? {
-                return Ok(Err(resp));
-            }
-            return Ok(Err(ex.fail(Error::Internal("a plugin stopped the request body".to_owned())).await));
-        }
-    }
-    let (mut response, upstream_body, upgraded) = match sent {
-        Ok(r) => r,
-        Err(e) => return Ok(Err(ex.fail(e).await)),
-    };
-    response.timestamp_start = Some(now());
-    let body_stall = Stall {
-        what: "response body data from the upstream",
-        after: opts.upstream_timeout,
-        option: "upstream_timeout",
-    };
-    let upstream_body = ProgressTimeout::new(upstream_body, body_stall).boxed();
-    ctx.upstreams.lock().await.put(target, sender);
-    Ok(Ok((response, upstream_body, upgraded)))
-}
-
-/// Checks a destination a plugin rerouted the flow to, with that plugin's
-/// `allowed_upstream_hosts`, after DNS: the address to connect to, or why not. In
-/// upstream mode the upstream proxy resolves names, so a name is checked against the
-/// patterns and an IP literal against the address rules too.
-pub(crate) async fn rerouted(
-    ctx: &ConnCtx,
-    reroute: Option<&Reroute>,
-    target: &Target,
-) -> Result<Option<SocketAddr>, String> {
-    let url = format!("{}://{}", target.scheme.as_str(), target.scheme.authority(&target.host, target.port));
-    let Some(reroute) = reroute else {
-        return Err(format!("the flow was rerouted to {url} by no plugin's grant"));
-    };
-    let refused = |why: &dyn std::fmt::Display| {
-        format!(
-            "plugin {} rerouted the flow to {url}, which is refused: {why} (capabilities.allowed_upstream_hosts)",
-            reroute.plugin
-        )
-    };
-    if let Mode::Upstream { .. } = &*ctx.mode {
-        let bare = target.host.trim_start_matches('[').trim_end_matches(']');
-        return match bare.parse::<std::net::IpAddr>() {
-            Ok(ip) => {
-                reroute.allowed.check(&target.host, &[SocketAddr::new(ip, target.port)]).map_err(|e| refused(&e))?;
-                Ok(None)
-            }
-            Err(_) if reroute.allowed.allows_host(&target.host) => Ok(None),
-            Err(_) => Err(refused(&"the host is not in the allow-list")),
-        };
-    }
-    let timeout = ctx.proxy.options.connect_timeout;
-    match tokio::time::timeout(timeout, resolve_checked(&reroute.allowed, &target.host, target.port)).await {
-        Ok(Ok(addr)) => Ok(Some(addr)),
-        Ok(Err(e)) => Err(refused(&e)),
-        Err(_) => Err(refused(&format!("resolving took longer than {timeout:?} (connect_timeout)"))),
-    }
+    respond(ex, response, upstream_body, upgraded, &offered, request_held).await
 }
 
 /// Sets `Content-Length` to `length`, keeping the field as it was (its place and its
@@ -747,10 +454,4 @@ fn declared_length(headers: &Headers) -> Option<u64> {
         return None;
     }
     headers.get_str("content-length").and_then(|s| s.trim().parse().ok())
-}
-
-/// Whether a request's method carries a body by convention, so an empty one is sent
-/// with `Content-Length: 0`.
-fn method_has_body(request: &Request) -> bool {
-    matches!(request.method.as_str(), "POST" | "PUT" | "PATCH")
 }
