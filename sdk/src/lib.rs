@@ -260,8 +260,35 @@ pub mod log {
 }
 
 /// The plugin's configuration: its manifest's `[config]` table.
+///
+/// It never changes for the life of an instance (a changed manifest is a new version of
+/// the plugin, with new instances), so it is read from the host once per instance, at the
+/// first call, and kept: a hook that reads its settings costs no crossing into the host.
 pub mod config {
-    pub use crate::wit::config::{entries, get};
+    use std::sync::OnceLock;
+
+    /// Every key and value, sorted by key, as read from the host at the first call.
+    fn cached() -> &'static [(String, String)] {
+        static ENTRIES: OnceLock<Vec<(String, String)>> = OnceLock::new();
+        ENTRIES.get_or_init(|| {
+            let mut entries = crate::wit::config::entries();
+            // The host sorts them; sorting again costs nothing and makes the lookup safe
+            // whatever it sent.
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            entries
+        })
+    }
+
+    /// The value of one key.
+    pub fn get(key: &str) -> Option<String> {
+        let entries = cached();
+        entries.binary_search_by(|(k, _)| k.as_str().cmp(key)).ok().map(|i| entries[i].1.clone())
+    }
+
+    /// Every key and value, sorted by key.
+    pub fn entries() -> Vec<(String, String)> {
+        cached().to_vec()
+    }
 }
 
 /// Per-plugin key-value state shared by all of the plugin's instances.

@@ -97,6 +97,9 @@ pub(crate) struct CallState {
     pub injected_bytes: usize,
     /// What is left of this call's time for waiting on outbound HTTP.
     pub outbound_left: Duration,
+    /// Whether the plugin moved the request to another destination in this call
+    /// (`set-url` to another scheme, host or port).
+    pub rerouted: bool,
 }
 
 impl CallState {
@@ -111,6 +114,7 @@ impl CallState {
             injected: Vec::new(),
             injected_bytes: 0,
             outbound_left: Duration::ZERO,
+            rerouted: false,
         }
     }
 }
@@ -467,7 +471,8 @@ impl types::HostRequest for StoreState {
         let hook = self.call.hook;
         let plugin = self.plugin.clone();
         let allowed = &plugin.manifest.capabilities.allowed_upstream_hosts;
-        Ok(self.request_mut(&r)?.and_then(|req| {
+        let mut moved = false;
+        let result = self.request_mut(&r)?.and_then(|req| {
             let to = flowgate_flow::Url::parse(&url).map_err(url_error)?;
             let rerouted = (to.scheme, to.host.as_str(), to.port) != (req.scheme, req.host.as_str(), req.port);
             if rerouted {
@@ -487,8 +492,12 @@ impl types::HostRequest for StoreState {
                     )));
                 }
             }
-            req.set_url(&url).map_err(url_error)
-        }))
+            req.set_url(&url).map_err(url_error)?;
+            moved = rerouted;
+            Ok(())
+        });
+        self.call.rerouted |= moved;
+        Ok(result)
     }
     fn http_version(&mut self, r: Resource<RequestRes>) -> wasmtime::Result<String> {
         Ok(self.request(&r)?.version.as_str().to_owned())

@@ -121,7 +121,8 @@ pub(crate) const MAX_HOOK_NAMES: usize = 64;
 /// One instantiated plugin with its own store.
 pub(crate) struct LiveInstance {
     pub store: Store<StoreState>,
-    pub groups: LiveGroups,
+    /// Boxed: a few hundred bytes of export handles, kept out of every call's future.
+    pub groups: Box<LiveGroups>,
     /// Its linear memory after instantiation, to tell how much a call grew it.
     pub born_with: usize,
 }
@@ -455,7 +456,7 @@ impl Plugin {
         };
         let instance = self.pre.instantiate_async(&mut store).await.map_err(fail)?;
         let g = &self.groups;
-        let groups = LiveGroups {
+        let groups = Box::new(LiveGroups {
             lifecycle: g.lifecycle.as_ref().map(|i| i.load(&mut store, &instance)).transpose().map_err(fail)?,
             connection: g.connection.as_ref().map(|i| i.load(&mut store, &instance)).transpose().map_err(fail)?,
             tls: g.tls.as_ref().map(|i| i.load(&mut store, &instance)).transpose().map_err(fail)?,
@@ -465,7 +466,7 @@ impl Plugin {
             udp: g.udp.as_ref().map(|i| i.load(&mut store, &instance)).transpose().map_err(fail)?,
             dns: g.dns.as_ref().map(|i| i.load(&mut store, &instance)).transpose().map_err(fail)?,
             hook_list: g.hook_list.as_ref().map(|i| i.load(&mut store, &instance)).transpose().map_err(fail)?,
-        };
+        });
         let born_with = store.data().limiter.granted;
         Ok(LiveInstance { store, groups, born_with })
     }
@@ -481,7 +482,8 @@ impl Plugin {
         let warm = self.pool.lock().unwrap_or_else(PoisonError::into_inner).pop();
         match warm {
             Some(live) => Ok(live),
-            None => self.instantiate().await,
+            // Boxed: rare, and its future would make every call's future larger.
+            None => Box::pin(self.instantiate()).await,
         }
     }
 
@@ -579,8 +581,10 @@ impl Plugin {
     ) -> Result<(R, CallReport), PluginFailure> {
         self.health.calls.fetch_add(1, Ordering::Relaxed);
         let limits = &self.shared.manifest.limits;
+        // One clock read starts the deadline and the first poll's CPU time.
+        let mut started = Instant::now();
         let state = &mut live.store.data_mut().call;
-        *state = CallState::new(hook, Instant::now() + limits.hook_timeout, flow_id);
+        *state = CallState::new(hook, started + limits.hook_timeout, flow_id);
         state.outbound_left = limits.outbound_timeout;
         live.store.data().stderr.clear();
         live.store.set_epoch_deadline(1);
@@ -594,8 +598,11 @@ impl Plugin {
         let cpu = &self.shared.cpu;
         let result = {
             let mut running = std::pin::pin!(call(store, groups));
+            let mut first = true;
             std::future::poll_fn(|cx| {
-                let started = Instant::now();
+                if !std::mem::take(&mut first) {
+                    started = Instant::now();
+                }
                 let poll = running.as_mut().poll(cx);
                 let now = Instant::now();
                 cpu.charge(now - started, now);

@@ -5,7 +5,7 @@ use std::ops::ControlFlow;
 use super::filter::FlowFilters;
 use super::{Applied, Call, HttpAction, Lent, Slots, borrow, convert_verdict};
 use flowgate_flow::egress::AllowList;
-use flowgate_flow::{BodyMode, FlowInfo, Hook, PluginFailure, Request, Response, Scheme, Verdict};
+use flowgate_flow::{BodyMode, FlowInfo, Hook, PluginFailure, Request, Response, Verdict};
 
 use crate::bindings::imports::types;
 
@@ -33,10 +33,6 @@ pub struct Reroute {
 }
 
 /// Where a request goes.
-fn destination(request: &Request) -> (Scheme, String, u16) {
-    (request.scheme, request.host.clone(), request.port)
-}
-
 impl HttpFlowSession {
     /// Plugin failures recorded on this flow, in order.
     pub fn failures(&self) -> &[PluginFailure] {
@@ -78,7 +74,6 @@ impl HttpFlowSession {
             async |store, groups| {
                 let Some(g) = &groups.http else { return Ok(types::Verdict::Continue) };
                 let has_resp = response.is_some();
-                let before = destination(request);
                 let lent = Lent::new(store, Some(&mut *flow), None, Some(&mut *request), response.as_deref_mut())?;
                 let (f, r) = (borrow(&lent.flow)?, borrow(&lent.request)?);
                 let out = match hook {
@@ -93,7 +88,7 @@ impl HttpFlowSession {
                 };
                 lent.restore(store, Some(&mut *flow), None, Some(&mut *request), response.as_deref_mut());
                 // Whatever the call's outcome, a changed destination is this plugin's doing.
-                if destination(request) != before {
+                if store.data().call.rerouted {
                     let manifest = &store.data().plugin.manifest;
                     *reroute = Some(Reroute {
                         plugin: manifest.name.clone(),

@@ -238,53 +238,42 @@ impl Slots {
         // The permit is held until the call is over: a slot of the plugin's CPU budget, and
         // its breaker's trial when half-open. Taken once the instance is ours to use, so a
         // call waiting for its connection's instance is not a call in progress.
-        let result = match plugin.model() {
-            InstanceModel::PerConnection => {
-                let shared = self.per_connection.clone();
-                let mut guard = shared[i].lock().await;
-                let _permit = match plugin.admit(hook) {
-                    Ok(permit) => permit,
-                    Err(refused) => return self.failed(i, refused),
+        let model = plugin.model();
+        let shared = (model == InstanceModel::PerConnection).then(|| self.per_connection.clone());
+        let mut guard = match &shared {
+            Some(shared) => Some(shared[i].lock().await),
+            None => None,
+        };
+        let _permit = match plugin.admit(hook) {
+            Ok(permit) => permit,
+            Err(refused) => return self.failed(i, refused),
+        };
+        let held = match &mut guard {
+            Some(guard) => guard.take(),
+            None => self.local[i].take(),
+        };
+        let mut live = match held {
+            Some(live) => live,
+            None => {
+                // Boxed: instantiating is rare, and its future would otherwise make every
+                // call's future several times larger.
+                let made = match model {
+                    InstanceModel::Pooled => plugin.acquire_pooled().await,
+                    _ => Box::pin(plugin.instantiate()).await,
                 };
-                let mut live = match guard.take() {
-                    Some(live) => live,
-                    None => match plugin.instantiate().await {
-                        Ok(live) => live,
-                        Err(failure) => return self.instantiate_failed(i, &plugin, hook, failure),
-                    },
-                };
-                let result = plugin.invoke(&mut live, hook, flow_id, f).await;
-                if result.is_ok() {
-                    *guard = Some(live);
+                match made {
+                    Ok(live) => live,
+                    Err(failure) => return self.instantiate_failed(i, &plugin, hook, failure),
                 }
-                result
-            }
-            model @ (InstanceModel::PerFlow | InstanceModel::Pooled) => {
-                let _permit = match plugin.admit(hook) {
-                    Ok(permit) => permit,
-                    Err(refused) => return self.failed(i, refused),
-                };
-                let mut live = match self.local[i].take() {
-                    Some(live) => live,
-                    None => {
-                        let made = if model == InstanceModel::Pooled {
-                            plugin.acquire_pooled().await
-                        } else {
-                            plugin.instantiate().await
-                        };
-                        match made {
-                            Ok(live) => live,
-                            Err(failure) => return self.instantiate_failed(i, &plugin, hook, failure),
-                        }
-                    }
-                };
-                let result = plugin.invoke(&mut live, hook, flow_id, f).await;
-                if result.is_ok() {
-                    self.local[i] = Some(live);
-                }
-                result
             }
         };
+        let result = plugin.invoke(&mut live, hook, flow_id, f).await;
+        if result.is_ok() {
+            match &mut guard {
+                Some(guard) => **guard = Some(live),
+                None => self.local[i] = Some(live),
+            }
+        }
         match result {
             Ok((value, mut report)) => {
                 self.log_dropped += report.log_dropped;
