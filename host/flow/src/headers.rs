@@ -19,11 +19,28 @@ pub enum FieldError {
 }
 
 /// Header fields in wire order, with the case and duplicates they had.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+///
+/// Stored as two allocations whatever the number of fields (a request passes through
+/// several lists of them): every name and value back to back in one buffer, and each
+/// field's place in it. An edit appends; what it left behind is dropped once it outgrows
+/// what is live.
+#[derive(Clone, Default, Deserialize)]
 #[serde(try_from = "Vec<(String, Bytes)>")]
 pub struct Headers {
-    fields: Vec<(String, Vec<u8>)>,
+    bytes: Vec<u8>,
+    fields: Vec<Field>,
 }
+
+/// One field: its name is `bytes[start..split]`, its value `bytes[split..end]`.
+#[derive(Debug, Clone, Copy)]
+struct Field {
+    start: usize,
+    split: usize,
+    end: usize,
+}
+
+/// Bytes left behind by edits that are kept before the buffer is rebuilt.
+const SLACK: usize = 1024;
 
 /// Whether `b` is an RFC 9110 `tchar`.
 fn is_tchar(b: u8) -> bool {
@@ -63,15 +80,58 @@ impl Headers {
         Self::default()
     }
 
+    /// An empty list with room for `fields` fields of `bytes` bytes of names and values.
+    pub fn with_capacity(fields: usize, bytes: usize) -> Self {
+        Headers { bytes: Vec::with_capacity(bytes), fields: Vec::with_capacity(fields) }
+    }
+
     /// Builds a list from `(name, value)` pairs, validating each.
     pub fn from_pairs<N: AsRef<str>, V: AsRef<[u8]>>(
         pairs: impl IntoIterator<Item = (N, V)>,
     ) -> Result<Self, FieldError> {
-        let mut headers = Headers::new();
+        let pairs = pairs.into_iter();
+        let mut headers = Headers::with_capacity(pairs.size_hint().0, 0);
         for (name, value) in pairs {
             headers.append(name.as_ref(), value.as_ref())?;
         }
         Ok(headers)
+    }
+
+    fn name_of(&self, field: &Field) -> &str {
+        // Names are checked tokens (ASCII) before they are stored.
+        std::str::from_utf8(&self.bytes[field.start..field.split]).unwrap_or_default()
+    }
+
+    fn value_of(&self, field: &Field) -> &[u8] {
+        &self.bytes[field.split..field.end]
+    }
+
+    fn is_named(&self, field: &Field, name: &str) -> bool {
+        self.bytes[field.start..field.split].eq_ignore_ascii_case(name.as_bytes())
+    }
+
+    /// Stores a name and value (already checked) and says where.
+    fn store(&mut self, name: &str, value: &[u8]) -> Field {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(name.as_bytes());
+        let split = self.bytes.len();
+        self.bytes.extend_from_slice(value);
+        Field { start, split, end: self.bytes.len() }
+    }
+
+    /// Rebuilds the buffer once what edits left behind outgrows what is live.
+    fn compact(&mut self) {
+        let live = self.byte_size();
+        if self.bytes.len() <= live * 2 + SLACK {
+            return;
+        }
+        let mut bytes = Vec::with_capacity(live);
+        for field in &mut self.fields {
+            let start = bytes.len();
+            bytes.extend_from_slice(&self.bytes[field.start..field.end]);
+            *field = Field { start, split: start + (field.split - field.start), end: bytes.len() };
+        }
+        self.bytes = bytes;
     }
 
     /// Number of fields, counting duplicates.
@@ -86,17 +146,17 @@ impl Headers {
 
     /// Every field in wire order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.fields.iter().map(|(n, v)| (n.as_str(), v.as_slice()))
+        self.fields.iter().map(|f| (self.name_of(f), self.value_of(f)))
     }
 
     /// Every value of the fields named `name` (case-insensitive), in order.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.fields.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
+        self.fields.iter().filter(move |f| self.is_named(f, name)).map(|f| self.value_of(f))
     }
 
     /// The first value of the fields named `name`.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.fields.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
+        self.fields.iter().find(|f| self.is_named(f, name)).map(|f| self.value_of(f))
     }
 
     /// The first value of `name` as text, if it is UTF-8.
@@ -113,17 +173,22 @@ impl Headers {
     pub fn set(&mut self, name: &str, value: &[u8]) -> Result<(), FieldError> {
         check_name(name)?;
         check_value(name, value)?;
-        match self.fields.iter().position(|(n, _)| n.eq_ignore_ascii_case(name)) {
+        match self.fields.iter().position(|f| self.is_named(f, name)) {
             Some(first) => {
-                self.fields[first] = (name.to_owned(), value.to_vec());
+                self.fields[first] = self.store(name, value);
                 let mut index = 0;
-                self.fields.retain(|(n, _)| {
-                    let keep = index <= first || !n.eq_ignore_ascii_case(name);
+                let bytes = &self.bytes;
+                self.fields.retain(|f| {
+                    let keep = index <= first || !bytes[f.start..f.split].eq_ignore_ascii_case(name.as_bytes());
                     index += 1;
                     keep
                 });
+                self.compact();
             }
-            None => self.fields.push((name.to_owned(), value.to_vec())),
+            None => {
+                let field = self.store(name, value);
+                self.fields.push(field);
+            }
         }
         Ok(())
     }
@@ -132,20 +197,40 @@ impl Headers {
     pub fn append(&mut self, name: &str, value: &[u8]) -> Result<(), FieldError> {
         check_name(name)?;
         check_value(name, value)?;
-        self.fields.push((name.to_owned(), value.to_vec()));
+        let field = self.store(name, value);
+        self.fields.push(field);
         Ok(())
     }
 
     /// Removes every field named `name`; returns how many were removed.
     pub fn remove(&mut self, name: &str) -> usize {
         let before = self.fields.len();
-        self.fields.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-        before - self.fields.len()
+        let bytes = &self.bytes;
+        self.fields.retain(|f| !bytes[f.start..f.split].eq_ignore_ascii_case(name.as_bytes()));
+        let removed = before - self.fields.len();
+        if removed > 0 {
+            self.compact();
+        }
+        removed
     }
 
     /// Total size of names and values in bytes, for limits.
     pub fn byte_size(&self) -> usize {
-        self.fields.iter().map(|(n, v)| n.len() + v.len()).sum()
+        self.fields.iter().map(|f| f.end - f.start).sum()
+    }
+}
+
+impl PartialEq for Headers {
+    fn eq(&self, other: &Headers) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Headers {}
+
+impl std::fmt::Debug for Headers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter().map(|(n, v)| (n, String::from_utf8_lossy(v)))).finish()
     }
 }
 
@@ -170,7 +255,7 @@ impl Serialize for ValueBytes<'_> {
 impl Serialize for Headers {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut seq = serializer.serialize_seq(Some(self.fields.len()))?;
-        for (name, value) in &self.fields {
+        for (name, value) in self.iter() {
             seq.serialize_element(&(name, ValueBytes(value)))?;
         }
         seq.end()
@@ -197,6 +282,22 @@ mod tests {
         h.append("Set-Cookie", b"a=1").expect("valid");
         h.append("Set-Cookie", b"b=2").expect("valid");
         assert_eq!(h.get_all("set-cookie").count(), 2);
+    }
+
+    #[test]
+    fn edits_leave_bounded_garbage_and_equality_ignores_layout() {
+        let mut h = Headers::from_pairs([("Host", "a"), ("X-N", "0"), ("Accept", "*/*")]).expect("valid fixture");
+        for i in 0..10_000 {
+            h.set("x-n", i.to_string().as_bytes()).expect("valid");
+            h.append("X-Tmp", b"some value").expect("valid");
+            assert_eq!(h.remove("x-tmp"), 1);
+            assert!(h.bytes.len() <= h.byte_size() * 2 + SLACK, "garbage kept after {i} edits");
+        }
+        check(&h, &[("Host", "a"), ("x-n", "9999"), ("Accept", "*/*")]);
+        let fresh = Headers::from_pairs([("Host", "a"), ("x-n", "9999"), ("Accept", "*/*")]).expect("valid fixture");
+        assert_eq!(h, fresh, "same fields, another layout");
+        assert_ne!(h, Headers::from_pairs([("Host", "a"), ("x-n", "9999")]).expect("valid fixture"));
+        assert_eq!(format!("{h:?}"), r#"[("Host", "a"), ("x-n", "9999"), ("Accept", "*/*")]"#);
     }
 
     #[test]

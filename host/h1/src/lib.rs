@@ -118,7 +118,12 @@ fn malformed(what: &'static str, e: impl std::fmt::Display) -> WireError {
 }
 
 fn to_headers(what: &'static str, fields: &[httparse::Header<'_>]) -> Result<Headers, WireError> {
-    Headers::from_pairs(fields.iter().map(|h| (h.name, h.value))).map_err(|e| malformed(what, e))
+    let size = fields.iter().map(|h| h.name.len() + h.value.len()).sum();
+    let mut headers = Headers::with_capacity(fields.len(), size);
+    for h in fields {
+        headers.append(h.name, h.value).map_err(|e| malformed(what, e))?;
+    }
+    Ok(headers)
 }
 
 /// Whether `buf` holds the end of a head (an empty line, CRLF or bare LF), looking only

@@ -62,7 +62,8 @@ pub(crate) struct Reply {
 }
 
 /// Where interim (1xx) responses from the upstream go, for layers that can send them.
-pub(crate) type Interim = tokio::sync::mpsc::Sender<Response>;
+/// Boxed: a channel allocates room for 32 of them up front, made for every request.
+pub(crate) type Interim = tokio::sync::mpsc::Sender<Box<Response>>;
 
 impl Reply {
     /// A reply with a whole body.
@@ -89,7 +90,8 @@ pub(crate) fn local_response(local: LocalResponse) -> Reply {
 
 /// The fields of a hyper header map, in its order.
 pub(crate) fn to_headers(map: &hyper::HeaderMap) -> Headers {
-    let mut headers = Headers::new();
+    let size = map.iter().map(|(n, v)| n.as_str().len() + v.len()).sum();
+    let mut headers = Headers::with_capacity(map.len(), size);
     for (name, value) in map {
         // hyper has already validated names and values.
         let _ = headers.append(name.as_str(), value.as_bytes());

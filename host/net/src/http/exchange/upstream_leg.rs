@@ -69,7 +69,9 @@ where
     let mut target =
         Target { prior_knowledge, ..Target::new(ex.request.scheme, ex.request.host.clone(), ex.request.port) };
     if (target.scheme, &target.host, target.port) != (original.scheme, &original.host, original.port) {
-        match rerouted(&ctx, ex.session.reroute(), &target).await {
+        // Boxed, like opening a connection below: rare, and large enough to double the
+        // size of every request's upstream leg.
+        match Box::pin(rerouted(&ctx, ex.session.reroute(), &target)).await {
             Ok(pinned) => target.pinned = pinned,
             Err(message) => return Ok(Err(ex.fail(Error::Plugin(message)).await)),
         }
@@ -96,7 +98,7 @@ where
     let open = ctx.upstreams.lock().await.take(&target);
     let mut sender = match open {
         Some(sender) => sender,
-        None => match ctx.open_upstream(&target).await {
+        None => match Box::pin(ctx.open_upstream(&target)).await {
             Ok(connected) => connected.sender,
             Err(e) => return Ok(Err(ex.fail(e).await)),
         },

@@ -147,7 +147,7 @@ impl Client {
                         if head.status != 100
                             && let Some(interim) = &interim
                         {
-                            let _ = interim.try_send(head.into_response());
+                            let _ = interim.try_send(Box::new(head.into_response()));
                         }
                         continue;
                     }

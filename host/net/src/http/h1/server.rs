@@ -143,7 +143,7 @@ where
         let request = Request { method: method.clone(), path, version, headers, ..Request::default() };
         let inbound = Inbound { request, scheme, authority, body };
         // 1xx responses go to HTTP/1.1 clients only (RFC 9110 section 15.2).
-        let (interim_tx, mut interim_rx) = tokio::sync::mpsc::channel::<Response>(8);
+        let (interim_tx, mut interim_rx) = tokio::sync::mpsc::channel::<Box<Response>>(8);
         let interim = (version == HttpVersion::Http11).then_some(interim_tx);
         let exchange = exchange::handle(ctx.clone(), inbound, fixed.clone(), interim);
         let mut exchange = std::pin::pin!(exchange);
@@ -270,7 +270,8 @@ async fn read_head(
             match rd.read(&mut first).await {
                 Ok(0) | Err(_) => return Ok(None),
                 Ok(n) => {
-                    buf.reserve(HEAD_READ);
+                    // Just what came: a head that came whole (the usual case) needs no
+                    // more, and one that did not gets HEAD_READ below.
                     buf.extend_from_slice(&first[..n]);
                 }
             }
