@@ -21,7 +21,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use flowgate_ca::CertificateAuthority;
 use flowgate_filter::Filter;
-use flowgate_net::{FlowRecord, Mode, Proxy, ProxyOptions, TlsVersion};
+use flowgate_net::{FlowRecord, FlowSink, Mode, Proxy, ProxyOptions, TlsVersion};
 use flowgate_runtime::{Chain, Runtime, RuntimeConfig};
 
 /// The `--set` options, with their defaults (durations take units: 500ms, 2s, 5m).
@@ -711,11 +711,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // The one-line records print flows unless whole flows go anywhere (saved, a filter,
     // flow_detail 2+): then those print, once each.
     let lines = (flows.dump.prints() && !flows.wants_flows()).then(|| output.clone());
-    let sink = Arc::new(move |record: &FlowRecord| {
-        if let Some(lines) = &lines {
-            lines.line(record.to_string());
-        }
-    });
+    let sink = lines.map(|lines| -> FlowSink { Arc::new(move |record: &FlowRecord| lines.line(record.to_string())) });
     let server_replay = proxy_options.server_replay.clone();
     let proxy = Proxy::new(chain, Arc::new(ca), proxy_options, sink, flows.store());
     // Plugins' files are watched and reloaded when they change, as mitmproxy's scripts.

@@ -89,7 +89,9 @@ pub struct Proxy {
     pub(crate) chain: ChainHandle,
     pub(crate) ca: Arc<CertificateAuthority>,
     pub(crate) options: ProxyOptions,
-    pub(crate) sink: FlowSink,
+    /// Where each finished flow's record goes, if anywhere (`-q` and a dump of whole flows
+    /// leave none: records are then not even made).
+    pub(crate) sink: Option<FlowSink>,
     /// Where whole flows go, if anywhere (`-w`, `hardump`); their bodies are copied for it.
     pub(crate) store: Option<FlowStore>,
     pub(crate) tls_client: Arc<rustls::ClientConfig>,
@@ -129,13 +131,20 @@ impl Proxy {
         &self.chain
     }
 
+    /// Hands a flow's record to the sink; `record` is only called if there is one.
+    pub(crate) fn report(&self, record: impl FnOnce() -> FlowRecord) {
+        if let Some(sink) = &self.sink {
+            sink(&record());
+        }
+    }
+
     /// A proxy running `chain` with certificates from `ca`: each finished flow's record goes
-    /// to `sink`, and the whole flow to `store` if there is one.
+    /// to `sink` if there is one, and the whole flow to `store` if there is one.
     pub fn new(
         chain: Chain,
         ca: Arc<CertificateAuthority>,
         options: ProxyOptions,
-        sink: FlowSink,
+        sink: Option<FlowSink>,
         store: Option<FlowStore>,
     ) -> Arc<Proxy> {
         let tls_client = tls::client_config(&options);

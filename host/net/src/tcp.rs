@@ -47,15 +47,14 @@ pub(crate) async fn run(ctx: &Arc<ConnCtx>, io: Prefixed<BoxIo>, target: Target,
             error: totals.error,
         };
         let failures = session.failures().iter().map(ToString::to_string).collect();
-        let record = FlowRecord {
+        ctx.proxy.report(|| FlowRecord {
             id: session.flow.id,
             client: ctx.client,
             kind,
             duration: began.elapsed(),
             failures,
             replay: None,
-        };
-        (ctx.proxy.sink)(&record);
+        });
     };
     // Plugins see TLS passed through only as a flow, never its bytes.
     let hooks = relay != Relay::Passthrough && session.has_plugins();

@@ -90,9 +90,14 @@ pub(crate) async fn run(ctx: Arc<ConnCtx>, start: Start, client: Side) {
         closed_by_client: close.closed_by_client,
         error,
     };
-    let record =
-        FlowRecord { id: flow.id, client: ctx.client, kind, duration: began.elapsed(), failures, replay: None };
-    (ctx.proxy.sink)(&record);
+    ctx.proxy.report(|| FlowRecord {
+        id: flow.id,
+        client: ctx.client,
+        kind,
+        duration: began.elapsed(),
+        failures,
+        replay: None,
+    });
 }
 
 /// What both directions of one WebSocket share.
@@ -124,21 +129,19 @@ impl Shared {
                 });
             }
         }
-        let kind = Kind::WebSocketMessage {
-            server: format!("{}{}", self.server, self.path),
-            from_client: message.from_client,
-            kind: message.kind,
-            size: message.data.len() as u64,
-        };
-        let record = FlowRecord {
+        self.ctx.proxy.report(|| FlowRecord {
             id: self.id,
             client: self.ctx.client,
-            kind,
+            kind: Kind::WebSocketMessage {
+                server: format!("{}{}", self.server, self.path),
+                from_client: message.from_client,
+                kind: message.kind,
+                size: message.data.len() as u64,
+            },
             duration: std::time::Duration::ZERO,
             failures: Vec::new(),
             replay: None,
-        };
-        (self.ctx.proxy.sink)(&record);
+        });
         if let Some(store) = &self.store {
             store(Stored::Messages { id: self.id, messages: NewMessages::WebSocket(vec![message.clone()]) });
         }

@@ -234,21 +234,19 @@ impl Exchange {
         if let Some(tap) = &self.ctx.replay {
             tap.put(&outcome);
         }
-        let kind = Kind::Http {
-            method: self.request.method.clone(),
-            url: self.request.url(),
-            version: self.request.version.as_str().to_owned(),
-            outcome,
-        };
-        let record = FlowRecord {
+        self.ctx.proxy.report(|| FlowRecord {
             id: self.session.flow.id,
             client: self.ctx.client,
-            kind,
+            kind: Kind::Http {
+                method: self.request.method.clone(),
+                url: self.request.url(),
+                version: self.request.version.as_str().to_owned(),
+                outcome,
+            },
             duration: self.start.elapsed(),
             failures: self.session.failures().iter().map(ToString::to_string).collect(),
             replay: self.replay,
-        };
-        (self.ctx.proxy.sink)(&record);
+        });
     }
 
     /// Fails the flow: the error hooks run, the error is recorded, the client gets the
