@@ -957,16 +957,44 @@ fn the_clients_sni_is_sent_upstream_and_verified_with_ssl_verify_upstream_truste
 }
 
 /// `openssl s_client` through flowgate's CONNECT to `localhost:port` with SNI `name` and
-/// one TLS version flag: its output, and whether the handshake verified.
-fn s_client(fg: &Flowgate, port: u16, name: &str, version: &str) -> (bool, String) {
+/// `flags` (a TLS version, cipher suites): its output, and whether the handshake verified.
+fn s_client(fg: &Flowgate, port: u16, name: &str, flags: &[&str]) -> (bool, String) {
     let out = Command::new("openssl")
         .args(["s_client", "-proxy", &format!("127.0.0.1:{}", fg.port), "-connect", &format!("localhost:{port}")])
-        .args(["-servername", name, version, "-CAfile", fg.ca().to_str().expect("utf-8")])
+        .args(["-servername", name, "-CAfile", fg.ca().to_str().expect("utf-8")])
+        .args(flags)
         .stdin(Stdio::null())
         .output()
         .expect("openssl runs");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success() && text.contains("Verify return code: 0"), text)
+}
+
+/// The cipher suite flowgate agrees with a client: AES-128-GCM unless the client puts
+/// ChaCha20-Poly1305 before every AES-GCM suite (a client without AES hardware).
+#[test]
+fn clients_get_aes_128_gcm_unless_they_put_chacha20_first() {
+    let (port, _) = sni_origin_with(None);
+    let fg = Flowgate::start(&["-k"]);
+    for (flags, cipher) in [
+        // OpenSSL's own order starts with AES-256-GCM.
+        (&["-tls1_3"][..], "TLS_AES_128_GCM_SHA256"),
+        (&["-tls1_3", "-ciphersuites", "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256"], "TLS_AES_128_GCM_SHA256"),
+        (&["-tls1_3", "-ciphersuites", "TLS_AES_256_GCM_SHA384"], "TLS_AES_256_GCM_SHA384"),
+        (
+            &["-tls1_3", "-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256"],
+            "TLS_CHACHA20_POLY1305_SHA256",
+        ),
+        (&["-tls1_2"], "ECDHE-ECDSA-AES128-GCM-SHA256"),
+        (
+            &["-tls1_2", "-cipher", "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-GCM-SHA256"],
+            "ECDHE-ECDSA-CHACHA20-POLY1305",
+        ),
+    ] {
+        let (ok, text) = s_client(&fg, port, "localhost", flags);
+        assert!(ok, "{flags:?}: {text}");
+        assert!(text.contains(&format!("Cipher is {cipher}")), "{flags:?}: {cipher} expected in {text}");
+    }
 }
 
 #[test]
@@ -1008,11 +1036,11 @@ fn tls_versions_given_certs_and_client_certs_as_mitmproxy_sets_them() {
         "--set",
         &trusted,
     ]);
-    let (ok, text) = s_client(&fg, port, "www.given.test", "-tls1_3");
+    let (ok, text) = s_client(&fg, port, "www.given.test", &["-tls1_3"]);
     assert!(!ok && text.contains("given CA"), "the given certificate (not one from flowgate's CA) is served: {text}");
-    let (ok, text) = s_client(&fg, port, "localhost", "-tls1_3");
+    let (ok, text) = s_client(&fg, port, "localhost", &["-tls1_3"]);
     assert!(ok, "a minted certificate for other names: {text}");
-    let (ok, text) = s_client(&fg, port, "localhost", "-tls1_2");
+    let (ok, text) = s_client(&fg, port, "localhost", &["-tls1_2"]);
     assert!(!ok, "TLS 1.2 refused: {text}");
     // Bad values fail at start, by name.
     fails_with(&["--set", "tls_version_client_min=TLS1_1"], &dir, "TLS 1.2 and 1.3 only");

@@ -72,11 +72,16 @@ pub(crate) enum Offer {
     Http1,
 }
 
-/// What every client-side TLS config shares: the crypto provider and one session cache
+/// What every client-side TLS config shares: the crypto providers and one session cache
 /// for resumption. (A config of its own per connection would carry rustls' default cache,
 /// which preallocates 256 entries: ~20 KiB for every idle connection.)
 pub(crate) struct ServerShared {
+    /// ring's suites in ring's order, for a client that puts ChaCha20 first: it is
+    /// served in its own order.
     provider: Arc<rustls::crypto::CryptoProvider>,
+    /// The same suites with AES-128-GCM first, chosen over the client's order for every
+    /// other client (see `prefers_chacha`).
+    aes_first: Arc<rustls::crypto::CryptoProvider>,
     /// The TLS versions offered to clients (`tls_version_client_*`).
     versions: Vec<&'static rustls::SupportedProtocolVersion>,
     sessions: Arc<sessions::SessionCache>,
@@ -90,26 +95,69 @@ impl ServerShared {
         // Checked at start (`flowgate` refuses empty bounds); the defaults otherwise.
         let versions = given::versions(options.tls_version_client_min, options.tls_version_client_max)
             .unwrap_or_else(|_| rustls::DEFAULT_VERSIONS.to_vec());
+        let provider = rustls::crypto::ring::default_provider();
+        let mut aes_first = provider.clone();
+        aes_first.cipher_suites.sort_by_key(|s| !is_aes_128(s.suite()));
         ServerShared {
-            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            provider: Arc::new(provider),
+            aes_first: Arc::new(aes_first),
             versions,
             sessions: Arc::new(sessions::SessionCache::new(SESSION_CACHE_SIZE)),
         }
     }
 }
 
-/// The config for the client side of TLS flowgate terminates.
+fn is_aes_128(suite: rustls::CipherSuite) -> bool {
+    use rustls::CipherSuite as S;
+    matches!(
+        suite,
+        S::TLS13_AES_128_GCM_SHA256
+            | S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+            | S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+    )
+}
+
+/// Whether a client lists a ChaCha20-Poly1305 suite before every AES-GCM one, as a client
+/// without AES hardware does. Such a client is served in its own order; every other one
+/// gets AES-128-GCM, as Go's crypto/tls decides: with AES hardware on both ends it is the
+/// cheapest suite (its SHA-256 key schedule runs on the CPU's SHA extensions, where
+/// AES-256-GCM's SHA-384 does not), and it is what browsers ask for first.
+fn prefers_chacha(client_suites: &[rustls::CipherSuite]) -> bool {
+    use rustls::CipherSuite as S;
+    client_suites
+        .iter()
+        .find_map(|suite| match suite {
+            S::TLS13_CHACHA20_POLY1305_SHA256
+            | S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+            | S::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => Some(true),
+            S::TLS13_AES_128_GCM_SHA256
+            | S::TLS13_AES_256_GCM_SHA384
+            | S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+            | S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+            | S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+            | S::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => Some(false),
+            _ => None,
+        })
+        .unwrap_or(false)
+}
+
+/// The config for the client side of TLS flowgate terminates, for a client that offered
+/// `client_suites` and `client_alpn`.
 pub(crate) fn server_config(
     shared: &ServerShared,
     leaf: Arc<CertifiedKey>,
+    client_suites: &[rustls::CipherSuite],
     client_alpn: &[String],
     offer: Offer,
 ) -> Arc<rustls::ServerConfig> {
-    let mut config = rustls::ServerConfig::builder_with_provider(shared.provider.clone())
+    let chacha = prefers_chacha(client_suites);
+    let provider = if chacha { &shared.provider } else { &shared.aes_first };
+    let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&shared.versions)
         .expect("ring supports TLS 1.2 and 1.3")
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(Fixed(leaf)));
+    config.ignore_client_order = !chacha;
     config.session_storage = shared.sessions.clone();
     let ours: &[&str] = match offer {
         Offer::Http2AndHttp1 => &["h2", "http/1.1"],
@@ -233,4 +281,38 @@ pub(crate) fn without_alpn(http: &rustls::ClientConfig) -> Arc<rustls::ClientCon
     let mut config = http.clone();
     config.alpn_protocols.clear();
     Arc::new(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls::CipherSuite as S;
+
+    #[test]
+    fn aes_128_gcm_first_unless_the_client_puts_chacha20_first() {
+        for (client, chacha) in [
+            // OpenSSL and rustls clients, AES-256 first: served AES-128.
+            (&[S::TLS13_AES_256_GCM_SHA384, S::TLS13_CHACHA20_POLY1305_SHA256, S::TLS13_AES_128_GCM_SHA256][..], false),
+            // Browsers with AES hardware.
+            (&[S::TLS13_AES_128_GCM_SHA256, S::TLS13_AES_256_GCM_SHA384, S::TLS13_CHACHA20_POLY1305_SHA256], false),
+            // A client without AES hardware keeps its own order.
+            (&[S::TLS13_CHACHA20_POLY1305_SHA256, S::TLS13_AES_128_GCM_SHA256], true),
+            (&[S::TLS_EMPTY_RENEGOTIATION_INFO_SCSV, S::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256], true),
+            // Suites neither (SCSV, CBC) are skipped; nothing known: ours.
+            (&[S::TLS_EMPTY_RENEGOTIATION_INFO_SCSV, S::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384], false),
+            (&[S::TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA], false),
+            (&[], false),
+        ] {
+            assert_eq!(super::prefers_chacha(client), chacha, "{client:?}");
+        }
+        // Our order: AES-128-GCM first in each version, the rest as ring has them.
+        let shared = super::ServerShared::new(&crate::ProxyOptions::default());
+        let ours: Vec<S> = shared.aes_first.cipher_suites.iter().map(|s| s.suite()).collect();
+        let tls13: Vec<S> = ours.iter().copied().filter(|s| format!("{s:?}").starts_with("TLS13")).collect();
+        assert_eq!(tls13[0], S::TLS13_AES_128_GCM_SHA256, "{ours:?}");
+        assert_eq!(ours.len(), shared.provider.cipher_suites.len());
+        assert!(
+            ours.iter().position(|s| *s == S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256)
+                < ours.iter().position(|s| *s == S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384)
+        );
+    }
 }

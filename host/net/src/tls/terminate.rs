@@ -39,13 +39,12 @@ pub(crate) async fn terminate(
             return None;
         }
     };
-    let config = server_config(&ctx.proxy.tls_server, leaf, &hello.alpn, offer);
     let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
     let handshake = async {
-        match acceptor.await {
-            Ok(start) => start.into_stream(config).await,
-            Err(e) => Err(e),
-        }
+        let start = acceptor.await?;
+        let config =
+            server_config(&ctx.proxy.tls_server, leaf, start.client_hello().cipher_suites(), &hello.alpn, offer);
+        start.into_stream(config).await
     };
     // At most max_handshakes at once; waiting for a slot counts against the deadline.
     let handshake = async {
