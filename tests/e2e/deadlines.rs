@@ -186,6 +186,10 @@ fn max_handshakes_makes_a_second_handshake_wait_for_the_first() {
     stalled.read_exact(&mut flight).expect("flowgate's ServerHello");
     assert_eq!(flight[0], 22, "a TLS handshake record");
     let held_since = Instant::now();
+    // The second handshake's own deadline (header_read_timeout, counted from its start,
+    // the wait for the slot included) ends this much after the stalled one frees the
+    // slot: room for a handshake on a machine the other tests load.
+    std::thread::sleep(Duration::from_millis(300));
     let reply = curl(&["-s", "-k", "-x", &fg.proxy(), &tls_origin.url("https", "/second")]);
     assert_eq!(reply.status, 200, "{reply:?}");
     let waited = held_since.elapsed();

@@ -22,14 +22,44 @@ use crate::outbound::{OutboundError, OutboundHttp, OutboundRequest};
 
 type WitError = types::Error;
 
-/// A connection lent to a plugin for one hook call.
-pub struct ConnectionRes(pub ConnectionInfo);
-/// A flow lent to a plugin for one hook call.
-pub struct FlowRes(pub FlowInfo);
-/// A request lent to a plugin for one hook call.
-pub struct RequestRes(pub Request);
-/// A response lent to a plugin for one hook call.
-pub struct ResponseRes(pub Response);
+/// The type of a connection handle: the connection a hook call was given (`LentSlots`).
+pub struct ConnectionRes;
+/// The type of a flow handle: the flow a hook call was given.
+pub struct FlowRes;
+/// The type of a request handle: the request a hook call was given.
+pub struct RequestRes;
+/// The type of a response handle: the response a hook call was given.
+pub struct ResponseRes;
+
+/// What a hook call lends the plugin, held in the store for the call's length: its
+/// handles are borrows of these slots (at most one value of each type per call, so a
+/// handle's type says which slot), and no table entry is made or boxed per call.
+#[derive(Default)]
+pub(crate) struct LentSlots {
+    pub flow: Option<FlowInfo>,
+    pub conn: Option<ConnectionInfo>,
+    pub request: Option<Request>,
+    pub response: Option<Response>,
+}
+
+/// The rep of every lent handle: the slot is known by the handle's type.
+pub(crate) const LENT_REP: u32 = 0;
+
+/// A lent slot, or a trap for a handle that is not the one lent (the guest cannot
+/// forge one; a stale borrow is refused by wasmtime first).
+fn lent<'a, T, V>(r: &Resource<T>, slot: &'a Option<V>) -> wasmtime::Result<&'a V> {
+    match slot {
+        Some(v) if r.rep() == LENT_REP => Ok(v),
+        _ => Err(format_err!("a handle that is not lent in this call")),
+    }
+}
+
+fn lent_mut<'a, T, V>(r: &Resource<T>, slot: &'a mut Option<V>) -> wasmtime::Result<&'a mut V> {
+    match slot {
+        Some(v) if r.rep() == LENT_REP => Ok(v),
+        _ => Err(format_err!("a handle that is not lent in this call")),
+    }
+}
 
 /// Log severity, as a plugin gives it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -179,6 +209,8 @@ pub(crate) struct StoreState {
     pub limiter: MemoryLimiter,
     pub plugin: Arc<PluginShared>,
     pub call: CallState,
+    /// What the current hook call lends the plugin.
+    pub lent: LentSlots,
     /// The tail of the guest's stderr, for failure messages.
     pub stderr: crate::stderr::StderrTail,
 }
@@ -224,13 +256,13 @@ impl StoreState {
     }
 
     fn request(&self, r: &Resource<RequestRes>) -> wasmtime::Result<&Request> {
-        Ok(&self.table.get(r)?.0)
+        lent(r, &self.lent.request)
     }
 
     /// The request, if this hook may still change it.
     fn request_mut(&mut self, r: &Resource<RequestRes>) -> wasmtime::Result<Result<&mut Request, WitError>> {
         let hook = self.call.hook;
-        let request = &mut self.table.get_mut(r)?.0;
+        let request = lent_mut(r, &mut self.lent.request)?;
         if REQUEST_HOOKS.contains(&hook) {
             Ok(Ok(request))
         } else {
@@ -239,12 +271,12 @@ impl StoreState {
     }
 
     fn response(&self, r: &Resource<ResponseRes>) -> wasmtime::Result<&Response> {
-        Ok(&self.table.get(r)?.0)
+        lent(r, &self.lent.response)
     }
 
     fn response_mut(&mut self, r: &Resource<ResponseRes>) -> wasmtime::Result<Result<&mut Response, WitError>> {
         let hook = self.call.hook;
-        let response = &mut self.table.get_mut(r)?.0;
+        let response = lent_mut(r, &mut self.lent.response)?;
         if RESPONSE_HOOKS.contains(&hook) {
             Ok(Ok(response))
         } else {
@@ -330,35 +362,35 @@ impl types::Host for StoreState {}
 
 impl types::HostConnection for StoreState {
     fn id(&mut self, c: Resource<ConnectionRes>) -> wasmtime::Result<String> {
-        Ok(self.table.get(&c)?.0.id.to_string())
+        Ok(lent(&c, &self.lent.conn)?.id.to_string())
     }
     fn client_address(&mut self, c: Resource<ConnectionRes>) -> wasmtime::Result<String> {
-        Ok(self.table.get(&c)?.0.client_address.clone())
+        Ok(lent(&c, &self.lent.conn)?.client_address.clone())
     }
     fn server_address(&mut self, c: Resource<ConnectionRes>) -> wasmtime::Result<Option<String>> {
-        Ok(self.table.get(&c)?.0.server_address.clone())
+        Ok(lent(&c, &self.lent.conn)?.server_address.clone())
     }
     fn sni(&mut self, c: Resource<ConnectionRes>) -> wasmtime::Result<Option<String>> {
-        Ok(self.table.get(&c)?.0.sni.clone())
+        Ok(lent(&c, &self.lent.conn)?.sni.clone())
     }
     fn alpn(&mut self, c: Resource<ConnectionRes>) -> wasmtime::Result<Option<String>> {
-        Ok(self.table.get(&c)?.0.alpn.clone())
+        Ok(lent(&c, &self.lent.conn)?.alpn.clone())
     }
     fn tls(&mut self, c: Resource<ConnectionRes>) -> wasmtime::Result<bool> {
-        Ok(self.table.get(&c)?.0.tls)
+        Ok(lent(&c, &self.lent.conn)?.tls)
     }
-    fn drop(&mut self, c: Resource<ConnectionRes>) -> wasmtime::Result<()> {
-        self.table.delete(c)?;
+    // Only borrows are lent (the value stays in its slot): nothing to free.
+    fn drop(&mut self, _: Resource<ConnectionRes>) -> wasmtime::Result<()> {
         Ok(())
     }
 }
 
 impl types::HostFlow for StoreState {
     fn id(&mut self, f: Resource<FlowRes>) -> wasmtime::Result<String> {
-        Ok(self.table.get(&f)?.0.id.to_string())
+        Ok(lent(&f, &self.lent.flow)?.id.to_string())
     }
     fn kind(&mut self, f: Resource<FlowRes>) -> wasmtime::Result<types::FlowKind> {
-        Ok(match self.table.get(&f)?.0.kind {
+        Ok(match lent(&f, &self.lent.flow)?.kind {
             FlowKind::Http => types::FlowKind::Http,
             FlowKind::WebSocket => types::FlowKind::Websocket,
             FlowKind::Tcp => types::FlowKind::Tcp,
@@ -367,7 +399,7 @@ impl types::HostFlow for StoreState {
         })
     }
     fn connection_id(&mut self, f: Resource<FlowRes>) -> wasmtime::Result<String> {
-        Ok(self.table.get(&f)?.0.connection_id.to_string())
+        Ok(lent(&f, &self.lent.flow)?.connection_id.to_string())
     }
     fn inject_data(
         &mut self,
@@ -375,7 +407,7 @@ impl types::HostFlow for StoreState {
         to_client: bool,
         data: Vec<u8>,
     ) -> wasmtime::Result<Result<(), WitError>> {
-        let kind = self.table.get(&f)?.0.kind;
+        let kind = lent(&f, &self.lent.flow)?.kind;
         if !matches!(kind, FlowKind::Tcp | FlowKind::Udp) || !DATA_HOOKS.contains(&self.call.hook) {
             return Ok(Err(WitError::InvalidState(format!(
                 "inject-data needs a TCP or UDP flow that is still open (this is {kind:?}, in {})",
@@ -391,7 +423,7 @@ impl types::HostFlow for StoreState {
         kind: types::WebsocketMessageKind,
         data: Vec<u8>,
     ) -> wasmtime::Result<Result<(), WitError>> {
-        let flow_kind = self.table.get(&f)?.0.kind;
+        let flow_kind = lent(&f, &self.lent.flow)?.kind;
         if flow_kind != FlowKind::WebSocket || !WEBSOCKET_HOOKS.contains(&self.call.hook) {
             return Ok(Err(WitError::InvalidState(format!(
                 "inject-websocket needs a WebSocket flow that is still open (this is {flow_kind:?}, in {})",
@@ -413,13 +445,13 @@ impl types::HostFlow for StoreState {
         Ok(self.inject(message.data.len(), Injected::WebSocket(message)))
     }
     fn client_address(&mut self, f: Resource<FlowRes>) -> wasmtime::Result<String> {
-        Ok(self.table.get(&f)?.0.client_address.clone())
+        Ok(lent(&f, &self.lent.flow)?.client_address.clone())
     }
     fn server_address(&mut self, f: Resource<FlowRes>) -> wasmtime::Result<Option<String>> {
-        Ok(self.table.get(&f)?.0.server_address.clone())
+        Ok(lent(&f, &self.lent.flow)?.server_address.clone())
     }
     fn get_metadata(&mut self, f: Resource<FlowRes>, key: String) -> wasmtime::Result<Option<String>> {
-        Ok(self.table.get(&f)?.0.metadata.get(&key).cloned())
+        Ok(lent(&f, &self.lent.flow)?.metadata.get(&key).cloned())
     }
     fn set_metadata(
         &mut self,
@@ -428,7 +460,7 @@ impl types::HostFlow for StoreState {
         value: String,
     ) -> wasmtime::Result<Result<(), WitError>> {
         let max = self.plugin.manifest.limits.max_state_bytes;
-        let flow = &mut self.table.get_mut(&f)?.0;
+        let flow = lent_mut(&f, &mut self.lent.flow)?;
         let used: usize = flow.metadata.iter().filter(|(k, _)| **k != key).map(|(k, v)| k.len() + v.len()).sum();
         if used + key.len() + value.len() > max {
             return Ok(Err(WitError::LimitExceeded(format!("flow metadata would exceed max_state_bytes ({max})"))));
@@ -436,8 +468,8 @@ impl types::HostFlow for StoreState {
         flow.metadata.insert(key, value);
         Ok(Ok(()))
     }
-    fn drop(&mut self, f: Resource<FlowRes>) -> wasmtime::Result<()> {
-        self.table.delete(f)?;
+    // Only borrows are lent (the value stays in its slot): nothing to free.
+    fn drop(&mut self, _: Resource<FlowRes>) -> wasmtime::Result<()> {
         Ok(())
     }
 }
@@ -580,8 +612,8 @@ impl types::HostRequest for StoreState {
     fn trailers(&mut self, r: Resource<RequestRes>) -> wasmtime::Result<Vec<types::Header>> {
         Ok(to_wit_headers(&self.request(&r)?.trailers))
     }
-    fn drop(&mut self, r: Resource<RequestRes>) -> wasmtime::Result<()> {
-        self.table.delete(r)?;
+    // Only borrows are lent (the value stays in its slot): nothing to free.
+    fn drop(&mut self, _: Resource<RequestRes>) -> wasmtime::Result<()> {
         Ok(())
     }
 }
@@ -681,8 +713,8 @@ impl types::HostResponse for StoreState {
     fn trailers(&mut self, r: Resource<ResponseRes>) -> wasmtime::Result<Vec<types::Header>> {
         Ok(to_wit_headers(&self.response(&r)?.trailers))
     }
-    fn drop(&mut self, r: Resource<ResponseRes>) -> wasmtime::Result<()> {
-        self.table.delete(r)?;
+    // Only borrows are lent (the value stays in its slot): nothing to free.
+    fn drop(&mut self, _: Resource<ResponseRes>) -> wasmtime::Result<()> {
         Ok(())
     }
 }

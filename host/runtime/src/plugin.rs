@@ -419,6 +419,7 @@ impl Plugin {
             limiter: MemoryLimiter::new(limits.memory_bytes),
             plugin: self.shared.clone(),
             call: CallState::new(Hook::Configure, Instant::now() + limits.instantiate_timeout, None),
+            lent: crate::host::LentSlots::default(),
         };
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limiter);

@@ -21,7 +21,7 @@ use wasmtime::Store;
 use wasmtime::component::Resource;
 
 use crate::bindings::{hooks, imports::types};
-use crate::host::{ConnectionRes, FlowRes, RequestRes, ResponseRes, StoreState, from_wit_headers};
+use crate::host::{ConnectionRes, FlowRes, LENT_REP, RequestRes, ResponseRes, StoreState, from_wit_headers};
 use crate::manifest::{FailurePolicy, InstanceModel};
 use crate::plugin::{CallReport, LiveGroups, LiveInstance, Plugin};
 use filter::FlowFilters;
@@ -338,7 +338,8 @@ impl Drop for Slots {
     }
 }
 
-/// Puts host values into a store's resource table for one call and takes them back.
+/// Lends host values to a plugin for one call (the store's `lent` slots) and takes them
+/// back: the handles passed are borrows of those slots.
 struct Lent {
     flow: Option<Resource<FlowRes>>,
     conn: Option<Resource<ConnectionRes>>,
@@ -358,12 +359,17 @@ impl Lent {
         request: Option<&mut Request>,
         response: Option<&mut Response>,
     ) -> wasmtime::Result<Lent> {
-        let table = &mut store.data_mut().table;
+        fn put<V: Default, T: 'static>(slot: &mut Option<V>, value: Option<&mut V>) -> Option<Resource<T>> {
+            let value = value?;
+            *slot = Some(std::mem::take(value));
+            Some(Resource::new_borrow(LENT_REP))
+        }
+        let lent = &mut store.data_mut().lent;
         Ok(Lent {
-            flow: flow.map(|f| table.push(FlowRes(std::mem::take(f)))).transpose()?,
-            conn: conn.map(|c| table.push(ConnectionRes(std::mem::take(c)))).transpose()?,
-            request: request.map(|r| table.push(RequestRes(std::mem::take(r)))).transpose()?,
-            response: response.map(|r| table.push(ResponseRes(std::mem::take(r)))).transpose()?,
+            flow: put(&mut lent.flow, flow),
+            conn: put(&mut lent.conn, conn),
+            request: put(&mut lent.request, request),
+            response: put(&mut lent.response, response),
         })
     }
 
@@ -376,27 +382,16 @@ impl Lent {
         request: Option<&mut Request>,
         response: Option<&mut Response>,
     ) {
-        let table = &mut store.data_mut().table;
-        if let (Some(r), Some(out)) = (self.flow, flow)
-            && let Ok(v) = table.delete(r)
-        {
-            *out = v.0;
+        fn take<V>(slot: &mut Option<V>, out: Option<&mut V>) {
+            if let (Some(v), Some(out)) = (slot.take(), out) {
+                *out = v;
+            }
         }
-        if let (Some(r), Some(out)) = (self.conn, conn)
-            && let Ok(v) = table.delete(r)
-        {
-            *out = v.0;
-        }
-        if let (Some(r), Some(out)) = (self.request, request)
-            && let Ok(v) = table.delete(r)
-        {
-            *out = v.0;
-        }
-        if let (Some(r), Some(out)) = (self.response, response)
-            && let Ok(v) = table.delete(r)
-        {
-            *out = v.0;
-        }
+        let lent = &mut store.data_mut().lent;
+        take(&mut lent.flow, flow);
+        take(&mut lent.conn, conn);
+        take(&mut lent.request, request);
+        take(&mut lent.response, response);
     }
 }
 
