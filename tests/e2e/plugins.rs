@@ -455,6 +455,8 @@ fn the_proxy_listens_only_once_its_plugins_are_loaded() {
 /// Hot reload: the `-s` files are watched. Under load (curl in a loop through the proxy),
 /// a changed config and then a changed component switch the responses over with no
 /// request failing, and a broken component is refused while the running version stays.
+/// The flows are saved (`-w`) beside the plugin: a file written on every flow in the
+/// watched directory neither starves the reload nor sets it off.
 #[test]
 fn a_changed_plugin_is_reloaded_under_load() {
     let dir = std::env::temp_dir().join(format!("flowgate-reload-{}", std::process::id()));
@@ -473,7 +475,8 @@ fn a_changed_plugin_is_reloaded_under_load() {
     replace(&wasm, &std::fs::read(flowgate_tests::plugins::ADD_HEADER).expect("add-header is built"));
     replace(&manifest, config("one").as_bytes());
     let origin = Origin::start(false);
-    let fg = start(&manifest, &[]);
+    let flows = dir.join("flows.fg");
+    let fg = start(&manifest, &[&format!("save_stream_file={}", flows.display())]);
 
     // The load: one curl after another, each response's status and headers kept.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -539,5 +542,7 @@ fn a_changed_plugin_is_reloaded_under_load() {
     );
     assert!(seen[now..].iter().all(|(_, h)| !h.contains("x-version")), "no response went back to add-header");
     assert_eq!(fg.count_logs("reloaded plugin live"), 2, "the config, then the component");
+    let saved = std::fs::metadata(&flows).map(|m| m.len()).unwrap_or(0);
+    assert!(saved > 0, "the flows were saved beside the plugin, one write per flow");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use flowgate_runtime::{Chain, ChainHandle, Plugin, Runtime};
@@ -22,6 +22,16 @@ pub struct Source {
 /// several steps, and one reload after them beats one per step.
 const SETTLE: Duration = Duration::from_millis(100);
 
+/// Every file watched, all plugins together. The watcher passes on events for these
+/// only: a busy neighbour in a watched directory (flows saved beside the plugin, one
+/// write per flow) would otherwise wake the reload loop on every write and keep its
+/// settle time from ever running out, so that no change was reloaded while it wrote.
+type Watched = Arc<RwLock<BTreeSet<PathBuf>>>;
+
+fn all_files(files: &[BTreeSet<PathBuf>]) -> BTreeSet<PathBuf> {
+    files.iter().flatten().cloned().collect()
+}
+
 /// Watches the plugins' files and reloads what changes, until the returned watcher is
 /// dropped. `None` (with a warning printed) if the files cannot be watched: the proxy
 /// runs on without reloading.
@@ -32,11 +42,15 @@ pub fn watch(
     chain: ChainHandle,
 ) -> Option<notify::RecommendedWatcher> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
+    let files: Vec<BTreeSet<PathBuf>> = sources.iter().map(|s| files_of(&s.path)).collect();
+    let watched: Watched = Arc::new(RwLock::new(all_files(&files)));
+    let ours = watched.clone();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event
             && !matches!(event.kind, notify::EventKind::Access(_))
         {
-            for path in event.paths {
+            let ours = ours.read().unwrap_or_else(PoisonError::into_inner);
+            for path in event.paths.into_iter().filter(|p| ours.contains(p)) {
                 let _ = tx.send(path);
             }
         }
@@ -48,7 +62,6 @@ pub fn watch(
             return None;
         }
     };
-    let files: Vec<BTreeSet<PathBuf>> = sources.iter().map(|s| files_of(&s.path)).collect();
     // Directories, not files: a file replaced by a rename (editors, `cp` to a temporary
     // name then `mv`) is a new file a watch on the old one would miss.
     let dirs: BTreeSet<PathBuf> = files.iter().flatten().filter_map(|f| f.parent().map(Path::to_owned)).collect();
@@ -57,7 +70,7 @@ pub fn watch(
             eprintln!("flowgate: cannot watch {}, changes there need a restart: {e}", dir.display());
         }
     }
-    tokio::spawn(reload_loop(runtime, sources, files, loaded, chain, rx));
+    tokio::spawn(reload_loop(runtime, sources, files, watched, loaded, chain, rx));
     Some(watcher)
 }
 
@@ -89,6 +102,7 @@ async fn reload_loop(
     runtime: Runtime,
     sources: Vec<Source>,
     mut files: Vec<BTreeSet<PathBuf>>,
+    watched: Watched,
     mut loaded: Vec<Arc<Plugin>>,
     chain: ChainHandle,
     mut changes: tokio::sync::mpsc::UnboundedReceiver<PathBuf>,
@@ -115,6 +129,7 @@ async fn reload_loop(
                     chain.replace(Chain::new(loaded.clone()));
                     // The manifest may now name another component.
                     files[i] = files_of(&source.path);
+                    *watched.write().unwrap_or_else(PoisonError::into_inner) = all_files(&files);
                     for failure in Chain::new(vec![plugin]).running().await {
                         eprintln!("flowgate: {failure}");
                     }
