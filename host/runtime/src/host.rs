@@ -45,16 +45,10 @@ pub(crate) struct LentSlots {
 /// The rep of every lent handle: the slot is known by the handle's type.
 pub(crate) const LENT_REP: u32 = 0;
 
-/// A lent slot, or a trap for a handle that is not the one lent (the guest cannot
-/// forge one; a stale borrow is refused by wasmtime first).
-fn lent<'a, T, V>(r: &Resource<T>, slot: &'a Option<V>) -> wasmtime::Result<&'a V> {
-    match slot {
-        Some(v) if r.rep() == LENT_REP => Ok(v),
-        _ => Err(format_err!("a handle that is not lent in this call")),
-    }
-}
-
-fn lent_mut<'a, T, V>(r: &Resource<T>, slot: &'a mut Option<V>) -> wasmtime::Result<&'a mut V> {
+/// A lent slot (`slot` is `as_ref()` or `as_mut()` of it), or a trap for a handle that is
+/// not the one lent (the guest cannot forge one; a stale borrow is refused by wasmtime
+/// first).
+fn lent<T, V>(r: &Resource<T>, slot: Option<V>) -> wasmtime::Result<V> {
     match slot {
         Some(v) if r.rep() == LENT_REP => Ok(v),
         _ => Err(format_err!("a handle that is not lent in this call")),
@@ -256,13 +250,13 @@ impl StoreState {
     }
 
     fn request(&self, r: &Resource<RequestRes>) -> wasmtime::Result<&Request> {
-        lent(r, &self.lent.request)
+        lent(r, self.lent.request.as_ref())
     }
 
     /// The request, if this hook may still change it.
     fn request_mut(&mut self, r: &Resource<RequestRes>) -> wasmtime::Result<Result<&mut Request, WitError>> {
         let hook = self.call.hook;
-        let request = lent_mut(r, &mut self.lent.request)?;
+        let request = lent(r, self.lent.request.as_mut())?;
         if REQUEST_HOOKS.contains(&hook) {
             Ok(Ok(request))
         } else {
@@ -271,12 +265,12 @@ impl StoreState {
     }
 
     fn response(&self, r: &Resource<ResponseRes>) -> wasmtime::Result<&Response> {
-        lent(r, &self.lent.response)
+        lent(r, self.lent.response.as_ref())
     }
 
     fn response_mut(&mut self, r: &Resource<ResponseRes>) -> wasmtime::Result<Result<&mut Response, WitError>> {
         let hook = self.call.hook;
-        let response = lent_mut(r, &mut self.lent.response)?;
+        let response = lent(r, self.lent.response.as_mut())?;
         if RESPONSE_HOOKS.contains(&hook) {
             Ok(Ok(response))
         } else {
@@ -362,22 +356,22 @@ impl types::Host for StoreState {}
 
 impl types::HostConnection for StoreState {
     fn id(&mut self, c: Resource<ConnectionRes>) -> wasmtime::Result<String> {
-        Ok(lent(&c, &self.lent.conn)?.id.to_string())
+        Ok(lent(&c, self.lent.conn.as_ref())?.id.to_string())
     }
     fn client_address(&mut self, c: Resource<ConnectionRes>) -> wasmtime::Result<String> {
-        Ok(lent(&c, &self.lent.conn)?.client_address.clone())
+        Ok(lent(&c, self.lent.conn.as_ref())?.client_address.clone())
     }
     fn server_address(&mut self, c: Resource<ConnectionRes>) -> wasmtime::Result<Option<String>> {
-        Ok(lent(&c, &self.lent.conn)?.server_address.clone())
+        Ok(lent(&c, self.lent.conn.as_ref())?.server_address.clone())
     }
     fn sni(&mut self, c: Resource<ConnectionRes>) -> wasmtime::Result<Option<String>> {
-        Ok(lent(&c, &self.lent.conn)?.sni.clone())
+        Ok(lent(&c, self.lent.conn.as_ref())?.sni.clone())
     }
     fn alpn(&mut self, c: Resource<ConnectionRes>) -> wasmtime::Result<Option<String>> {
-        Ok(lent(&c, &self.lent.conn)?.alpn.clone())
+        Ok(lent(&c, self.lent.conn.as_ref())?.alpn.clone())
     }
     fn tls(&mut self, c: Resource<ConnectionRes>) -> wasmtime::Result<bool> {
-        Ok(lent(&c, &self.lent.conn)?.tls)
+        Ok(lent(&c, self.lent.conn.as_ref())?.tls)
     }
     // Only borrows are lent (the value stays in its slot): nothing to free.
     fn drop(&mut self, _: Resource<ConnectionRes>) -> wasmtime::Result<()> {
@@ -387,10 +381,10 @@ impl types::HostConnection for StoreState {
 
 impl types::HostFlow for StoreState {
     fn id(&mut self, f: Resource<FlowRes>) -> wasmtime::Result<String> {
-        Ok(lent(&f, &self.lent.flow)?.id.to_string())
+        Ok(lent(&f, self.lent.flow.as_ref())?.id.to_string())
     }
     fn kind(&mut self, f: Resource<FlowRes>) -> wasmtime::Result<types::FlowKind> {
-        Ok(match lent(&f, &self.lent.flow)?.kind {
+        Ok(match lent(&f, self.lent.flow.as_ref())?.kind {
             FlowKind::Http => types::FlowKind::Http,
             FlowKind::WebSocket => types::FlowKind::Websocket,
             FlowKind::Tcp => types::FlowKind::Tcp,
@@ -399,7 +393,7 @@ impl types::HostFlow for StoreState {
         })
     }
     fn connection_id(&mut self, f: Resource<FlowRes>) -> wasmtime::Result<String> {
-        Ok(lent(&f, &self.lent.flow)?.connection_id.to_string())
+        Ok(lent(&f, self.lent.flow.as_ref())?.connection_id.to_string())
     }
     fn inject_data(
         &mut self,
@@ -407,7 +401,7 @@ impl types::HostFlow for StoreState {
         to_client: bool,
         data: Vec<u8>,
     ) -> wasmtime::Result<Result<(), WitError>> {
-        let kind = lent(&f, &self.lent.flow)?.kind;
+        let kind = lent(&f, self.lent.flow.as_ref())?.kind;
         if !matches!(kind, FlowKind::Tcp | FlowKind::Udp) || !DATA_HOOKS.contains(&self.call.hook) {
             return Ok(Err(WitError::InvalidState(format!(
                 "inject-data needs a TCP or UDP flow that is still open (this is {kind:?}, in {})",
@@ -423,7 +417,7 @@ impl types::HostFlow for StoreState {
         kind: types::WebsocketMessageKind,
         data: Vec<u8>,
     ) -> wasmtime::Result<Result<(), WitError>> {
-        let flow_kind = lent(&f, &self.lent.flow)?.kind;
+        let flow_kind = lent(&f, self.lent.flow.as_ref())?.kind;
         if flow_kind != FlowKind::WebSocket || !WEBSOCKET_HOOKS.contains(&self.call.hook) {
             return Ok(Err(WitError::InvalidState(format!(
                 "inject-websocket needs a WebSocket flow that is still open (this is {flow_kind:?}, in {})",
@@ -445,13 +439,13 @@ impl types::HostFlow for StoreState {
         Ok(self.inject(message.data.len(), Injected::WebSocket(message)))
     }
     fn client_address(&mut self, f: Resource<FlowRes>) -> wasmtime::Result<String> {
-        Ok(lent(&f, &self.lent.flow)?.client_address.clone())
+        Ok(lent(&f, self.lent.flow.as_ref())?.client_address.clone())
     }
     fn server_address(&mut self, f: Resource<FlowRes>) -> wasmtime::Result<Option<String>> {
-        Ok(lent(&f, &self.lent.flow)?.server_address.clone())
+        Ok(lent(&f, self.lent.flow.as_ref())?.server_address.clone())
     }
     fn get_metadata(&mut self, f: Resource<FlowRes>, key: String) -> wasmtime::Result<Option<String>> {
-        Ok(lent(&f, &self.lent.flow)?.metadata.get(&key).cloned())
+        Ok(lent(&f, self.lent.flow.as_ref())?.metadata.get(&key).cloned())
     }
     fn set_metadata(
         &mut self,
@@ -460,7 +454,7 @@ impl types::HostFlow for StoreState {
         value: String,
     ) -> wasmtime::Result<Result<(), WitError>> {
         let max = self.plugin.manifest.limits.max_state_bytes;
-        let flow = lent_mut(&f, &mut self.lent.flow)?;
+        let flow = lent(&f, self.lent.flow.as_mut())?;
         let used: usize = flow.metadata.iter().filter(|(k, _)| **k != key).map(|(k, v)| k.len() + v.len()).sum();
         if used + key.len() + value.len() > max {
             return Ok(Err(WitError::LimitExceeded(format!("flow metadata would exceed max_state_bytes ({max})"))));

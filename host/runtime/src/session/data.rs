@@ -87,7 +87,7 @@ impl DataFlowSession {
             Some(flow_id),
             |i, p| exports_data(p, protocol) && admitted[i],
             async |store, groups| {
-                let lent = Lent::new(store, Some(&mut *flow), None, None, None)?;
+                let lent = Lent::new(store, Some(&mut *flow), None, None, None);
                 let f = borrow(&lent.flow)?;
                 let out = match (&groups.tcp, &groups.udp, hook) {
                     (Some(g), _, Hook::TcpStart) => g.call_tcp_start(&mut *store, f).await,
@@ -128,7 +128,7 @@ impl DataFlowSession {
             Some(flow_id),
             |i, p| exports_data(p, protocol) && admitted[i],
             async |store, groups| {
-                let lent = Lent::new(store, Some(&mut *flow), None, None, None)?;
+                let lent = Lent::new(store, Some(&mut *flow), None, None, None);
                 let f = borrow(&lent.flow)?;
                 let out = match (&groups.tcp, &groups.udp) {
                     (Some(g), _) if protocol == DataProtocol::Tcp => {

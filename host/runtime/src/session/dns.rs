@@ -54,7 +54,7 @@ impl DnsFlowSession {
             |_, p| p.groups.dns.is_some(),
             async |store, groups| {
                 let Some(g) = &groups.dns else { return Ok(hooks::dns::DnsVerdict::Continue) };
-                let lent = Lent::new(store, Some(&mut *flow), None, None, None)?;
+                let lent = Lent::new(store, Some(&mut *flow), None, None, None);
                 let f = borrow(&lent.flow)?;
                 let out = match &wit_response {
                     Some(r) => g.call_dns_response(&mut *store, f, &wit_query, r).await,
@@ -91,7 +91,7 @@ impl DnsFlowSession {
             |_, p| p.groups.dns.is_some(),
             async |store, groups| {
                 let Some(g) = &groups.dns else { return Ok(()) };
-                let lent = Lent::new(store, Some(&mut *flow), None, None, None)?;
+                let lent = Lent::new(store, Some(&mut *flow), None, None, None);
                 let out = g.call_dns_error(&mut *store, borrow(&lent.flow)?, &wit_query, message).await;
                 lent.restore(store, Some(&mut *flow), None, None, None);
                 out

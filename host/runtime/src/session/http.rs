@@ -74,7 +74,7 @@ impl HttpFlowSession {
             async |store, groups| {
                 let Some(g) = &groups.http else { return Ok(types::Verdict::Continue) };
                 let has_resp = response.is_some();
-                let lent = Lent::new(store, Some(&mut *flow), None, Some(&mut *request), response.as_deref_mut())?;
+                let lent = Lent::new(store, Some(&mut *flow), None, Some(&mut *request), response.as_deref_mut());
                 let (f, r) = (borrow(&lent.flow)?, borrow(&lent.request)?);
                 let out = match hook {
                     Hook::RequestHeaders => g.call_request_headers(&mut *store, f, r).await,
@@ -194,7 +194,7 @@ impl HttpFlowSession {
             |i, _| modes[i] == BodyMode::Stream,
             async |store, groups| {
                 let Some(g) = &groups.http else { return Ok(Applied::Kept) };
-                let lent = Lent::new(store, Some(&mut *flow), None, Some(&mut *request), response.as_deref_mut())?;
+                let lent = Lent::new(store, Some(&mut *flow), None, Some(&mut *request), response.as_deref_mut());
                 let (f, r) = (borrow(&lent.flow)?, borrow(&lent.request)?);
                 let out = match &lent.response {
                     Some(_) => g.call_response_body_chunk(&mut *store, f, r, borrow(&lent.response)?, data, end).await,
@@ -238,7 +238,7 @@ impl HttpFlowSession {
             |i, p| p.groups.http.is_some() && admitted[i],
             async |store, groups| {
                 let Some(g) = &groups.http else { return Ok(()) };
-                let lent = Lent::new(store, Some(&mut *flow), None, Some(&mut *request), None)?;
+                let lent = Lent::new(store, Some(&mut *flow), None, Some(&mut *request), None);
                 let out = g.call_error(&mut *store, borrow(&lent.flow)?, borrow(&lent.request)?, message).await;
                 lent.restore(store, Some(&mut *flow), None, Some(&mut *request), None);
                 out

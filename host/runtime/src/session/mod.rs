@@ -358,19 +358,19 @@ impl Lent {
         conn: Option<&mut ConnectionInfo>,
         request: Option<&mut Request>,
         response: Option<&mut Response>,
-    ) -> wasmtime::Result<Lent> {
+    ) -> Lent {
         fn put<V: Default, T: 'static>(slot: &mut Option<V>, value: Option<&mut V>) -> Option<Resource<T>> {
             let value = value?;
             *slot = Some(std::mem::take(value));
             Some(Resource::new_borrow(LENT_REP))
         }
         let lent = &mut store.data_mut().lent;
-        Ok(Lent {
+        Lent {
             flow: put(&mut lent.flow, flow),
             conn: put(&mut lent.conn, conn),
             request: put(&mut lent.request, request),
             response: put(&mut lent.response, response),
-        })
+        }
     }
 
     /// Takes everything back, even after a trap.
@@ -555,7 +555,7 @@ impl ConnectionSession {
             |_, p| p.groups.connection.is_some(),
             async |store, groups| {
                 let Some(g) = &groups.connection else { return Ok(true) };
-                let lent = Lent::new(store, None, Some(&mut *info), None, None)?;
+                let lent = Lent::new(store, None, Some(&mut *info), None, None);
                 let c = borrow(&lent.conn)?;
                 let out = match hook {
                     Hook::ClientConnected => g.call_client_connected(&mut *store, c).await,
@@ -619,7 +619,7 @@ impl ConnectionSession {
             |_, p| p.groups.tls.is_some(),
             async |store, groups| {
                 let Some(g) = &groups.tls else { return Ok(types::TlsDecision::Intercept) };
-                let lent = Lent::new(store, None, Some(&mut *info), None, None)?;
+                let lent = Lent::new(store, None, Some(&mut *info), None, None);
                 let out = g.call_tls_clienthello(&mut *store, borrow(&lent.conn)?, &hello).await;
                 lent.restore(store, None, Some(&mut *info), None, None);
                 out
@@ -652,7 +652,7 @@ impl ConnectionSession {
             |_, p| p.groups.tls.is_some(),
             async |store, groups| {
                 let Some(g) = &groups.tls else { return Ok(()) };
-                let lent = Lent::new(store, None, Some(&mut *info), None, None)?;
+                let lent = Lent::new(store, None, Some(&mut *info), None, None);
                 let c = borrow(&lent.conn)?;
                 let out = match failed {
                     Some(message) => g.call_tls_failed(&mut *store, c, wit_side, message).await,

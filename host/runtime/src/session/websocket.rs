@@ -83,7 +83,7 @@ impl WebSocketFlowSession {
             |_, p| p.groups.websocket.is_some(),
             async |store, groups| {
                 let Some(g) = &groups.websocket else { return Ok(()) };
-                let lent = Lent::new(store, Some(&mut *flow), None, None, None)?;
+                let lent = Lent::new(store, Some(&mut *flow), None, None, None);
                 let f = borrow(&lent.flow)?;
                 let out = match hook {
                     Hook::WebsocketStart => g.call_websocket_start(&mut *store, f).await,
@@ -121,7 +121,7 @@ impl WebSocketFlowSession {
                 // fails (fail-open) lets the messages go on as they came to it.
                 let mut out = Vec::with_capacity(current.len());
                 for m in current.clone() {
-                    let lent = Lent::new(store, Some(&mut *flow), None, None, None)?;
+                    let lent = Lent::new(store, Some(&mut *flow), None, None, None);
                     let wit = to_wit_message(&m);
                     let verdict = g.call_websocket_message(&mut *store, borrow(&lent.flow)?, &wit).await;
                     lent.restore(store, Some(&mut *flow), None, None, None);
