@@ -149,6 +149,13 @@ impl Headers {
         self.fields.iter().map(|f| (self.name_of(f), self.value_of(f)))
     }
 
+    /// The buffer every name and value is stored in (with what edits left behind), and
+    /// each field's name and where its value is in that buffer, in wire order: for handing
+    /// all values on with one copy of the buffer instead of one copy each.
+    pub fn spans(&self) -> (&[u8], impl Iterator<Item = (&str, std::ops::Range<usize>)>) {
+        (&self.bytes, self.fields.iter().map(|f| (self.name_of(f), f.split..f.end)))
+    }
+
     /// Every value of the fields named `name` (case-insensitive), in order.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
         self.fields.iter().filter(move |f| self.is_named(f, name)).map(|f| self.value_of(f))

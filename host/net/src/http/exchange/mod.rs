@@ -6,6 +6,7 @@
 //! connection: the HTTP/1 and HTTP/2 layers hand it an [`Inbound`] and write the
 //! [`Reply`] back in their own framing, so HTTP/3 and replay can drive it too.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -100,20 +101,59 @@ pub(crate) fn to_headers(map: &hyper::HeaderMap) -> Headers {
 }
 
 /// Adds the end-to-end fields of `headers` to a hyper map (HTTP/2: names lowercase).
+///
+/// The values are slices of one copy of `headers`' buffer, not a copy each, and names
+/// come from [`header_name`]'s cache: a message's fields cost two allocations, not one
+/// or two per field.
 pub(crate) fn fill_headers(map: &mut hyper::HeaderMap, headers: &Headers) {
     let connection = flowgate_h1::connection_tokens(headers);
-    for (name, value) in headers.iter() {
+    let (buffer, spans) = headers.spans();
+    let shared = Bytes::copy_from_slice(buffer);
+    // More fields than a map holds are refused one by one below (`try_append`).
+    let _ = map.try_reserve(headers.len());
+    for (name, span) in spans {
+        let value = &buffer[span.clone()];
         // `TE: trailers` is hop-by-hop but must reach the upstream for it to send trailers.
         let te_trailers = name.eq_ignore_ascii_case("te") && value.eq_ignore_ascii_case(b"trailers");
         if !te_trailers && flowgate_h1::is_hop_by_hop(name, &connection) {
             continue;
         }
-        if let (Ok(n), Ok(v)) =
-            (hyper::header::HeaderName::from_bytes(name.as_bytes()), hyper::header::HeaderValue::from_bytes(value))
+        if let (Some(n), Ok(v)) = (header_name(name), hyper::header::HeaderValue::from_maybe_shared(shared.slice(span)))
         {
-            map.append(n, v);
+            let _ = map.try_append(n, v);
         }
     }
+}
+
+/// Field names most recently made into `HeaderName`s on this thread, as they were
+/// spelled: a name `http` does not know (`x-request-id`) is otherwise copied into a new
+/// allocation for every message that carries it.
+const NAME_CACHE_ENTRIES: usize = 256;
+/// Longer names are made afresh each time.
+const NAME_CACHE_LONGEST: usize = 64;
+
+thread_local! {
+    static NAMES: std::cell::RefCell<HashMap<Box<str>, hyper::header::HeaderName>> =
+        std::cell::RefCell::new(HashMap::with_capacity(NAME_CACHE_ENTRIES));
+}
+
+/// `name` as a hyper `HeaderName` (lowercased), or `None` if it is not a valid one.
+/// Cached per thread; once the cache holds [`NAME_CACHE_ENTRIES`] names, new ones are
+/// made but not kept, so hostile names cannot grow it.
+pub(crate) fn header_name(name: &str) -> Option<hyper::header::HeaderName> {
+    if name.len() > NAME_CACHE_LONGEST {
+        return hyper::header::HeaderName::from_bytes(name.as_bytes()).ok();
+    }
+    NAMES.with_borrow_mut(|names| {
+        if let Some(known) = names.get(name) {
+            return Some(known.clone());
+        }
+        let made = hyper::header::HeaderName::from_bytes(name.as_bytes()).ok()?;
+        if names.len() < NAME_CACHE_ENTRIES {
+            names.insert(name.into(), made.clone());
+        }
+        Some(made)
+    })
 }
 
 pub(crate) fn version_of(v: hyper::Version) -> HttpVersion {
@@ -454,4 +494,56 @@ fn declared_length(headers: &Headers) -> Option<u64> {
         return None;
     }
     headers.get_str("content-length").and_then(|s| s.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fill_headers_keeps_end_to_end_fields_in_order_and_drops_hop_by_hop() {
+        let headers = Headers::from_pairs([
+            ("Host", "example.com"),
+            ("Connection", "keep-alive, X-Hop"),
+            ("X-Hop", "gone"),
+            ("X-Request-Id", "abc"),
+            ("te", "trailers"),
+            ("Keep-Alive", "timeout=5"),
+            ("x-request-id", "def"),
+            ("Accept", ""),
+        ])
+        .expect("valid fields");
+        let mut map = hyper::HeaderMap::new();
+        fill_headers(&mut map, &headers);
+        let got: Vec<(String, String)> =
+            map.iter().map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
+        let want = [
+            ("host", "example.com"),
+            ("x-request-id", "abc"),
+            ("x-request-id", "def"),
+            ("te", "trailers"),
+            ("accept", ""),
+        ];
+        assert_eq!(got, want.map(|(n, v)| (n.to_owned(), v.to_owned())));
+    }
+
+    #[test]
+    fn header_name_cache_is_bounded_and_lowercases() {
+        std::thread::spawn(|| {
+            for i in 0..NAME_CACHE_ENTRIES + 100 {
+                let name = format!("X-Name-{i}");
+                let made = header_name(&name).expect("a valid name");
+                assert_eq!(made.as_str(), name.to_ascii_lowercase());
+                // A second lookup (from the cache while it has room) gives the same name.
+                assert_eq!(header_name(&name), Some(made));
+            }
+            assert_eq!(NAMES.with_borrow(|n| n.len()), NAME_CACHE_ENTRIES);
+            assert_eq!(header_name("bad name"), None);
+            let long = "x".repeat(NAME_CACHE_LONGEST + 1);
+            assert_eq!(header_name(&long).map(|n| n.as_str().len()), Some(NAME_CACHE_LONGEST + 1));
+            assert_eq!(NAMES.with_borrow(|n| n.len()), NAME_CACHE_ENTRIES);
+        })
+        .join()
+        .expect("the test thread");
+    }
 }
