@@ -256,6 +256,27 @@ fn assert_grpc_report(report: &Value) {
 }
 
 #[test]
+fn request_ids_go_as_never_indexed_fields_and_the_rest_as_before() {
+    // request-id puts a new x-request-id on every response: HPACK must not index it (each
+    // would evict the fields that repeat); a Python h2 client reads how each came.
+    let origin = Origin::start(false);
+    let fg =
+        Flowgate::start(&["--mode", &format!("reverse:http://127.0.0.1:{}", origin.addr.port()), "-s", REQUEST_ID]);
+    let report = py(
+        "h2_streams.py",
+        &["--host", "127.0.0.1", "--port", &fg.port.to_string(), "--request", "/a", "--request", "/b"],
+    );
+    for path in ["/a", "/b"] {
+        let stream = &report["streams"][path];
+        assert_eq!(stream["status"], 200, "{report}");
+        let id = stream["headers"]["x-request-id"].as_str().expect("an x-request-id");
+        assert!(id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{report}");
+        assert_eq!(stream["never_indexed"], serde_json::json!(["x-request-id"]), "{report}");
+    }
+    assert_ne!(report["streams"]["/a"]["headers"]["x-request-id"], report["streams"]["/b"]["headers"]["x-request-id"]);
+}
+
+#[test]
 fn grpc_unary_and_bidi_streaming_through_flowgate() {
     let server = GrpcServer::start();
     let request_id = REQUEST_ID;

@@ -21,6 +21,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+from hpack.struct import NeverIndexedHeaderTuple
 
 
 def log(*args):
@@ -112,7 +113,8 @@ def run(args, result):
     for n, path in enumerate(paths):
         stream_id = conn.get_next_available_stream_id()
         key = path if path not in result["streams"] else f"{path}#{n}"
-        entry = {"status": None, "bytes": 0, "headers_ms": None, "end_ms": None, "trailers": {}, "reset": None}
+        entry = {"status": None, "bytes": 0, "headers_ms": None, "end_ms": None, "trailers": {}, "reset": None,
+                 "headers": {}, "never_indexed": []}
         result["streams"][key] = entry
         streams[stream_id] = entry
         if args.window_stall and n == len(paths) - 1:
@@ -147,6 +149,9 @@ def run(args, result):
             if isinstance(event, h2.events.ResponseReceived):
                 headers = dict(event.headers)
                 entry["status"] = int(headers[":status"])
+                entry["headers"] = headers
+                # The fields the server sent as never-indexed literals (RFC 7541 6.2.3).
+                entry["never_indexed"] = sorted(h[0] for h in event.headers if isinstance(h, NeverIndexedHeaderTuple))
                 entry["headers_ms"] = ms()
             elif isinstance(event, h2.events.DataReceived):
                 entry["bytes"] += len(event.data)

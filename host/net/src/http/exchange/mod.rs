@@ -118,12 +118,34 @@ pub(crate) fn fill_headers(map: &mut hyper::HeaderMap, headers: &Headers) {
         if !te_trailers && flowgate_h1::is_hop_by_hop(name, &connection) {
             continue;
         }
-        if let (Some(n), Ok(v)) = (header_name(name), hyper::header::HeaderValue::from_maybe_shared(shared.slice(span)))
+        if let (Some(n), Ok(mut v)) =
+            (header_name(name), hyper::header::HeaderValue::from_maybe_shared(shared.slice(span)))
         {
+            if PER_MESSAGE_IDS.iter().any(|id| name.eq_ignore_ascii_case(id)) {
+                v.set_sensitive(true);
+            }
             let _ = map.try_append(n, v);
         }
     }
 }
+
+/// Fields whose value is new in every message (request and trace ids). HTTP/2 sends them
+/// as never-indexed literals (`HeaderValue::set_sensitive`), as h2 already does for
+/// `etag`, `location` or `:path`: indexed, each new id would go into the HPACK table of the
+/// connection, evicting the fields that do repeat, and the encoder would compare every
+/// later id against all those it kept under that name. No effect on HTTP/1.
+const PER_MESSAGE_IDS: &[&str] = &[
+    "x-request-id",
+    "x-correlation-id",
+    "request-id",
+    "traceparent",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-amzn-trace-id",
+    "x-cloud-trace-context",
+    "sentry-trace",
+];
 
 /// Field names most recently made into `HeaderName`s on this thread, as they were
 /// spelled: a name `http` does not know (`x-request-id`) is otherwise copied into a new
@@ -525,6 +547,9 @@ mod tests {
             ("accept", ""),
         ];
         assert_eq!(got, want.map(|(n, v)| (n.to_owned(), v.to_owned())));
+        // Per-message ids are never indexed by HPACK; the rest may be.
+        let sensitive: Vec<&str> = map.iter().filter(|(_, v)| v.is_sensitive()).map(|(n, _)| n.as_str()).collect();
+        assert_eq!(sensitive, ["x-request-id", "x-request-id"]);
     }
 
     #[test]
