@@ -434,6 +434,35 @@ fn cli_errors_are_clear() {
     fails_with(&["-p", "0", "--set", "no_such_option=1"], &dir, "unknown option");
 }
 
+/// The names of a process's threads.
+fn thread_names(pid: u32) -> Vec<String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("proc tasks");
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_owned())
+        .collect()
+}
+
+#[test]
+fn the_epoch_ticker_runs_only_with_plugins() {
+    // Without plugins nothing needs wasm deadlines: no thread wakes every millisecond.
+    let origin = Origin::start(false);
+    let bare = Flowgate::start(&[]);
+    let with_plugin = Flowgate::start(&["-s", REQUEST_ID]);
+    for fg in [&bare, &with_plugin] {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-x"])
+            .arg(fg.proxy())
+            .arg(origin.url("http", "/x"))
+            .output()
+            .expect("curl runs");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    }
+    let ticker = |fg: &Flowgate| thread_names(fg.child.id()).iter().any(|n| n == "flowgate-epoch");
+    assert!(!ticker(&bare), "{:?}", thread_names(bare.child.id()));
+    assert!(ticker(&with_plugin), "{:?}", thread_names(with_plugin.child.id()));
+}
+
 #[test]
 fn a_1gib_response_streams_with_flat_memory() {
     let origin = Origin::start(false);

@@ -112,6 +112,9 @@ pub(crate) struct RuntimeInner {
     pub config: RuntimeConfig,
     cache: Option<Cache>,
     stop_ticker: Arc<AtomicBool>,
+    /// Whether the epoch ticker runs: it starts with the first plugin loaded, so a proxy
+    /// without plugins has no thread waking every `epoch_tick`.
+    ticker: Mutex<bool>,
 }
 
 impl Drop for RuntimeInner {
@@ -120,7 +123,7 @@ impl Drop for RuntimeInner {
     }
 }
 
-/// The plugin runtime: one engine, one linker, one epoch ticker.
+/// The plugin runtime: one engine, one linker, one epoch ticker (from the first plugin on).
 #[derive(Clone)]
 pub struct Runtime {
     pub(crate) inner: Arc<RuntimeInner>,
@@ -193,21 +196,30 @@ impl Runtime {
             .map_err(|e| LoadError::Engine(e.to_string()))?;
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
-        {
-            let engine = engine.clone();
-            let stop = stop_ticker.clone();
-            let tick = config.epoch_tick;
-            std::thread::Builder::new()
-                .name("flowgate-epoch".to_owned())
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(tick);
-                        engine.increment_epoch();
-                    }
-                })
-                .map_err(|e| LoadError::Engine(format!("cannot start the epoch ticker: {e}")))?;
+        let ticker = Mutex::new(false);
+        Ok(Runtime { inner: Arc::new(RuntimeInner { engine, linker, config, cache, stop_ticker, ticker }) })
+    }
+
+    /// Starts the epoch ticker (the clock of every plugin deadline) unless it runs already.
+    fn start_ticker(&self) -> Result<(), LoadError> {
+        let mut running = self.inner.ticker.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *running {
+            return Ok(());
         }
-        Ok(Runtime { inner: Arc::new(RuntimeInner { engine, linker, config, cache, stop_ticker }) })
+        let engine = self.inner.engine.clone();
+        let stop = self.inner.stop_ticker.clone();
+        let tick = self.inner.config.epoch_tick;
+        std::thread::Builder::new()
+            .name("flowgate-epoch".to_owned())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    engine.increment_epoch();
+                }
+            })
+            .map_err(|e| LoadError::Engine(format!("cannot start the epoch ticker: {e}")))?;
+        *running = true;
+        Ok(())
     }
 
     /// Loads a plugin from a `.wasm` (safe defaults) or a `plugin.toml` (its manifest),
@@ -242,6 +254,8 @@ impl Runtime {
             ));
         }
         let bytes = std::fs::read(&path).map_err(|e| LoadError::Io { path: path.clone(), message: e.to_string() })?;
+        // Before anything of the plugin runs (`configure`, the hook list).
+        self.start_ticker()?;
         if !wasmparser_is_component(&bytes) {
             return Err(component_error(
                 "not a WebAssembly component (a core module? build for wasm32-wasip2 or run `wasm-tools component new`)"
