@@ -7,6 +7,10 @@
 //! projects and points FLOWGATE_BENCH_LANG_DIR at them. Prints a table and writes
 //! target/bench/languages.json.
 
+/// The proxy's allocator, so the figures are the ones it gets.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

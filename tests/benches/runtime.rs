@@ -3,6 +3,10 @@
 //! 20-header request, one host call of each kind (host-calls), and a whole flow for
 //! each instance model. Run with `cargo bench -p flowgate-tests`.
 
+/// The proxy's allocator, so the figures are the ones it gets.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{Criterion, criterion_group, criterion_main};
 use flowgate_flow::Request;
 use flowgate_runtime::{Chain, HttpFlowSession, InstanceModel, Runtime, RuntimeConfig};

@@ -132,6 +132,12 @@ impl Breaker {
         }
     }
 
+    /// Closed with no crash counted: a call is admitted, and a success changes nothing.
+    /// The plugin keeps this in an atomic, so its calls need no lock while it holds.
+    pub fn is_clean(&self) -> bool {
+        self.state == State::Closed && self.consecutive == 0
+    }
+
     /// A call succeeded.
     pub fn success(&mut self) -> Option<Transition> {
         self.consecutive = 0;

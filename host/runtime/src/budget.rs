@@ -8,8 +8,7 @@
 //! in progress is interrupted at its next epoch tick once the bucket is empty. The bucket
 //! itself is sans-IO (time is a parameter); the budget around it is shared by every task.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The budget's settings, from the manifest's `[limits]`.
@@ -46,40 +45,59 @@ impl std::fmt::Display for Refusal {
 /// A token bucket of CPU time in nanoseconds: filled at `per_second` per second up to
 /// `per_second`, drained by what calls use. It may go below zero (a call is charged
 /// after it ran); nothing is admitted until it is above zero again.
+///
+/// Lock-free, as every hook call of the plugin, on every worker, asks it twice: time is
+/// added at most once per [`REFILL_QUANTUM`] of wall-clock time (whoever moves `at` on
+/// adds what the time since brought), so most calls only load and subtract.
 #[derive(Debug)]
 pub(crate) struct Bucket {
-    per_second: u128,
-    tokens: i128,
-    at: Instant,
+    /// CPU nanoseconds added per nanosecond of wall-clock time.
+    rate: f64,
+    /// The most it holds: one second's worth.
+    cap: i64,
+    tokens: AtomicI64,
+    /// When time was last added, in nanoseconds since `origin`.
+    at: AtomicU64,
+    origin: Instant,
 }
+
+/// How much wall-clock time passes before the bucket adds what it brought.
+const REFILL_QUANTUM: u64 = 1_000_000;
 
 impl Bucket {
     pub fn new(per_second: Duration, now: Instant) -> Bucket {
-        let per_second = per_second.as_nanos();
-        Bucket { per_second, tokens: i128::try_from(per_second).unwrap_or(i128::MAX), at: now }
+        let cap = i64::try_from(per_second.as_nanos()).unwrap_or(i64::MAX);
+        Bucket { rate: cap as f64 / 1e9, cap, tokens: AtomicI64::new(cap), at: AtomicU64::new(0), origin: now }
     }
 
-    fn refill(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.at).as_nanos();
-        if elapsed == 0 {
+    fn refill(&self, now: Instant) {
+        let t = u64::try_from(now.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX);
+        let last = self.at.load(Ordering::Acquire);
+        if t.saturating_sub(last) < REFILL_QUANTUM
+            || self.at.compare_exchange(last, t, Ordering::AcqRel, Ordering::Acquire).is_err()
+        {
+            // Too soon, or another call is adding this time.
             return;
         }
-        self.at = now;
-        let cap = i128::try_from(self.per_second).unwrap_or(i128::MAX);
-        let added = i128::try_from(elapsed.saturating_mul(self.per_second) / 1_000_000_000).unwrap_or(i128::MAX);
-        self.tokens = self.tokens.saturating_add(added).min(cap);
+        // More than a second's worth only fills it (the cast saturates).
+        let added = ((t - last) as f64 * self.rate) as i64;
+        let cap = self.cap;
+        let _ = self
+            .tokens
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tokens| Some(tokens.saturating_add(added).min(cap)));
     }
 
     /// Takes `used` out at `now`.
-    pub fn charge(&mut self, used: Duration, now: Instant) {
+    pub fn charge(&self, used: Duration, now: Instant) {
         self.refill(now);
-        self.tokens = self.tokens.saturating_sub(i128::try_from(used.as_nanos()).unwrap_or(i128::MAX));
+        // A debt of i64::MAX nanoseconds is 292 years of calls: it cannot wrap.
+        self.tokens.fetch_sub(i64::try_from(used.as_nanos()).unwrap_or(i64::MAX), Ordering::AcqRel);
     }
 
     /// Whether anything is left at `now`.
-    pub fn has_time(&mut self, now: Instant) -> bool {
+    pub fn has_time(&self, now: Instant) -> bool {
         self.refill(now);
-        self.tokens > 0
+        self.tokens.load(Ordering::Acquire) > 0
     }
 }
 
@@ -88,7 +106,7 @@ impl Bucket {
 pub(crate) struct CpuBudget {
     limits: CpuLimits,
     in_progress: AtomicU32,
-    bucket: Mutex<Bucket>,
+    bucket: Bucket,
     used_nanos: AtomicU64,
 }
 
@@ -107,7 +125,7 @@ impl CpuBudget {
         CpuBudget {
             limits,
             in_progress: AtomicU32::new(0),
-            bucket: Mutex::new(Bucket::new(limits.cpu_per_second, now)),
+            bucket: Bucket::new(limits.cpu_per_second, now),
             used_nanos: AtomicU64::new(0),
         }
     }
@@ -128,12 +146,12 @@ impl CpuBudget {
     /// Charges `used` of CPU time at `now`.
     pub fn charge(&self, used: Duration, now: Instant) {
         self.used_nanos.fetch_add(u64::try_from(used.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
-        self.bucket.lock().unwrap_or_else(PoisonError::into_inner).charge(used, now);
+        self.bucket.charge(used, now);
     }
 
     /// Whether any CPU time is left at `now`; a running call is interrupted when not.
     pub fn has_time(&self, now: Instant) -> bool {
-        self.bucket.lock().unwrap_or_else(PoisonError::into_inner).has_time(now)
+        self.bucket.has_time(now)
     }
 
     /// All the CPU time charged so far.
@@ -151,7 +169,7 @@ mod tests {
     #[test]
     fn the_bucket_holds_one_second_and_refills_at_its_rate() {
         let t0 = Instant::now();
-        let mut b = Bucket::new(100 * MS, t0);
+        let b = Bucket::new(100 * MS, t0);
         assert!(b.has_time(t0));
         b.charge(100 * MS, t0);
         assert!(!b.has_time(t0), "spent");
@@ -164,6 +182,28 @@ mod tests {
         let later = t0 + Duration::from_secs(60);
         b.charge(100 * MS, later);
         assert!(!b.has_time(later));
+    }
+
+    #[test]
+    fn time_is_added_a_quantum_at_a_time_and_concurrent_charges_all_count() {
+        let t0 = Instant::now();
+        let us = Duration::from_micros(1);
+        let b = Bucket::new(1000 * MS, t0);
+        b.charge(1000 * MS, t0);
+        assert!(!b.has_time(t0 + 500 * us), "half a quantum: nothing added yet");
+        assert!(b.has_time(t0 + MS), "a quantum: 1 ms added");
+
+        // Four workers charge 9,999 us between them at once: 1 us is left, then none.
+        let b = Bucket::new(10 * MS, t0);
+        std::thread::scope(|s| {
+            for n in [2500, 2500, 2500, 2499] {
+                let b = &b;
+                s.spawn(move || (0..n).for_each(|_| b.charge(us, t0)));
+            }
+        });
+        assert!(b.has_time(t0));
+        b.charge(us, t0);
+        assert!(!b.has_time(t0));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! deadline, limits, CPU metering, failure classification).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -130,6 +130,9 @@ pub(crate) struct LiveInstance {
 /// The circuit breaker and the counters.
 pub(crate) struct Health {
     breaker: Mutex<Breaker>,
+    /// The breaker [is clean](Breaker::is_clean), as of its last change: while it is,
+    /// admitting a call and recording a success take no lock (each hook call did two).
+    clean: AtomicBool,
     calls: AtomicU64,
     failures: AtomicU64,
     throttled: AtomicU64,
@@ -141,6 +144,7 @@ impl Health {
     pub fn new(limits: BreakerLimits) -> Health {
         Health {
             breaker: Mutex::new(Breaker::new(limits)),
+            clean: AtomicBool::new(true),
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             throttled: AtomicU64::new(0),
@@ -149,8 +153,33 @@ impl Health {
         }
     }
 
-    fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
-        self.breaker.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Changes the breaker with `step`, keeping `clean` true to it (stored under the lock,
+    /// so the last change's value is the one left).
+    fn update<R>(&self, step: impl FnOnce(&mut Breaker) -> R) -> R {
+        let mut breaker = self.breaker.lock().unwrap_or_else(PoisonError::into_inner);
+        let out = step(&mut breaker);
+        self.clean.store(breaker.is_clean(), Ordering::Release);
+        out
+    }
+
+    /// Whether a call may be made at `now` (see [`Breaker::admit`]).
+    fn admit(&self, now: Instant) -> (Admission, Option<Transition>) {
+        if self.clean.load(Ordering::Acquire) {
+            return (Admission::Call, None);
+        }
+        self.update(|b| b.admit(now))
+    }
+
+    /// A call succeeded (see [`Breaker::success`]).
+    fn success(&self) -> Option<Transition> {
+        if self.clean.load(Ordering::Acquire) {
+            return None;
+        }
+        self.update(Breaker::success)
+    }
+
+    fn state(&self, now: Instant) -> BreakerState {
+        self.breaker.lock().unwrap_or_else(PoisonError::into_inner).state(now)
     }
 }
 
@@ -181,7 +210,7 @@ pub(crate) struct Permit<'a> {
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
         if self.trial {
-            self.plugin.health.breaker().release_trial();
+            self.plugin.health.update(Breaker::release_trial);
         }
     }
 }
@@ -339,7 +368,7 @@ impl Plugin {
 
     /// Its circuit breaker's state now.
     pub fn breaker_state(&self) -> BreakerState {
-        self.health.breaker().state(Instant::now())
+        self.health.state(Instant::now())
     }
 
     fn log_transition(&self, transition: Transition) {
@@ -353,14 +382,13 @@ impl Plugin {
 
     /// Asks the CPU budget and the circuit breaker for leave to call `hook` now; a refusal
     /// is the failure the flow records (counted, and not a crash).
-    pub(crate) fn admit(&self, hook: Hook) -> Result<Permit<'_>, PluginFailure> {
-        let now = Instant::now();
+    pub(crate) fn admit(&self, hook: Hook, now: Instant) -> Result<Permit<'_>, PluginFailure> {
         let refused = |kind, message: String| PluginFailure { plugin: self.name().to_owned(), hook, kind, message };
         let slot = self.shared.cpu.start(now).map_err(|why| {
             self.health.throttled.fetch_add(1, Ordering::Relaxed);
             refused(FailureKind::CpuBudget, why.to_string())
         })?;
-        let (admission, transition) = self.health.breaker().admit(now);
+        let (admission, transition) = self.health.admit(now);
         if let Some(t) = transition {
             self.log_transition(t);
         }
@@ -478,14 +506,9 @@ impl Plugin {
         self.instantiate().await.map(drop)
     }
 
-    /// Takes a warm instance from the pool, or makes one.
-    pub(crate) async fn acquire_pooled(&self) -> Result<LiveInstance, PluginFailure> {
-        let warm = self.pool.lock().unwrap_or_else(PoisonError::into_inner).pop();
-        match warm {
-            Some(live) => Ok(live),
-            // Boxed: rare, and its future would make every call's future larger.
-            None => Box::pin(self.instantiate()).await,
-        }
+    /// Takes the most recently returned warm instance from the pool, if there is one.
+    pub(crate) fn take_pooled(&self) -> Option<LiveInstance> {
+        self.pool.lock().unwrap_or_else(PoisonError::into_inner).pop()
     }
 
     /// Gives a healthy instance back to the pool (dropped if the pool is full, or if its
@@ -557,7 +580,7 @@ impl Plugin {
         if !is_crash(failure.kind) {
             return;
         }
-        let transition = self.health.breaker().crash(Instant::now());
+        let transition = self.health.update(|b| b.crash(Instant::now()));
         if let Some(t) = transition {
             self.log_transition(t);
             failure.message = format!("{}; {t}", failure.message);
@@ -565,25 +588,26 @@ impl Plugin {
     }
 
     fn note_success(&self) {
-        let transition = self.health.breaker().success();
+        let transition = self.health.success();
         if let Some(t) = transition {
             self.log_transition(t);
         }
     }
 
-    /// Runs one hook call on `live` with a fresh deadline, fuel and log budget.
-    /// On failure the instance must not be used again.
+    /// Runs one hook call on `live` with a fresh deadline, fuel and log budget, the call
+    /// `started` then (the caller's clock read, which also admitted it: a read costs as
+    /// much as a tenth of an empty hook call). On failure the instance must not be used again.
     pub(crate) async fn invoke<R>(
         &self,
         live: &mut LiveInstance,
         hook: Hook,
         flow_id: Option<flowgate_flow::Uuid>,
+        mut started: Instant,
         call: impl AsyncFnOnce(&mut Store<StoreState>, &LiveGroups) -> wasmtime::Result<R>,
     ) -> Result<(R, CallReport), PluginFailure> {
         self.health.calls.fetch_add(1, Ordering::Relaxed);
         let limits = &self.shared.manifest.limits;
-        // One clock read starts the deadline and the first poll's CPU time.
-        let mut started = Instant::now();
+        // The deadline and the first poll's CPU time start when the call did.
         let state = &mut live.store.data_mut().call;
         *state = CallState::new(hook, started + limits.hook_timeout, flow_id);
         state.outbound_left = limits.outbound_timeout;
@@ -642,7 +666,7 @@ impl Plugin {
     pub(crate) async fn configure(&self) -> Result<(), String> {
         let mut live = self.instantiate().await.map_err(|f| f.to_string())?;
         let (result, _) = self
-            .invoke(&mut live, Hook::Configure, None, async |store, groups| match &groups.lifecycle {
+            .invoke(&mut live, Hook::Configure, None, Instant::now(), async |store, groups| match &groups.lifecycle {
                 Some(g) => g.call_configure(store).await,
                 None => Ok(Ok(())),
             })
@@ -658,7 +682,7 @@ impl Plugin {
             return Ok(None);
         }
         let (names, _) = self
-            .invoke(live, Hook::Configure, None, async |store, groups| match &groups.hook_list {
+            .invoke(live, Hook::Configure, None, Instant::now(), async |store, groups| match &groups.hook_list {
                 Some(g) => g.call_implemented(store).await,
                 None => Ok(Vec::new()),
             })
@@ -674,9 +698,9 @@ impl Plugin {
         if self.groups.lifecycle.is_none() {
             return Ok(());
         }
-        let _permit = self.admit(hook)?;
+        let _permit = self.admit(hook, Instant::now())?;
         let mut live = self.instantiate().await?;
-        self.invoke(&mut live, hook, None, async |store, groups| match &groups.lifecycle {
+        self.invoke(&mut live, hook, None, Instant::now(), async |store, groups| match &groups.lifecycle {
             Some(g) if hook == Hook::Running => g.call_running(store).await,
             Some(g) => g.call_done(store).await,
             None => Ok(()),

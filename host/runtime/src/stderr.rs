@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
@@ -19,18 +20,29 @@ pub const STDERR_TAIL_BYTES: usize = 2048;
 
 /// A plugin instance's stderr: keeps the last [`STDERR_TAIL_BYTES`].
 #[derive(Clone, Default)]
-pub(crate) struct StderrTail(Arc<Mutex<VecDeque<u8>>>);
+pub(crate) struct StderrTail(Arc<Tail>);
+
+#[derive(Default)]
+struct Tail {
+    bytes: Mutex<VecDeque<u8>>,
+    /// Something was written since the last clear (most calls write nothing, and are
+    /// spared the lock).
+    written: AtomicBool,
+}
 
 impl StderrTail {
     /// Forgets what was written (at the start of each hook call).
     pub fn clear(&self) {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        // A load first: the usual answer needs no write.
+        if self.0.written.load(Ordering::Acquire) && self.0.written.swap(false, Ordering::AcqRel) {
+            self.0.bytes.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        }
     }
 
     /// The last [`SUMMARY_LINES`] non-empty lines, joined with " | ", or `None` if nothing
     /// was written.
     pub fn summary(&self) -> Option<String> {
-        let bytes: Vec<u8> = self.0.lock().unwrap_or_else(PoisonError::into_inner).iter().copied().collect();
+        let bytes: Vec<u8> = self.0.bytes.lock().unwrap_or_else(PoisonError::into_inner).iter().copied().collect();
         let text = String::from_utf8_lossy(&bytes);
         let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
         let tail = &lines[lines.len().saturating_sub(SUMMARY_LINES)..];
@@ -38,7 +50,8 @@ impl StderrTail {
     }
 
     fn push(&self, data: &[u8]) {
-        let mut buf = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut buf = self.0.bytes.lock().unwrap_or_else(PoisonError::into_inner);
+        self.0.written.store(true, Ordering::Release);
         let data = &data[data.len().saturating_sub(STDERR_TAIL_BYTES)..];
         let overflow = (buf.len() + data.len()).saturating_sub(STDERR_TAIL_BYTES);
         let drop = overflow.min(buf.len());
@@ -85,7 +98,7 @@ mod tests {
         tail.push(b"Traceback (most recent call last):\n  File \"app.py\", line 3\n");
         tail.push(&vec![b'x'; 5000]);
         tail.push(b"\nZeroDivisionError: division by zero\n");
-        assert_eq!(tail.0.lock().expect("lock").len(), STDERR_TAIL_BYTES);
+        assert_eq!(tail.0.bytes.lock().expect("lock").len(), STDERR_TAIL_BYTES);
         let summary = tail.summary().expect("something");
         assert!(summary.ends_with(" | ZeroDivisionError: division by zero"), "{summary}");
         tail.clear();

@@ -11,6 +11,7 @@
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
+use std::time::Instant;
 
 use flowgate_flow::{
     BodyMode, ConnectionInfo, FlowInfo, Hook, Injected, LocalResponse, PluginFailure, Request, Response, TlsDecision,
@@ -231,50 +232,13 @@ impl Slots {
         flow_id: Option<flowgate_flow::Uuid>,
         f: impl AsyncFnOnce(&mut Store<StoreState>, &LiveGroups) -> wasmtime::Result<R>,
     ) -> Call<R> {
-        let plugin = self.chain[i].clone();
         if self.skip[i] {
             return Call::Skipped;
         }
-        // The permit is held until the call is over: a slot of the plugin's CPU budget, and
-        // its breaker's trial when half-open. Taken once the instance is ours to use, so a
-        // call waiting for its connection's instance is not a call in progress.
-        let model = plugin.model();
-        let shared = (model == InstanceModel::PerConnection).then(|| self.per_connection.clone());
-        let mut guard = match &shared {
-            Some(shared) => Some(shared[i].lock().await),
-            None => None,
-        };
-        let _permit = match plugin.admit(hook) {
-            Ok(permit) => permit,
-            Err(refused) => return self.failed(i, refused),
-        };
-        let held = match &mut guard {
-            Some(guard) => guard.take(),
-            None => self.local[i].take(),
-        };
-        let mut live = match held {
-            Some(live) => live,
-            None => {
-                // Boxed: instantiating is rare, and its future would otherwise make every
-                // call's future several times larger.
-                let made = match model {
-                    InstanceModel::Pooled => plugin.acquire_pooled().await,
-                    _ => Box::pin(plugin.instantiate()).await,
-                };
-                match made {
-                    Ok(live) => live,
-                    Err(failure) => return self.instantiate_failed(i, &plugin, hook, failure),
-                }
-            }
-        };
-        let result = plugin.invoke(&mut live, hook, flow_id, f).await;
-        if result.is_ok() {
-            match &mut guard {
-                Some(guard) => **guard = Some(live),
-                None => self.local[i] = Some(live),
-            }
-        }
-        match result {
+        // The plugin is borrowed from the chain, not cloned: an `Arc` clone per call is a
+        // write to a counter every worker shares.
+        let Slots { chain, local, per_connection, .. } = self;
+        match call_one(&chain[i], &mut local[i], &per_connection[i], hook, flow_id, f).await {
             Ok((value, mut report)) => {
                 self.log_dropped += report.log_dropped;
                 self.injected.append(&mut report.injected);
@@ -305,13 +269,6 @@ impl Slots {
         }
     }
 
-    /// Records that no instance could be made for `hook` (named after the hook it was for).
-    fn instantiate_failed<R>(&mut self, i: usize, plugin: &Plugin, hook: Hook, mut failure: PluginFailure) -> Call<R> {
-        failure.hook = hook;
-        plugin.note_failure(&mut failure);
-        self.failed(i, failure)
-    }
-
     fn failed<R>(&mut self, i: usize, failure: PluginFailure) -> Call<R> {
         self.skip[i] = true;
         self.failures.push(failure.clone());
@@ -336,6 +293,61 @@ impl Drop for Slots {
             }
         }
     }
+}
+
+/// Calls `plugin` with the flow's instance (`local`), the connection's (`shared`) or a
+/// pooled one, as its model says, under its limits.
+async fn call_one<R>(
+    plugin: &Plugin,
+    local: &mut Option<LiveInstance>,
+    shared: &AsyncMutex<Option<LiveInstance>>,
+    hook: Hook,
+    flow_id: Option<flowgate_flow::Uuid>,
+    f: impl AsyncFnOnce(&mut Store<StoreState>, &LiveGroups) -> wasmtime::Result<R>,
+) -> Result<(R, CallReport), PluginFailure> {
+    // The permit is held until the call is over: a slot of the plugin's CPU budget, and
+    // its breaker's trial when half-open. Taken once the instance is ours to use, so a
+    // call waiting for its connection's instance is not a call in progress.
+    let model = plugin.model();
+    let mut guard = match model {
+        InstanceModel::PerConnection => Some(shared.lock().await),
+        _ => None,
+    };
+    let admitted = Instant::now();
+    let _permit = plugin.admit(hook, admitted)?;
+    let held = match &mut guard {
+        Some(guard) => guard.take(),
+        None => local.take(),
+    };
+    let warm = match held {
+        None if model == InstanceModel::Pooled => plugin.take_pooled(),
+        held => held,
+    };
+    // A warm instance's call starts when it was admitted; a new one's once it is made.
+    let (mut live, started) = match warm {
+        Some(live) => (live, admitted),
+        None => {
+            // Boxed: instantiating is rare, and its future would otherwise make every
+            // call's future several times larger.
+            match Box::pin(plugin.instantiate()).await {
+                Ok(live) => (live, Instant::now()),
+                Err(mut failure) => {
+                    // Named after the hook it was for.
+                    failure.hook = hook;
+                    plugin.note_failure(&mut failure);
+                    return Err(failure);
+                }
+            }
+        }
+    };
+    let result = plugin.invoke(&mut live, hook, flow_id, started, f).await;
+    if result.is_ok() {
+        match &mut guard {
+            Some(guard) => **guard = Some(live),
+            None => *local = Some(live),
+        }
+    }
+    result
 }
 
 /// Lends host values to a plugin for one call (the store's `lent` slots) and takes them
