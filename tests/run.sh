@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test on a fresh machine: installs what the tests drive flowgate with (curl,
-# openssl, nghttp/h2load, slowhttptest, headless Chromium from Debian; Python's h2 and grpcio, pinned in
+# openssl, nghttp/h2load, slowhttptest, valgrind, headless Chromium from Debian; Python's h2 and grpcio, pinned in
 # tests/e2e/requirements.txt, in a virtualenv), the plugin toolchains (plugins/toolchains.sh)
 # and the wasm32-wasip2 target, then runs the whole cargo test suite (which builds the
 # example plugins once). Without arguments it then runs the HTTP/1 codec's fuzz targets
@@ -14,6 +14,7 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
 command -v slowhttptest >/dev/null 2>&1 || missing+=(slowhttptest)
+command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "tests/run.sh: installing ${missing[*]}" >&2

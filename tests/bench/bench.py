@@ -10,6 +10,9 @@ over HTTP/1.1 and over HTTP/2, a new TLS connection per request, a concurrency s
 hudsucker), reverse mode, a 1 GiB streamed body (throughput, peak RSS), many idle
 intercepted TLS connections (RSS per connection) and a hostile plugin's CPU (spin: the
 other flows' throughput and p99 with and without 10 flows making spin-forever spin).
+With --valgrind, instructions: what the proxy executes per request (valgrind's callgrind,
+HTTPS via CONNECT over HTTP/1.1 and HTTP/2), a count that does not move with the machine's
+speed, which swings by 20-50% between rounds here.
 
 The origin is nginx; load comes from oha; both are found on PATH or given by flag
 (tests/bench/run.sh installs them). Only the Python standard library is used here.
@@ -175,7 +178,7 @@ class Proxy:
     """One proxy process: flowgate or mitmdump, in regular or reverse mode, or hudsucker-noop
     (regular mode only: an explicit proxy intercepting every CONNECT)."""
 
-    def __init__(self, kind, args, work, name, mode="regular", plugins=None):
+    def __init__(self, kind, args, work, name, mode="regular", plugins=None, wrap=(), extra=()):
         self.kind, self.name, self.port = kind, name, free_port()
         self.confdir = work / f"conf-{name}"
         self.confdir.mkdir(exist_ok=True)
@@ -199,8 +202,9 @@ class Proxy:
                    # Without it mitmproxy holds whole bodies in memory.
                    "--set", "stream_large_bodies=1m"]
             self.ca = self.confdir / "mitmproxy-ca-cert.pem"
+        cmd = [*wrap, *cmd, *extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(work / f"{name}.log", "ab"))
-        wait_port(self.port, self.proc)
+        wait_port(self.port, self.proc, timeout=120 if wrap else 60)
         for _ in range(100):
             if self.ca.exists():
                 break
@@ -444,6 +448,10 @@ def run(args):
         if args.spin_plugin and (not args.only or "spin" in args.only):
             spin_targets = ["flowgate"] + (["baseline"] if args.baseline else [])
             results["scenarios"]["spin"] = spin_scenario(args, work, origin, spin_targets)
+        if args.valgrind and (not args.only or "instructions" in args.only):
+            counted = (["flowgate", "flowgate+plugin"] + [f"flowgate+{n}" for n, _ in args.extra_plugins]
+                       + (["baseline"] if args.baseline else []) + (["hudsucker"] if args.hudsucker else []))
+            results["scenarios"]["instructions"] = instructions_scenario(args, work, origin, counted)
         if not args.only:
             # A streamed body: a fresh proxy each, so its peak RSS is the body's.
             body = {}
@@ -546,6 +554,47 @@ def spin_scenario(args, work, origin, targets):
     return out
 
 
+def instructions_scenario(args, work, origin, targets):
+    """Instructions the proxy executes per request: each target runs under callgrind; after
+    a warm-up its counters are zeroed, oha sends `--instructions-requests` requests over 2
+    connections (HTTP/2: one stream each), and the count is dumped. Counts only what the
+    proxy's process executes (not oha, nginx or the kernel), the same on a busy machine as
+    on an idle one."""
+    control = shutil.which("callgrind_control", path=str(Path(args.valgrind).parent)) or "callgrind_control"
+    n = args.instructions_requests
+    url = f"https://localhost:{origin.https}/small"
+    protocols = {"h1-https": ["--http-version", "1.1"], "h2-https": ["--http2", "-p", "1"]}
+    out = {}
+    for t in targets:
+        dump = work / f"callgrind-{t}.out"
+        wrap = [args.valgrind, "--tool=callgrind", "--smc-check=all-non-file", f"--callgrind-out-file={dump}"]
+        # Each wasm memory reserves its 4 GiB of address space; valgrind allows less.
+        extra = ["--set", "plugin_max_instances=4"] if kind_of(t) == "flowgate" else []
+        p = Proxy(kind_of(t), args, work, f"{t}-instructions", wrap=wrap, extra=extra)
+        try:
+            for proto, flags in protocols.items():
+                oha_args = [args.oha, "--no-tui", "--output-format", "json", "--disable-compression", "-c", "2",
+                            "-x", p.url, "--cacert", str(p.ca), *flags, url]
+                subprocess.run(oha_args[:1] + ["-n", "50"] + oha_args[1:], capture_output=True, timeout=300, check=True)
+                subprocess.run([control, "-z", str(p.proc.pid)], capture_output=True, timeout=60, check=True)
+                res = subprocess.run(oha_args[:1] + ["-n", str(n)] + oha_args[1:], capture_output=True, text=True,
+                                     timeout=600, check=True)
+                before = set(work.glob(f"callgrind-{t}.out.*"))
+                subprocess.run([control, "-d", str(p.proc.pid)], capture_output=True, timeout=60, check=True)
+                made = sorted(set(work.glob(f"callgrind-{t}.out.*")) - before, key=lambda f: f.stat().st_mtime)
+                total = next(int(line.split()[1]) for line in made[-1].read_text().splitlines()
+                             if line.startswith("totals:"))
+                statuses = json.loads(res.stdout).get("statusCodeDistribution", {})
+                ok = sum(c for code, c in statuses.items() if str(code).startswith("2"))
+                out[f"{t} {proto}"] = {"per_request": total / n, "requests": n, "success_rate": ok / n}
+                log(f"instructions {t} {proto}: {total / n:,.0f} per request ({ok}/{n} ok)")
+        finally:
+            p.stop()
+    return {"description": f"instructions the proxy executes per request (callgrind; {n} requests, oha -c 2, "
+                           "HTTPS via CONNECT, HTTP/1.1 and HTTP/2 with one stream per connection)",
+            "protocols": list(protocols), "targets": out}
+
+
 def summarize(desc, runs):
     out = {"description": desc, "targets": {}}
     for t, rs in runs.items():
@@ -576,7 +625,7 @@ def ratios(results):
     """Throughput ratios per scenario (the sweep: one row per connection count, `sweep c=N`)."""
     out = {}
     for name, sc in results["scenarios"].items():
-        if name in ("idle-tls", "spin"):
+        if name in ("idle-tls", "spin", "instructions"):
             continue
         key = "rps" if name not in ("body",) else "mb_per_s"
         if name == "sweep":
@@ -616,7 +665,7 @@ def fmt(v, spec):
 def table(results):
     lines = ["| scenario | target | req/s | p50 ms | p99 ms | ok | peak RSS MiB |", "|---|---|---:|---:|---:|---:|---:|"]
     for name, sc in results["scenarios"].items():
-        if name in ("body", "idle-tls"):
+        if name in ("body", "idle-tls", "instructions"):
             continue
         for t, v in sc["targets"].items():
             rss = v["peak_rss_kib"] / 1024 if v["peak_rss_kib"] else None
@@ -639,6 +688,19 @@ def table(results):
         for t, v in spin.items():
             lines.append(f"| 10 spinning | {t} | {fmt(v['rps_kept'], '.2f')} | {fmt(v['p99_factor'], '.2f')} | "
                          f"{fmt(v['slow_flows_rps'], '.0f')} |")
+    ins = results["scenarios"].get("instructions")
+    if ins:
+        per = {k: v["per_request"] for k, v in ins["targets"].items()}
+        lines += ["", "| instructions per request | " + " | ".join(ins["protocols"]) + " |",
+                  "|---|" + "---:|" * len(ins["protocols"])]
+        names = dict.fromkeys(k.rsplit(" ", 1)[0] for k in per)
+        for t in names:
+            lines.append(f"| {t} | " + " | ".join(fmt(per.get(f"{t} {p}"), ",.0f") for p in ins["protocols"]) + " |")
+        for a, b in [("flowgate", "hudsucker")] + [(t, "flowgate") for t in names if t.startswith("flowgate+")]:
+            if a in names and b in names:
+                lines.append(f"| {a}/{b} | " + " | ".join(
+                    fmt(per[f"{a} {p}"] / per[f"{b} {p}"] if per.get(f"{b} {p}") and f"{a} {p}" in per else None, ".2f")
+                    for p in ins["protocols"]) + " |")
     sweep = results["scenarios"].get("sweep")
     if sweep:
         names = sweep["sweep_targets"]
@@ -692,12 +754,17 @@ def main():
     p.add_argument("--baseline", help="another flowgate binary (say, main's) measured beside --flowgate "
                    "in the load scenarios and reverse mode, as target 'baseline'")
     p.add_argument("--only", type=lambda s: s.split(","), default=None,
-                   help="comma-separated load scenarios to run (h1-plain,h1-https,h2-https,new-tls,sweep,reverse,spin); "
+                   help="comma-separated load scenarios to run (h1-plain,h1-https,h2-https,new-tls,sweep,reverse,spin,"
+                   "instructions); "
                    "body and idle-tls are skipped with it")
     p.add_argument("--sweep", type=lambda s: [int(c) for c in s.split(",") if c],
                    help="the sweep's connection counts, comma-separated (default 1,10,100,500; quick: 10,100; "
                    "an empty string skips the sweep)")
     p.add_argument("--sweep-seconds", type=float, help="seconds of load per sweep point and round (default 3; quick: 1)")
+    p.add_argument("--valgrind", help="valgrind: adds the instructions scenario (instructions per request of "
+                   "flowgate, flowgate+plugin, the extra plugins, baseline and hudsucker, under callgrind)")
+    p.add_argument("--instructions-requests", type=int,
+                   help="requests counted per target and protocol in the instructions scenario (default 2000; quick: 300)")
     p.add_argument("--rounds", type=int)
     p.add_argument("--seconds", type=float)
     p.add_argument("--body-size", type=int)
@@ -707,9 +774,9 @@ def main():
     p.add_argument("--keep", action="store_true", help="keep the working directory")
     args = p.parse_args()
     quick = dict(rounds=3, seconds=1.0, body_size=256 << 20, idle=1000, idle_mitmdump=200,
-                 sweep=[10, 100], sweep_seconds=1.0)
+                 sweep=[10, 100], sweep_seconds=1.0, instructions_requests=300)
     full = dict(rounds=5, seconds=5, body_size=1 << 30, idle=10000, idle_mitmdump=1000,
-                sweep=[1, 10, 100, 500], sweep_seconds=3.0)
+                sweep=[1, 10, 100, 500], sweep_seconds=3.0, instructions_requests=2000)
     for k, v in (quick if args.quick else full).items():
         if getattr(args, k) is None:
             setattr(args, k, v)

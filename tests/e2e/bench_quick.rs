@@ -83,3 +83,46 @@ fn quick_mode_runs_and_writes_a_well_formed_report() {
         assert!(idle["per_connection_kib"].as_f64().is_some(), "idle/{target}: {idle}");
     }
 }
+
+/// The instructions scenario: flowgate with and without request-id under callgrind, both
+/// protocols counted, every request answered; request-id's hooks add instructions (a count,
+/// not a time: the same on a loaded machine).
+#[test]
+fn instructions_scenario_counts_what_the_proxy_executes_per_request() {
+    let valgrind = tool("FLOWGATE_BENCH_VALGRIND", "/usr/bin/valgrind");
+    let out_path = std::env::temp_dir().join(format!("flowgate-bench-ins-{}.json", std::process::id()));
+    let out = Command::new("python3")
+        .arg(root().join("tests/bench/bench.py"))
+        .args(["--quick", "--only", "instructions", "--instructions-requests", "40", "--flowgate"])
+        .arg(env!("CARGO_BIN_EXE_flowgate"))
+        .arg("--plugin")
+        .arg(flowgate_tests::plugins::REQUEST_ID)
+        .arg("--oha")
+        .arg(tool("FLOWGATE_BENCH_OHA", "target/bench-tools/bin/oha"))
+        .arg("--valgrind")
+        .arg(&valgrind)
+        .arg("--out")
+        .arg(&out_path)
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench.py --only instructions failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("| instructions per request | h1-https | h2-https |"), "the table: {stdout}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&out_path).expect("report written")).expect("report is JSON");
+    let _ = std::fs::remove_file(&out_path);
+    let targets = &report["scenarios"]["instructions"]["targets"];
+    for protocol in ["h1-https", "h2-https"] {
+        let count = |target: &str| {
+            let t = &targets[format!("{target} {protocol}")];
+            assert_eq!(t["requests"], 40, "{target} {protocol}: {t}");
+            assert_eq!(t["success_rate"].as_f64(), Some(1.0), "{target} {protocol}: {t}");
+            t["per_request"].as_f64().unwrap_or_else(|| panic!("{target} {protocol}: no count in {t}"))
+        };
+        let (bare, plugged) = (count("flowgate"), count("flowgate+plugin"));
+        // A request through TLS on both sides is tens of thousands of instructions at least.
+        assert!(bare > 20_000.0, "{protocol}: {bare} instructions per request");
+        assert!(plugged > bare, "{protocol}: request-id's four hook calls add nothing? {plugged} <= {bare}");
+    }
+}

@@ -151,7 +151,9 @@ impl Sender {
 /// Open upstream connections of one client connection.
 #[derive(Default)]
 pub(crate) struct Upstreams {
-    idle: HashMap<Target, Vec<Sender>>,
+    /// Looked up for every request; foldhash, not SipHash (the targets are the client's
+    /// own, and few).
+    idle: HashMap<Target, Vec<Sender>, foldhash::fast::RandomState>,
     opened: bool,
 }
 
@@ -207,7 +209,9 @@ impl Upstreams {
     /// then connections of other targets than `keep` (the one just used), the target
     /// holding most first.
     fn bound_total(&mut self, keep: &Target) {
-        let total = |idle: &HashMap<Target, Vec<Sender>>| idle.values().map(Vec::len).sum::<usize>();
+        let total = |idle: &HashMap<Target, Vec<Sender>, foldhash::fast::RandomState>| {
+            idle.values().map(Vec::len).sum::<usize>()
+        };
         if total(&self.idle) <= MAX_KEPT_TOTAL {
             return;
         }

@@ -155,8 +155,10 @@ const NAME_CACHE_ENTRIES: usize = 256;
 const NAME_CACHE_LONGEST: usize = 64;
 
 thread_local! {
-    static NAMES: std::cell::RefCell<HashMap<Box<str>, hyper::header::HeaderName>> =
-        std::cell::RefCell::new(HashMap::with_capacity(NAME_CACHE_ENTRIES));
+    /// Hashed with foldhash (seeded per process), not SipHash: a lookup per field of
+    /// every message, and the map is bounded, so a crafted name costs at most a scan of it.
+    static NAMES: std::cell::RefCell<HashMap<Box<str>, hyper::header::HeaderName, foldhash::fast::RandomState>> =
+        std::cell::RefCell::new(HashMap::with_capacity_and_hasher(NAME_CACHE_ENTRIES, Default::default()));
 }
 
 /// `name` as a hyper `HeaderName` (lowercased), or `None` if it is not a valid one.
