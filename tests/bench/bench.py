@@ -330,9 +330,15 @@ def load_scenarios(origin):
     ]
 
 
+VARIANTS = ("reverse", "body", "idle", "spin", "instructions")
+
+
 def plugin_of(args, name):
-    """The plugin a flowgate target (or its -reverse/-body/-idle variant) loads, if any."""
-    target = name.split("-")[0] if name.startswith("flowgate+") else name
+    """The plugin a flowgate target (or its -reverse/-body/-idle/-instructions variant) loads,
+    if any. Only a known variant is cut off: an extra plugin's own name may have a hyphen
+    (`flowgate+add-header`)."""
+    base, _, variant = name.rpartition("-")
+    target = base if base and variant in VARIANTS else name
     if target == "flowgate+plugin":
         return args.plugin
     return dict(args.extra_plugins).get(target.removeprefix("flowgate+")) if target.startswith("flowgate+") else None

@@ -84,19 +84,26 @@ fn quick_mode_runs_and_writes_a_well_formed_report() {
     }
 }
 
-/// The instructions scenario: flowgate with and without request-id under callgrind, both
-/// protocols counted, every request answered; request-id's hooks add instructions (a count,
-/// not a time: the same on a loaded machine).
+/// The instructions scenario: flowgate with and without request-id, and with add-header as
+/// an extra plugin, under callgrind, both protocols counted, every request answered; each
+/// plugin's hooks add instructions (a count, not a time: the same on a loaded machine). The
+/// extra plugin's name has a hyphen, which the harness once cut at, so it ran no plugin.
 #[test]
 fn instructions_scenario_counts_what_the_proxy_executes_per_request() {
     let valgrind = tool("FLOWGATE_BENCH_VALGRIND", "/usr/bin/valgrind");
     let out_path = std::env::temp_dir().join(format!("flowgate-bench-ins-{}.json", std::process::id()));
+    let add_header = flowgate_tests::manifest(
+        flowgate_tests::plugins::ADD_HEADER,
+        "name = \"add-header\"\n[config]\nrequest = \"X-Flowgate: 1\"\nresponse = \"X-Intercepted-By: flowgate\"\n",
+    );
     let out = Command::new("python3")
         .arg(root().join("tests/bench/bench.py"))
         .args(["--quick", "--only", "instructions", "--instructions-requests", "40", "--flowgate"])
         .arg(env!("CARGO_BIN_EXE_flowgate"))
         .arg("--plugin")
         .arg(flowgate_tests::plugins::REQUEST_ID)
+        .arg("--extra-plugin")
+        .arg(format!("add-header={}", add_header.display()))
         .arg("--oha")
         .arg(tool("FLOWGATE_BENCH_OHA", "target/bench-tools/bin/oha"))
         .arg("--valgrind")
@@ -120,9 +127,15 @@ fn instructions_scenario_counts_what_the_proxy_executes_per_request() {
             assert_eq!(t["success_rate"].as_f64(), Some(1.0), "{target} {protocol}: {t}");
             t["per_request"].as_f64().unwrap_or_else(|| panic!("{target} {protocol}: no count in {t}"))
         };
-        let (bare, plugged) = (count("flowgate"), count("flowgate+plugin"));
+        let (bare, plugged, added) = (count("flowgate"), count("flowgate+plugin"), count("flowgate+add-header"));
         // A request through TLS on both sides is tens of thousands of instructions at least.
         assert!(bare > 20_000.0, "{protocol}: {bare} instructions per request");
-        assert!(plugged > bare, "{protocol}: request-id's four hook calls add nothing? {plugged} <= {bare}");
+        // Two hook calls are thousands of instructions (the proxy's own code around each
+        // call alone is hundreds).
+        assert!(added > bare + 2_000.0, "{protocol}: add-header's hooks ran? {added} against {bare}");
+        assert!(
+            plugged > added,
+            "{protocol}: request-id's four hook calls cost less than add-header's two? {plugged} <= {added}"
+        );
     }
 }
