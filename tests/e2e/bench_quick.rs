@@ -16,30 +16,44 @@ fn tool(env: &str, default: &str) -> PathBuf {
     std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| root().join(default))
 }
 
-#[test]
-fn quick_mode_runs_and_writes_a_well_formed_report() {
-    let out_path = std::env::temp_dir().join(format!("flowgate-bench-{}.json", std::process::id()));
+/// Runs bench.py in quick mode against the debug binary with request-id as the plugin, oha,
+/// and `args`; checks it succeeded and printed `table` (a table's header), and returns its
+/// JSON report.
+fn quick_bench(name: &str, args: &[&std::ffi::OsStr], table: &str) -> Value {
+    let out_path = std::env::temp_dir().join(format!("flowgate-bench-{name}-{}.json", std::process::id()));
     let out = Command::new("python3")
         .arg(root().join("tests/bench/bench.py"))
-        .args(["--quick", "--rounds", "1", "--flowgate", env!("CARGO_BIN_EXE_flowgate"), "--plugin"])
+        .args(["--quick", "--flowgate", env!("CARGO_BIN_EXE_flowgate"), "--plugin"])
         .arg(flowgate_tests::plugins::REQUEST_ID)
-        .arg("--spin-plugin")
-        .arg(flowgate_tests::plugins::SPIN_FOREVER)
         .arg("--oha")
         .arg(tool("FLOWGATE_BENCH_OHA", "target/bench-tools/bin/oha"))
-        .arg("--mitmdump")
-        .arg(tool("FLOWGATE_BENCH_MITMDUMP", "target/bench-venv/bin/mitmdump"))
+        .args(args)
         .arg("--out")
         .arg(&out_path)
         .output()
         .expect("python3 runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bench.py --quick failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("| scenario | target | req/s | p50 ms | p99 ms |"), "the table: {stdout}");
-    let report: Value =
+    assert!(out.status.success(), "bench.py --quick {args:?} failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains(table), "the table: {stdout}");
+    let report =
         serde_json::from_str(&std::fs::read_to_string(&out_path).expect("report written")).expect("report is JSON");
     let _ = std::fs::remove_file(&out_path);
+    report
+}
+
+#[test]
+fn quick_mode_runs_and_writes_a_well_formed_report() {
+    let mitmdump = tool("FLOWGATE_BENCH_MITMDUMP", "target/bench-venv/bin/mitmdump");
+    let args = [
+        "--rounds".as_ref(),
+        "1".as_ref(),
+        "--spin-plugin".as_ref(),
+        flowgate_tests::plugins::SPIN_FOREVER.as_ref(),
+        "--mitmdump".as_ref(),
+        mitmdump.as_os_str(),
+    ];
+    let report = quick_bench("quick", &args, "| scenario | target | req/s | p50 ms | p99 ms |");
     assert_eq!(report["schema"], "flowgate-bench/1");
     assert_eq!(report["mode"], "quick");
     let targets = ["direct", "flowgate", "flowgate+plugin", "mitmdump"];
@@ -91,34 +105,22 @@ fn quick_mode_runs_and_writes_a_well_formed_report() {
 #[test]
 fn instructions_scenario_counts_what_the_proxy_executes_per_request() {
     let valgrind = tool("FLOWGATE_BENCH_VALGRIND", "/usr/bin/valgrind");
-    let out_path = std::env::temp_dir().join(format!("flowgate-bench-ins-{}.json", std::process::id()));
     let add_header = flowgate_tests::manifest(
         flowgate_tests::plugins::ADD_HEADER,
         "name = \"add-header\"\n[config]\nrequest = \"X-Flowgate: 1\"\nresponse = \"X-Intercepted-By: flowgate\"\n",
     );
-    let out = Command::new("python3")
-        .arg(root().join("tests/bench/bench.py"))
-        .args(["--quick", "--only", "instructions", "--instructions-requests", "40", "--flowgate"])
-        .arg(env!("CARGO_BIN_EXE_flowgate"))
-        .arg("--plugin")
-        .arg(flowgate_tests::plugins::REQUEST_ID)
-        .arg("--extra-plugin")
-        .arg(format!("add-header={}", add_header.display()))
-        .arg("--oha")
-        .arg(tool("FLOWGATE_BENCH_OHA", "target/bench-tools/bin/oha"))
-        .arg("--valgrind")
-        .arg(&valgrind)
-        .arg("--out")
-        .arg(&out_path)
-        .output()
-        .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bench.py --only instructions failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("| instructions per request | h1-https | h2-https |"), "the table: {stdout}");
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(&out_path).expect("report written")).expect("report is JSON");
-    let _ = std::fs::remove_file(&out_path);
+    let extra = format!("add-header={}", add_header.display());
+    let args = [
+        "--only".as_ref(),
+        "instructions".as_ref(),
+        "--instructions-requests".as_ref(),
+        "40".as_ref(),
+        "--extra-plugin".as_ref(),
+        extra.as_ref(),
+        "--valgrind".as_ref(),
+        valgrind.as_os_str(),
+    ];
+    let report = quick_bench("instructions", &args, "| instructions per request | h1-https | h2-https |");
     let targets = &report["scenarios"]["instructions"]["targets"];
     for protocol in ["h1-https", "h2-https"] {
         let count = |target: &str| {

@@ -67,10 +67,10 @@ pub enum UpstreamError {
     Proxy(String),
     /// The HTTP handshake (HTTP/2 preface and SETTINGS) failed.
     #[error("HTTP handshake with upstream failed: {0}")]
-    Handshake(#[source] hyper::Error),
+    Handshake(#[source] h2::Error),
     /// Sending the request or reading the response head failed.
     #[error("upstream failed: {0}")]
-    Request(#[source] hyper::Error),
+    Request(#[source] h2::Error),
     /// The HTTP/1 exchange with the upstream failed (a closed connection, a malformed
     /// response).
     #[error("upstream failed: {0}")]
@@ -91,7 +91,9 @@ impl UpstreamError {
             UpstreamError::Connect { source, .. } | UpstreamError::Tls { source, .. } => {
                 source.kind() == std::io::ErrorKind::TimedOut
             }
-            UpstreamError::Handshake(e) | UpstreamError::Request(e) => e.is_timeout(),
+            UpstreamError::Handshake(e) | UpstreamError::Request(e) => {
+                e.get_io().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            }
             _ => false,
         }
     }

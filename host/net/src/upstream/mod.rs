@@ -12,8 +12,8 @@ use flowgate_flow::Response;
 use flowgate_flow::Scheme;
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
-use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+#[cfg(test)]
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -24,6 +24,7 @@ use crate::http::h1::client::Client;
 pub(crate) use crate::http::h1::client::Outbound;
 use crate::{Mode, Proxy};
 
+mod h2_client;
 mod shared;
 pub(crate) use shared::{Found, SharedUpstreams};
 
@@ -63,7 +64,7 @@ pub(crate) enum Sender {
     /// HTTP/1.1 (flowgate's own): one request at a time.
     H1(Client),
     /// HTTP/2: any number of concurrent streams (clones share the connection).
-    H2(http2::SendRequest<Body>),
+    H2(h2_client::H2Client),
 }
 
 impl Sender {
@@ -110,16 +111,13 @@ impl Sender {
                 let websocket = crate::websocket::is_upgrade(request);
                 if websocket {
                     *upstream_req.method_mut() = hyper::Method::CONNECT;
-                    upstream_req.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
+                    upstream_req.extensions_mut().insert(h2::ext::Protocol::from_static("websocket"));
                     upstream_req.headers_mut().remove("sec-websocket-key");
                 }
-                let mut resp = sender.send_request(upstream_req).await.map_err(UpstreamError::Request)?;
-                if websocket && resp.status() == hyper::StatusCode::OK {
-                    let upgraded = hyper::upgrade::on(&mut resp)
-                        .await
-                        .map_err(|e| UpstreamError::Wire(format!("the WebSocket stream did not open: {e}")))?;
+                let sent = sender.send(upstream_req).await.map_err(UpstreamError::Request)?;
+                if let Some(tunnel) = sent.tunnel.filter(|_| websocket && sent.head.status == hyper::StatusCode::OK) {
                     // To the client's HTTP/1.1 layer it is the 101 it asked for.
-                    let mut headers = to_headers(resp.headers());
+                    let mut headers = to_headers(&sent.head.headers);
                     let key = request.headers.get("sec-websocket-key").unwrap_or_default();
                     let _ = headers.set("Sec-WebSocket-Accept", crate::websocket::accept_key(key).as_bytes());
                     let response = Response {
@@ -129,20 +127,16 @@ impl Sender {
                         headers,
                         ..Response::default()
                     };
-                    let side = crate::websocket::Side {
-                        io: Box::new(hyper_util::rt::TokioIo::new(upgraded)),
-                        buf: bytes::BytesMut::new(),
-                    };
+                    let side = crate::websocket::Side { io: Box::new(tunnel), buf: bytes::BytesMut::new() };
                     return Ok((response, crate::http::full(bytes::Bytes::new()), Some(side)));
                 }
-                let (parts, body) = resp.into_parts();
                 let response = Response {
-                    status: parts.status.as_u16(),
-                    version: version_of(parts.version),
-                    headers: to_headers(&parts.headers),
+                    status: sent.head.status.as_u16(),
+                    version: version_of(sent.head.version),
+                    headers: to_headers(&sent.head.headers),
                     ..Response::default()
                 };
-                Ok((response, body.map_err(Into::into).boxed(), None))
+                Ok((response, sent.body.map_err(Into::into).boxed(), None))
             }
         }
     }
@@ -509,30 +503,17 @@ async fn handshake_h2<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     options: &crate::ProxyOptions,
     shared: bool,
 ) -> Result<Sender, UpstreamError> {
-    let mut builder = http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .max_header_list_size(options.http2_max_header_list_size)
-        .header_table_size(options.http2_header_table_size);
-    if shared {
+    let settings = h2_client::Settings {
+        max_header_list_size: options.http2_max_header_list_size,
+        header_table_size: options.http2_header_table_size,
         // Streams of many clients: a client that reads slowly fills its stream's window
         // (what is buffered for it stays bounded by that), never the connection's, which
         // the other clients' streams need.
-        builder.initial_connection_window_size(shared::CONNECTION_WINDOW);
-    }
-    if !options.http2_ping_keepalive.is_zero() {
-        builder
-            .keep_alive_interval(options.http2_ping_keepalive)
-            .keep_alive_timeout(crate::http::h2::PING_ANSWER_TIMEOUT)
-            .keep_alive_while_idle(true);
-    }
-    let (sender, conn) = builder.handshake(TokioIo::new(io)).await.map_err(UpstreamError::Handshake)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!("upstream HTTP/2 connection ended: {e}");
-        }
-    });
-    Ok(Sender::H2(sender))
+        connection_window: shared.then_some(shared::CONNECTION_WINDOW),
+        keepalive: options.http2_ping_keepalive,
+        ping_timeout: crate::http::h2::PING_ANSWER_TIMEOUT,
+    };
+    h2_client::handshake(io, settings).await.map(Sender::H2).map_err(UpstreamError::Handshake)
 }
 
 #[cfg(test)]

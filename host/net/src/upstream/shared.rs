@@ -9,9 +9,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use flowgate_flow::Scheme;
-use hyper::client::conn::http2;
 
-use super::{Body, Sender, Target};
+use super::{Sender, Target};
 use crate::Mode;
 
 /// The connection-level receive window of a shared HTTP/2 connection: the largest there
@@ -68,7 +67,7 @@ impl SharedKey {
 #[derive(Clone)]
 pub(crate) struct SharedConn {
     /// A handle on the connection (clones share it).
-    pub sender: http2::SendRequest<Body>,
+    pub sender: super::h2_client::H2Client,
     /// The names its certificate is valid for (TLS only): what a minted certificate for a
     /// client of this server carries, without a handshake of its own.
     pub sans: Arc<[String]>,
