@@ -124,7 +124,7 @@ impl H2Client {
         }
         let (head, recv) = response.await?.into_parts();
         if connect && head.status.is_success() {
-            let tunnel = H2Stream { send: stream, recv, pending: Bytes::new() };
+            let tunnel = H2Stream { send: stream, recv, pending: Bytes::new(), ended: false };
             return Ok(Sent { head, body: RecvBody::empty(), tunnel: Some(tunnel) });
         }
         if connect {
@@ -247,6 +247,8 @@ pub(crate) struct H2Stream {
     recv: RecvStream,
     /// What a read took from a DATA frame and the caller had no room for.
     pending: Bytes,
+    /// END_STREAM was sent.
+    ended: bool,
 }
 
 fn reset_error(e: h2::Error) -> std::io::Error {
@@ -298,6 +300,9 @@ impl AsyncWrite for H2Stream {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if std::mem::replace(&mut self.ended, true) {
+            return Poll::Ready(Ok(()));
+        }
         Poll::Ready(self.send.send_data(Bytes::new(), true).map_err(reset_error))
     }
 }
