@@ -128,8 +128,9 @@ impl H2Client {
             return Ok(Sent { head, body: RecvBody::empty(), tunnel: Some(tunnel) });
         }
         if connect {
-            // Refused: nothing more goes up.
-            stream.send_reset(Reason::CANCEL);
+            // Refused: nothing more goes up (END_STREAM, not a reset: the refusal's own
+            // body still comes down).
+            let _ = stream.send_data(Bytes::new(), true);
         }
         Ok(Sent { head, body: RecvBody::new(recv), tunnel: None })
     }
@@ -403,5 +404,80 @@ mod tests {
         }
         assert!(!kept.is_closed(), "answered PINGs closed the connection");
         silent.abort();
+    }
+
+    /// A body of `data` (if any) that comes once `wait` is over.
+    struct Later {
+        wait: Pin<Box<tokio::time::Sleep>>,
+        data: Option<Bytes>,
+    }
+
+    impl hyper::body::Body for Later {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::convert::Infallible>>> {
+            if self.data.is_none() {
+                return Poll::Ready(None);
+            }
+            ready!(self.wait.as_mut().poll(cx));
+            Poll::Ready(self.data.take().map(|d| Ok(Frame::data(d))))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_extended_connect_is_a_tunnel_when_accepted_and_keeps_the_refusal_body() {
+        use http_body_util::BodyExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("bound");
+        tokio::spawn(async move {
+            let (io, _) = listener.accept().await.expect("accepted");
+            let service = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                // The refusal's body comes after its head, once the client has had it.
+                let body = Later {
+                    wait: Box::pin(tokio::time::sleep(Duration::from_millis(50))),
+                    data: (req.uri().path() != "/chat").then_some(Bytes::from_static(b"no such socket")),
+                };
+                let status = if body.data.is_none() { 200 } else { 404 };
+                let mut response = hyper::Response::new(body);
+                *response.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
+                Ok::<_, std::convert::Infallible>(response)
+            });
+            let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .enable_connect_protocol()
+                .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+                .await;
+        });
+        let io = TcpStream::connect(addr).await.expect("connected");
+        let client = handshake(io, settings(Duration::ZERO)).await.expect("handshake");
+        let connect = |path: &str| {
+            let mut request = hyper::Request::connect(format!("http://ws.test{path}"))
+                .body(crate::http::full(Bytes::new()))
+                .expect("request");
+            request.extensions_mut().insert(h2::ext::Protocol::from_static("websocket"));
+            request
+        };
+        // The server reads SETTINGS_ENABLE_CONNECT_PROTOCOL before the first stream opens.
+        let mut accepted = None;
+        for _ in 0..100 {
+            match client.send(connect("/chat")).await {
+                Ok(sent) => {
+                    accepted = Some(sent);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+        let accepted = accepted.expect("an extended CONNECT once the server allows it");
+        assert_eq!(accepted.head.status, 200);
+        assert!(accepted.tunnel.is_some(), "a 2xx to an extended CONNECT is a tunnel");
+        let refused = client.send(connect("/nothing")).await.expect("sent");
+        assert_eq!(refused.head.status, 404);
+        assert!(refused.tunnel.is_none());
+        let body = refused.body.collect().await.expect("the refusal's body").to_bytes();
+        assert_eq!(&body[..], b"no such socket");
     }
 }
