@@ -118,9 +118,12 @@ impl H2Client {
         let mut send = self.send.clone().ready().await?;
         let (response, mut stream) = send.send_request(hyper::Request::from_parts(parts, ()), end && !connect)?;
         if !end {
-            tokio::spawn(pump(body, stream));
+            // Stopped once the flow is done with the response, or gave up waiting for it:
+            // a server that stops granting window must not keep the pump (and the
+            // client's body) for the connection's lifetime.
+            let pump = Pump(tokio::spawn(pump(body, stream)));
             let (head, recv) = response.await?.into_parts();
-            return Ok(Sent { head, body: RecvBody::new(recv), tunnel: None });
+            return Ok(Sent { head, body: RecvBody { _pump: Some(pump), ..RecvBody::new(recv) }, tunnel: None });
         }
         let (head, recv) = response.await?.into_parts();
         if connect && head.status.is_success() {
@@ -133,6 +136,15 @@ impl H2Client {
             let _ = stream.send_data(Bytes::new(), true);
         }
         Ok(Sent { head, body: RecvBody::new(recv), tunnel: None })
+    }
+}
+
+/// A request body's pump task, aborted when dropped.
+struct Pump(tokio::task::JoinHandle<()>);
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -197,15 +209,18 @@ async fn pump(mut body: Body, mut stream: SendStream<Bytes>) {
 pub(crate) struct RecvBody {
     recv: Option<RecvStream>,
     data_done: bool,
+    /// The request body's pump, if it was still going when the head was sent: it stops
+    /// when this body is dropped.
+    _pump: Option<Pump>,
 }
 
 impl RecvBody {
     fn new(recv: RecvStream) -> RecvBody {
-        RecvBody { recv: Some(recv), data_done: false }
+        RecvBody { recv: Some(recv), data_done: false, _pump: None }
     }
 
     fn empty() -> RecvBody {
-        RecvBody { recv: None, data_done: true }
+        RecvBody { recv: None, data_done: true, _pump: None }
     }
 }
 
@@ -479,5 +494,61 @@ mod tests {
         assert!(refused.tunnel.is_none());
         let body = refused.body.collect().await.expect("the refusal's body").to_bytes();
         assert_eq!(&body[..], b"no such socket");
+    }
+
+    /// A request body that never ends; `dropped` is set when it is dropped.
+    struct Endless {
+        dropped: Arc<AtomicBool>,
+    }
+
+    impl hyper::body::Body for Endless {
+        type Data = Bytes;
+        type Error = super::super::BoxError;
+
+        fn poll_frame(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![1u8; 16 << 10])))))
+        }
+    }
+
+    impl Drop for Endless {
+        fn drop(&mut self) {
+            self.dropped.store(true, Ordering::Release);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_body_pump_stops_when_the_response_is_dropped() {
+        use http_body_util::BodyExt;
+        // A server that answers at once with a body that never comes, and never reads the
+        // request's: the pump fills the stream's window and waits.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("bound");
+        tokio::spawn(async move {
+            let (io, _) = listener.accept().await.expect("accepted");
+            let service = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                let body =
+                    Later { wait: Box::pin(tokio::time::sleep(Duration::from_secs(3600))), data: Some(Bytes::new()) };
+                let _held = req;
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(body))
+            });
+            let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+                .await;
+        });
+        let io = TcpStream::connect(addr).await.expect("connected");
+        let client = handshake(io, settings(Duration::ZERO)).await.expect("handshake");
+        let dropped = Arc::new(AtomicBool::new(false));
+        let body = Endless { dropped: dropped.clone() }.boxed();
+        let sent =
+            client.send(hyper::Request::post("http://slow.test/").body(body).expect("request")).await.expect("sent");
+        assert_eq!(sent.head.status, 200);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!dropped.load(Ordering::Acquire), "the pump stopped while the response was wanted");
+        drop(sent);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !dropped.load(Ordering::Acquire) {
+            assert!(tokio::time::Instant::now() < deadline, "the pump outlived the response");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
