@@ -324,7 +324,7 @@ impl AsyncWrite for H2Stream {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
@@ -339,28 +339,40 @@ mod tests {
         }
     }
 
-    /// A server that answers HTTP/2 (hyper's: PINGs acknowledged) with 200 and the
-    /// request's body and trailers echoed, and a client connected to it.
-    async fn echo_server() -> (TcpStream, tokio::task::JoinHandle<()>) {
+    /// hyper's HTTP/2 server (PINGs acknowledged) answering one connection with
+    /// `respond`, extended CONNECT allowed; and a client connected to it.
+    pub(in crate::upstream) async fn serve<F, B>(respond: F) -> TcpStream
+    where
+        F: Fn(hyper::Request<hyper::body::Incoming>) -> hyper::Response<B> + Send + Sync + 'static,
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<super::super::BoxError>,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("bound");
-        let server = tokio::spawn(async move {
+        tokio::spawn(async move {
             let (io, _) = listener.accept().await.expect("accepted");
-            let service = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
-                Ok::<_, std::convert::Infallible>(hyper::Response::new(req.into_body()))
+            let respond = Arc::new(respond);
+            let service = hyper::service::service_fn(move |req| {
+                let response = respond(req);
+                async move { Ok::<_, std::convert::Infallible>(response) }
             });
             let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .enable_connect_protocol()
                 .serve_connection(hyper_util::rt::TokioIo::new(io), service)
                 .await;
         });
-        (TcpStream::connect(addr).await.expect("connected"), server)
+        TcpStream::connect(addr).await.expect("connected")
+    }
+
+    /// A server that answers 200 with the request's body and trailers echoed.
+    async fn echo_server() -> TcpStream {
+        serve(|req| hyper::Response::new(req.into_body())).await
     }
 
     #[tokio::test]
     async fn a_streamed_body_goes_up_and_comes_back_with_its_trailers() {
         use http_body_util::BodyExt;
-        let (io, _server) = echo_server().await;
-        let client = handshake(io, settings(Duration::ZERO)).await.expect("handshake");
+        let client = handshake(echo_server().await, settings(Duration::ZERO)).await.expect("handshake");
         // Three chunks larger than a stream window would take at once, then trailers.
         let chunk = Bytes::from(vec![7u8; 3 << 20]);
         let mut trailers = hyper::HeaderMap::new();
@@ -395,8 +407,7 @@ mod tests {
 
     #[tokio::test]
     async fn answered_pings_keep_the_connection_and_an_unanswered_one_closes_it() {
-        let (io, _server) = echo_server().await;
-        let kept = handshake(io, settings(Duration::from_millis(20))).await.expect("handshake");
+        let kept = handshake(echo_server().await, settings(Duration::from_millis(20))).await.expect("handshake");
         // A server that sends its SETTINGS, then reads nothing more and answers nothing.
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("bound");
@@ -446,27 +457,18 @@ mod tests {
     #[tokio::test]
     async fn an_extended_connect_is_a_tunnel_when_accepted_and_keeps_the_refusal_body() {
         use http_body_util::BodyExt;
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("bound");
-        tokio::spawn(async move {
-            let (io, _) = listener.accept().await.expect("accepted");
-            let service = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
-                // The refusal's body comes after its head, once the client has had it.
-                let body = Later {
-                    wait: Box::pin(tokio::time::sleep(Duration::from_millis(50))),
-                    data: (req.uri().path() != "/chat").then_some(Bytes::from_static(b"no such socket")),
-                };
-                let status = if body.data.is_none() { 200 } else { 404 };
-                let mut response = hyper::Response::new(body);
-                *response.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
-                Ok::<_, std::convert::Infallible>(response)
-            });
-            let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                .enable_connect_protocol()
-                .serve_connection(hyper_util::rt::TokioIo::new(io), service)
-                .await;
-        });
-        let io = TcpStream::connect(addr).await.expect("connected");
+        let io = serve(|req| {
+            // The refusal's body comes after its head, once the client has had it.
+            let body = Later {
+                wait: Box::pin(tokio::time::sleep(Duration::from_millis(50))),
+                data: (req.uri().path() != "/chat").then_some(Bytes::from_static(b"no such socket")),
+            };
+            let status = if body.data.is_none() { 200 } else { 404 };
+            let mut response = hyper::Response::new(body);
+            *response.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
+            response
+        })
+        .await;
         let client = handshake(io, settings(Duration::ZERO)).await.expect("handshake");
         let connect = |path: &str| {
             let mut request = hyper::Request::connect(format!("http://ws.test{path}"))
@@ -521,21 +523,13 @@ mod tests {
         use http_body_util::BodyExt;
         // A server that answers at once with a body that never comes, and never reads the
         // request's: the pump fills the stream's window and waits.
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("bound");
-        tokio::spawn(async move {
-            let (io, _) = listener.accept().await.expect("accepted");
-            let service = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
-                let body =
-                    Later { wait: Box::pin(tokio::time::sleep(Duration::from_secs(3600))), data: Some(Bytes::new()) };
-                let _held = req;
-                Ok::<_, std::convert::Infallible>(hyper::Response::new(body))
-            });
-            let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                .serve_connection(hyper_util::rt::TokioIo::new(io), service)
-                .await;
-        });
-        let io = TcpStream::connect(addr).await.expect("connected");
+        let io = serve(|_req| {
+            hyper::Response::new(Later {
+                wait: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
+                data: Some(Bytes::new()),
+            })
+        })
+        .await;
         let client = handshake(io, settings(Duration::ZERO)).await.expect("handshake");
         let dropped = Arc::new(AtomicBool::new(false));
         let body = Endless { dropped: dropped.clone() }.boxed();

@@ -12,8 +12,6 @@ use flowgate_flow::Response;
 use flowgate_flow::Scheme;
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
-#[cfg(test)]
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;

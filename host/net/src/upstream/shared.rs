@@ -197,26 +197,15 @@ impl Drop for Claim<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::handshake_h2;
     use super::super::tests::sender;
-    use super::super::{TokioExecutor, TokioIo, handshake_h2};
     use super::*;
     use bytes::Bytes;
-    use tokio::net::TcpStream;
 
     /// An HTTP/2 sender on a loopback connection to a hyper server that answers 200.
-    async fn h2_sender(listener: &tokio::net::TcpListener) -> Sender {
-        let addr = listener.local_addr().expect("bound");
-        let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        let (server, _) = server.expect("accepted");
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(|_req| async {
-                Ok::<_, std::convert::Infallible>(hyper::Response::new(crate::http::full(Bytes::new())))
-            });
-            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(server), service)
-                .await;
-        });
-        handshake_h2(client.expect("connected"), &crate::ProxyOptions::default(), true).await.expect("h2 handshake")
+    async fn h2_sender() -> Sender {
+        let io = super::super::h2_client::tests::serve(|_| hyper::Response::new(crate::http::full(Bytes::new()))).await;
+        handshake_h2(io, &crate::ProxyOptions::default(), true).await.expect("h2 handshake")
     }
 
     #[tokio::test]
@@ -228,7 +217,7 @@ mod tests {
         let key = |mode: &Mode, target: &Target| SharedKey::new(mode, target);
         let a = Target::new(Scheme::Https, "a.test".to_owned(), 443);
         let via = Mode::Upstream { scheme: Scheme::Http, host: "proxy.test".to_owned(), port: 3128 };
-        let first = h2_sender(&listener).await;
+        let first = h2_sender().await;
         pool.offer(key(&Mode::Regular, &a), &first, &["a.test".to_owned()], t0);
         let got = pool.get(&key(&Mode::Regular, &a), t0).expect("shared");
         assert_eq!(&*got.sans, ["a.test".to_owned()]);
@@ -243,7 +232,7 @@ mod tests {
         pool.offer(key(&Mode::Regular, &other_port), &sender(&listener, &mut ends).await, &[], t0);
         assert!(pool.get(&key(&Mode::Regular, &other_port), t0).is_none());
         // A second connection to the same place does not replace the open one.
-        let second = h2_sender(&listener).await;
+        let second = h2_sender().await;
         pool.offer(key(&Mode::Regular, &a), &second, &["second".to_owned()], t0);
         assert_eq!(&*pool.get(&key(&Mode::Regular, &a), t0).expect("shared").sans, ["a.test".to_owned()]);
         // Taken again just before the idle time runs out, it stays; unused that long, it goes.
