@@ -443,6 +443,21 @@ fn rfc8441_websockets_over_http2_on_either_side() {
     assert_eq!(report["received"], serde_json::json!(["one", "two"]), "{report}");
     fg.flow_line(&format!("GET https://localhost:{}/chat << 101 Switching Protocols", h2_origin.port));
     fg.flow_line("closed by client: 1000");
+
+    // Any 2xx accepts an extended CONNECT (RFC 8441), not only 200.
+    let h2_origin = Server::spawn_script(&py("h2ws.py"), "server", &[&cert, &key, "202"]);
+    let fg = Flowgate::start(&["-k", "--mode", &format!("reverse:https://localhost:{}", h2_origin.port)]);
+    let url = format!("ws://127.0.0.1:{}/chat", fg.port);
+    let out = Command::new(python())
+        .arg(script())
+        .args(["converse", &url, "--expect", "1", "--send", "three"])
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON");
+    assert_eq!(report["received"], serde_json::json!(["three"]), "{report}");
+    fg.flow_line(&format!("GET https://localhost:{}/chat << 101 Switching Protocols", h2_origin.port));
 }
 
 #[test]

@@ -5,9 +5,10 @@ does when the server allows extended CONNECT.
       Connects with HTTP/2 prior knowledge, waits for SETTINGS_ENABLE_CONNECT_PROTOCOL,
       opens a WebSocket with extended CONNECT, sends "hello over h2" and a close (1000),
       and prints {"status": ..., "echo": ..., "close": code}.
-  h2ws.py server CERT KEY
-      An HTTP/2-only TLS server (ALPN h2) that allows extended CONNECT and echoes the
-      WebSocket messages of each stream; prints its port.
+  h2ws.py server CERT KEY [STATUS]
+      An HTTP/2-only TLS server (ALPN h2) that allows extended CONNECT, accepts it with
+      STATUS (default 200; RFC 8441 takes any 2xx) and echoes the WebSocket messages of
+      each stream; prints its port.
 """
 
 import asyncio
@@ -95,7 +96,7 @@ async def run_client(host, port, path):
     print(json.dumps(report), flush=True)
 
 
-async def run_server(cert, key):
+async def run_server(cert, key, status):
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     context.set_alpn_protocols(["h2"])
@@ -115,7 +116,7 @@ async def run_server(cert, key):
                     if isinstance(event, h2.events.RequestReceived):
                         headers = dict(event.headers)
                         ok = headers.get(b":method") == b"CONNECT" and headers.get(b":protocol") == b"websocket"
-                        conn.send_headers(event.stream_id, [(":status", "200" if ok else "400")], end_stream=not ok)
+                        conn.send_headers(event.stream_id, [(":status", status if ok else "400")], end_stream=not ok)
                         buffers[event.stream_id] = b""
                     elif isinstance(event, h2.events.DataReceived):
                         conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
@@ -140,7 +141,7 @@ def main():
     if sys.argv[1] == "client":
         asyncio.run(run_client(sys.argv[2], int(sys.argv[3]), sys.argv[4]))
     else:
-        asyncio.run(run_server(sys.argv[2], sys.argv[3]))
+        asyncio.run(run_server(sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else "200"))
 
 
 if __name__ == "__main__":
