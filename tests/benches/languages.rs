@@ -107,7 +107,7 @@ fn main() {
         return;
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-    let cache = std::env::temp_dir().join(format!("flowgate-lang-bench-{}", std::process::id()));
+    let cache = flowgate_tests::scratch_dir("lang-bench");
     let mut rows = Vec::new();
     for lang in LANGS.iter().filter(|l| filter.is_empty() || filter.iter().any(|f| f == *l)) {
         let manifest = dir.join(lang).join("plugin.toml");

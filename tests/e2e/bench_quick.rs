@@ -20,7 +20,9 @@ fn tool(env: &str, default: &str) -> PathBuf {
 /// and `args`; checks it succeeded and printed `table` (a table's header), and returns its
 /// JSON report.
 fn quick_bench(name: &str, args: &[&std::ffi::OsStr], table: &str) -> Value {
-    let out_path = std::env::temp_dir().join(format!("flowgate-bench-{name}-{}.json", std::process::id()));
+    let dir = flowgate_tests::scratch_dir(&format!("bench-{name}"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let out_path = dir.join("report.json");
     let out = Command::new("python3")
         .arg(root().join("tests/bench/bench.py"))
         .args(["--quick", "--flowgate", env!("CARGO_BIN_EXE_flowgate"), "--plugin"])

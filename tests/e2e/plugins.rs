@@ -299,7 +299,7 @@ fn python_plugin_cannot_open_sockets() {
 /// `flowgate plugin new` + `build` + `test`, then the proxy with the result, as a new
 /// user does it: the starter blocks /blocked and greets every response.
 fn new_plugin_works(lang: &str) {
-    let dir = std::env::temp_dir().join(format!("flowgate-new-{lang}-{}", std::process::id()));
+    let dir = flowgate_tests::scratch_dir(&format!("new-{lang}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
     let name = format!("my-{lang}-plugin");
@@ -347,7 +347,7 @@ fn new_c_plugin_builds_and_runs() {
 
 #[test]
 fn plugin_test_reports_a_failed_expectation() {
-    let dir = std::env::temp_dir().join(format!("flowgate-expect-{}", std::process::id()));
+    let dir = flowgate_tests::scratch_dir("expect");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
     assert_ok("plugin new", &flowgate(&["plugin", "new", "--lang", "c", "strict"], &dir));
@@ -392,7 +392,7 @@ fn c_project_with(dir: &Path, name: &str, code: &str, limits: &str) -> PathBuf {
 /// whose constructor never returns is cut off there, and the proxy refuses to load it.
 #[test]
 fn endless_start_up_is_cut_at_instantiate_timeout() {
-    let dir = std::env::temp_dir().join(format!("flowgate-slow-start-{}", std::process::id()));
+    let dir = flowgate_tests::scratch_dir("slow-start");
     let code = "\n__attribute__((constructor)) static void slow_start(void) {\n  for (;;) {\n  }\n}\n";
     let project = c_project_with(&dir, "slow-start", code, "instantiate_timeout_ms = 200");
 
@@ -416,7 +416,7 @@ fn endless_start_up_is_cut_at_instantiate_timeout() {
 /// in the backlog, and a port-waiting script sees the proxy when it can serve.
 #[test]
 fn the_proxy_listens_only_once_its_plugins_are_loaded() {
-    let dir = std::env::temp_dir().join(format!("flowgate-slow-load-{}", std::process::id()));
+    let dir = flowgate_tests::scratch_dir("slow-load");
     // Every instance takes 1.5 s to start, the one made at load included.
     let code = "\n#include <time.h>\n__attribute__((constructor)) static void slow_start(void) {\n  \
                 struct timespec a, b;\n  clock_gettime(CLOCK_MONOTONIC, &a);\n  do {\n    \
@@ -459,7 +459,7 @@ fn the_proxy_listens_only_once_its_plugins_are_loaded() {
 /// watched directory neither starves the reload nor sets it off.
 #[test]
 fn a_changed_plugin_is_reloaded_under_load() {
-    let dir = std::env::temp_dir().join(format!("flowgate-reload-{}", std::process::id()));
+    let dir = flowgate_tests::scratch_dir("reload");
     std::fs::create_dir_all(&dir).expect("temp dir");
     let wasm = dir.join("plugin.wasm");
     let manifest = dir.join("plugin.toml");

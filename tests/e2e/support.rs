@@ -6,7 +6,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -275,11 +274,7 @@ pub fn script(name: &str) -> PathBuf {
 // The flowgate binary.
 
 pub fn confdir() -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let dir =
-        std::env::temp_dir().join(format!("flowgate-e2e-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+    flowgate_tests::scratch_dir("e2e")
 }
 
 pub struct Flowgate {

@@ -2,7 +2,7 @@
 //! example plugins (built by build.rs), a shared plugin runtime, manifests written to
 //! temporary directories, and captured plugin logs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
@@ -59,15 +59,31 @@ pub fn runtime() -> Runtime {
         .clone()
 }
 
+/// A path for one test's files, not yet created: `<temp>/flowgate-tests/<pid>/<name>-<n>`.
+/// The first call in a test process removes what the test processes before it left there
+/// (those no longer running), so the temporary directory holds one run's files at most,
+/// not every run's.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    static SWEPT: OnceLock<PathBuf> = OnceLock::new();
+    static N: AtomicU64 = AtomicU64::new(0);
+    let root = SWEPT.get_or_init(|| {
+        let root = std::env::temp_dir().join("flowgate-tests");
+        for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let running = name.to_str().is_some_and(|pid| Path::new("/proc").join(pid).exists());
+            if !running {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        root.join(std::process::id().to_string())
+    });
+    root.join(format!("{name}-{}", N.fetch_add(1, Ordering::Relaxed)))
+}
+
 /// Writes `manifest` (TOML, without `wasm`) to a fresh directory as `plugin.toml`, pointing
 /// at `wasm`, and returns the manifest's path.
 pub fn manifest(wasm: &str, manifest: &str) -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "flowgate-test-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
+    let dir = scratch_dir("manifest");
     std::fs::create_dir_all(&dir).expect("temp dir is writable");
     let path = dir.join("plugin.toml");
     let text = format!("wasm = {wasm:?}\n{manifest}");

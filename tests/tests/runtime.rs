@@ -1020,7 +1020,7 @@ async fn instance_models() {
 #[tokio::test]
 async fn load_errors_name_the_file_and_problem() {
     let rt = runtime();
-    let dir = std::env::temp_dir().join(format!("flowgate-load-{}", std::process::id()));
+    let dir = flowgate_tests::scratch_dir("load");
     std::fs::create_dir_all(&dir).expect("temp dir");
 
     let err = rt.load(&manifest(REQUEST_ID, "nmae = \"typo\"\n")).await.expect_err("unknown key");

@@ -298,6 +298,7 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(a.cert.len(), 2, "leaf and CA");
         assert_eq!(ca.cached_leaves(), 1);
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[cfg(unix)]
@@ -309,5 +310,6 @@ mod tests {
         fs::set_permissions(dir.join(CA_FILE), fs::Permissions::from_mode(0o644)).expect("chmod");
         let err = CertificateAuthority::load_or_create(&dir).expect_err("readable key");
         assert!(err.to_string().contains("chmod 600"), "{err}");
+        let _ = fs::remove_dir_all(&dir);
     }
 }
