@@ -454,8 +454,9 @@ fn the_proxy_listens_only_once_its_plugins_are_loaded() {
 
 /// Hot reload: the `-s` files are watched. Under load (curl in a loop through the proxy),
 /// a changed config and then a changed component switch the responses over with no
-/// request failing, and a broken component is refused while the running version stays.
-/// The flows are saved (`-w`) beside the plugin: a file written on every flow in the
+/// request failing, and a broken component is refused while the running version stays;
+/// a manifest that comes to name a component in another directory has that directory
+/// watched from then on. The flows are saved (`-w`) beside the plugin: a file written on every flow in the
 /// watched directory neither starves the reload nor sets it off.
 #[test]
 fn a_changed_plugin_is_reloaded_under_load() {
@@ -469,9 +470,10 @@ fn a_changed_plugin_is_reloaded_under_load() {
         std::fs::write(&tmp, bytes).expect("write");
         std::fs::rename(&tmp, path).expect("rename");
     };
-    let config = |version: &str| {
-        format!("name = \"live\"\nwasm = \"plugin.wasm\"\n[config]\nresponse = \"X-Version: {version}\"\n")
+    let config_at = |wasm: &str, version: &str| {
+        format!("name = \"live\"\nwasm = \"{wasm}\"\n[config]\nresponse = \"X-Version: {version}\"\n")
     };
+    let config = |version: &str| config_at("plugin.wasm", version);
     replace(&wasm, &std::fs::read(flowgate_tests::plugins::ADD_HEADER).expect("add-header is built"));
     replace(&manifest, config("one").as_bytes());
     let origin = Origin::start(false);
@@ -529,19 +531,39 @@ fn a_changed_plugin_is_reloaded_under_load() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let refused_at = seen.lock().expect("seen").len();
-    until(refused_at, 5, &|_| true, "responses after the refusal");
+    let moved_at = until(refused_at, 5, &|_| true, "responses after the refusal");
+    {
+        let seen = seen.lock().expect("seen");
+        assert!(
+            seen[refused_at..moved_at].iter().all(|(_, h)| h.contains("x-request-id:")),
+            "after the refusal request-id still answers"
+        );
+        assert!(
+            seen[now..moved_at].iter().all(|(_, h)| !h.contains("x-version")),
+            "no response went back to add-header"
+        );
+    }
+
+    // The manifest names a component in another directory: that directory is watched
+    // from then on, so a change to the component there is reloaded too.
+    let elsewhere = dir.join("v3");
+    std::fs::create_dir_all(&elsewhere).expect("dir");
+    replace(&elsewhere.join("plugin.wasm"), &std::fs::read(flowgate_tests::plugins::ADD_HEADER).expect("built"));
+    replace(&manifest, config_at("v3/plugin.wasm", "three").as_bytes());
+    let now = until(moved_at, 3, &|h| h.contains("x-version: three"), "x-version: three");
+    replace(&elsewhere.join("plugin.wasm"), &std::fs::read(flowgate_tests::plugins::REQUEST_ID).expect("built"));
+    until(now, 3, &|h| h.contains("x-request-id:") && !h.contains("x-version"), "request-id from v3");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     looping.join().expect("the curl loop");
 
     let seen = seen.lock().expect("seen");
     let failed: Vec<_> = seen.iter().filter(|(status, _)| *status != 200).collect();
     assert!(failed.is_empty(), "{} of {} requests failed: {failed:?}", failed.len(), seen.len());
-    assert!(
-        seen[refused_at..].iter().all(|(_, h)| h.contains("x-request-id:")),
-        "after the refusal request-id still answers"
+    assert_eq!(
+        fg.count_logs("reloaded plugin live"),
+        4,
+        "the config, the component, the manifest naming another one, that one changed"
     );
-    assert!(seen[now..].iter().all(|(_, h)| !h.contains("x-version")), "no response went back to add-header");
-    assert_eq!(fg.count_logs("reloaded plugin live"), 2, "the config, then the component");
     let saved = std::fs::metadata(&flows).map(|m| m.len()).unwrap_or(0);
     assert!(saved > 0, "the flows were saved beside the plugin, one write per flow");
     let _ = std::fs::remove_dir_all(&dir);

@@ -721,8 +721,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let server_replay = proxy_options.server_replay.clone();
     let proxy = Proxy::new(chain, Arc::new(ca), proxy_options, sink, flows.store());
     // Plugins' files are watched and reloaded when they change, as mitmproxy's scripts.
-    let _watching =
-        (!sources.is_empty()).then(|| reload::watch(plugin_runtime.clone(), sources, loaded, proxy.plugins().clone()));
+    if !sources.is_empty() {
+        reload::watch(plugin_runtime.clone(), sources, loaded, proxy.plugins().clone());
+    }
     let mut tasks = Vec::new();
     for (mode, addr, bound) in listeners {
         let listener = bound.listen().with_context(|| format!("cannot listen on {addr}"))?;

@@ -32,18 +32,13 @@ fn all_files(files: &[BTreeSet<PathBuf>]) -> BTreeSet<PathBuf> {
     files.iter().flatten().cloned().collect()
 }
 
-/// Watches the plugins' files and reloads what changes, until the returned watcher is
-/// dropped. `None` (with a warning printed) if the files cannot be watched: the proxy
-/// runs on without reloading.
-pub fn watch(
-    runtime: Runtime,
-    sources: Vec<Source>,
-    loaded: Vec<Arc<Plugin>>,
-    chain: ChainHandle,
-) -> Option<notify::RecommendedWatcher> {
+/// Watches the plugins' files and reloads what changes, for as long as the runtime runs.
+/// If the files cannot be watched, a warning is printed and the proxy runs on without
+/// reloading.
+pub fn watch(runtime: Runtime, sources: Vec<Source>, loaded: Vec<Arc<Plugin>>, chain: ChainHandle) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
     let files: Vec<BTreeSet<PathBuf>> = sources.iter().map(|s| files_of(&s.path)).collect();
-    let watched: Watched = Arc::new(RwLock::new(all_files(&files)));
+    let watched = Watched::default();
     let ours = watched.clone();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event
@@ -55,23 +50,47 @@ pub fn watch(
             }
         }
     });
-    let mut watcher = match watcher {
-        Ok(w) => w,
-        Err(e) => {
-            eprintln!("flowgate: cannot watch the plugins' files, changes need a restart: {e}");
-            return None;
-        }
+    let mut watching = Watching {
+        watcher: match watcher {
+            Ok(w) => w,
+            Err(e) => {
+                eprintln!("flowgate: cannot watch the plugins' files, changes need a restart: {e}");
+                return;
+            }
+        },
+        files: watched,
+        dirs: BTreeSet::new(),
     };
-    // Directories, not files: a file replaced by a rename (editors, `cp` to a temporary
-    // name then `mv`) is a new file a watch on the old one would miss.
-    let dirs: BTreeSet<PathBuf> = files.iter().flatten().filter_map(|f| f.parent().map(Path::to_owned)).collect();
-    for dir in &dirs {
-        if let Err(e) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
-            eprintln!("flowgate: cannot watch {}, changes there need a restart: {e}", dir.display());
+    watching.update(&files);
+    tokio::spawn(reload_loop(runtime, sources, files, watching, loaded, chain, rx));
+}
+
+/// The watcher, the files it passes events on for, and the directories it watches.
+/// Directories, not files: a file replaced by a rename (editors, `cp` to a temporary
+/// name then `mv`) is a new file a watch on the old one would miss.
+struct Watching {
+    watcher: notify::RecommendedWatcher,
+    files: Watched,
+    dirs: BTreeSet<PathBuf>,
+}
+
+impl Watching {
+    /// Passes on events for `files` from now on, and watches each one's directory if it
+    /// is not watched yet (a manifest that now names a component elsewhere brings one).
+    fn update(&mut self, files: &[BTreeSet<PathBuf>]) {
+        *self.files.write().unwrap_or_else(PoisonError::into_inner) = all_files(files);
+        for dir in files.iter().flatten().filter_map(|f| f.parent()) {
+            if self.dirs.contains(dir) {
+                continue;
+            }
+            match self.watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    self.dirs.insert(dir.to_owned());
+                }
+                Err(e) => eprintln!("flowgate: cannot watch {}, changes there need a restart: {e}", dir.display()),
+            }
         }
     }
-    tokio::spawn(reload_loop(runtime, sources, files, watched, loaded, chain, rx));
-    Some(watcher)
 }
 
 /// The files a plugin is made of, absolute: the manifest and its component, or the bare
@@ -102,7 +121,7 @@ async fn reload_loop(
     runtime: Runtime,
     sources: Vec<Source>,
     mut files: Vec<BTreeSet<PathBuf>>,
-    watched: Watched,
+    mut watching: Watching,
     mut loaded: Vec<Arc<Plugin>>,
     chain: ChainHandle,
     mut changes: tokio::sync::mpsc::UnboundedReceiver<PathBuf>,
@@ -129,7 +148,7 @@ async fn reload_loop(
                     chain.replace(Chain::new(loaded.clone()));
                     // The manifest may now name another component.
                     files[i] = files_of(&source.path);
-                    *watched.write().unwrap_or_else(PoisonError::into_inner) = all_files(&files);
+                    watching.update(&files);
                     for failure in Chain::new(vec![plugin]).running().await {
                         eprintln!("flowgate: {failure}");
                     }
