@@ -8,6 +8,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The build, the tools and the tests' files take ~7 GiB; a full disk would otherwise show
+# up as some build script's failure halfway through.
+free_gib=$(( $(df -Pk . | awk 'NR == 2 { print $4 }') / 1048576 ))
+if [ "$free_gib" -lt 7 ]; then
+    echo "tests/run.sh: only ${free_gib} GiB free on $(df -P . | awk 'NR == 2 { print $6 }'); the build and tests need ~7 GiB" >&2
+    exit 1
+fi
+
 missing=()
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
