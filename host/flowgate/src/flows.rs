@@ -76,7 +76,11 @@ pub fn content_bytes(payload: &Payload) -> usize {
 /// matches, each given to `each`; damage, a torn tail and flows that cannot be read are
 /// reported on stderr and skipped.
 pub fn read_matching(path: &Path, filter: Option<&Filter>, mut each: impl FnMut(Flow)) -> anyhow::Result<()> {
-    let read = flowgate_store::open(path)?;
+    // A file that cannot be opened says its path; any other reason is given it.
+    let read = flowgate_store::open(path).map_err(|e| match e {
+        flowgate_store::Error::Open { .. } => anyhow::Error::new(e),
+        e => anyhow::Error::new(e).context(format!("cannot read {}", path.display())),
+    })?;
     if let Some(stats) = read.flowfile_stats() {
         if stats.skipped > 0 {
             eprintln!(
@@ -152,5 +156,25 @@ impl Flows {
             reports.push(har.write()?);
         }
         Ok(reports)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_that_cannot_be_read_is_named_once_with_its_reason_once() {
+        let dir = std::env::temp_dir().join(format!("flowgate-read-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let missing = dir.join("missing.fg");
+        let err = format!("{:#}", read_matching(&missing, None, |_| {}).expect_err("missing"));
+        assert_eq!(err.matches("missing.fg").count(), 1, "{err}");
+        assert_eq!(err.matches("(os error 2)").count(), 1, "{err}");
+        let junk = dir.join("junk.fg");
+        std::fs::write(&junk, b"these are not flows").expect("write");
+        let err = format!("{:#}", read_matching(&junk, None, |_| {}).expect_err("junk"));
+        assert!(err.starts_with(&format!("cannot read {}: not a flow file", junk.display())), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -32,8 +32,7 @@ pub struct ReplayOptions {
 pub fn load(paths: &[PathBuf], filter: Option<&Filter>) -> anyhow::Result<Vec<Flow>> {
     let mut flows = Vec::new();
     for path in paths {
-        read_matching(path, filter, |flow| flows.push(flow))
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e:#}", path.display()))?;
+        read_matching(path, filter, |flow| flows.push(flow))?;
     }
     Ok(flows)
 }

@@ -66,12 +66,13 @@ pub fn detect(prefix: &[u8]) -> Option<Format> {
 #[derive(Debug, Error)]
 pub enum Error {
     /// The file cannot be opened or read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Open {
         /// The path given.
         path: String,
-        /// What failed.
-        source: io::Error,
+        /// What failed: in the message, not the error's source, so a report of the
+        /// whole chain (`{:#}`) does not say it twice.
+        error: io::Error,
     },
     /// Reading failed.
     #[error(transparent)]
@@ -132,7 +133,7 @@ impl Iterator for Flows {
 
 /// Opens the file at `path` and reads its flows, whatever of the three formats it is.
 pub fn open(path: &Path) -> Result<Flows, Error> {
-    let file = File::open(path).map_err(|source| Error::Open { path: path.display().to_string(), source })?;
+    let file = File::open(path).map_err(|error| Error::Open { path: path.display().to_string(), error })?;
     read(file)
 }
 
