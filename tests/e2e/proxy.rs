@@ -979,6 +979,9 @@ fn the_clients_sni_is_sent_upstream_and_verified_with_ssl_verify_upstream_truste
     let untrusted = Flowgate::start(&[]);
     let reply = connect_ip_with_sni(&untrusted, port);
     assert!(reply.starts_with("HTTP/1.1 502"), "{reply}");
+    // Saying why and what to do about it.
+    assert!(reply.contains("its certificate is not trusted (invalid peer certificate: UnknownIssuer)"), "{reply}");
+    assert!(reply.contains("-k (--set ssl_insecure=true) skips the check"), "{reply}");
     // A file without a certificate is refused at start, by name.
     let empty = dir.join("empty.pem");
     std::fs::write(&empty, "not a certificate\n").expect("write");

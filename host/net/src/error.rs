@@ -62,6 +62,17 @@ pub enum UpstreamError {
         #[source]
         source: std::io::Error,
     },
+    /// The upstream's certificate did not verify: what to do about it is in the message.
+    #[error(
+        "TLS handshake with {addr} failed: its certificate is not trusted ({reason}); \
+         -k (--set ssl_insecure=true) skips the check, --set ssl_verify_upstream_trusted_ca=PEM trusts its CA"
+    )]
+    Untrusted {
+        /// `host:port`.
+        addr: String,
+        /// rustls's reason.
+        reason: rustls::Error,
+    },
     /// The upstream proxy refused or botched the CONNECT.
     #[error("upstream proxy: {0}")]
     Proxy(String),

@@ -429,7 +429,12 @@ async fn tls_over<IO: AsyncRead + AsyncWrite + Unpin>(
     let tls = tokio::time::timeout(timeout, connector.connect(name, io))
         .await
         .map_err(|_| UpstreamError::ConnectTimeout { addr: addr.to_owned(), after: timeout })?
-        .map_err(|source| UpstreamError::Tls { addr: addr.to_owned(), source })?;
+        .map_err(|source| match source.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+            Some(reason @ rustls::Error::InvalidCertificate(_)) => {
+                UpstreamError::Untrusted { addr: addr.to_owned(), reason: reason.clone() }
+            }
+            _ => UpstreamError::Tls { addr: addr.to_owned(), source },
+        })?;
     let session = tls.get_ref().1;
     let sans = session.peer_certificates().and_then(|c| c.first()).map(|c| sans_of(c)).unwrap_or_default();
     let h2 = session.alpn_protocol() == Some(b"h2");
