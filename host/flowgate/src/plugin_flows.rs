@@ -100,9 +100,10 @@ async fn play(chain: &Chain, flow: &Flow, saved_request: &Request, saved_respons
     let request_body = request.body.take().unwrap_or_default().to_vec();
     let mut response = saved_response.clone();
     let response_body = response.body.take().unwrap_or_default().to_vec();
+    // Before the exchange, so what the plugin logs comes under its flow.
+    println!("== {} {}", saved_request.method, saved_request.url());
     let (outcome, local) =
         exchange(&mut session, &mut request, request_body.clone(), &mut response, response_body.clone()).await;
-    println!("== {} {}", saved_request.method, saved_request.url());
     if request.method != saved_request.method || request.url() != saved_request.url() {
         println!("  ~ {} {}", request.method, request.url());
     }
