@@ -302,6 +302,29 @@ fn a_head_answer_is_recorded_with_an_empty_body() {
     assert!(!lines.iter().any(|l| l.contains("not stored")), "{lines:?}");
 }
 
+/// An HTTP/2 origin that answers a POST without reading its body (nginx's `return`): the
+/// body the client sent is still recorded (it had all arrived; the stream was dropped
+/// before it was read to its end).
+#[test]
+fn a_request_body_the_upstream_never_read_is_recorded() {
+    let nginx = Nginx::start(&[], "location / { return 200 \"answered\\n\"; }");
+    let dir = scratch();
+    let file = dir.join("unread.fg");
+    let mut fg = Flowgate::start(&["-k", "-w", file.to_str().expect("path")]);
+    let url = format!("https://localhost:{}/form", nginx.tls_port);
+    // Ten: whether the stream is dropped before its end was read is a race.
+    for _ in 0..10 {
+        let reply =
+            curl(&["--http2", "-x", &fg.proxy(), "--cacert", fg.ca().to_str().expect("path"), "-d", "a=b", &url]);
+        assert_eq!((reply.status, reply.body.as_str()), (200, "answered\n"));
+    }
+    terminate(&mut fg);
+    let lines = read_back(&file, &["--flow-detail", "3"]);
+    assert_eq!(lines.iter().filter(|l| l.contains("POST https://localhost")).count(), 10, "{lines:?}");
+    assert!(!lines.iter().any(|l| l.contains("not stored")), "{lines:?}");
+    assert_eq!(lines.iter().filter(|l| l.trim() == "a=b").count(), 10, "{lines:?}");
+}
+
 /// kill -9 under load, ten times with fixed seeds: every file reads (a torn last record is
 /// skipped) and holds every flow the clients had finished but at most the ones in flight
 /// and the records still on their way to the writer thread (two per client);

@@ -11,7 +11,7 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use flowgate_flow::{Flow, Payload, Timestamp, Uuid};
@@ -151,21 +151,28 @@ impl Capture {
 }
 
 /// A body that copies what passes into a [`Capture`].
-pub(crate) struct Tee<B> {
-    inner: B,
+pub(crate) struct Tee<B: Body> {
+    /// `None` once dropped.
+    inner: Option<B>,
     capture: Capture,
+    /// If the body is dropped before its end, how long to wait for each further piece
+    /// while it is read to its end for the capture alone (a request body an upstream
+    /// answered without reading, or stopped reading: the client sent it, so the flow
+    /// keeps it); `None`: only what has arrived is taken.
+    read_on: Option<Duration>,
 }
 
-impl<B> Tee<B> {
-    pub fn new(inner: B, capture: Capture) -> Tee<B> {
-        Tee { inner, capture }
+/// What a [`Tee`] can copy.
+pub(crate) trait Body: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static {}
+impl<B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static> Body for B {}
+
+impl<B: Body> Tee<B> {
+    pub fn new(inner: B, capture: Capture, read_on: Option<Duration>) -> Tee<B> {
+        Tee { inner: Some(inner), capture, read_on }
     }
 }
 
-impl<B> hyper::body::Body for Tee<B>
-where
-    B: hyper::body::Body<Data = Bytes> + Unpin,
-{
+impl<B: Body> hyper::body::Body for Tee<B> {
     type Data = Bytes;
     type Error = B::Error;
 
@@ -173,7 +180,8 @@ where
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, B::Error>>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        let Some(inner) = self.inner.as_mut() else { return Poll::Ready(None) };
+        let polled = std::pin::Pin::new(inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -187,7 +195,7 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        let end = self.inner.is_end_stream();
+        let end = self.inner.as_ref().is_none_or(|inner| inner.is_end_stream());
         if end {
             // A writer that sees the end here never polls (an empty body).
             self.capture.finish(true);
@@ -196,14 +204,57 @@ where
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
+        self.inner.as_ref().map(|inner| inner.size_hint()).unwrap_or_default()
     }
 }
 
-impl<B> Drop for Tee<B> {
+impl<B: Body> Drop for Tee<B> {
     fn drop(&mut self) {
-        // A body dropped before its end was not seen whole (no-op if it ended).
-        self.capture.finish(false);
+        let Some(mut inner) = self.inner.take() else { return };
+        if self.capture.state().finished {
+            return;
+        }
+        // Dropped before its end: what has arrived is taken without waiting.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        loop {
+            match std::pin::Pin::new(&mut inner).poll_frame(&mut cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        self.capture.push(data);
+                    }
+                }
+                Poll::Ready(None) => return self.capture.finish(true),
+                Poll::Ready(Some(Err(_))) => return self.capture.finish(false),
+                Poll::Pending => break,
+            }
+        }
+        // The rest is read for the capture alone, if asked and while it can still be
+        // stored; otherwise the body was not seen whole.
+        let runtime = tokio::runtime::Handle::try_current();
+        match (self.read_on, runtime) {
+            (Some(wait), Ok(runtime)) if !self.capture.state().over => {
+                let capture = self.capture.clone();
+                runtime.spawn(async move {
+                    use http_body_util::BodyExt;
+                    let complete = loop {
+                        match tokio::time::timeout(wait, inner.frame()).await {
+                            Ok(Some(Ok(frame))) => {
+                                if let Some(data) = frame.data_ref() {
+                                    capture.push(data);
+                                }
+                                if capture.state().over {
+                                    break false;
+                                }
+                            }
+                            Ok(None) => break true,
+                            Ok(Some(Err(_))) | Err(_) => break false,
+                        }
+                    };
+                    capture.finish(complete);
+                });
+            }
+            _ => self.capture.finish(false),
+        }
     }
 }
 
@@ -309,9 +360,9 @@ mod tests {
         let req = Capture::new(1024, &budget);
         let resp = Capture::new(1024, &budget);
         // The request body passed before the flow was recorded; the response body after.
-        let sent = Tee::new(body(&[b"q=1"]), req.clone()).collect().await.expect("body");
+        let sent = Tee::new(body(&[b"q=1"]), req.clone(), None).collect().await.expect("body");
         assert_eq!(sent.to_bytes(), "q=1");
-        let client_body = Tee::new(body(&[b"hello ", b"world"]), resp.clone());
+        let client_body = Tee::new(body(&[b"hello ", b"world"]), resp.clone(), None);
         Pending::hand_over(flow(), Some(req), Some(resp), sink);
         assert!(got.lock().expect("lock").is_empty(), "held until the response body ends");
         let out = client_body.collect().await.expect("body").to_bytes();
@@ -327,13 +378,82 @@ mod tests {
         let budget = BufferBudget::new(8);
         let (sink, got) = store();
         let req = Capture::new(4, &budget);
-        let _ = Tee::new(body(&[b"abc", b"def"]), req.clone()).collect().await;
-        let resp = Capture::new(1024, &budget);
-        let client_body = Tee::new(body(&[b"0123456789"]), resp.clone());
+        let _ = Tee::new(body(&[b"abc", b"def"]), req.clone(), None).collect().await;
+        let resp = Capture::new(1024, &BufferBudget::new(1024));
+        let (tx, rest) = tokio::sync::mpsc::channel(4);
+        tx.send(Bytes::from_static(b"0123")).await.expect("send");
+        let client_body = Tee::new(channel_body(rest), resp.clone(), None);
         Pending::hand_over(flow(), Some(req), Some(resp), sink);
-        drop(client_body); // the client went away before reading it
+        drop(client_body); // the client went away before the response's end came
         let flows = got.lock().expect("lock");
-        assert_eq!(bodies(&flows[0]), (None, None), "over the cap, and unread: not stored (never empty)");
+        assert_eq!(bodies(&flows[0]), (None, None), "over the cap, and cut off: not stored (never empty)");
+    }
+
+    /// A body whose pieces come from `rx`, ending when its sender is dropped.
+    fn channel_body(
+        rx: tokio::sync::mpsc::Receiver<Bytes>,
+    ) -> impl hyper::body::Body<Data = Bytes, Error = std::convert::Infallible> + Unpin + Send + 'static {
+        struct Rx(tokio::sync::mpsc::Receiver<Bytes>);
+        impl futures_core::Stream for Rx {
+            type Item = Result<hyper::body::Frame<Bytes>, std::convert::Infallible>;
+            fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+                self.0.poll_recv(cx).map(|piece| piece.map(|b| Ok(hyper::body::Frame::data(b))))
+            }
+        }
+        http_body_util::StreamBody::new(Rx(rx))
+    }
+
+    /// A request body dropped before its end (an upstream that answered without reading
+    /// it): what has arrived is taken at once, and the rest is read for the capture alone
+    /// as it comes, each piece within the wait; a piece that does not come in time, or a
+    /// response body (no wait), leaves it not stored.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_body_dropped_before_its_end_is_read_to_its_end_for_the_flow() {
+        let budget = BufferBudget::new(1 << 20);
+        let wait = Some(std::time::Duration::from_secs(5));
+        // All of it had arrived: taken when dropped.
+        let (sink, got) = store();
+        let req = Capture::new(1024, &budget);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(Bytes::from_static(b"a=")).await.expect("send");
+        tx.send(Bytes::from_static(b"b")).await.expect("send");
+        drop(tx);
+        drop(Tee::new(channel_body(rx), req.clone(), None));
+        Pending::hand_over(flow(), Some(req), None, sink);
+        assert_eq!(bodies(&got.lock().expect("lock")[0]).0, Some(Bytes::from("a=b")));
+        // The rest comes later: the flow waits for it.
+        let (sink, got) = store();
+        let req = Capture::new(1024, &budget);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(Bytes::from_static(b"first ")).await.expect("send");
+        drop(Tee::new(channel_body(rx), req.clone(), wait));
+        Pending::hand_over(flow(), Some(req), None, sink);
+        tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+        assert!(got.lock().expect("lock").is_empty(), "held while the rest may come");
+        tx.send(Bytes::from_static(b"second")).await.expect("send");
+        drop(tx);
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        assert_eq!(bodies(&got.lock().expect("lock")[0]).0, Some(Bytes::from("first second")));
+        // A piece that does not come within the wait: not stored.
+        let (sink, got) = store();
+        let req = Capture::new(1024, &budget);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(Bytes::from_static(b"first ")).await.expect("send");
+        drop(Tee::new(channel_body(rx), req.clone(), wait));
+        Pending::hand_over(flow(), Some(req), None, sink);
+        tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+        assert_eq!(bodies(&got.lock().expect("lock")[0]).0, None);
+        drop(tx);
+        // Without a wait (a response's body), the rest is not read.
+        let (sink, got) = store();
+        let req = Capture::new(1024, &budget);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(Bytes::from_static(b"first ")).await.expect("send");
+        drop(Tee::new(channel_body(rx), req.clone(), None));
+        Pending::hand_over(flow(), Some(req), None, sink);
+        assert_eq!(bodies(&got.lock().expect("lock")[0]).0, None);
+        drop(tx);
+        assert_eq!(budget.used(), 0, "the captures gave their bytes back");
     }
 
     #[tokio::test]

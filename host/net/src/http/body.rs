@@ -449,7 +449,7 @@ pub(crate) fn stream_through_plugins(mut ex: Exchange, mut response: Response, m
     // Chunks may change size: the length is no longer known.
     response.headers.remove("content-length");
     let body = http_body_util::StreamBody::new(ChannelBody(rx)).boxed();
-    let reply = Reply { response: response.clone(), body: ex.tee(body, |c| &mut c.response), upgrade: None };
+    let reply = Reply { response: response.clone(), body: ex.tee(body, |c| &mut c.response, false), upgrade: None };
     tokio::spawn(async move {
         let mut size = 0u64;
         let mut trailers = None;

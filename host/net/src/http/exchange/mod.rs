@@ -219,8 +219,10 @@ impl Exchange {
     }
 
     /// `body`, copied as it passes for the flow store when there is one (the request's
-    /// or the response's, by `slot`).
-    pub fn tee(&mut self, body: Body, slot: fn(&mut Captures) -> &mut Option<Capture>) -> Body {
+    /// or the response's, by `slot`). A request's body dropped before its end (an
+    /// upstream that answered without reading it) is still read to its end for the
+    /// capture, each piece within `body_read_timeout`; a response's is not.
+    pub fn tee(&mut self, body: Body, slot: fn(&mut Captures) -> &mut Option<Capture>, request: bool) -> Body {
         if self.ctx.proxy.store.is_none() {
             return body;
         }
@@ -233,7 +235,7 @@ impl Exchange {
         };
         let capture = Capture::new(cap, &self.ctx.proxy.buffers);
         *slot(&mut self.captures) = Some(capture.clone());
-        Tee::new(body, capture).boxed()
+        Tee::new(body, capture, request.then_some(options.body_read_timeout)).boxed()
     }
 }
 
@@ -444,13 +446,13 @@ pub(crate) async fn handle(
                 }
                 Ok(Buffered::Streamed(stream)) => {
                     ex.session.flow.metadata.insert("flowgate.streamed".to_owned(), "request".to_owned());
-                    body = Some(ex.tee(stream, |c| &mut c.request));
+                    body = Some(ex.tee(stream, |c| &mut c.request, true));
                 }
                 Err(e) => return Ok(ex.fail(e.of_request()).await),
             }
         }
         (None, BodyMode::Stream) => stream_source = Some(incoming),
-        (None, BodyMode::Pass) => body = Some(ex.tee(incoming.boxed(), |c| &mut c.request)),
+        (None, BodyMode::Pass) => body = Some(ex.tee(incoming.boxed(), |c| &mut c.request, true)),
     }
     let action = ex.session.request(&mut ex.request).await;
     if let Some(resp) = ex.act(action).await? {
