@@ -125,6 +125,11 @@ fn saved_flows_read_back_filter_convert_and_replay_as_curl() {
     let posts = dir.join("posts.fg");
     read_back(&saved, &["-q", "-w", posts.to_str().expect("path"), "--set", "save_stream_filter=~m POST"]);
     assert_eq!(read_back(&posts, &[]), vec![live[1].clone()]);
+    // The positional filter picks what is saved too, as mitmdump's (which sets
+    // save_stream_filter, readfile_filter and its print filter with it).
+    let gets = dir.join("gets.fg");
+    read_back(&saved, &["-q", "-w", gets.to_str().expect("path"), "~m", "GET"]);
+    assert_eq!(read_back(&gets, &[]), vec![live[0].clone(), live[2].clone()]);
     // Appending with +FILE.
     read_back(&saved, &["-q", "-w", &format!("+{}", posts.display()), "--set", "save_stream_filter=~m GET"]);
     assert_eq!(

@@ -159,8 +159,10 @@ struct Cli {
     /// cut at 512 lines, 4 everything [default 1].
     #[arg(long = "flow-detail", value_name = "0..4", value_parser = clap::value_parser!(u8).range(0..=4))]
     flow_detail: Option<u8>,
-    /// Print only the flows this filter matches (mitmproxy's filter language, e.g.
-    /// `~d example.com & ~m POST`); several words are joined with spaces.
+    /// Only the flows this filter matches are printed, saved (-w, hardump) and read
+    /// (-r), as mitmdump's (mitmproxy's filter language, e.g. `~d example.com & ~m
+    /// POST`); several words are joined with spaces. save_stream_filter and
+    /// readfile_filter, when set, win for what they choose.
     #[arg(value_name = "FILTER")]
     filter: Vec<String>,
     #[command(subcommand)]
@@ -606,7 +608,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let ca = CertificateAuthority::load_or_create(&confdir)?;
         return ca_command(&confdir, &ca, action);
     }
-    let settings = parse_sets(&cli, &confdir)?;
+    let mut settings = parse_sets(&cli, &confdir)?;
+    // The positional filter: what is printed, and saved and read unless set apart.
+    let words = words_filter(&cli.filter)?;
+    if settings.flows.save_filter.is_none() {
+        settings.flows.save_filter = words.clone();
+    }
+    if settings.flows.read_filter.is_none() {
+        settings.flows.read_filter = words.clone();
+    }
     if let Some(Command::Export { format, file, filter }) = &cli.command {
         let filter = words_filter(filter)?;
         let skipped = export::run(*format, file, filter.as_ref(), &mut std::io::stdout().lock())?;
@@ -619,7 +629,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // Where flows go: printed (by the positional filter), saved (-w), hardump.
     let output = Arc::new(output::Output::start());
     let dump = dump::Dump {
-        filter: words_filter(&cli.filter)?,
+        filter: words,
         detail: settings.flows.detail.unwrap_or(1),
         output: output.clone(),
         open: Default::default(),
