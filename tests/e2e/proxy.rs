@@ -905,6 +905,12 @@ fn sni_origin_with(client_ca: Option<&TestCa>) -> (u16, String) {
     let config = builder
         .with_single_cert(vec![leaf.der().clone()], rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))
         .expect("config");
+    (serve_sni(config), ca_cert.pem())
+}
+
+/// Serves `config` on a port of its own: each connection's one request is answered with
+/// `sni=` and the server name the client sent.
+fn serve_sni(config: rustls::ServerConfig) -> u16 {
     let config = std::sync::Arc::new(config);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
@@ -932,7 +938,51 @@ fn sni_origin_with(client_ca: Option<&TestCa>) -> (u16, String) {
             });
         }
     });
-    (port, ca_cert.pem())
+    port
+}
+
+/// A self-signed certificate for `name` marked a CA, as `openssl req -x509` makes one,
+/// served with its key: (port, PEM).
+fn self_signed_origin(name: &str) -> (u16, String) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    let cert = params.self_signed(&key).expect("cert");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+        .expect("config");
+    (serve_sni(config), cert.pem())
+}
+
+/// An origin's self-signed certificate (a CA by its basic constraints, which webpki
+/// refuses as a server's) given with ssl_verify_upstream_trusted_ca is trusted, as
+/// mitmproxy (OpenSSL) trusts it; for its own name only.
+#[test]
+fn a_self_signed_origin_is_trusted_when_its_certificate_is_given() {
+    let dir = confdir();
+    std::fs::create_dir_all(&dir).expect("confdir");
+    let (port, pem) = self_signed_origin("localhost");
+    let file = dir.join("origin.pem");
+    std::fs::write(&file, pem).expect("write");
+    let fg = Flowgate::start(&["--set", &format!("ssl_verify_upstream_trusted_ca={}", file.display())]);
+    let reply = connect_ip_with_sni(&fg, port);
+    assert!(reply.starts_with("HTTP/1.1 200") && reply.ends_with("sni=localhost"), "{reply}");
+    // The same kind of certificate for another name, given: not for localhost.
+    let (other_port, other_pem) = self_signed_origin("other.test");
+    let other = dir.join("other.pem");
+    std::fs::write(&other, other_pem).expect("write");
+    let fg = Flowgate::start(&["--set", &format!("ssl_verify_upstream_trusted_ca={}", other.display())]);
+    let reply = connect_ip_with_sni(&fg, other_port);
+    assert!(reply.starts_with("HTTP/1.1 502") && reply.contains("not trusted"), "{reply}");
+    // Not given: refused.
+    let fg = Flowgate::start(&[]);
+    let reply = connect_ip_with_sni(&fg, port);
+    assert!(reply.starts_with("HTTP/1.1 502") && reply.contains("CaUsedAsEndEntity"), "{reply}");
 }
 
 /// CONNECT 127.0.0.1:`port` through flowgate, then TLS with SNI `localhost` (trusting

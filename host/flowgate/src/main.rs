@@ -64,7 +64,7 @@ const OPTIONS_HELP: &str = "Options for --set KEY=VALUE (default in brackets):
   share_upstream=BOOL              client connections share HTTP/2 upstream connections where they cannot
                                    tell (no server-connect/-connected/-disconnected plugin, no client_certs) [true]
   ssl_insecure=BOOL                as -k [false]
-  ssl_verify_upstream_trusted_ca=PEM  also trust these CAs upstream (beside the OS store and webpki roots) []
+  ssl_verify_upstream_trusted_ca=PEM  also trust these CAs (or self-signed servers) upstream, beside the OS store and webpki roots []
   certs=[DOMAIN=]PEM               serve this certificate (and key) for DOMAIN (*, *.x.com) instead of minting; as --certs []
   client_certs=PEM|DIR             client certificate (and key) for upstreams that ask; a DIR holds HOST.pem files []
   tls_version_client_min=VERSION   TLS1_2, TLS1_3 or UNBOUNDED, toward clients [TLS1_2]

@@ -168,6 +168,65 @@ pub(crate) fn server_config(
     Arc::new(config)
 }
 
+/// Verifies as webpki does against the roots, and also accepts a server whose own
+/// certificate is one of `ssl_verify_upstream_trusted_ca`'s for the name asked, within
+/// its validity: a self-signed certificate (`openssl req -x509` marks it a CA, which
+/// webpki refuses as a server's) is trusted by being given, as OpenSSL and so mitmproxy
+/// trust it.
+#[derive(Debug)]
+struct TrustedOrPinned {
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    pinned: Vec<CertificateDer<'static>>,
+}
+
+impl ServerCertVerifier for TrustedOrPinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let refused = match self.webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+            Ok(verified) => return Ok(verified),
+            Err(refused) => refused,
+        };
+        if !self.pinned.iter().any(|c| c.as_ref() == end_entity.as_ref()) {
+            return Err(refused);
+        }
+        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_name(&parsed, server_name)?;
+        let valid = x509_parser::parse_x509_certificate(end_entity.as_ref()).is_ok_and(|(_, cert)| {
+            let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+            cert.validity().not_before.timestamp() <= now && now <= cert.validity().not_after.timestamp()
+        });
+        if !valid {
+            return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Expired));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
 /// Accepts any upstream certificate (`-k`/`ssl_insecure`).
 #[derive(Debug)]
 struct DangerAcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
@@ -219,8 +278,17 @@ pub(crate) fn client_config(options: &crate::ProxyOptions) -> Arc<rustls::Client
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(DangerAcceptAnyCertificate(provider)))
             .with_no_client_auth()
-    } else {
+    } else if options.upstream_trusted_ca.is_empty() {
         builder.with_root_certificates(upstream_roots(options)).with_no_client_auth()
+    } else {
+        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(upstream_roots(options)),
+            provider.clone(),
+        )
+        .build()
+        .expect("the roots include webpki's");
+        let verifier = TrustedOrPinned { webpki, pinned: options.upstream_trusted_ca.clone() };
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()
     };
     if let Some(given::ClientCerts::File(key)) = &options.client_certs {
         config.client_auth_cert_resolver = Arc::new(given::SendCert(key.clone()));
