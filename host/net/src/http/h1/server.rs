@@ -59,7 +59,8 @@ where
             Ok(Ok(Some(head))) => head,
             Ok(Ok(None)) => return Next::Done,
             Ok(Err(e)) => {
-                tracing::debug!("{}: refused request: {e}", ctx.client);
+                // Shown by default, as mitmdump shows a bad request line: no flow records it.
+                tracing::warn!("{}: refused request: {e} (answered {})", ctx.client, e.status());
                 let _ = write_reply(&mut wr, status_response(e.status(), &e.to_string()), To::closing("GET")).await;
                 return Next::Done;
             }
@@ -71,6 +72,10 @@ where
             && !(version == HttpVersion::Http10 && headers.contains("transfer-encoding"));
         if method == "CONNECT" && fixed.is_none() {
             let Some((host, port)) = authority_of(&target) else {
+                tracing::warn!(
+                    "{}: refused request: CONNECT needs host:port, got {target:?} (answered 400)",
+                    ctx.client
+                );
                 let _ =
                     write_reply(&mut wr, status_response(400, "CONNECT needs host:port"), To::closing(&method)).await;
                 return Next::Done;
@@ -106,6 +111,7 @@ where
         let (scheme, authority, path) = match request_target(&method, &target) {
             Ok(parts) => parts,
             Err(message) => {
+                tracing::warn!("{}: refused request: {message} (answered 400)", ctx.client);
                 let _ = write_reply(&mut wr, status_response(400, &message), To::closing(&method)).await;
                 return Next::Done;
             }
