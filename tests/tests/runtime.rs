@@ -1036,6 +1036,12 @@ async fn load_errors_name_the_file_and_problem() {
     let err = rt.load(&core).await.expect_err("a core module");
     assert!(err.to_string().contains("core.wasm: not a WebAssembly component"), "{err}");
 
+    let addon = dir.join("addon.py");
+    std::fs::write(&addon, b"def request(flow):\n    pass\n").expect("write");
+    let err = rt.load(&addon).await.expect_err("a mitmproxy addon");
+    assert!(err.to_string().contains("addon.py: not WebAssembly"), "{err}");
+    assert!(err.to_string().contains("(a Python addon? `flowgate plugin new --lang python`"), "{err}");
+
     let junk = dir.join("junk.wasm");
     std::fs::write(&junk, b"\0asm\x0d\0\x01\0garbage").expect("write");
     let err = rt.load(&junk).await.expect_err("junk");

@@ -256,6 +256,23 @@ impl Runtime {
         let bytes = std::fs::read(&path).map_err(|e| LoadError::Io { path: path.clone(), message: e.to_string() })?;
         // Before anything of the plugin runs (`configure`, the hook list).
         self.start_ticker()?;
+        if !bytes.starts_with(b"\0asm") {
+            // A mitmproxy addon given as it is, most likely.
+            let source = match path.extension().and_then(|e| e.to_str()) {
+                Some("py") => {
+                    " (a Python addon? `flowgate plugin new --lang python` makes a plugin project, \
+                               `flowgate plugin build` compiles it to a component)"
+                }
+                Some("js" | "ts") => {
+                    " (JavaScript source? `flowgate plugin new --lang js` makes a plugin project, \
+                                      `flowgate plugin build` compiles it to a component)"
+                }
+                _ => "",
+            };
+            return Err(component_error(format!(
+                "not WebAssembly: flowgate runs plugins compiled to WebAssembly components{source}"
+            )));
+        }
         if !wasmparser_is_component(&bytes) {
             return Err(component_error(
                 "not a WebAssembly component (a core module? build for wasm32-wasip2 or run `wasm-tools component new`)"
