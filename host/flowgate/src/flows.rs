@@ -52,9 +52,17 @@ impl HarDump {
                 .with_context(|| format!("hardump: cannot write {}", self.path.display()))?;
             flowgate_store::har::write(std::io::BufWriter::new(file), &kept.0)?
         };
-        let mut report = format!("wrote {} entries to {}", stats.entries, self.path.display());
+        let mut report = format!(
+            "wrote {} to {}",
+            crate::output::counted(stats.entries as u64, "entry", "entries"),
+            if self.path.as_os_str() == "-" { "stdout".into() } else { self.path.display().to_string() }
+        );
         if kept.2 > 0 {
-            report += &format!(" ({} flows left out: past {} MiB of bodies)", kept.2, HARDUMP_MAX_BYTES >> 20);
+            report += &format!(
+                " ({} left out: past {} MiB of bodies)",
+                crate::output::counted(kept.2, "flow", "flows"),
+                HARDUMP_MAX_BYTES >> 20
+            );
         }
         Ok(report)
     }

@@ -77,3 +77,18 @@ impl Output {
         self.dropped.load(Ordering::Relaxed)
     }
 }
+
+/// `n` and what it counts, `one` if it is 1, else `many` (`1 flow`, `2 flows`).
+pub fn counted(n: u64, one: &str, many: &str) -> String {
+    if n == 1 { format!("1 {one}") } else { format!("{n} {many}") }
+}
+
+#[cfg(test)]
+mod counted_tests {
+    #[test]
+    fn one_is_singular_and_the_rest_plural() {
+        assert_eq!(super::counted(1, "flow", "flows"), "1 flow");
+        assert_eq!(super::counted(0, "flow", "flows"), "0 flows");
+        assert_eq!(super::counted(3, "entry", "entries"), "3 entries");
+    }
+}

@@ -61,7 +61,11 @@ pub async fn run(plugin: Arc<Plugin>, run: &FlowsRun<'_>) -> anyhow::Result<bool
     let mut all_ok = true;
     if let Some(expected) = &expected {
         if expected.len() != results.len() {
-            println!("expectation failed: {} flows ran, {} expected", results.len(), expected.len());
+            println!(
+                "expectation failed: {} ran, {} expected",
+                crate::output::counted(results.len() as u64, "flow", "flows"),
+                expected.len()
+            );
             all_ok = false;
         }
         for (n, (got, want)) in results.iter().zip(expected).enumerate() {
@@ -79,9 +83,12 @@ pub async fn run(plugin: Arc<Plugin>, run: &FlowsRun<'_>) -> anyhow::Result<bool
         for flow in &results {
             writer.write_flow(flow).with_context(|| format!("cannot write {}", path.display()))?;
         }
-        println!("saved {} flows to {}", results.len(), path.display());
+        println!("saved {} to {}", crate::output::counted(results.len() as u64, "flow", "flows"), path.display());
     }
-    println!("{} flows, {changed} changed by the plugin, {skipped} skipped", results.len());
+    println!(
+        "{}, {changed} changed by the plugin, {skipped} skipped",
+        crate::output::counted(results.len() as u64, "flow", "flows")
+    );
     Ok(all_ok)
 }
 

@@ -42,9 +42,15 @@ pub fn server(paths: &[PathBuf], options: &ServerReplayOptions) -> anyhow::Resul
     let replay = ServerReplay::new(load(paths, None)?, options.clone());
     let skipped = match replay.skipped() {
         0 => String::new(),
-        n => format!(" ({n} flows without a whole saved response left out)"),
+        n => {
+            format!(" ({} without a whole saved response left out)", crate::output::counted(n as u64, "flow", "flows"))
+        }
     };
-    eprintln!("flowgate: server replay: {} saved responses from {}{skipped}", replay.left(), names(paths));
+    eprintln!(
+        "flowgate: server replay: {} from {}{skipped}",
+        crate::output::counted(replay.left() as u64, "saved response", "saved responses"),
+        names(paths)
+    );
     Ok(Arc::new(replay))
 }
 

@@ -156,7 +156,8 @@ impl SaveStream {
             _ => Written::default(),
         };
         let dropped = self.dropped.load(Ordering::Relaxed);
-        let mut report = format!("saved {} flows to {}", written.flows, self.first.display());
+        let mut report =
+            format!("saved {} to {}", crate::output::counted(written.flows, "flow", "flows"), self.first.display());
         if dropped + written.failed > 0 {
             report += &format!(
                 "; {} records were not saved ({dropped} dropped while the disk was not keeping up, {} failed to write)",
