@@ -114,6 +114,25 @@ fn saved_flows_read_back_filter_convert_and_replay_as_curl() {
 
     // Read back, the same lines as live (durations aside).
     assert_eq!(read_back(&saved, &[]), live);
+    // Without -n too, as mitmdump: read, printed, exited (unless --keepserving).
+    let mut reading = Command::new(env!("CARGO_BIN_EXE_flowgate"))
+        .args(["--confdir"])
+        .arg(confdir())
+        .args(["-p", "0", "-r", saved.to_str().expect("path")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("flowgate runs");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reading.try_wait().expect("status").is_none() {
+        assert!(Instant::now() < deadline, "-r without -n did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut printed = String::new();
+    reading.stdout.take().expect("stdout").read_to_string(&mut printed).expect("read");
+    assert_eq!(printed.lines().map(without_duration).collect::<Vec<_>>(), live);
+    let mut serving = Flowgate::start(&["-r", saved.to_str().expect("path"), "--keepserving"]);
+    assert_eq!(curl(&["-x", &serving.proxy(), &origin.url("http", "/after-reading")]).status, 200);
+    terminate(&mut serving);
     // The positional filter, and readfile_filter.
     assert_eq!(read_back(&saved, &["~m POST"]), vec![live[1].clone()]);
     assert_eq!(read_back(&saved, &["--set", "readfile_filter=~u secure"]), vec![live[2].clone()]);

@@ -78,7 +78,7 @@ const OPTIONS_HELP: &str = "Options for --set KEY=VALUE (default in brackets):
   readfile_filter=FILTER           read only the flows this filter matches []
   hardump=FILE                     write the HTTP flows as HAR 1.2 on exit (- for stdout) []
   flow_detail=0..4                 as --flow-detail [1]
-  keepserving=BOOL                 go on after -r with -n, after client replay, after server replay ran out [false]
+  keepserving=BOOL                 go on after -r, after client replay, after server replay ran out [false]
   client_replay=FILE               as -C; repeatable []
   client_replay_concurrency=N      requests client replay has in flight; -1 unlimited [1]
   server_replay=FILE               as -S; repeatable []
@@ -135,14 +135,16 @@ struct Cli {
     /// `flows-%Y%m%d.fg` open a new file when the name changes).
     #[arg(long = "save-stream-file", short = 'w', value_name = "[+]FILE")]
     save_stream_file: Option<String>,
-    /// Read flows from FILE (flowgate's flow file, HAR or mitmproxy's) and print them.
+    /// Read flows from FILE (flowgate's flow file, HAR or mitmproxy's) and print them,
+    /// then exit, as mitmdump does, unless --keepserving (then the proxy runs) or a
+    /// replay goes on.
     #[arg(long = "rfile", short = 'r', value_name = "FILE")]
     rfile: Option<PathBuf>,
     /// Do not start the proxy: read (-r), filter, print and save flows, then exit.
     #[arg(long = "no-server", short = 'n')]
     no_server: bool,
-    /// Keep running after reading (-n -r), after client replay, and after server replay
-    /// has served every saved response, until interrupted.
+    /// Keep running after reading (-r; the proxy too unless -n), after client replay,
+    /// and after server replay has served every saved response, until interrupted.
     #[arg(long)]
     keepserving: bool,
     /// Client replay: send the requests of the flows in FILE again (through the plugins,
@@ -650,8 +652,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         true => None,
         false => Some(replay::load(&settings.replay.client, settings.replay.client_filter.as_ref())?),
     };
-    // `flowgate replay client` runs no proxy, as `-n -C`.
-    let no_server = cli.no_server || matches!(&cli.command, Some(Command::Replay { side: ReplaySide::Client, .. }));
+    // `flowgate replay client` runs no proxy, as `-n -C`; nor does reading a file with no
+    // replay and no --keepserving (mitmdump exits once it has read it).
+    let only_reading = settings.flows.read.is_some()
+        && !settings.flows.keepserving
+        && settings.replay.client.is_empty()
+        && settings.replay.server.is_empty();
+    let no_server =
+        cli.no_server || only_reading || matches!(&cli.command, Some(Command::Replay { side: ReplaySide::Client, .. }));
     if no_server && client_replay.is_none() {
         if settings.flows.keepserving {
             shutdown_signal().await?;
