@@ -436,3 +436,25 @@ fn build_c(project: &Project) -> anyhow::Result<()> {
         .context("wit-component: making the component")?;
     std::fs::write(&project.wasm, component).with_context(|| format!("cannot write {}", project.wasm.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The proxy refuses a `[build]` key outside `BUILD_KEYS`: each of them is one of
+    /// `BuildSection`'s.
+    #[test]
+    fn every_build_key_the_proxy_accepts_is_a_build_field() {
+        let mut table = toml::Table::new();
+        for key in flowgate_runtime::manifest::BUILD_KEYS {
+            let value = match key {
+                "lang" => toml::Value::from("c"),
+                "source" => toml::Value::Array(vec![toml::Value::from("a.c")]),
+                _ => toml::Value::from("x"),
+            };
+            table.insert(key.to_owned(), value);
+        }
+        let section: BuildSection = table.try_into().expect("every key is a field");
+        assert_eq!(section.command.as_deref(), Some("x"));
+    }
+}

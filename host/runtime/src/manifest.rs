@@ -195,11 +195,15 @@ struct RawManifest {
     config: BTreeMap<String, toml::Value>,
     filter: Option<String>,
     hooks: Option<Vec<String>>,
-    /// How `flowgate plugin build` makes the `.wasm`; the runtime ignores it.
+    /// How `flowgate plugin build` makes the `.wasm`; the runtime reads only its keys'
+    /// names (a key meant for the manifest, written below `[build]`, is refused here
+    /// rather than silently dropped).
     #[serde(default)]
-    #[allow(dead_code, reason = "read by the flowgate binary's `plugin build`, accepted here")]
     build: Option<toml::Table>,
 }
+
+/// The keys of `[build]` (the flowgate binary's `BuildSection`).
+pub const BUILD_KEYS: [&str; 5] = ["lang", "source", "world", "wit", "command"];
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -343,6 +347,13 @@ impl Manifest {
         }
         if let Some(version) = raw.version {
             manifest.version = version;
+        }
+        if let Some(key) = raw.build.iter().flat_map(|t| t.keys()).find(|k| !BUILD_KEYS.contains(&k.as_str())) {
+            return Err(ManifestError(format!(
+                "unknown field `{key}` in [build], expected one of {} (a table lasts to the next one: \
+                 manifest keys go above the first table)",
+                BUILD_KEYS.map(|k| format!("`{k}`")).join(", ")
+            )));
         }
         manifest.order = raw.order.unwrap_or(0);
         if let Some(text) = raw.filter {
@@ -529,6 +540,11 @@ mod tests {
     fn bad_manifests_say_what_is_wrong() {
         let e = parse("nmae = \"x\"").expect_err("unknown key");
         assert!(e.0.contains("unknown field `nmae`"), "{e}");
+        // A manifest key written below [build] lands in it: refused, not dropped.
+        let e = parse("[build]\nlang = \"rust\"\nfilter = \"~m POST\"").expect_err("not a build key");
+        assert!(e.0.contains("unknown field `filter` in [build], expected one of `lang`"), "{e}");
+        parse("[build]\nlang = \"c\"\nsource = [\"a.c\"]\nworld = \"w\"\nwit = \"wit\"\ncommand = \"make\"")
+            .expect("every build key");
         let e = parse("[limits]\nmemory = \"10XB\"").expect_err("bad unit");
         assert!(e.0.contains("invalid size unit"), "{e}");
         let e = parse("[limits]\nmemory = \"4GiB\"").expect_err("too big");
