@@ -411,48 +411,41 @@ mod tests {
     async fn a_request_body_dropped_before_its_end_is_read_to_its_end_for_the_flow() {
         let budget = BufferBudget::new(1 << 20);
         let wait = Some(std::time::Duration::from_secs(5));
+        // A flow whose request body had `arrived` (and `ended`, or not) when its tee was
+        // dropped, waiting `read_on` for the rest: the sender of the rest, and what the
+        // store got.
+        let dropped = async |arrived: &[&'static [u8]], ended: bool, read_on| {
+            let (sink, got) = store();
+            let req = Capture::new(1024, &budget);
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            for piece in arrived {
+                tx.send(Bytes::from_static(piece)).await.expect("send");
+            }
+            let tx = (!ended).then_some(tx);
+            drop(Tee::new(channel_body(rx), req.clone(), read_on));
+            Pending::hand_over(flow(), Some(req), None, sink);
+            (tx, got)
+        };
+        let request_body = |got: &Got| bodies(&got.lock().expect("lock")[0]).0;
         // All of it had arrived: taken when dropped.
-        let (sink, got) = store();
-        let req = Capture::new(1024, &budget);
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tx.send(Bytes::from_static(b"a=")).await.expect("send");
-        tx.send(Bytes::from_static(b"b")).await.expect("send");
-        drop(tx);
-        drop(Tee::new(channel_body(rx), req.clone(), None));
-        Pending::hand_over(flow(), Some(req), None, sink);
-        assert_eq!(bodies(&got.lock().expect("lock")[0]).0, Some(Bytes::from("a=b")));
+        let (_, got) = dropped(&[b"a=", b"b"], true, None).await;
+        assert_eq!(request_body(&got), Some(Bytes::from("a=b")));
         // The rest comes later: the flow waits for it.
-        let (sink, got) = store();
-        let req = Capture::new(1024, &budget);
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tx.send(Bytes::from_static(b"first ")).await.expect("send");
-        drop(Tee::new(channel_body(rx), req.clone(), wait));
-        Pending::hand_over(flow(), Some(req), None, sink);
+        let (tx, got) = dropped(&[b"first "], false, wait).await;
+        let tx = tx.expect("not ended");
         tokio::time::sleep(std::time::Duration::from_secs(4)).await;
         assert!(got.lock().expect("lock").is_empty(), "held while the rest may come");
         tx.send(Bytes::from_static(b"second")).await.expect("send");
         drop(tx);
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        assert_eq!(bodies(&got.lock().expect("lock")[0]).0, Some(Bytes::from("first second")));
+        assert_eq!(request_body(&got), Some(Bytes::from("first second")));
         // A piece that does not come within the wait: not stored.
-        let (sink, got) = store();
-        let req = Capture::new(1024, &budget);
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tx.send(Bytes::from_static(b"first ")).await.expect("send");
-        drop(Tee::new(channel_body(rx), req.clone(), wait));
-        Pending::hand_over(flow(), Some(req), None, sink);
+        let (_tx, got) = dropped(&[b"first "], false, wait).await;
         tokio::time::sleep(std::time::Duration::from_secs(6)).await;
-        assert_eq!(bodies(&got.lock().expect("lock")[0]).0, None);
-        drop(tx);
+        assert_eq!(request_body(&got), None);
         // Without a wait (a response's body), the rest is not read.
-        let (sink, got) = store();
-        let req = Capture::new(1024, &budget);
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tx.send(Bytes::from_static(b"first ")).await.expect("send");
-        drop(Tee::new(channel_body(rx), req.clone(), None));
-        Pending::hand_over(flow(), Some(req), None, sink);
-        assert_eq!(bodies(&got.lock().expect("lock")[0]).0, None);
-        drop(tx);
+        let (_tx, got) = dropped(&[b"first "], false, None).await;
+        assert_eq!(request_body(&got), None);
         assert_eq!(budget.used(), 0, "the captures gave their bytes back");
     }
 

@@ -168,18 +168,26 @@ pub(crate) fn server_config(
     Arc::new(config)
 }
 
-/// Verifies as webpki does against the roots, and also accepts a server whose own
-/// certificate is one of `ssl_verify_upstream_trusted_ca`'s for the name asked, within
-/// its validity: a self-signed certificate (`openssl req -x509` marks it a CA, which
-/// webpki refuses as a server's) is trusted by being given, as OpenSSL and so mitmproxy
-/// trust it.
+/// Upstream certificates checked otherwise than by webpki's verifier alone: not at all
+/// (`-k`/`ssl_insecure`), or as webpki does against the roots while also accepting a
+/// server whose own certificate is one of `ssl_verify_upstream_trusted_ca`'s, for the
+/// name asked and within its validity: a self-signed certificate (`openssl req -x509`
+/// marks it a CA, which webpki refuses as a server's) is trusted by being given, as
+/// OpenSSL and so mitmproxy trust it.
 #[derive(Debug)]
-struct TrustedOrPinned {
+struct UpstreamVerifier {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    /// `None`: any certificate is accepted.
+    check: Option<Pinning>,
+}
+
+#[derive(Debug)]
+struct Pinning {
     webpki: Arc<rustls::client::WebPkiServerVerifier>,
     pinned: Vec<CertificateDer<'static>>,
 }
 
-impl ServerCertVerifier for TrustedOrPinned {
+impl ServerCertVerifier for UpstreamVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -188,11 +196,12 @@ impl ServerCertVerifier for TrustedOrPinned {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let refused = match self.webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+        let Some(Pinning { webpki, pinned }) = &self.check else { return Ok(ServerCertVerified::assertion()) };
+        let refused = match webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Ok(verified) => return Ok(verified),
             Err(refused) => refused,
         };
-        if !self.pinned.iter().any(|c| c.as_ref() == end_entity.as_ref()) {
+        if !pinned.iter().any(|c| c.as_ref() == end_entity.as_ref()) {
             return Err(refused);
         }
         let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
@@ -212,7 +221,7 @@ impl ServerCertVerifier for TrustedOrPinned {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
     fn verify_tls13_signature(
         &self,
@@ -220,46 +229,10 @@ impl ServerCertVerifier for TrustedOrPinned {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
-    }
-}
-
-/// Accepts any upstream certificate (`-k`/`ssl_insecure`).
-#[derive(Debug)]
-struct DangerAcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for DangerAcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -273,22 +246,20 @@ pub(crate) fn client_config(options: &crate::ProxyOptions) -> Arc<rustls::Client
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions)
         .expect("ring supports TLS 1.2 and 1.3");
-    let mut config = if ssl_insecure {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(DangerAcceptAnyCertificate(provider)))
-            .with_no_client_auth()
-    } else if options.upstream_trusted_ca.is_empty() {
+    let mut config = if !ssl_insecure && options.upstream_trusted_ca.is_empty() {
         builder.with_root_certificates(upstream_roots(options)).with_no_client_auth()
     } else {
-        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
-            Arc::new(upstream_roots(options)),
-            provider.clone(),
-        )
-        .build()
-        .expect("the roots include webpki's");
-        let verifier = TrustedOrPinned { webpki, pinned: options.upstream_trusted_ca.clone() };
-        builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()
+        let check = (!ssl_insecure).then(|| Pinning {
+            webpki: rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(upstream_roots(options)),
+                provider.clone(),
+            )
+            .build()
+            .expect("the roots include webpki's"),
+            pinned: options.upstream_trusted_ca.clone(),
+        });
+        let verifier = Arc::new(UpstreamVerifier { provider, check });
+        builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth()
     };
     if let Some(given::ClientCerts::File(key)) = &options.client_certs {
         config.client_auth_cert_resolver = Arc::new(given::SendCert(key.clone()));
