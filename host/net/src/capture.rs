@@ -7,7 +7,9 @@
 //! within `buffer_memory_limit`; a body past either is recorded as not stored (`None`,
 //! mitmproxy's "content missing"), never as empty. A flow is handed over when the last of
 //! its bodies has ended (or was dropped): a [`Pending`] flow is shared by the exchange and
-//! the tees, and the last one to let go of it hands it over.
+//! the tees, and the last one to let go of it hands it over. A tee dropped before its
+//! body's end takes what has arrived, and a request body's reads the rest on for the
+//! capture alone (see [`Tee::new`]).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
