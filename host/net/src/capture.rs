@@ -338,21 +338,14 @@ mod tests {
         (http.request.body.clone(), http.response.as_ref().and_then(|r| r.body.clone()))
     }
 
-    fn body(parts: &[&'static [u8]]) -> impl hyper::body::Body<Data = Bytes, Error = std::convert::Infallible> + Unpin {
-        let frames: Vec<Result<_, std::convert::Infallible>> =
-            parts.iter().map(|p| Ok(hyper::body::Frame::data(Bytes::from_static(p)))).collect();
-        http_body_util::StreamBody::new(futures_util_stream(frames))
+    /// A body of `parts`, at hand.
+    fn body(parts: &[&'static [u8]]) -> crate::upstream::Body {
+        crate::http::body::frames(parts.iter().map(|p| hyper::body::Frame::data(Bytes::from_static(p))))
     }
 
-    fn futures_util_stream<T: Unpin>(items: Vec<T>) -> impl futures_core::Stream<Item = T> + Unpin {
-        struct Iter<T>(std::collections::VecDeque<T>);
-        impl<T: Unpin> futures_core::Stream for Iter<T> {
-            type Item = T;
-            fn poll_next(mut self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<T>> {
-                Poll::Ready(self.0.pop_front())
-            }
-        }
-        Iter(items.into())
+    /// A piece of a body for a channel body's sender.
+    fn piece(data: &'static [u8]) -> Result<hyper::body::Frame<Bytes>, crate::upstream::BoxError> {
+        Ok(hyper::body::Frame::data(Bytes::from_static(data)))
     }
 
     #[tokio::test]
@@ -383,26 +376,12 @@ mod tests {
         let _ = Tee::new(body(&[b"abc", b"def"]), req.clone(), None).collect().await;
         let resp = Capture::new(1024, &BufferBudget::new(1024));
         let (tx, rest) = tokio::sync::mpsc::channel(4);
-        tx.send(Bytes::from_static(b"0123")).await.expect("send");
-        let client_body = Tee::new(channel_body(rest), resp.clone(), None);
+        tx.send(piece(b"0123")).await.expect("send");
+        let client_body = Tee::new(crate::http::body::channel(rest), resp.clone(), None);
         Pending::hand_over(flow(), Some(req), Some(resp), sink);
         drop(client_body); // the client went away before the response's end came
         let flows = got.lock().expect("lock");
         assert_eq!(bodies(&flows[0]), (None, None), "over the cap, and cut off: not stored (never empty)");
-    }
-
-    /// A body whose pieces come from `rx`, ending when its sender is dropped.
-    fn channel_body(
-        rx: tokio::sync::mpsc::Receiver<Bytes>,
-    ) -> impl hyper::body::Body<Data = Bytes, Error = std::convert::Infallible> + Unpin + Send + 'static {
-        struct Rx(tokio::sync::mpsc::Receiver<Bytes>);
-        impl futures_core::Stream for Rx {
-            type Item = Result<hyper::body::Frame<Bytes>, std::convert::Infallible>;
-            fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-                self.0.poll_recv(cx).map(|piece| piece.map(|b| Ok(hyper::body::Frame::data(b))))
-            }
-        }
-        http_body_util::StreamBody::new(Rx(rx))
     }
 
     /// A request body dropped before its end (an upstream that answered without reading
@@ -420,11 +399,11 @@ mod tests {
             let (sink, got) = store();
             let req = Capture::new(1024, &budget);
             let (tx, rx) = tokio::sync::mpsc::channel(4);
-            for piece in arrived {
-                tx.send(Bytes::from_static(piece)).await.expect("send");
+            for data in arrived {
+                tx.send(piece(data)).await.expect("send");
             }
             let tx = (!ended).then_some(tx);
-            drop(Tee::new(channel_body(rx), req.clone(), read_on));
+            drop(Tee::new(crate::http::body::channel(rx), req.clone(), read_on));
             Pending::hand_over(flow(), Some(req), None, sink);
             (tx, got)
         };
@@ -437,7 +416,7 @@ mod tests {
         let tx = tx.expect("not ended");
         tokio::time::sleep(std::time::Duration::from_secs(4)).await;
         assert!(got.lock().expect("lock").is_empty(), "held while the rest may come");
-        tx.send(Bytes::from_static(b"second")).await.expect("send");
+        tx.send(piece(b"second")).await.expect("send");
         drop(tx);
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         assert_eq!(request_body(&got), Some(Bytes::from("first second")));

@@ -339,11 +339,19 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Held<B> {
 pub(crate) fn with_trailers(data: Bytes, trailers: Option<hyper::HeaderMap>) -> Body {
     match trailers {
         None => super::full(data),
-        Some(trailers) => {
-            let frames = [hyper::body::Frame::data(data), hyper::body::Frame::trailers(trailers)];
-            http_body_util::StreamBody::new(Frames(frames.into())).boxed()
-        }
+        Some(trailers) => frames([hyper::body::Frame::data(data), hyper::body::Frame::trailers(trailers)]),
     }
+}
+
+/// A body made of `frames`, at hand.
+pub(crate) fn frames(frames: impl IntoIterator<Item = hyper::body::Frame<Bytes>>) -> Body {
+    http_body_util::StreamBody::new(Frames(frames.into_iter().collect())).boxed()
+}
+
+/// A body made of the frames `rx` brings (a task's, with backpressure), ending when its
+/// sender is dropped.
+pub(crate) fn channel(rx: tokio::sync::mpsc::Receiver<Result<hyper::body::Frame<Bytes>, BoxError>>) -> Body {
+    http_body_util::StreamBody::new(ChannelBody(rx)).boxed()
 }
 
 /// A body made of frames at hand.
@@ -439,7 +447,7 @@ where
         drop(tx);
         let _ = done_tx.send(Pumped { session, request, stopped });
     });
-    (http_body_util::StreamBody::new(ChannelBody(rx)).boxed(), done_rx)
+    (channel(rx), done_rx)
 }
 
 /// Streams a response body chunk by chunk through the plugins that chose `stream`; the
@@ -448,8 +456,8 @@ pub(crate) fn stream_through_plugins(mut ex: Exchange, mut response: Response, m
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     // Chunks may change size: the length is no longer known.
     response.headers.remove("content-length");
-    let body = http_body_util::StreamBody::new(ChannelBody(rx)).boxed();
-    let reply = Reply { response: response.clone(), body: ex.tee(body, |c| &mut c.response, false), upgrade: None };
+    let body = channel(rx);
+    let reply = Reply { response: response.clone(), body: ex.tee_response(body), upgrade: None };
     tokio::spawn(async move {
         let mut size = 0u64;
         let mut trailers = None;

@@ -377,12 +377,8 @@ pub(super) mod tests {
         let chunk = Bytes::from(vec![7u8; 3 << 20]);
         let mut trailers = hyper::HeaderMap::new();
         trailers.insert("grpc-status", "0".parse().expect("value"));
-        let frames = vec![
-            Ok::<_, super::super::BoxError>(Frame::data(chunk.clone())),
-            Ok(Frame::data(chunk.clone())),
-            Ok(Frame::trailers(trailers)),
-        ];
-        let body = http_body_util::StreamBody::new(futures_util_stream(frames)).boxed();
+        let body =
+            crate::http::body::frames([Frame::data(chunk.clone()), Frame::data(chunk), Frame::trailers(trailers)]);
         let request = hyper::Request::post("http://echo.test/").body(body).expect("request");
         let sent = client.send(request).await.expect("sent");
         assert_eq!(sent.head.status, 200);
@@ -391,18 +387,6 @@ pub(super) mod tests {
         assert_eq!(collected.to_bytes().len(), 6 << 20);
         assert_eq!(got_trailers.and_then(|t| t.get("grpc-status").cloned()), Some("0".parse().expect("value")));
         assert!(!client.is_closed());
-    }
-
-    /// A stream of `frames` (no futures crate here).
-    fn futures_util_stream<T: Unpin>(frames: Vec<T>) -> impl futures_core::Stream<Item = T> + Unpin {
-        struct Frames<T>(std::vec::IntoIter<T>);
-        impl<T: Unpin> futures_core::Stream for Frames<T> {
-            type Item = T;
-            fn poll_next(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<T>> {
-                Poll::Ready(self.0.next())
-            }
-        }
-        Frames(frames.into_iter())
     }
 
     #[tokio::test]
