@@ -113,9 +113,9 @@ impl Sender {
                     upstream_req.headers_mut().remove("sec-websocket-key");
                 }
                 let sent = sender.send(upstream_req).await.map_err(UpstreamError::Request)?;
-                if let Some(tunnel) = sent.tunnel.filter(|_| websocket && sent.head.status.is_success()) {
-                    // Any 2xx accepts it (RFC 8441, as H2Client makes the tunnel); to the
-                    // client's HTTP/1.1 layer it is the 101 it asked for.
+                // H2Client makes a tunnel of an extended CONNECT answered with any 2xx
+                // (RFC 8441); to the client's HTTP/1.1 layer it is the 101 it asked for.
+                if let Some(tunnel) = sent.tunnel {
                     let mut headers = to_headers(&sent.head.headers);
                     let key = request.headers.get("sec-websocket-key").unwrap_or_default();
                     let _ = headers.set("Sec-WebSocket-Accept", crate::websocket::accept_key(key).as_bytes());

@@ -218,11 +218,20 @@ impl Exchange {
         Exchange { ctx: ctx.clone(), session: ctx.http_flow(), request, start, captures: Captures::default(), replay }
     }
 
-    /// `body`, copied as it passes for the flow store when there is one (the request's
-    /// or the response's, by `slot`). A request's body dropped before its end (an
-    /// upstream that answered without reading it) is still read to its end for the
-    /// capture, each piece within `body_read_timeout`; a response's is not.
-    pub fn tee(&mut self, body: Body, slot: fn(&mut Captures) -> &mut Option<Capture>, request: bool) -> Body {
+    /// The request's `body`, copied as it passes for the flow store when there is one.
+    /// Dropped before its end (an upstream that answered without reading it), it is
+    /// still read to its end for the capture, each piece within `body_read_timeout`.
+    pub fn tee_request(&mut self, body: Body) -> Body {
+        self.tee(body, true)
+    }
+
+    /// The response's `body`, copied as it passes for the flow store when there is one;
+    /// dropped before its end (the client went away), it is not read on.
+    pub fn tee_response(&mut self, body: Body) -> Body {
+        self.tee(body, false)
+    }
+
+    fn tee(&mut self, body: Body, request: bool) -> Body {
         if self.ctx.proxy.store.is_none() {
             return body;
         }
@@ -234,7 +243,8 @@ impl Exchange {
             None => options.body_size_limit,
         };
         let capture = Capture::new(cap, &self.ctx.proxy.buffers);
-        *slot(&mut self.captures) = Some(capture.clone());
+        let slot = if request { &mut self.captures.request } else { &mut self.captures.response };
+        *slot = Some(capture.clone());
         Tee::new(body, capture, request.then_some(options.body_read_timeout)).boxed()
     }
 }
@@ -446,13 +456,13 @@ pub(crate) async fn handle(
                 }
                 Ok(Buffered::Streamed(stream)) => {
                     ex.session.flow.metadata.insert("flowgate.streamed".to_owned(), "request".to_owned());
-                    body = Some(ex.tee(stream, |c| &mut c.request, true));
+                    body = Some(ex.tee_request(stream));
                 }
                 Err(e) => return Ok(ex.fail(e.of_request()).await),
             }
         }
         (None, BodyMode::Stream) => stream_source = Some(incoming),
-        (None, BodyMode::Pass) => body = Some(ex.tee(incoming.boxed(), |c| &mut c.request, true)),
+        (None, BodyMode::Pass) => body = Some(ex.tee_request(incoming.boxed())),
     }
     let action = ex.session.request(&mut ex.request).await;
     if let Some(resp) = ex.act(action).await? {

@@ -122,7 +122,7 @@ pub(super) async fn respond(
         // The buffered body counts against buffer_memory_limit until it is written.
         client_body = Held::new(client_body, held).boxed();
     } else if bodiless.is_none() {
-        client_body = ex.tee(client_body, |c| &mut c.response, false);
+        client_body = ex.tee_response(client_body);
     }
     drop(request_held);
     ex.record_with(outcome, Some(bodiless.as_ref().unwrap_or(&response)));

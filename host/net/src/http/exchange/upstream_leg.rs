@@ -59,7 +59,7 @@ where
         let stand_in = ctx.flows.http_flow(ex.session.flow.clone());
         let session = std::mem::replace(&mut ex.session, stand_in);
         let (stream, returned) = stream_request_body(session, ex.request.clone(), source);
-        body = Some(ex.tee(stream, |c| &mut c.request, true));
+        body = Some(ex.tee_request(stream));
         pump = Some(returned);
     }
 
