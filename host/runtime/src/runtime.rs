@@ -254,23 +254,21 @@ impl Runtime {
             ));
         }
         let bytes = std::fs::read(&path).map_err(|e| LoadError::Io { path: path.clone(), message: e.to_string() })?;
-        // Before anything of the plugin runs (`configure`, the hook list).
-        self.start_ticker()?;
         if !bytes.starts_with(b"\0asm") {
             // A mitmproxy addon given as it is, most likely.
-            let source = match path.extension().and_then(|e| e.to_str()) {
-                Some("py") => {
-                    " (a Python addon? `flowgate plugin new --lang python` makes a plugin project, \
-                               `flowgate plugin build` compiles it to a component)"
-                }
-                Some("js" | "ts") => {
-                    " (JavaScript source? `flowgate plugin new --lang js` makes a plugin project, \
-                                      `flowgate plugin build` compiles it to a component)"
-                }
-                _ => "",
+            let lang = match path.extension().and_then(|e| e.to_str()) {
+                Some("py") => Some(("a Python addon", "python")),
+                Some("js" | "ts") => Some(("JavaScript source", "js")),
+                _ => None,
             };
+            let hint = lang.map_or(String::new(), |(what, lang)| {
+                format!(
+                    " ({what}? `flowgate plugin new --lang {lang}` makes a plugin project, `flowgate plugin build` \
+                     compiles it to a component)"
+                )
+            });
             return Err(component_error(format!(
-                "not WebAssembly: flowgate runs plugins compiled to WebAssembly components{source}"
+                "not WebAssembly: flowgate runs plugins compiled to WebAssembly components{hint}"
             )));
         }
         if !wasmparser_is_component(&bytes) {
@@ -279,6 +277,8 @@ impl Runtime {
                     .to_owned(),
             ));
         }
+        // Before anything of the plugin runs (`configure`, the hook list).
+        self.start_ticker()?;
         let engine = &self.inner.engine;
         let hits_before = self.inner.cache.as_ref().map_or(0, Cache::cache_hits);
         let started = Instant::now();
