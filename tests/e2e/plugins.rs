@@ -456,8 +456,8 @@ fn the_proxy_listens_only_once_its_plugins_are_loaded() {
 /// a changed config and then a changed component switch the responses over with no
 /// request failing, and a broken component is refused while the running version stays;
 /// a manifest that comes to name a component in another directory has that directory
-/// watched from then on. The flows are saved (`-w`) beside the plugin: a file written on every flow in the
-/// watched directory neither starves the reload nor sets it off.
+/// watched from then on. The flows are saved (`-w`) beside the plugin: a file written on
+/// every flow in the watched directory neither starves the reload nor sets it off.
 #[test]
 fn a_changed_plugin_is_reloaded_under_load() {
     let dir = flowgate_tests::scratch_dir("reload");

@@ -895,6 +895,13 @@ fn sni_origin_with(client_ca: Option<&TestCa>) -> (u16, String) {
         .expect("params")
         .signed_by(&key, &issuer)
         .expect("leaf");
+    (serve_sni(&leaf, &key, client_ca), ca_cert.pem())
+}
+
+/// Serves `cert` (with `key`) on a port of its own, asking for a client certificate from
+/// `client_ca` if given: each connection's one request is answered with `sni=` and the
+/// server name the client sent.
+fn serve_sni(cert: &rcgen::Certificate, key: &rcgen::KeyPair, client_ca: Option<&TestCa>) -> u16 {
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -911,14 +918,8 @@ fn sni_origin_with(client_ca: Option<&TestCa>) -> (u16, String) {
         }
     };
     let config = builder
-        .with_single_cert(vec![leaf.der().clone()], rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+        .with_single_cert(vec![cert.der().clone()], rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))
         .expect("config");
-    (serve_sni(config), ca_cert.pem())
-}
-
-/// Serves `config` on a port of its own: each connection's one request is answered with
-/// `sni=` and the server name the client sent.
-fn serve_sni(config: rustls::ServerConfig) -> u16 {
     let config = std::sync::Arc::new(config);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
@@ -957,14 +958,7 @@ fn self_signed_origin(name: &str) -> (u16, String) {
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     params.distinguished_name.push(rcgen::DnType::CommonName, name);
     let cert = params.self_signed(&key).expect("cert");
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.der().clone()], rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))
-        .expect("config");
-    (serve_sni(config), cert.pem())
+    (serve_sni(&cert, &key, None), cert.pem())
 }
 
 /// An origin's self-signed certificate (a CA by its basic constraints, which webpki
@@ -974,17 +968,18 @@ fn self_signed_origin(name: &str) -> (u16, String) {
 fn a_self_signed_origin_is_trusted_when_its_certificate_is_given() {
     let dir = confdir();
     std::fs::create_dir_all(&dir).expect("confdir");
-    let (port, pem) = self_signed_origin("localhost");
-    let file = dir.join("origin.pem");
-    std::fs::write(&file, pem).expect("write");
-    let fg = Flowgate::start(&["--set", &format!("ssl_verify_upstream_trusted_ca={}", file.display())]);
+    // flowgate trusting the self-signed origin for `name`, and that origin's port.
+    let trusting = |name: &str| {
+        let (port, pem) = self_signed_origin(name);
+        let file = dir.join(format!("{name}.pem"));
+        std::fs::write(&file, pem).expect("write");
+        (Flowgate::start(&["--set", &format!("ssl_verify_upstream_trusted_ca={}", file.display())]), port)
+    };
+    let (fg, port) = trusting("localhost");
     let reply = connect_ip_with_sni(&fg, port);
     assert!(reply.starts_with("HTTP/1.1 200") && reply.ends_with("sni=localhost"), "{reply}");
     // The same kind of certificate for another name, given: not for localhost.
-    let (other_port, other_pem) = self_signed_origin("other.test");
-    let other = dir.join("other.pem");
-    std::fs::write(&other, other_pem).expect("write");
-    let fg = Flowgate::start(&["--set", &format!("ssl_verify_upstream_trusted_ca={}", other.display())]);
+    let (fg, other_port) = trusting("other.test");
     let reply = connect_ip_with_sni(&fg, other_port);
     assert!(reply.starts_with("HTTP/1.1 502") && reply.contains("not trusted"), "{reply}");
     // Not given: refused.

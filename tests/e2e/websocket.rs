@@ -199,7 +199,15 @@ fn websocket_off_forwards_no_upgrade() {
 
 /// ws.py's converse: sends `send`, reads `expect` messages; returns what came and the close.
 fn converse(url: &str, proxy: &str, send: &[&str], expect: usize) -> (Vec<String>, serde_json::Value) {
-    let mut args = vec!["converse".to_owned(), url.to_owned(), "--proxy".to_owned(), proxy.to_owned()];
+    converse_via(url, Some(proxy), send, expect)
+}
+
+/// As [`converse`], through `proxy` if given (else straight to `url`).
+fn converse_via(url: &str, proxy: Option<&str>, send: &[&str], expect: usize) -> (Vec<String>, serde_json::Value) {
+    let mut args = vec!["converse".to_owned(), url.to_owned()];
+    if let Some(proxy) = proxy {
+        args.extend(["--proxy".to_owned(), proxy.to_owned()]);
+    }
     args.extend(["--expect".to_owned(), expect.to_string()]);
     for text in send {
         args.extend(["--send".to_owned(), (*text).to_owned()]);
@@ -429,35 +437,19 @@ fn rfc8441_websockets_over_http2_on_either_side() {
     // An HTTP/1.1 client (websockets) to an origin that speaks only HTTP/2 (ALPN h2) and
     // takes WebSockets as extended CONNECT.
     let (cert, key) = localhost_cert(&confdir());
-    let h2_origin = Server::spawn_script(&py("h2ws.py"), "server", &[&cert, &key]);
-    let fg = Flowgate::start(&["-k", "--mode", &format!("reverse:https://localhost:{}", h2_origin.port)]);
-    let url = format!("ws://127.0.0.1:{}/chat", fg.port);
-    let out = Command::new(python())
-        .arg(script())
-        .args(["converse", &url, "--expect", "2", "--send", "one", "--send", "two"])
-        .output()
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON");
-    assert_eq!(report["received"], serde_json::json!(["one", "two"]), "{report}");
-    fg.flow_line(&format!("GET https://localhost:{}/chat << 101 Switching Protocols", h2_origin.port));
-    fg.flow_line("closed by client: 1000");
-
+    // Through flowgate in reverse mode to an h2ws.py origin accepting with `status`: what
+    // came back of `send`, and the flow line.
+    let through = |status: &str, send: &[&str]| {
+        let h2_origin = Server::spawn_script(&py("h2ws.py"), "server", &[&cert, &key, status]);
+        let fg = Flowgate::start(&["-k", "--mode", &format!("reverse:https://localhost:{}", h2_origin.port)]);
+        let (received, _) = converse_via(&format!("ws://127.0.0.1:{}/chat", fg.port), None, send, send.len());
+        fg.flow_line(&format!("GET https://localhost:{}/chat << 101 Switching Protocols", h2_origin.port));
+        fg.flow_line("closed by client: 1000");
+        received
+    };
+    assert_eq!(through("200", &["one", "two"]), ["one", "two"]);
     // Any 2xx accepts an extended CONNECT (RFC 8441), not only 200.
-    let h2_origin = Server::spawn_script(&py("h2ws.py"), "server", &[&cert, &key, "202"]);
-    let fg = Flowgate::start(&["-k", "--mode", &format!("reverse:https://localhost:{}", h2_origin.port)]);
-    let url = format!("ws://127.0.0.1:{}/chat", fg.port);
-    let out = Command::new(python())
-        .arg(script())
-        .args(["converse", &url, "--expect", "1", "--send", "three"])
-        .output()
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON");
-    assert_eq!(report["received"], serde_json::json!(["three"]), "{report}");
-    fg.flow_line(&format!("GET https://localhost:{}/chat << 101 Switching Protocols", h2_origin.port));
+    assert_eq!(through("202", &["three"]), ["three"]);
 }
 
 #[test]

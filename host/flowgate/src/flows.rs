@@ -173,7 +173,7 @@ mod tests {
 
     #[test]
     fn a_file_that_cannot_be_read_is_named_once_with_its_reason_once() {
-        let dir = std::env::temp_dir().join(format!("flowgate-read-{}", std::process::id()));
+        let dir = flowgate_tests::scratch_dir("read");
         std::fs::create_dir_all(&dir).expect("temp dir");
         let missing = dir.join("missing.fg");
         let err = format!("{:#}", read_matching(&missing, None, |_| {}).expect_err("missing"));
@@ -183,6 +183,5 @@ mod tests {
         std::fs::write(&junk, b"these are not flows").expect("write");
         let err = format!("{:#}", read_matching(&junk, None, |_| {}).expect_err("junk"));
         assert!(err.starts_with(&format!("cannot read {}: not a flow file", junk.display())), "{err}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
